@@ -1,0 +1,1 @@
+"""tenant-backup: per-tenant, RLS-isolated, streamed and encrypted PostgreSQL backups."""

@@ -1,0 +1,1 @@
+"""Plain-Python core of tenant-backup. Nothing in this package imports Dagster."""

@@ -1,0 +1,49 @@
+"""Error classes. Every failure a user can cause or meet is one of these, with a one-line message."""
+
+
+class TenantBackupError(Exception):
+    """Base class: the CLI prints str(err) on one line and exits non-zero."""
+
+    exit_code = 1
+
+
+class ConfigError(TenantBackupError):
+    """Missing or malformed configuration (environment variables, keyring)."""
+
+    exit_code = 2
+
+
+class InvalidTenantId(TenantBackupError):
+    """A tenant id that does not match the configured pattern; refused before any use."""
+
+    exit_code = 2
+
+
+class UnknownTenant(TenantBackupError):
+    """The tenant registry does not return this tenant (and --force was not given)."""
+
+    exit_code = 3
+
+
+class SafetyCheckFailed(TenantBackupError):
+    """Isolation cannot be proven (RLS missing, privileged role, ...): nothing is dumped."""
+
+    exit_code = 4
+
+
+class DumpFailed(TenantBackupError):
+    """pg_dump (or the database) failed; the message carries pg_dump's stderr."""
+
+    exit_code = 5
+
+
+class ArchiveError(TenantBackupError):
+    """An archive is malformed, truncated, tampered with, or cannot be decrypted with the keyring."""
+
+    exit_code = 6
+
+
+class DatabaseUnreachable(TenantBackupError):
+    """The database cannot be connected to."""
+
+    exit_code = 7
