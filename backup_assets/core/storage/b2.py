@@ -1,0 +1,207 @@
+"""Backblaze B2 location via b2sdk (native API).
+
+B2 requires SHA-1 (b2sdk computes it, per part for large files); our SHA-256 goes in the file info
+(`sha256`) so stat() needs no download. Above the large-file threshold b2sdk uses the large-file API
+(b2_start_large_file / b2_upload_part / b2_finish_large_file), reading parts from disk as streams.
+B2 keeps versions: delete() removes every version of both files, and cancels unfinished large
+files an interrupted put left behind.
+
+b2sdk's own HTTP retries are generous (20 tries with growing sleeps for data); they are bounded here
+(tries, backoff, connect/read timeouts) so that a dead endpoint is a clear error in seconds and the
+RetryingLocation wrapper is the one place that retries whole operations.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ..errors import CorruptObject, NotFound, PermanentStorageError, StorageError, TransientStorageError
+from .base import CHUNK, ObjectLocation
+
+SHA256_INFO = "sha256"
+
+
+def _bounded_classes(tries: int, connect_timeout: float, read_timeout: float):
+    from b2sdk.v2 import B2Api
+
+    session_base = B2Api.SESSION_CLASS
+    http_base = session_base.B2HTTP_CLASS
+
+    def _translate_and_retry(cls, fcn, try_count, post_params=None):
+        from b2sdk.v2.exception import B2Error
+
+        wait = 0.25
+        for _ in range(min(try_count, tries) - 1):
+            try:
+                return cls._translate_errors(fcn, post_params)
+            except B2Error as e:
+                if not e.should_retry_http():
+                    raise
+                time.sleep(min(float(e.retry_after_seconds or wait), 2.0) * (0.5 + random.random() / 2))
+                wait *= 2
+        return cls._translate_errors(fcn, post_params)
+
+    http_cls = type("BoundedB2Http", (http_base,), {
+        "CONNECTION_TIMEOUT": connect_timeout, "TIMEOUT": read_timeout, "TIMEOUT_FOR_UPLOAD": read_timeout,
+        "_translate_and_retry": classmethod(_translate_and_retry), "__module__": __name__})
+    session_cls = type("BoundedB2Session", (session_base,), {"B2HTTP_CLASS": staticmethod(http_cls), "__module__": __name__})
+    return type("BoundedB2Api", (B2Api,), {"SESSION_CLASS": staticmethod(session_cls), "__module__": __name__})
+
+
+class B2Location(ObjectLocation):
+    name = "b2"
+
+    def __init__(self, key_id: str, key: str, bucket: str, *, realm: str = "production", prefix: str = "",
+                 retention_days: int = 365, part_size: int | None = None, upload_workers: int = 4,
+                 tries: int = 3, connect_timeout: float = 5, read_timeout: float = 60):
+        super().__init__(prefix=prefix, retention_days=retention_days)
+        self.bucket_name = bucket
+        self.realm = realm or "production"
+        self.part_size = part_size
+        self._key_id, self._key = key_id, key
+        self._api_cls = _bounded_classes(tries, connect_timeout, read_timeout)
+        self._upload_workers = upload_workers
+        self._tries = tries
+        self._bucket = None  # authorized lazily: constructing a location does no network I/O
+
+    def _key_uri(self, key: str) -> str:
+        return f"b2://{self.bucket_name}/{key}"
+
+    # -- connection & errors -----------------------------------------------------------------------
+    def _b(self):
+        if self._bucket is None:
+            from b2sdk.v2 import InMemoryAccountInfo
+
+            api = self._api_cls(InMemoryAccountInfo(), max_upload_workers=self._upload_workers,
+                                max_download_workers=2)
+            api.services.upload_manager.MAX_UPLOAD_ATTEMPTS = self._tries
+            try:
+                api.authorize_account(realm=self.realm, application_key_id=self._key_id, application_key=self._key)
+                self._bucket = api.get_bucket_by_name(self.bucket_name)
+            except Exception as exc:
+                raise self._err(exc, None) from None
+        return self._bucket
+
+    def _err(self, exc: Exception, key: str | None) -> StorageError:
+        from b2sdk._internal import exception as e  # v2 does not re-export every class
+
+        what = self._key_uri(key) if key else f"b2://{self.bucket_name}"
+        if isinstance(exc, StorageError):
+            return exc
+        if isinstance(exc, e.NonExistentBucket) or isinstance(exc, e.BucketIdNotFound):
+            return PermanentStorageError(f"b2: bucket {self.bucket_name!r} does not exist (realm {self.realm})")
+        if isinstance(exc, e.FileOrBucketNotFound) or isinstance(exc, e.ResourceNotFound):
+            return NotFound(f"{what}: not found")
+        if isinstance(exc, (e.Unauthorized, e.AccessDenied)):
+            return PermanentStorageError(
+                f"b2: credentials rejected by {self.realm}: check B2_APPLICATION_KEY_ID / B2_APPLICATION_KEY")
+        if isinstance(exc, (e.ChecksumMismatch, e.FileSha1Mismatch, e.TruncatedOutput)):
+            return CorruptObject(f"{what}: {exc}")
+        if isinstance(exc, e.MaxRetriesExceeded):
+            return TransientStorageError(f"{what}: upload failed after {self._tries} attempts ({exc})")
+        if isinstance(exc, e.B2ConnectionError):
+            return TransientStorageError(f"b2: cannot connect to {self.realm}")
+        if isinstance(exc, (e.ServiceError, e.TooManyRequests, e.RequestTimeout, e.B2RequestTimeout,
+                            e.UnknownError, e.ConnectionReset, e.PartSha1Mismatch)):
+            return TransientStorageError(f"{what}: {exc}")
+        try:
+            import requests
+
+            if isinstance(exc, requests.RequestException):
+                return TransientStorageError(f"{what}: connection failed ({type(exc).__name__})")
+        except ImportError:  # pragma: no cover
+            pass
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            return TransientStorageError(f"{what}: connection failed ({type(exc).__name__})")
+        if isinstance(exc, e.B2Error):
+            return PermanentStorageError(f"{what}: {exc}")
+        return PermanentStorageError(f"{what}: {type(exc).__name__}: {exc}")
+
+    def _run(self, key: str | None, fn, *args, **kw):
+        try:
+            return fn(*args, **kw)
+        except Exception as exc:
+            raise self._err(exc, key) from None
+
+    # -- primitives --------------------------------------------------------------------------------
+    def _put_file(self, key: str, path: Path, size: int, sha256: str) -> None:
+        b = self._b()
+        kw = {"min_part_size": self.part_size} if self.part_size else {}
+        self._run(key, b.upload_local_file, str(path), key, content_type="application/octet-stream",
+                  file_info={SHA256_INFO: sha256}, **kw)
+        # Older versions of this name (an earlier put of the same backup id) must not linger.
+        self._delete_versions(key, keep_newest=True)
+
+    def _put_bytes(self, key: str, data: bytes) -> None:
+        b = self._b()
+        self._run(key, b.upload_bytes, data, key, content_type="application/json")
+        self._delete_versions(key, keep_newest=True)
+
+    def _get_bytes(self, key: str) -> bytes:
+        return b"".join(self._iter_chunks(key))
+
+    def _head(self, key: str) -> tuple[int, str | None]:
+        b = self._b()
+        v = self._run(key, b.get_file_info_by_name, key)
+        return int(v.size), (v.file_info or {}).get(SHA256_INFO)
+
+    def _iter_chunks(self, key: str) -> Iterator[bytes]:
+        b = self._b()
+        dl = self._run(key, b.download_file_by_name, key)
+        resp = dl.response
+        try:
+            for chunk in resp.iter_content(CHUNK):
+                yield chunk
+        except Exception as exc:
+            raise self._err(exc, key) from None
+        finally:
+            resp.close()
+
+    def _list(self, prefix: str) -> Iterator[tuple[str, datetime | None]]:
+        b = self._b()
+        try:
+            for fv, _folder in b.ls(prefix, recursive=True):
+                ts = datetime.fromtimestamp(fv.upload_timestamp / 1000, timezone.utc) if fv.upload_timestamp else None
+                yield fv.file_name, ts
+        except Exception as exc:
+            raise self._err(exc, None) from None
+
+    def _versions(self, key: str):
+        b = self._b()
+        try:
+            return [v for v in b.list_file_versions(key) if v.file_name == key]
+        except Exception as exc:
+            raise self._err(exc, key) from None
+
+    def _delete_versions(self, key: str, keep_newest: bool = False) -> None:
+        versions = self._versions(key)  # newest first
+        if keep_newest:
+            versions = versions[1:]
+        for v in versions:
+            try:
+                self._b().delete_file_version(v.id_, v.file_name)
+            except Exception as exc:
+                err = self._err(exc, key)
+                if not isinstance(err, NotFound):  # deleted concurrently: fine
+                    raise err from None
+
+    def _delete(self, key: str) -> None:
+        self._delete_versions(key)
+
+    def delete(self, tenant_id: str, backup_id: str) -> None:
+        super().delete(tenant_id, backup_id)
+        # Unfinished large files (an interrupted put) are invisible to listings but cost storage.
+        key = self.archive_key(tenant_id, backup_id)
+        b = self._b()
+        try:
+            for uf in b.list_unfinished_large_files(prefix=key):
+                if uf.file_name == key:
+                    b.cancel_large_file(uf.file_id)
+        except Exception as exc:
+            err = self._err(exc, key)
+            if not isinstance(err, NotFound):
+                raise err from None

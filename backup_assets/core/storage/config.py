@@ -1,0 +1,96 @@
+"""Build the configured storage locations from environment variables (DESIGN §4).
+
+A location that is listed but not fully configured is a ConfigError naming every missing variable;
+an unknown location name is a ConfigError too. Nothing is skipped silently. No network I/O happens
+here: credentials and buckets are checked on first use.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from ..errors import ConfigError
+from .base import Location
+from .retry import RetryingLocation
+
+KNOWN = ("local", "r2", "b2")
+DEFAULT_LOCATIONS = "local,r2,b2"
+REQUIRED = {
+    "local": ("TENANT_BACKUP_LOCAL_DIR",),
+    "r2": ("R2_ENDPOINT_URL", "R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY", "R2_BUCKET"),
+    "b2": ("B2_APPLICATION_KEY_ID", "B2_APPLICATION_KEY", "B2_BUCKET"),
+}
+RETENTION_DEFAULTS = {"local": 30, "r2": 365, "b2": 365}
+
+
+def location_names(environ: Mapping[str, str] = os.environ) -> list[str]:
+    raw = environ.get("TENANT_BACKUP_LOCATIONS", "").strip() or DEFAULT_LOCATIONS
+    names = [n.strip().lower() for n in raw.split(",") if n.strip()]
+    if not names:
+        raise ConfigError("TENANT_BACKUP_LOCATIONS lists no location")
+    return names
+
+
+def _int(environ: Mapping[str, str], var: str, default: int, minimum: int = 1) -> int:
+    raw = environ.get(var, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{var} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{var} must be >= {minimum}, got {value}")
+    return value
+
+
+def locations_from_env(names: list[str] | None = None, environ: Mapping[str, str] = os.environ, *,
+                       retry: bool = True) -> dict[str, Location]:
+    """name -> Location (wrapped in RetryingLocation unless retry=False), in the order listed.
+
+    Optional tuning variables: TENANT_BACKUP_STORAGE_PREFIX (key prefix in every location),
+    TENANT_BACKUP_R2_PART_SIZE_MB (default 16), TENANT_BACKUP_R2_MULTIPART_THRESHOLD_MB (64),
+    TENANT_BACKUP_B2_PART_SIZE_MB (server's recommendation), TENANT_BACKUP_STORAGE_ATTEMPTS (3).
+    """
+    names = [n.strip().lower() for n in (names if names is not None else location_names(environ))]
+    unknown = [n for n in names if n not in KNOWN]
+    if unknown:
+        raise ConfigError(f"unknown storage location(s) {', '.join(unknown)} (known: {', '.join(KNOWN)})")
+    dupes = {n for n in names if names.count(n) > 1}
+    if dupes:
+        raise ConfigError(f"storage location(s) listed twice: {', '.join(sorted(dupes))}")
+    missing = [var for n in names for var in REQUIRED[n] if not environ.get(var, "").strip()]
+    if missing:
+        raise ConfigError(f"missing configuration for storage location(s) {', '.join(names)}: "
+                          f"set {', '.join(missing)}")
+
+    prefix = environ.get("TENANT_BACKUP_STORAGE_PREFIX", "").strip()
+    attempts = _int(environ, "TENANT_BACKUP_STORAGE_ATTEMPTS", 3)
+    mib = 1024 * 1024
+    out: dict[str, Location] = {}
+    for n in names:
+        days = _int(environ, f"TENANT_BACKUP_RETENTION_{n.upper()}_DAYS", RETENTION_DEFAULTS[n])
+        if n == "local":
+            from .local import LocalLocation
+
+            loc: Location = LocalLocation(environ["TENANT_BACKUP_LOCAL_DIR"].strip(), prefix=prefix,
+                                          retention_days=days)
+        elif n == "r2":
+            from .r2 import R2Location
+
+            part = _int(environ, "TENANT_BACKUP_R2_PART_SIZE_MB", 16, minimum=5) * mib
+            loc = R2Location(environ["R2_ENDPOINT_URL"].strip(), environ["R2_ACCESS_KEY_ID"].strip(),
+                             environ["R2_SECRET_ACCESS_KEY"].strip(), environ["R2_BUCKET"].strip(),
+                             prefix=prefix, retention_days=days, part_size=part,
+                             multipart_threshold=_int(environ, "TENANT_BACKUP_R2_MULTIPART_THRESHOLD_MB", 64,
+                                                      minimum=5) * mib)
+        else:
+            from .b2 import B2Location
+
+            part_mb = _int(environ, "TENANT_BACKUP_B2_PART_SIZE_MB", 0, minimum=0)
+            loc = B2Location(environ["B2_APPLICATION_KEY_ID"].strip(), environ["B2_APPLICATION_KEY"].strip(),
+                             environ["B2_BUCKET"].strip(), realm=environ.get("B2_REALM", "").strip() or "production",
+                             prefix=prefix, retention_days=days, part_size=part_mb * mib or None)
+        out[n] = RetryingLocation(loc, attempts=attempts) if retry else loc
+    return out

@@ -1,0 +1,167 @@
+"""Local-disk location: files 0600, directories 0700, every write atomic and durable.
+
+Write = temporary file in the same directory + fsync(file) + rename + fsync(directory), so after a
+crash a key is either absent or whole. The archive's SHA-256 is kept in a sidecar file
+(`archive.tbk.sha256`) because extended attributes are not available on every filesystem.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ..errors import NotFound, PermanentStorageError, TransientStorageError
+from .base import CHUNK, ObjectLocation
+
+_SIDE = ".sha256"
+
+
+def _oserror(exc: OSError, what: str):
+    if isinstance(exc, FileNotFoundError):
+        return NotFound(f"{what}: not found")
+    # A full disk or an I/O hiccup can clear up; permissions and the like cannot.
+    if exc.errno in (errno.ENOSPC, errno.EIO, errno.EAGAIN, errno.EINTR, errno.EDQUOT):
+        return TransientStorageError(f"{what}: {exc.strerror}")
+    return PermanentStorageError(f"{what}: {exc.strerror or exc}")
+
+
+class LocalLocation(ObjectLocation):
+    name = "local"
+
+    def __init__(self, root: str | Path, *, prefix: str = "", retention_days: int = 30):
+        super().__init__(prefix=prefix, retention_days=retention_days)
+        self.root = Path(root).expanduser().absolute()
+
+    def _path(self, key: str) -> Path:
+        return self.root / key
+
+    def _key_uri(self, key: str) -> str:
+        return self._path(key).as_uri() if key else self.root.as_uri()
+
+    def _mkdirs(self, d: Path) -> None:
+        # mkdir(mode=) is subject to the umask; chmod makes 0700 exact for the dirs we create.
+        missing = []
+        p = d
+        while not p.exists():
+            missing.append(p)
+            p = p.parent
+        for p in reversed(missing):
+            try:
+                p.mkdir(mode=0o700)
+            except FileExistsError:
+                continue  # a concurrent put for the same tenant created it
+            os.chmod(p, 0o700)
+            _fsync_dir(p.parent)
+
+    def _atomic_write(self, key: str, writer) -> None:
+        dest = self._path(key)
+        try:
+            self._mkdirs(dest.parent)
+            fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+        except OSError as exc:
+            raise _oserror(exc, self._key_uri(key)) from None
+        try:
+            os.fchmod(fd, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                writer(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, dest)
+            _fsync_dir(dest.parent)
+        except BaseException as exc:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            if isinstance(exc, OSError):
+                raise _oserror(exc, self._key_uri(key)) from None
+            raise
+
+    def _put_file(self, key: str, path: Path, size: int, sha256: str) -> None:
+        def copy(f):
+            with open(path, "rb") as src:
+                shutil.copyfileobj(src, f, CHUNK)
+
+        # Sidecar first: an archive without its checksum would fail stat(); the reverse cannot list.
+        self._atomic_write(key + _SIDE, lambda f: f.write(f"{sha256}\n".encode()))
+        self._atomic_write(key, copy)
+
+    def _put_bytes(self, key: str, data: bytes) -> None:
+        self._atomic_write(key, lambda f: f.write(data))
+
+    def _get_bytes(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except OSError as exc:
+            raise _oserror(exc, self._key_uri(key)) from None
+
+    def _head(self, key: str) -> tuple[int, str | None]:
+        p = self._path(key)
+        try:
+            size = p.stat().st_size
+        except OSError as exc:
+            raise _oserror(exc, self._key_uri(key)) from None
+        try:
+            sha = (self.root / (key + _SIDE)).read_text().strip() or None
+        except FileNotFoundError:
+            sha = None
+        return size, sha
+
+    def _iter_chunks(self, key: str) -> Iterator[bytes]:
+        try:
+            f = open(self._path(key), "rb")
+        except OSError as exc:
+            raise _oserror(exc, self._key_uri(key)) from None
+        with f:
+            while chunk := f.read(CHUNK):
+                yield chunk
+
+    def _list(self, prefix: str) -> Iterator[tuple[str, datetime | None]]:
+        base = self._path(prefix.rstrip("/")) if prefix.endswith("/") else self._path(prefix)
+        if not base.is_dir():
+            return
+        for dirpath, _dirs, files in os.walk(base):
+            for fn in files:
+                if fn.startswith("."):
+                    continue  # temporary files of writes in progress (or interrupted ones)
+                full = Path(dirpath) / fn
+                key = full.relative_to(self.root).as_posix()
+                if key.startswith(prefix):
+                    try:
+                        mtime = datetime.fromtimestamp(full.stat().st_mtime, timezone.utc)
+                    except FileNotFoundError:
+                        continue
+                    yield key, mtime
+
+    def _delete(self, key: str) -> None:
+        p = self._path(key)
+        for q in (p, self.root / (key + _SIDE)):
+            try:
+                q.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise _oserror(exc, self._key_uri(key)) from None
+        # Drop temporaries left by an interrupted write of this key, and the backup dir once empty.
+        d = p.parent
+        if not d.is_dir():
+            return
+        for leftover in d.glob(f".{p.name}.*.tmp"):
+            leftover.unlink(missing_ok=True)
+        try:
+            d.rmdir()  # fails while the other file of the backup is still there: fine
+            _fsync_dir(d.parent)
+        except OSError:
+            _fsync_dir(d)
+
+def _fsync_dir(d: Path) -> None:
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
