@@ -47,3 +47,25 @@ class DatabaseUnreachable(TenantBackupError):
     """The database cannot be connected to."""
 
     exit_code = 7
+
+
+class StorageError(TenantBackupError):
+    """A storage location failed. Subclasses say whether retrying can help."""
+
+    exit_code = 8
+
+
+class NotFound(StorageError):
+    """The backup (archive or manifest) does not exist in the location. Not retried."""
+
+
+class TransientStorageError(StorageError):
+    """Timeouts, connection resets, 5xx, throttling: the retry wrapper retries these (bounded)."""
+
+
+class PermanentStorageError(StorageError):
+    """Wrong credentials, missing bucket, refused request: retrying cannot help."""
+
+
+class CorruptObject(StorageError):
+    """A stored object's bytes do not match its recorded SHA-256 (or size). Never retried silently."""
