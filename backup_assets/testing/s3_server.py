@@ -1,0 +1,207 @@
+"""TEST DOUBLE: a loopback S3 endpoint (stand-in for Cloudflare R2) with fault injection.
+
+moto's S3 served by werkzeug, like moto's ThreadedMotoServer, but with a WSGI middleware in front
+that injects faults (see servers.py), checks the access key id, and records the size of every
+multipart part so tests can assert R2's rule "all non-final parts the same size".
+moto does not validate checksums and keeps no real durability: verification is by re-reading.
+Only the access key id is checked (not the SigV4 signature): enough to test "wrong credentials".
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from urllib.parse import parse_qs
+
+from .servers import Faults, check_loopback, flip_byte
+
+_XML = "application/xml"
+
+
+def _s3_error(status: int, code: str, message: str):
+    body = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
+            f"<Message>{message}</Message></Error>").encode()
+    reason = {403: "Forbidden", 500: "Internal Server Error", 502: "Bad Gateway",
+              503: "Service Unavailable", 504: "Gateway Timeout"}.get(status, "Error")
+    return f"{status} {reason}", [("Content-Type", _XML), ("Content-Length", str(len(body)))], body
+
+
+def _kill_connection(environ) -> None:
+    sock = environ.get("werkzeug.socket")
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+def _drain(environ) -> None:
+    n = int(environ.get("CONTENT_LENGTH") or 0)
+    stream = environ["wsgi.input"]
+    while n > 0:
+        chunk = stream.read(min(n, 1 << 20))
+        if not chunk:
+            break
+        n -= len(chunk)
+
+
+class _FaultMiddleware:
+    def __init__(self, app, server: "S3Server"):
+        self.app = app
+        self.server = server
+
+    def __call__(self, environ, start_response):
+        faults = self.server.faults
+        method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
+        qs = environ.get("QUERY_STRING", "")
+        if path.rstrip("/") in ("/__faults__", "/__parts__"):
+            _n = int(environ.get("CONTENT_LENGTH") or 0)
+            body = environ["wsgi.input"].read(_n) if _n else b""
+            if path.startswith("/__parts__"):
+                status, payload = 200, self.server.part_sizes()
+            else:
+                status, payload = faults.handle_control(method, body)
+            data = json.dumps(payload).encode()
+            start_response(f"{status} X", [("Content-Type", "application/json"),
+                                           ("Content-Length", str(len(data)))])
+            return [data]
+
+        desc = f"{method} {path}?{qs}"
+        has_body_in = int(environ.get("CONTENT_LENGTH") or 0) > 0
+        fault = faults.decide(desc, has_body_out=(method == "GET"))
+        if fault == "down":
+            _kill_connection(environ)
+            return []
+        if fault == "fail":
+            _drain(environ)  # keep the keep-alive stream in sync
+            code = "InternalError" if faults.status == 500 else "ServiceUnavailable"
+            status, headers, body = _s3_error(faults.status, code, "injected fault")
+            start_response(status, headers)
+            return [body]
+        if fault == "drop" and has_body_in:
+            n = int(environ["CONTENT_LENGTH"])
+            environ["wsgi.input"].read(n // 2)
+            _kill_connection(environ)
+            return []
+
+        if self.server.access_key is not None:
+            auth = environ.get("HTTP_AUTHORIZATION", "")
+            key_id = auth.split("Credential=", 1)[1].split("/", 1)[0] if "Credential=" in auth else None
+            if key_id != self.server.access_key:
+                _drain(environ)
+                status, headers, body = _s3_error(
+                    403, "InvalidAccessKeyId", "The AWS Access Key Id you provided does not exist in our records.")
+                start_response(status, headers)
+                return [body]
+
+        params = parse_qs(qs)
+        if method == "PUT" and "partNumber" in params and "uploadId" in params:
+            self.server._record_part(params["uploadId"][0], path, int(params["partNumber"][0]),
+                                     int(environ.get("CONTENT_LENGTH") or 0))
+
+        if fault in ("drop", "flip"):
+            return self._mangle(fault, environ, start_response)
+        return self.app(environ, start_response)
+
+    def _mangle(self, fault, environ, start_response):
+        captured = {}
+
+        def sr(status, headers, exc_info=None):
+            captured["status"] = status
+            return start_response(status, headers, exc_info)
+
+        result = self.app(environ, sr)
+
+        def gen():
+            sent = 0
+            try:
+                for chunk in result:
+                    if not chunk:
+                        continue
+                    ok = captured.get("status", "").startswith(("200", "206"))
+                    if fault == "flip" and ok and sent == 0:
+                        chunk = flip_byte(chunk)
+                    if fault == "drop" and ok:
+                        yield chunk[: max(1, len(chunk) // 2)]
+                        _kill_connection(environ)
+                        return
+                    sent += len(chunk)
+                    yield chunk
+            finally:
+                if hasattr(result, "close"):
+                    result.close()
+
+        return gen()
+
+
+class S3Server:
+    """Loopback S3 endpoint. `with S3Server() as s: s.create_bucket("b"); s.url` ..."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, access_key: str | None = "testing",
+                 secret_key: str = "testing"):
+        self.host = check_loopback(host)
+        self.port = port
+        self.access_key = access_key
+        self.secret_key = secret_key
+        self.faults = Faults()
+        self._parts: dict[str, dict] = {}
+        self._parts_lock = threading.Lock()
+        self._server = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> "S3Server":
+        from moto.moto_server.werkzeug_app import (DomainDispatcherApplication, MotoRequestHandler,
+                                                   create_backend_app)
+        from werkzeug.serving import make_server
+
+        class QuietHandler(MotoRequestHandler):
+            def log_request(self, *args, **kwargs):  # tests and the demo need no access log
+                pass
+
+        app = _FaultMiddleware(DomainDispatcherApplication(create_backend_app), self)
+        self._server = make_server(self.host, self.port, app, threaded=True, request_handler=QuietHandler)
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, name="s3-test-server", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._thread.join(5)
+            self._server = None
+
+    def __enter__(self) -> "S3Server":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def client(self):
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client("s3", endpoint_url=self.url, region_name="us-east-1",
+                            aws_access_key_id=self.access_key or "testing", aws_secret_access_key=self.secret_key,
+                            config=Config(request_checksum_calculation="when_required",
+                                          response_checksum_validation="when_required"))
+
+    def create_bucket(self, name: str) -> None:
+        self.client().create_bucket(Bucket=name)
+
+    def _record_part(self, upload_id: str, path: str, number: int, size: int) -> None:
+        with self._parts_lock:
+            rec = self._parts.setdefault(upload_id, {"path": path, "parts": {}})
+            rec["parts"][number] = size
+
+    def part_sizes(self, path_contains: str = "") -> dict[str, list[int]]:
+        """upload id -> sizes of its parts in part-number order (last attempt of each part)."""
+        with self._parts_lock:
+            return {uid: [rec["parts"][n] for n in sorted(rec["parts"])]
+                    for uid, rec in self._parts.items() if path_contains in rec["path"]}

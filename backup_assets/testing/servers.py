@@ -1,0 +1,164 @@
+"""TEST DOUBLES: loopback S3 and B2 endpoints with fault injection, and their command line.
+
+    python -m backup_assets.testing.servers s3 --port 9000 [--bucket NAME]...
+    python -m backup_assets.testing.servers b2 --port 9001 [--bucket NAME]...
+
+Both listen on 127.0.0.1 only. Faults are driven from Python (`server.faults`) or over HTTP, so
+other processes (the demo, end-to-end tests) can drive them too:
+
+    GET    /__faults__   current faults and request counters (JSON)
+    POST   /__faults__   set faults, e.g. {"fail": 3, "status": 503} or {"down": true}
+    DELETE /__faults__   clear all faults
+
+Fault fields (all optional; counts are consumed one per matching request):
+    fail:   N  answer the next N requests with `status` (500 or 503, default 503)
+    drop:   N  drop the connection mid-body (mid-request for uploads, mid-response for downloads)
+    flip:   N  flip one byte in the next N download bodies
+    down:   true -> every connection is closed at once without an answer (like a dead server)
+    after:  K  let K matching requests pass untouched before the counts above start to apply
+    match:  substring of "METHOD /path?query" a request must contain to be affected
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def check_loopback(host: str) -> str:
+    if host not in LOOPBACK:
+        raise ValueError(f"test servers listen on loopback only, not {host!r}")
+    return host
+
+
+class Faults:
+    """Thread-safe fault plan shared by the request handlers of one server."""
+
+    FIELDS = ("fail", "status", "drop", "flip", "down", "after", "match")
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.requests = 0  # every request seen (control requests excluded)
+        self.injected = 0
+        self.clear()
+
+    def clear(self) -> None:
+        with self._lock:
+            self.fail = 0
+            self.status = 503
+            self.drop = 0
+            self.flip = 0
+            self.down = False
+            self.after = 0
+            self.match = ""
+
+    def set(self, **kw) -> None:
+        unknown = set(kw) - set(self.FIELDS)
+        if unknown:
+            raise ValueError(f"unknown fault fields: {sorted(unknown)}")
+        if "status" in kw and int(kw["status"]) not in (500, 502, 503, 504):
+            raise ValueError("status must be a 5xx code")
+        with self._lock:
+            for k, v in kw.items():
+                setattr(self, k, v if k in ("match", "down") else int(v))
+
+    def state(self) -> dict:
+        with self._lock:
+            d = {k: getattr(self, k) for k in self.FIELDS}
+            d.update(requests=self.requests, injected=self.injected)
+            return d
+
+    def decide(self, desc: str, *, has_body_out: bool) -> str | None:
+        """Count the request and return the fault to inject: 'down', 'fail', 'drop', 'flip' or None."""
+        with self._lock:
+            self.requests += 1
+            if self.down:
+                self.injected += 1
+                return "down"
+            if self.match and self.match not in desc:
+                return None
+            if not (self.fail or self.drop or self.flip):
+                return None
+            if self.after > 0:
+                self.after -= 1
+                return None
+            for kind in ("fail", "drop"):
+                if getattr(self, kind) > 0:
+                    setattr(self, kind, getattr(self, kind) - 1)
+                    self.injected += 1
+                    return kind
+            if self.flip > 0 and has_body_out:
+                self.flip -= 1
+                self.injected += 1
+                return "flip"
+            return None
+
+    def handle_control(self, method: str, body: bytes) -> tuple[int, dict]:
+        try:
+            if method == "POST":
+                self.set(**(json.loads(body or b"{}")))
+            elif method == "DELETE":
+                self.clear()
+            elif method != "GET":
+                return 405, {"error": "use GET, POST or DELETE"}
+        except (ValueError, TypeError) as exc:
+            return 400, {"error": str(exc)}
+        return 200, self.state()
+
+
+def flip_byte(chunk: bytes) -> bytes:
+    i = len(chunk) // 2
+    return chunk[:i] + bytes([chunk[i] ^ 0x01]) + chunk[i + 1:]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m backup_assets.testing.servers",
+                                 description="Loopback S3/B2 TEST DOUBLES with fault injection.")
+    ap.add_argument("kind", choices=["s3", "b2"])
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--bucket", action="append", default=[], help="bucket to create (repeatable)")
+    ap.add_argument("--key-id", default=None, help="access key id / B2 application key id")
+    ap.add_argument("--key", default=None, help="secret access key / B2 application key")
+    ap.add_argument("--part-size", type=int, default=None, help="B2: recommended part size")
+    args = ap.parse_args(argv)
+    try:
+        check_loopback(args.host)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.kind == "s3":
+        from .s3_server import S3Server
+
+        server = S3Server(host=args.host, port=args.port, access_key=args.key_id or "testing",
+                          secret_key=args.key or "testing")
+        env = lambda: {"R2_ENDPOINT_URL": server.url, "R2_ACCESS_KEY_ID": server.access_key,  # noqa: E731
+                       "R2_SECRET_ACCESS_KEY": server.secret_key, "R2_BUCKET": (args.bucket or [""])[0]}
+    else:
+        from .b2_server import B2Server
+
+        kw = {"recommended_part_size": args.part_size} if args.part_size else {}
+        server = B2Server(host=args.host, port=args.port, key_id=args.key_id, key=args.key, **kw)
+        env = lambda: {"B2_REALM": server.url, "B2_APPLICATION_KEY_ID": server.key_id,  # noqa: E731
+                       "B2_APPLICATION_KEY": server.key, "B2_BUCKET": (args.bucket or [""])[0]}
+    server.start()
+    for b in args.bucket:
+        server.create_bucket(b)
+    # One JSON line on stdout: a parent process reads the URL and credentials from it.
+    print(json.dumps({"kind": args.kind, "url": server.url, "env": env()}), flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    while not stop.wait(0.5):  # a timed wait keeps signal handling prompt
+        pass
+    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
