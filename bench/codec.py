@@ -94,6 +94,11 @@ class NullSink:
 
 
 def rss_mib() -> float:
+    """Peak RSS of this process image (VmHWM; ru_maxrss would include the forking parent's peak)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
