@@ -19,7 +19,7 @@ import psycopg2
 from .archive_format import encode_archive
 from .atomic import atomic_output, check_output_path
 from .dump import PgDump, RowCounter, pg_dump_version
-from .errors import SafetyCheckFailed
+from .errors import DumpFailed, SafetyCheckFailed
 from .keyring import Keyring
 from .manifest import MANIFEST_VERSION, new_backup_id
 from .pg import connect
@@ -90,11 +90,14 @@ def export_tenant(settings: SourceSettings, keyring: Keyring, tenant_id: str, ou
                 )
                 dump.finish()
                 counts = counter.result()
-        except BaseException:
+        except BaseException as exc:
             dump.kill()
             if counter.is_alive():
                 conn.cancel()  # stop a long count before the connection closes under it
             counter.join(timeout=10)
+            if isinstance(exc, DumpFailed) and isinstance(counter.error, psycopg2.Error):
+                # The count failed first and aborted the snapshot's transaction; its error is the cause.
+                raise DumpFailed(f"reading as tenant {tenant_id} failed: {_one_line(counter.error)}") from None
             raise
         conn.rollback()
     finished = time.monotonic()
@@ -144,6 +147,10 @@ def _source_info(settings: SourceSettings, plan: DumpPlan) -> dict:
         "tenant_column": settings.tenant_column,
         "tenant_setting": settings.tenant_setting,
     }
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
 
 
 def _iso(moment: datetime) -> str:

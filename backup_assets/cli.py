@@ -1,0 +1,128 @@
+"""The `tenant-backup` command. Thin: parses arguments, calls the core, prints results.
+
+Exit codes: 0 ok; non-zero with a one-line reason on stderr (see core/errors.py for the codes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .core.errors import TenantBackupError
+
+log = logging.getLogger("tenant_backup")
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+def _progress(total: int, elapsed: float) -> None:
+    rate = total / elapsed / (1 << 20) if elapsed > 0 else 0.0
+    print(f"  dumped {_mib(total)} in {elapsed:.1f}s ({rate:.0f} MiB/s)", file=sys.stderr, flush=True)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .core.export import ExportOptions, export_tenant
+    from .core.keyring import Keyring
+    from .core.settings import SourceSettings
+
+    settings = SourceSettings.from_env()
+    keyring = Keyring.from_env()
+    options = ExportOptions(force=args.force, zstd_level=args.zstd_level,
+                            progress=None if args.quiet else _progress)
+    manifest = export_tenant(settings, keyring, args.tenant, Path(args.out), options)
+    print(json.dumps(manifest, indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_decrypt(args: argparse.Namespace) -> int:
+    from .core.decrypt import decrypt_to_file
+    from .core.keyring import Keyring
+    from .core.tenant_ids import validate_tenant_id
+
+    keyring = Keyring.from_env()
+    expect = validate_tenant_id(args.tenant) if args.tenant else None
+    header = decrypt_to_file(Path(args.file), Path(args.out), keyring, expect_tenant_id=expect,
+                             expect_sha256=args.sha256)
+    print(f"decrypted backup {header.backup_id} of tenant {header.tenant_id} to {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_keys_generate(args: argparse.Namespace) -> int:
+    from .core.keyring import generate_entry
+
+    print(generate_entry(args.id) if args.id else generate_entry())
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(Path(args.dir), tenants=args.tenants, rows=args.rows)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tenant-backup",
+        description="Per-tenant, RLS-isolated, encrypted PostgreSQL backups. Configured by TENANT_BACKUP_* "
+                    "environment variables (a .env file in the working directory is read too).",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("export", help="dump, compress and encrypt one tenant into a file; manifest JSON on stdout")
+    p.add_argument("--tenant", required=True, metavar="ID", help="tenant id (UUID unless TENANT_BACKUP_TENANT_ID_PATTERN)")
+    p.add_argument("--out", required=True, metavar="FILE", help="archive to write (its directory must exist)")
+    p.add_argument("--force", action="store_true",
+                   help="export a tenant that TENANT_BACKUP_TENANTS_QUERY does not return (e.g. a SUSPENDED one)")
+    p.add_argument("--zstd-level", type=int, default=3, choices=range(1, 20), metavar="N", help="zstd level (default 3)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("decrypt", help="verify and decrypt an archive to a plain pg_dump custom-format file")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--out", required=True, metavar="DUMP")
+    p.add_argument("--tenant", metavar="ID", help="refuse the archive unless it belongs to this tenant")
+    p.add_argument("--sha256", metavar="HEX", help="refuse the archive unless its SHA-256 is this (from the manifest)")
+    p.set_defaults(func=cmd_decrypt)
+
+    p = sub.add_parser("keys", help="keyring tools")
+    keys = p.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    g = keys.add_parser("generate", help="print a new keyring entry id:base64key (put it first in TENANT_BACKUP_KEYS)")
+    g.add_argument("--id", metavar="KEY_ID", help="key id (default: generated from today's date)")
+    g.set_defaults(func=cmd_keys_generate)
+
+    p = sub.add_parser("demo", help="the embedded default: a sample database on an embedded PostgreSQL, every tenant backed up")
+    p.add_argument("--dir", default=".tenant-backup-demo", help="where the demo keeps its server and outputs")
+    p.add_argument("--tenants", type=int, default=20, help="active sample tenants (default 20)")
+    p.add_argument("--rows", type=int, default=50, help="sales per sample tenant (default 50)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .core.settings import load_dotenv_file
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("botocore", "boto3", "urllib3", "b2sdk"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    try:
+        load_dotenv_file()
+        return args.func(args)
+    except TenantBackupError as exc:
+        print(f"tenant-backup: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("tenant-backup: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""Export benchmark: raw `pg_dump -Fc -Z0` vs the seed's approach vs ours, side by side, one run.
+
+    python bench/export.py [--sizes 100,350,1024] [--dsn SUPERUSER_DSN] [--keep]
+
+For each size it builds (once, cached in the database) a sample tenant whose raw dump is about that
+many MiB, then measures, each in its own child process so peak RSS is that approach's own:
+  raw   pg_dump -Fc -Z0 --enable-row-security as the backup role, to a file (the floor);
+  seed  pg_dump -Fc, then the whole file read into memory, gzip -9, Fernet, SHA-256 (the seed report's way);
+  ours  tenant-backup's export (pre-flight, in-snapshot counts, zstd, AES-256-GCM, SHA-256, fsync).
+Prints wall time, throughput (raw dump MiB / s), peak RSS of the approach's process tree and the
+output size. Without --dsn it starts an embedded PostgreSQL under bench/out/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+OUT = ROOT / "bench" / "out"
+
+
+def _measure(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Run cmd; return (wall seconds, peak RSS in MB of the process tree, sampled every 20 ms)."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env)
+    parent = psutil.Process(proc.pid)
+    peak = 0
+    while proc.poll() is None:
+        try:
+            rss = parent.memory_info().rss + sum(c.memory_info().rss for c in parent.children(recursive=True))
+            peak = max(peak, rss)
+        except psutil.Error:
+            pass
+        time.sleep(0.02)
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"benchmark step failed ({proc.returncode}): {' '.join(cmd[:4])}")
+    return wall, peak / 1e6
+
+
+def _one(approach: str, dsn: str, tenant_id: str, out: str) -> None:
+    """Child-process body of one measured approach."""
+    from backup_assets.core.pg import client_env
+    from backup_assets.core.pgbin import pg_program
+
+    conninfo, env = client_env(dsn, {"app.current_tenant": tenant_id})
+    if approach == "raw":
+        subprocess.run([pg_program("pg_dump"), "-Fc", "-Z0", "--enable-row-security", "-f", out,
+                        f"--dbname={conninfo}"], env=env, check=True)
+    elif approach == "seed":
+        import gzip
+        import hashlib
+
+        from cryptography.fernet import Fernet
+
+        plain = out + ".pgdump"
+        subprocess.run([pg_program("pg_dump"), "-Fc", "--enable-row-security", "-f", plain,
+                        f"--dbname={conninfo}"], env=env, check=True)
+        data = Path(plain).read_bytes()
+        token = Fernet(Fernet.generate_key()).encrypt(gzip.compress(data, 9))
+        hashlib.sha256(token).hexdigest()
+        Path(out).write_bytes(token)
+        os.unlink(plain)
+    elif approach == "ours":
+        from backup_assets.core.export import ExportOptions, export_tenant
+        from backup_assets.core.keyring import Keyring, generate_entry
+        from backup_assets.core.settings import SourceSettings
+
+        settings = SourceSettings.from_env({"TENANT_BACKUP_SOURCE_DSN": dsn})
+        manifest = export_tenant(settings, Keyring.parse(generate_entry("bench")), tenant_id, Path(out),
+                                 ExportOptions(zstd_level=int(os.environ.get("BENCH_ZSTD_LEVEL", "3"))))
+        Path(out + ".manifest.json").write_text(json.dumps(manifest))
+    else:
+        raise SystemExit(f"unknown approach {approach}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="100,350,1024", help="tenant sizes in MiB of raw dump")
+    parser.add_argument("--dsn", help="superuser DSN of a server to use instead of an embedded one")
+    parser.add_argument("--approaches", default="raw,seed,ours")
+    parser.add_argument("--keep", action="store_true", help="keep the output files")
+    parser.add_argument("--one", nargs=4, metavar=("APPROACH", "DSN", "TENANT", "OUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        _one(*args.one)
+        return
+
+    from backup_assets.sample.generate import SampleDatabase, add_large_tenant, create_sample_database
+    from backup_assets.testing.embedded_pg import dsn_for, start_embedded
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    server_dsn = args.dsn or start_embedded(OUT / "pg").admin_dsn()
+    state_file = OUT / "tenants.json"
+    state = json.loads(state_file.read_text()) if state_file.exists() else {}
+    if state.get("server") != server_dsn:
+        state = {"server": server_dsn, "tenants": {}}
+        db = create_sample_database(server_dsn, "bench_export")
+    else:
+        db = SampleDatabase("bench_export", dsn_for(server_dsn, dbname="bench_export"),
+                            dsn_for(server_dsn, user="app_owner", dbname="bench_export"),
+                            dsn_for(server_dsn, user="tenant_backup", dbname="bench_export"))
+    sizes = [int(s) for s in args.sizes.split(",")]
+    for size in sizes:
+        if str(size) not in state["tenants"]:
+            t0 = time.perf_counter()
+            tenant = add_large_tenant(db, size, seed=size)
+            state["tenants"][str(size)] = tenant.id
+            state_file.write_text(json.dumps(state))
+            print(f"generated a ~{size} MiB tenant in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    rows = []
+    for size in sizes:
+        tenant_id = state["tenants"][str(size)]
+        results = {}
+        for approach in args.approaches.split(","):
+            out = str(OUT / f"{approach}-{size}.out")
+            wall, rss = _measure([sys.executable, __file__, "--one", approach, db.backup_dsn, tenant_id, out], env)
+            results[approach] = {"wall_s": wall, "peak_rss_mb": rss, "bytes": os.path.getsize(out)}
+            if not args.keep:
+                os.unlink(out)
+        raw_mib = results["raw"]["bytes"] / (1 << 20) if "raw" in results else None
+        for approach, r in results.items():
+            r["mib_per_s"] = raw_mib / r["wall_s"] if raw_mib else None
+            rows.append({"size": size, "approach": approach, "raw_dump_mib": raw_mib, **r})
+
+    print(f"{'tenant':>8} {'approach':8} {'wall s':>7} {'MiB/s':>7} {'peak RSS MB':>11} {'output MiB':>10}  ratio vs raw / seed")
+    for row in rows:
+        same = [r for r in rows if r["size"] == row["size"]]
+        raw = next((r for r in same if r["approach"] == "raw"), None)
+        seed = next((r for r in same if r["approach"] == "seed"), None)
+        rel = ""
+        if row["approach"] == "ours" and raw and seed:
+            rel = f"{row['wall_s'] / raw['wall_s']:.2f}x raw, {row['wall_s'] / seed['wall_s']:.2f}x seed"
+        print(f"{row['raw_dump_mib'] or 0:7.0f}M {row['approach']:8} {row['wall_s']:7.2f} {row['mib_per_s'] or 0:7.0f}"
+              f" {row['peak_rss_mb']:11.0f} {row['bytes'] / (1 << 20):10.1f}  {rel}")
+    (OUT / "export-results.json").write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()

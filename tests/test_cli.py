@@ -1,0 +1,126 @@
+"""The `tenant-backup` command as a user runs it: exit codes, one-line errors, nothing written on failure."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from backup_assets.core.keyring import generate_entry
+from backup_assets.core.pgbin import pg_program
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(args, env, cwd):
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("TENANT_BACKUP_")}
+    full_env["PYTHONPATH"] = str(ROOT)  # tests run from tmp dirs; the package may not be installed
+    full_env.update(env)
+    return subprocess.run([sys.executable, "-m", "backup_assets.cli", *args], env=full_env, cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def keys():
+    return generate_entry("cli1")
+
+
+@pytest.fixture
+def env(sample_db, keys):
+    return {"TENANT_BACKUP_SOURCE_DSN": sample_db.backup_dsn, "TENANT_BACKUP_KEYS": keys}
+
+
+@pytest.fixture
+def active(sample_tenants):
+    return next(t for t in sample_tenants if t.status == "ACTIVE")
+
+
+def one_line_error(result):
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.startswith("tenant-backup: error:")]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+def test_export_then_decrypt_gives_a_pg_restore_readable_dump(env, active, tmp_path):
+    result = run(["export", "--tenant", active.id, "--out", "a.tbk"], env, tmp_path)
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads(result.stdout)
+    assert manifest["tenant_id"] == active.id and (tmp_path / "a.tbk").stat().st_size == manifest["archive"]["size"]
+    result = run(["decrypt", "a.tbk", "--out", "a.dump", "--sha256", manifest["archive"]["sha256"]], env, tmp_path)
+    assert result.returncode == 0, result.stderr
+    listing = subprocess.run([pg_program("pg_restore"), "--list", str(tmp_path / "a.dump")],
+                             capture_output=True, text=True, check=True).stdout
+    assert "TABLE DATA public sales" in listing
+
+
+@pytest.mark.parametrize("bad", ["not-a-uuid", "x'; DROP TABLE tenants; --", "../../etc/passwd",
+                                 "00000000-0000-4000-8000-000000000000/..", ""])
+def test_invalid_tenant_ids_are_rejected_before_use(env, tmp_path, bad):
+    result = run(["export", "--tenant", bad, "--out", "x.tbk"], env, tmp_path)
+    assert "invalid tenant id" in one_line_error(result)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("keys, expected", [
+    (None, "TENANT_BACKUP_KEYS"),
+    ("", "TENANT_BACKUP_KEYS"),
+    ("k1:not-base64!!", "TENANT_BACKUP_KEYS"),
+    ("k1:c2hvcnQ=", "TENANT_BACKUP_KEYS"),
+])
+def test_missing_or_malformed_keyring(env, active, tmp_path, keys, expected):
+    env = dict(env)
+    if keys is None:
+        env.pop("TENANT_BACKUP_KEYS")
+    else:
+        env["TENANT_BACKUP_KEYS"] = keys
+    result = run(["export", "--tenant", active.id, "--out", "x.tbk"], env, tmp_path)
+    line = one_line_error(result)
+    assert expected in line
+    assert "c2hvcnQ" not in line  # key material is never echoed
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unreachable_database(keys, active, tmp_path):
+    env = {"TENANT_BACKUP_SOURCE_DSN": "postgresql://nobody@127.0.0.1:1/none?connect_timeout=2",
+           "TENANT_BACKUP_KEYS": keys}
+    line = one_line_error(run(["export", "--tenant", active.id, "--out", "x.tbk"], env, tmp_path))
+    assert "cannot connect" in line and "127.0.0.1" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_output_in_a_missing_directory(env, active, tmp_path):
+    line = one_line_error(run(["export", "--tenant", active.id, "--out", "nope/x.tbk"], env, tmp_path))
+    assert "does not exist" in line
+
+
+def test_suspended_tenant_needs_force(env, sample_tenants, tmp_path):
+    suspended = next(t for t in sample_tenants if t.status == "SUSPENDED")
+    line = one_line_error(run(["export", "--tenant", suspended.id, "--out", "s.tbk"], env, tmp_path))
+    assert "--force" in line
+    result = run(["export", "--tenant", suspended.id, "--out", "s.tbk", "--force"], env, tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
+def test_decrypt_with_the_wrong_key_writes_nothing(env, active, tmp_path):
+    assert run(["export", "--tenant", active.id, "--out", "a.tbk"], env, tmp_path).returncode == 0
+    other = dict(env, TENANT_BACKUP_KEYS=generate_entry("other"))
+    line = one_line_error(run(["decrypt", "a.tbk", "--out", "a.dump"], other, tmp_path))
+    assert "cli1" in line  # names the key id it needs
+    assert not (tmp_path / "a.dump").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tbk"]
+
+
+def test_keys_generate_prints_a_usable_entry(tmp_path):
+    result = run(["keys", "generate", "--id", "k2026"], {}, tmp_path)
+    assert result.returncode == 0
+    entry = result.stdout.strip()
+    assert entry.startswith("k2026:")
+    from backup_assets.core.keyring import Keyring
+    assert Keyring.parse(entry).active.id == "k2026"
