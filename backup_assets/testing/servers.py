@@ -43,12 +43,13 @@ class Faults:
 
     def __init__(self):
         self._lock = threading.Lock()
-        self.requests = 0  # every request seen (control requests excluded)
-        self.injected = 0
         self.clear()
 
     def clear(self) -> None:
+        """Remove every fault and reset the counters."""
         with self._lock:
+            self.requests = 0  # every request seen (control requests excluded)
+            self.injected = 0
             self.fail = 0
             self.status = 503
             self.drop = 0

@@ -25,6 +25,11 @@ from .base import CHUNK, ObjectLocation
 SHA256_INFO = "sha256"
 
 
+def _line(msg: str) -> str:
+    """User-facing errors are one line (b2sdk joins retried exceptions with newlines)."""
+    return " ".join(msg.split())
+
+
 def _bounded_classes(tries: int, connect_timeout: float, read_timeout: float):
     from b2sdk.v2 import B2Api
 
@@ -102,12 +107,15 @@ class B2Location(ObjectLocation):
         if isinstance(exc, (e.ChecksumMismatch, e.FileSha1Mismatch, e.TruncatedOutput)):
             return CorruptObject(f"{what}: {exc}")
         if isinstance(exc, e.MaxRetriesExceeded):
-            return TransientStorageError(f"{what}: upload failed after {self._tries} attempts ({exc})")
+            last = exc.exception_info_list[-1] if getattr(exc, "exception_info_list", None) else exc
+            return TransientStorageError(_line(f"{what}: upload failed after {self._tries} attempts ({last})"))
+        if isinstance(exc, e.AlreadyFailed):  # a sibling part failed first; that failure is the cause
+            return TransientStorageError(_line(f"{what}: large-file upload failed ({exc})"))
         if isinstance(exc, e.B2ConnectionError):
             return TransientStorageError(f"b2: cannot connect to {self.realm}")
         if isinstance(exc, (e.ServiceError, e.TooManyRequests, e.RequestTimeout, e.B2RequestTimeout,
                             e.UnknownError, e.ConnectionReset, e.PartSha1Mismatch)):
-            return TransientStorageError(f"{what}: {exc}")
+            return TransientStorageError(_line(f"{what}: {exc}"))
         try:
             import requests
 
@@ -118,8 +126,8 @@ class B2Location(ObjectLocation):
         if isinstance(exc, (ConnectionError, TimeoutError)):
             return TransientStorageError(f"{what}: connection failed ({type(exc).__name__})")
         if isinstance(exc, e.B2Error):
-            return PermanentStorageError(f"{what}: {exc}")
-        return PermanentStorageError(f"{what}: {type(exc).__name__}: {exc}")
+            return PermanentStorageError(_line(f"{what}: {exc}"))
+        return PermanentStorageError(_line(f"{what}: {type(exc).__name__}: {exc}"))
 
     def _run(self, key: str | None, fn, *args, **kw):
         try:

@@ -128,7 +128,8 @@ class R2Location(ObjectLocation):
                     f"r2: credentials rejected by {self.endpoint_url} ({code}): check R2_ACCESS_KEY_ID / R2_SECRET_ACCESS_KEY")
             if code in _TRANSIENT or status >= 500 or status == 429:
                 return TransientStorageError(f"{what}: server error {code or status}")
-            return PermanentStorageError(f"{what}: {code or status}: {exc.response.get('Error', {}).get('Message', '')}")
+            msg = " ".join(str(exc.response.get("Error", {}).get("Message", "")).split())
+            return PermanentStorageError(f"{what}: {code or status}: {msg}")
         if isinstance(exc, (bx.NoCredentialsError, bx.PartialCredentialsError)):
             return PermanentStorageError("r2: no credentials: set R2_ACCESS_KEY_ID and R2_SECRET_ACCESS_KEY")
         if isinstance(exc, (bx.EndpointConnectionError, bx.ConnectTimeoutError)):
@@ -145,7 +146,7 @@ class R2Location(ObjectLocation):
                 return TransientStorageError(f"{what}: connection failed ({type(exc).__name__})")
         except ImportError:  # pragma: no cover
             pass
-        return PermanentStorageError(f"{what}: {type(exc).__name__}: {exc}")
+        return PermanentStorageError(" ".join(f"{what}: {type(exc).__name__}: {exc}".split()))
 
     def _call(self, key: str | None, fn, **kw):
         try:
