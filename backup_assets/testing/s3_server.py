@@ -36,6 +36,13 @@ def _kill_connection(environ) -> None:
             pass
 
 
+def _dead(environ, start_response):
+    """Cut the connection; the response werkzeug then fails to write is dropped quietly."""
+    _kill_connection(environ)
+    start_response("500 Connection Dropped", [("Content-Length", "0")])
+    return []
+
+
 def _drain(environ) -> None:
     n = int(environ.get("CONTENT_LENGTH") or 0)
     stream = environ["wsgi.input"]
@@ -71,8 +78,7 @@ class _FaultMiddleware:
         has_body_in = int(environ.get("CONTENT_LENGTH") or 0) > 0
         fault = faults.decide(desc, has_body_out=(method == "GET"))
         if fault == "down":
-            _kill_connection(environ)
-            return []
+            return _dead(environ, start_response)
         if fault == "fail":
             _drain(environ)  # keep the keep-alive stream in sync
             code = "InternalError" if faults.status == 500 else "ServiceUnavailable"
@@ -82,8 +88,7 @@ class _FaultMiddleware:
         if fault == "drop" and has_body_in:
             n = int(environ["CONTENT_LENGTH"])
             environ["wsgi.input"].read(n // 2)
-            _kill_connection(environ)
-            return []
+            return _dead(environ, start_response)
 
         if self.server.access_key is not None:
             auth = environ.get("HTTP_AUTHORIZATION", "")

@@ -14,6 +14,7 @@ RetryingLocation wrapper is the one place that retries whole operations.
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -72,12 +73,19 @@ class B2Location(ObjectLocation):
         self._upload_workers = upload_workers
         self._tries = tries
         self._bucket = None  # authorized lazily: constructing a location does no network I/O
+        self._lock = threading.Lock()
 
     def _key_uri(self, key: str) -> str:
         return f"b2://{self.bucket_name}/{key}"
 
     # -- connection & errors -----------------------------------------------------------------------
     def _b(self):
+        if self._bucket is not None:
+            return self._bucket
+        with self._lock:  # concurrent first uses (one thread per tenant) authorize once
+            return self._authorize()
+
+    def _authorize(self):
         if self._bucket is None:
             from b2sdk.v2 import InMemoryAccountInfo
 

@@ -37,7 +37,9 @@ class RetryingLocation(Location):
     def retention_days(self) -> int:  # type: ignore[override]
         return self.inner.retention_days
 
-    def __getattr__(self, item):  # backend-specific extras (bucket, root, prefix, ...)
+    def __getattr__(self, item):  # backend-specific extras (bucket, root, prefix, archive_key, ...)
+        if item == "inner":  # not set yet (e.g. during unpickling): avoid infinite recursion
+            raise AttributeError(item)
         return getattr(self.inner, item)
 
     def _call(self, op: str, *args):
