@@ -1,0 +1,97 @@
+"""The assets: one archive per tenant partition, fanned out to one asset per storage location.
+
+tenant_archive ──► local_copy / r2_copy / b2_copy, each with its own IO manager, so a failing
+location fails, retries and is backfilled alone.
+"""
+
+
+import os
+
+from dagster import AssetExecutionContext, AssetIn, AssetsDefinition, Backoff, MetadataValue, RetryPolicy, asset
+
+from ..core.export import ExportOptions, export_tenant
+from .partitions import tenants_partitions
+from .resources import ArchiveHandle, BackupResource
+
+GROUP = "tenant_backup"
+ARCHIVE_ASSET = "tenant_archive"
+
+
+def retry_policy() -> RetryPolicy:
+    """TENANT_BACKUP_RETRIES (default 3) retries, TENANT_BACKUP_RETRY_DELAY_S (default 300) apart."""
+    return RetryPolicy(max_retries=int(os.environ.get("TENANT_BACKUP_RETRIES", "3")),
+                       delay=float(os.environ.get("TENANT_BACKUP_RETRY_DELAY_S", "300")),
+                       backoff=Backoff.LINEAR)
+
+
+def archive_metadata(manifest: dict) -> dict:
+    """Numbers as numeric metadata, so the UI plots them over time."""
+    tables = manifest["tables"]
+    return {
+        "tenant_id": manifest["tenant_id"],
+        "backup_id": manifest["backup_id"],
+        "key_id": manifest["archive"]["key_id"],
+        "sha256": manifest["archive"]["sha256"],
+        "raw_bytes": MetadataValue.int(manifest["raw_size"]),
+        "compressed_bytes": MetadataValue.int(manifest["compressed_size"]),
+        "archive_bytes": MetadataValue.int(manifest["archive"]["size"]),
+        "compression_ratio": MetadataValue.float(float(manifest["compression_ratio"] or 0.0)),
+        "duration_seconds": MetadataValue.float(float(manifest["timings"]["total_s"])),
+        "rows_total": MetadataValue.int(sum(tables.values())),
+        "row_counts": MetadataValue.json(tables),
+        "shared_tables": MetadataValue.json(manifest["table_kinds"]["shared"]),
+    }
+
+
+def build_archive_asset() -> AssetsDefinition:
+    @asset(
+        name=ARCHIVE_ASSET,
+        partitions_def=tenants_partitions,
+        io_manager_key="staging_io_manager",
+        group_name=GROUP,
+        retry_policy=retry_policy(),
+        kinds={"postgres"},
+        description="One tenant's rows: pg_dump under row-level security → zstd → AES-256-GCM → SHA-256, "
+                    "staged on local disk. The handle (path + manifest) is what flows downstream.",
+    )
+    def tenant_archive(context: AssetExecutionContext, backup: BackupResource) -> ArchiveHandle:
+        tenant_id = context.partition_key
+        out_dir = backup.staging_dir(tenant_id)
+        pending = out_dir / f"pending-{context.run_id[:8]}.tbk"
+        # Tenants are partitions because the registry lists them; a tenant removed from the
+        # registry since is refused by export (no --force here).
+        manifest = export_tenant(backup.source_settings(), backup.keyring(), tenant_id, pending, ExportOptions())
+        final = out_dir / f"{manifest['backup_id']}.tbk"
+        os.replace(pending, final)
+        manifest["archive"]["file"] = final.name
+        _prune_staging(out_dir, keep=final)
+        context.add_output_metadata(archive_metadata(manifest))
+        return ArchiveHandle(tenant_id, manifest["backup_id"], str(final), manifest)
+
+    return tenant_archive
+
+
+def _prune_staging(directory, keep, retain: int = 2) -> None:
+    """Keep the newest staged archives only (a location re-run needs the latest one)."""
+    staged = sorted(p for p in directory.glob("*.tbk") if not p.name.startswith("pending-"))
+    for old in staged[:-retain]:
+        if old != keep:
+            old.unlink(missing_ok=True)
+
+
+def build_location_asset(location: str) -> AssetsDefinition:
+    @asset(
+        name=f"{location}_copy",
+        partitions_def=tenants_partitions,
+        io_manager_key=f"{location}_io_manager",
+        ins={"archive": AssetIn(ARCHIVE_ASSET)},
+        group_name=GROUP,
+        retry_policy=retry_policy(),
+        kinds={"local" if location == "local" else "s3" if location == "r2" else "backblaze"},
+        description=f"The tenant's archive and manifest stored in the {location} location "
+                    f"(its IO manager writes it; retention per TENANT_BACKUP_RETENTION_{location.upper()}_DAYS).",
+    )
+    def copy(archive: ArchiveHandle) -> ArchiveHandle:
+        return archive  # the IO manager does the storing: the value is only the handle
+
+    return copy

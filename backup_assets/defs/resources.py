@@ -1,0 +1,141 @@
+"""Dagster resources and IO managers. Thin: they hold configuration and call the core.
+
+What passes between assets is an ArchiveHandle (path + manifest), never the archive's bytes.
+"""
+
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from dagster import ConfigurableIOManager, ConfigurableResource, InputContext, MetadataValue, OutputContext
+
+from ..core.errors import TenantBackupError
+from ..core.keyring import Keyring
+from ..core.settings import SourceSettings
+from ..core.storage import Location, locations_from_env
+
+
+@dataclass(frozen=True)
+class ArchiveHandle:
+    """An archive on local disk and its manifest; what the archive asset hands to the locations."""
+
+    tenant_id: str
+    backup_id: str
+    path: str
+    manifest: dict
+
+
+@dataclass(frozen=True)
+class StoredHandle:
+    """A backup as stored in one location; what a location asset's IO manager gives back on load."""
+
+    location: str
+    tenant_id: str
+    backup_id: str
+    uri: str
+    manifest: dict
+
+
+def default_work_dir() -> str:
+    return os.environ.get("TENANT_BACKUP_WORK_DIR") or str(Path(tempfile.gettempdir()) / "tenant-backup-work")
+
+
+class BackupResource(ConfigurableResource):
+    """The source database and the keyring. Secrets come in as EnvVar (never shown in the UI);
+    the remaining TENANT_BACKUP_* settings are read from the environment (core/settings.py)."""
+
+    source_dsn: str
+    master_keys: str
+    work_dir: str
+
+    def source_settings(self) -> SourceSettings:
+        return SourceSettings.from_env({**os.environ, "TENANT_BACKUP_SOURCE_DSN": self.source_dsn})
+
+    def keyring(self) -> Keyring:
+        return Keyring.parse(self.master_keys)
+
+    def scratch_admin_dsn(self) -> str:
+        """Where restore drills create their scratch databases: TENANT_BACKUP_SCRATCH_DSN (a role that
+        may CREATE DATABASE), else an embedded PostgreSQL kept under the work directory."""
+        configured = os.environ.get("TENANT_BACKUP_SCRATCH_DSN", "").strip()
+        if configured:
+            return configured
+        from ..testing.embedded_pg import start_embedded
+
+        return start_embedded(Path(self.work_dir) / "scratch-pg").admin_dsn()
+
+    def scratch_files_dir(self) -> str:
+        path = Path(self.work_dir) / "tmp"
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return str(path)
+
+    def staging_dir(self, tenant_id: str) -> Path:
+        path = Path(self.work_dir) / "staging" / tenant_id
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return path
+
+
+class StagingIOManager(ConfigurableIOManager):
+    """Keeps the archive asset's handle beside the staged archive: <work>/staging/<tenant>/latest.json.
+    A later run (a location re-run alone) loads it back; the archive itself is never pickled."""
+
+    work_dir: str
+
+    def _pointer(self, tenant_id: str) -> Path:
+        return Path(self.work_dir) / "staging" / tenant_id / "latest.json"
+
+    def handle_output(self, context: OutputContext, obj: ArchiveHandle) -> None:
+        pointer = self._pointer(obj.tenant_id)
+        pointer.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        temp = pointer.with_suffix(".tmp")
+        temp.write_text(json.dumps({"tenant_id": obj.tenant_id, "backup_id": obj.backup_id,
+                                    "path": obj.path, "manifest": obj.manifest}))
+        os.replace(temp, pointer)
+
+    def load_input(self, context: InputContext) -> ArchiveHandle:
+        tenant_id = context.partition_key
+        pointer = self._pointer(tenant_id)
+        if not pointer.exists():
+            raise TenantBackupError(f"no staged archive for tenant {tenant_id}: materialize tenant_archive first")
+        data = json.loads(pointer.read_text())
+        if not Path(data["path"]).exists():
+            raise TenantBackupError(
+                f"the staged archive {data['path']} of tenant {tenant_id} is gone: re-materialize tenant_archive")
+        return ArchiveHandle(data["tenant_id"], data["backup_id"], data["path"], data["manifest"])
+
+
+class LocationIOManager(ConfigurableIOManager):
+    """Stores an archive in one storage location (local, r2 or b2) and loads back a handle on the
+    latest complete backup of the partition's tenant there. Configured from the environment."""
+
+    location: str
+
+    def build(self) -> Location:
+        return locations_from_env([self.location])[self.location]
+
+    def handle_output(self, context: OutputContext, obj: ArchiveHandle) -> None:
+        import time
+
+        started = time.monotonic()
+        stored = self.build().put(obj.tenant_id, obj.backup_id, Path(obj.path), obj.manifest)
+        context.add_output_metadata({
+            "location": self.location,
+            "uri": MetadataValue.text(stored.uri),
+            "backup_id": obj.backup_id,
+            "stored_bytes": MetadataValue.int(stored.size),
+            "sha256": stored.sha256,
+            "upload_seconds": MetadataValue.float(round(time.monotonic() - started, 3)),
+        })
+
+    def load_input(self, context: InputContext) -> StoredHandle:
+        tenant_id = context.partition_key
+        location = self.build()
+        refs = location.list(tenant_id)
+        if not refs:
+            raise TenantBackupError(f"no complete backup of tenant {tenant_id} in location {self.location}")
+        latest = refs[-1]
+        return StoredHandle(self.location, tenant_id, latest.backup_id, latest.uri,
+                            location.get_manifest(tenant_id, latest.backup_id))
