@@ -69,3 +69,10 @@ class PermanentStorageError(StorageError):
 
 class CorruptObject(StorageError):
     """A stored object's bytes do not match its recorded SHA-256 (or size). Never retried silently."""
+
+
+class ScratchDatabaseError(TenantBackupError):
+    """The scratch server of a restore drill refused to create, query or drop the scratch database
+    (missing CREATEDB, server down, ...): the drill could not run, which says nothing about the archive."""
+
+    exit_code = 9
