@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="FILE", help="archive to write (its directory must exist)")
     p.add_argument("--force", action="store_true",
                    help="export a tenant that TENANT_BACKUP_TENANTS_QUERY does not return (e.g. a SUSPENDED one)")
-    p.add_argument("--zstd-level", type=int, default=3, choices=range(1, 20), metavar="N", help="zstd level (default 3)")
+    p.add_argument("--zstd-level", type=int, default=1, choices=range(1, 20), metavar="N", help="zstd level (default 1)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("decrypt", help="verify and decrypt an archive to a plain pg_dump custom-format file")

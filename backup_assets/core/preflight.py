@@ -31,6 +31,7 @@ class TableInfo:
     schema: str
     name: str
     kind: str
+    tenant_type: str | None = None  # SQL type of the tenant column (format_type), for typed comparisons
 
     @property
     def qualified(self) -> str:
@@ -55,6 +56,7 @@ SELECT c.oid, n.nspname, c.relname, c.relrowsecurity, c.relforcerowsecurity,
        pg_get_userbyid(c.relowner) AS owner,
        pg_has_role(current_user, c.relowner, 'USAGE') AS acts_as_owner,
        a.attnum AS tenant_attnum,
+       format_type(a.atttypid, a.atttypmod) AS tenant_type,
        EXISTS (
          SELECT 1 FROM pg_policy p
           WHERE p.polrelid = c.oid AND p.polpermissive AND p.polcmd IN ('r', '*')
@@ -107,7 +109,7 @@ def inspect_source(conn, settings: SourceSettings) -> DumpPlan:
     tenant_oids: set[int] = set()
     rls_oids: set[int] = set()
     tenant_attnum: dict[int, int] = {}
-    for oid, schema, name, rls, force, owner, acts_as_owner, attnum, has_policy in rows:
+    for oid, schema, name, rls, force, owner, acts_as_owner, attnum, _type, has_policy in rows:
         qualified = f"{schema}.{name}"
         by_oid[oid] = (schema, name)
         if qualified in excluded:
@@ -135,12 +137,12 @@ def inspect_source(conn, settings: SourceSettings) -> DumpPlan:
 
     protected = tenant_oids | rls_oids
     tables: list[TableInfo] = []
-    for oid, schema, name, rls, *_ in rows:
+    for oid, schema, name, rls, _force, _owner, _acts, _attnum, tenant_type, _policy in rows:
         qualified = f"{schema}.{name}"
         if qualified in excluded:
             tables.append(TableInfo(schema, name, EXCLUDED))
         elif oid in tenant_oids:
-            tables.append(TableInfo(schema, name, TENANT))
+            tables.append(TableInfo(schema, name, TENANT, tenant_type))
         elif oid in rls_oids:
             tables.append(TableInfo(schema, name, RLS_CHILD))
         else:
