@@ -4,7 +4,7 @@
 
 For each size it builds (once, cached in the database) a sample tenant whose raw dump is about that
 many MiB, then measures, each in its own child process so peak RSS is that approach's own:
-  raw   pg_dump -Fc -Z0 --enable-row-security as the backup role, to a file (the floor);
+  raw   pg_dump -Fc -Z0 --enable-row-security as the backup role, to a file (the floor), pg_dump alone;
   seed  pg_dump -Fc, then the whole file read into memory, gzip -9, Fernet, SHA-256 (the seed report's way);
   ours  tenant-backup's export (pre-flight, in-snapshot counts, zstd, AES-256-GCM, SHA-256, fsync).
 Prints wall time, throughput (raw dump MiB / s), peak RSS of the approach's process tree and the
@@ -54,10 +54,7 @@ def _one(approach: str, dsn: str, tenant_id: str, out: str) -> None:
     from backup_assets.core.pgbin import pg_program
 
     conninfo, env = client_env(dsn, {"app.current_tenant": tenant_id})
-    if approach == "raw":
-        subprocess.run([pg_program("pg_dump"), "-Fc", "-Z0", "--enable-row-security", "-f", out,
-                        f"--dbname={conninfo}"], env=env, check=True)
-    elif approach == "seed":
+    if approach == "seed":
         import gzip
         import hashlib
 
@@ -78,7 +75,7 @@ def _one(approach: str, dsn: str, tenant_id: str, out: str) -> None:
 
         settings = SourceSettings.from_env({"TENANT_BACKUP_SOURCE_DSN": dsn})
         manifest = export_tenant(settings, Keyring.parse(generate_entry("bench")), tenant_id, Path(out),
-                                 ExportOptions(zstd_level=int(os.environ.get("BENCH_ZSTD_LEVEL", "3"))))
+                                 ExportOptions(zstd_level=int(os.environ.get("BENCH_ZSTD_LEVEL", "1"))))
         Path(out + ".manifest.json").write_text(json.dumps(manifest))
     else:
         raise SystemExit(f"unknown approach {approach}")
@@ -90,6 +87,9 @@ def main() -> None:
     parser.add_argument("--dsn", help="superuser DSN of a server to use instead of an embedded one")
     parser.add_argument("--approaches", default="raw,seed,ours")
     parser.add_argument("--keep", action="store_true", help="keep the output files")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="runs of raw and ours per size; the median is reported (seed runs once: it is slow)")
+    parser.add_argument("--zstd-level", type=int, default=None, help="zstd level of ours (default: the export default)")
     parser.add_argument("--one", nargs=4, metavar=("APPROACH", "DSN", "TENANT", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -120,14 +120,32 @@ def main() -> None:
             print(f"generated a ~{size} MiB tenant in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
 
     env = dict(os.environ, PYTHONPATH=str(ROOT))
+    if args.zstd_level:
+        env["BENCH_ZSTD_LEVEL"] = str(args.zstd_level)
+    from backup_assets.core.export import ExportOptions
+    from backup_assets.core.pg import client_env
+    from backup_assets.core.pgbin import pg_program
+
+    env.setdefault("BENCH_ZSTD_LEVEL", str(ExportOptions().zstd_level))
     rows = []
     for size in sizes:
         tenant_id = state["tenants"][str(size)]
         results = {}
         for approach in args.approaches.split(","):
             out = str(OUT / f"{approach}-{size}.out")
-            wall, rss = _measure([sys.executable, __file__, "--one", approach, db.backup_dsn, tenant_id, out], env)
-            results[approach] = {"wall_s": wall, "peak_rss_mb": rss, "bytes": os.path.getsize(out)}
+            runs = []
+            for _ in range(1 if approach == "seed" else args.repeat):
+                if approach == "raw":  # pg_dump alone, no Python around it
+                    conninfo, dump_env = client_env(db.backup_dsn, {"app.current_tenant": tenant_id})
+                    cmd = [pg_program("pg_dump"), "-Fc", "-Z0", "--enable-row-security", "-f", out,
+                           f"--dbname={conninfo}"]
+                    runs.append(_measure(cmd, dump_env))
+                else:
+                    runs.append(_measure([sys.executable, __file__, "--one", approach, db.backup_dsn, tenant_id, out],
+                                         env))
+            walls = sorted(w for w, _ in runs)
+            results[approach] = {"wall_s": walls[len(walls) // 2], "wall_all_s": [round(w, 2) for w, _ in runs],
+                                 "peak_rss_mb": max(r for _, r in runs), "bytes": os.path.getsize(out)}
             if not args.keep:
                 os.unlink(out)
         raw_mib = results["raw"]["bytes"] / (1 << 20) if "raw" in results else None
@@ -145,6 +163,8 @@ def main() -> None:
             rel = f"{row['wall_s'] / raw['wall_s']:.2f}x raw, {row['wall_s'] / seed['wall_s']:.2f}x seed"
         print(f"{row['raw_dump_mib'] or 0:7.0f}M {row['approach']:8} {row['wall_s']:7.2f} {row['mib_per_s'] or 0:7.0f}"
               f" {row['peak_rss_mb']:11.0f} {row['bytes'] / (1 << 20):10.1f}  {rel}")
+    print(f"zstd level of ours: {env['BENCH_ZSTD_LEVEL']}; wall = median of {args.repeat} runs (seed: 1);"
+          " peak RSS = max over runs of the approach's process tree (ours and seed include their pg_dump child)")
     (OUT / "export-results.json").write_text(json.dumps(rows, indent=2))
 
 
