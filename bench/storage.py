@@ -74,6 +74,7 @@ def main() -> int:
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--locations", default="local,r2,b2")
     ap.add_argument("--part-mib", type=int, default=16, help="R2 part size and B2 recommended part size")
+    ap.add_argument("--r2-concurrency", type=int, default=None, help="R2 parts in flight (default: the product's)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--worker", nargs=2, metavar=("LOCATION", "OP"))
     ap.add_argument("--file")
@@ -100,6 +101,8 @@ def main() -> int:
         sha, size = sha256_file(src)
         servers = []
         env = {"TENANT_BACKUP_LOCAL_DIR": str(tmp / "local"), "TENANT_BACKUP_R2_PART_SIZE_MB": str(args.part_mib)}
+        if args.r2_concurrency:
+            env["TENANT_BACKUP_R2_CONCURRENCY"] = str(args.r2_concurrency)
         try:
             for n, kind in (("r2", "s3"), ("b2", "b2")):
                 if n in names:

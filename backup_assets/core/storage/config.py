@@ -51,6 +51,7 @@ def locations_from_env(names: list[str] | None = None, environ: Mapping[str, str
 
     Optional tuning variables: TENANT_BACKUP_STORAGE_PREFIX (key prefix in every location),
     TENANT_BACKUP_R2_PART_SIZE_MB (default 16), TENANT_BACKUP_R2_MULTIPART_THRESHOLD_MB (64),
+    TENANT_BACKUP_R2_CONCURRENCY (parts in flight, 4),
     TENANT_BACKUP_B2_PART_SIZE_MB (server's recommendation), TENANT_BACKUP_STORAGE_ATTEMPTS (3).
     """
     names = [n.strip().lower() for n in (names if names is not None else location_names(environ))]
@@ -84,7 +85,8 @@ def locations_from_env(names: list[str] | None = None, environ: Mapping[str, str
                              environ["R2_SECRET_ACCESS_KEY"].strip(), environ["R2_BUCKET"].strip(),
                              prefix=prefix, retention_days=days, part_size=part,
                              multipart_threshold=_int(environ, "TENANT_BACKUP_R2_MULTIPART_THRESHOLD_MB", 64,
-                                                      minimum=5) * mib)
+                                                      minimum=5) * mib,
+                             concurrency=_int(environ, "TENANT_BACKUP_R2_CONCURRENCY", 4))
         else:
             from .b2 import B2Location
 
