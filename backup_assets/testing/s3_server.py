@@ -10,6 +10,7 @@ Only the access key id is checked (not the SigV4 signature): enough to test "wro
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 from urllib.parse import parse_qs
@@ -160,6 +161,10 @@ class S3Server:
         return f"http://{self.host}:{self.port}"
 
     def start(self) -> "S3Server":
+        # Keep objects in memory (like the B2 double): moto otherwise spills every object above ~5 MiB
+        # to a temporary file and copies it back, which made this double, not the client, the
+        # bottleneck of large uploads. Read by moto when a key is stored, so setting it here works.
+        os.environ.setdefault("MOTO_S3_DEFAULT_KEY_BUFFER_SIZE", str(4 << 30))
         from moto.moto_server.werkzeug_app import (DomainDispatcherApplication, MotoRequestHandler,
                                                    create_backend_app)
         from werkzeug.serving import make_server

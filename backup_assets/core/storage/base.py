@@ -12,10 +12,12 @@ Layout in every location (under an optional prefix):
 Contract of the public methods (Location):
 - put(tenant_id, backup_id, archive_path, manifest) -> StoredObject
     Streams the archive (never whole in memory), then writes manifest.json. The archive's SHA-256 is
-    computed from the file; if manifest["archive"]["sha256"] / ["size"] are given they must match,
-    else nothing is stored (PermanentStorageError). The SHA-256 is kept in the object's metadata so
-    stat() can answer without reading the object. Overwriting an existing backup id replaces it
-    (idempotent retry of the same put). If put fails, the backup does not list as complete.
+    computed from the file (beside the upload when manifest["archive"]["sha256"] / ["size"] are given,
+    before it otherwise); a mismatch with the manifest raises PermanentStorageError and removes the
+    uploaded archive before any manifest is written, so nothing lists as complete. The SHA-256 is kept
+    in the object's metadata so stat() can answer without reading the object. Overwriting an existing
+    backup id replaces it (idempotent retry of the same put). If put fails, the backup does not list
+    as complete.
 - get(tenant_id, backup_id, dest_path) -> StoredObject
     Streams the archive to dest_path (via a temporary file + rename: a failed get leaves no partial
     dest_path), re-hashing on the way; a size or SHA-256 mismatch with the stored metadata raises
@@ -100,6 +102,32 @@ def _expected_from_manifest(manifest: dict) -> tuple[str | None, int | None]:
     sha = arch.get("sha256")
     size = arch.get("size")
     return (sha.lower() if isinstance(sha, str) else None), (size if isinstance(size, int) else None)
+
+
+class _BackgroundHash:
+    """SHA-256 and size of a file, computed in a thread (hashlib releases the GIL on large buffers)."""
+
+    def __init__(self, path: Path):
+        import threading
+
+        self._path, self._value, self._error = path, None, None
+        self._thread = threading.Thread(target=self._run, name="sha256", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._value = sha256_file(self._path)
+        except OSError as exc:
+            self._error = exc
+
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def result(self) -> tuple[str, int]:
+        self._thread.join()
+        if self._error is not None:
+            raise PermanentStorageError(f"cannot read archive {self._path}: {self._error.strerror}") from None
+        return self._value
 
 
 class Location(ABC):
@@ -203,18 +231,30 @@ class ObjectLocation(Location):
             manifest_bytes = json.dumps(manifest, sort_keys=True, indent=2).encode()
         except (TypeError, ValueError) as exc:
             raise PermanentStorageError(f"manifest is not JSON-serialisable: {exc}") from None
-        try:
-            sha, size = sha256_file(archive_path)
-        except OSError as exc:
-            raise PermanentStorageError(f"cannot read archive {archive_path}: {exc.strerror}") from None
         exp_sha, exp_size = _expected_from_manifest(manifest)
-        if (exp_sha and exp_sha != sha) or (exp_size is not None and exp_size != size):
+        hasher = _BackgroundHash(archive_path)
+        if exp_sha is None or exp_size is None:
+            sha, size = hasher.result()  # nothing to go by: hash first, then upload
+        else:
+            # The manifest says what the file must be: upload under that checksum while the file is
+            # hashed beside the upload (one pass less over a large archive), and check before the
+            # manifest is written; a mismatch removes the archive, so nothing lists as complete.
+            sha, size = exp_sha, exp_size
+        if hasher.done() and (sha, size) != hasher.result():
             raise PermanentStorageError(
                 f"archive {archive_path} does not match its manifest (sha256/size differ): not stored"
             )
         # An overwrite must not leave an old manifest claiming completeness over a half-new archive.
         self._delete(mkey)
-        self._put_file(akey, archive_path, size, sha)
+        try:
+            self._put_file(akey, archive_path, size, sha)
+        finally:
+            actual = hasher.result()
+        if actual != (sha, size):
+            self._delete(akey)
+            raise PermanentStorageError(
+                f"archive {archive_path} does not match its manifest (sha256/size differ): not stored"
+            )
         # Re-check the file did not change while we streamed it (the upload would not match sha).
         if archive_path.stat().st_size != size:
             self._delete(akey)

@@ -51,7 +51,8 @@ def locations_from_env(names: list[str] | None = None, environ: Mapping[str, str
 
     Optional tuning variables: TENANT_BACKUP_STORAGE_PREFIX (key prefix in every location),
     TENANT_BACKUP_R2_PART_SIZE_MB (default 16), TENANT_BACKUP_R2_MULTIPART_THRESHOLD_MB (64),
-    TENANT_BACKUP_R2_CONCURRENCY (parts in flight, 4),
+    TENANT_BACKUP_R2_CONCURRENCY (parts in flight, 2: 16 MiB parts keep a link busy; more threads only
+    contend for a small machine's cores — bench/storage.py measured 4 slower than 2 here),
     TENANT_BACKUP_B2_PART_SIZE_MB (server's recommendation), TENANT_BACKUP_STORAGE_ATTEMPTS (3).
     """
     names = [n.strip().lower() for n in (names if names is not None else location_names(environ))]
@@ -86,7 +87,7 @@ def locations_from_env(names: list[str] | None = None, environ: Mapping[str, str
                              prefix=prefix, retention_days=days, part_size=part,
                              multipart_threshold=_int(environ, "TENANT_BACKUP_R2_MULTIPART_THRESHOLD_MB", 64,
                                                       minimum=5) * mib,
-                             concurrency=_int(environ, "TENANT_BACKUP_R2_CONCURRENCY", 4))
+                             concurrency=_int(environ, "TENANT_BACKUP_R2_CONCURRENCY", 2))
         else:
             from .b2 import B2Location
 
