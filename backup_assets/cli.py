@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -53,8 +54,6 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
-    import os
-
     from .core.errors import UnknownTenant
     from .core.settings import SourceSettings
     from .core.tenant_ids import validate_tenant_id
@@ -86,7 +85,8 @@ def cmd_backup(args: argparse.Namespace) -> int:
             state = "ok" if outcome.ok else f"FAILED ({outcome.error})" if outcome.error else "FAILED (check)"
             print(f"  [{index}/{total}] {outcome.tenant_id}: {state}", file=sys.stderr, flush=True)
 
-    outcomes = materialize_tenants(defs, instance, tenant_ids, force=args.force, progress=progress)
+    outcomes = materialize_tenants(defs, instance, tenant_ids, force=args.force, progress=progress,
+                                   workers=args.workers)
     print(format_table(outcomes, job_assets(defs)))
     failed = [o for o in outcomes if not o.ok]
     if failed:
@@ -138,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--tenant", action="append", metavar="ID", help="a tenant id (repeatable)")
     which.add_argument("--all", action="store_true", help="every tenant TENANT_BACKUP_TENANTS_QUERY returns")
     p.add_argument("--force", action="store_true", help="back up tenants the registry query does not return")
+    p.add_argument("--workers", type=int, default=int(os.environ.get("TENANT_BACKUP_WORKERS", "2")), metavar="N",
+                   help="tenants backed up at once, each worker a process running one tenant's run at a time "
+                        "(needs DAGSTER_HOME; default TENANT_BACKUP_WORKERS or 2)")
     p.set_defaults(func=cmd_backup)
 
     p = sub.add_parser("keys", help="keyring tools")

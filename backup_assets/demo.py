@@ -49,7 +49,9 @@ def _demo_keys(directory: Path) -> str:
     return path.read_text().strip()
 
 
-def _ensure_database(admin_dsn: str, name: str) -> None:
+def ensure_dagster_database(admin_dsn: str, name: str = "dagster") -> None:
+    """Dagster's storage database. synchronous_commit=off: every Dagster event is a commit, and an
+    event log that loses its last milliseconds in a crash loses nothing a re-run does not redo."""
     import psycopg2
 
     conn = psycopg2.connect(admin_dsn)
@@ -59,68 +61,81 @@ def _ensure_database(admin_dsn: str, name: str) -> None:
             cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
             if not cur.fetchone():
                 cur.execute(f'CREATE DATABASE "{name}"')
+            cur.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = off')
     finally:
         conn.close()
 
 
-def run_demo(directory: Path, *, tenants: int = 20, rows: int = 50, ui: bool = False, port: int = 3000) -> int:
+class DemoStack:
+    """Everything the embedded default runs on, started under one directory: an embedded PostgreSQL
+    (sample database + Dagster storage), loopback S3 and B2 test servers, a Dagster home, and the
+    environment variables that point the project at them. Used by the demo and bench/weekly.py."""
+
+    def __init__(self, directory: Path, *, populate, say=lambda text: None):
+        from .sample.generate import create_sample_database
+        from .testing.b2_server import B2Server
+        from .testing.embedded_pg import start_embedded
+        from .testing.s3_server import S3Server
+
+        self.directory = directory.resolve()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        say(f"starting embedded PostgreSQL in {self.directory / 'pg'}")
+        self.server = start_embedded(self.directory / "pg")
+        self.db = create_sample_database(self.server.admin_dsn(), "tenants_demo")
+        populate(self.db)
+        ensure_dagster_database(self.server.admin_dsn())
+        say("starting the loopback S3 (R2) and B2 test servers")
+        self.s3 = S3Server().start()
+        self.b2 = B2Server().start()
+        self.s3.create_bucket("tenant-backups")
+        self.b2.create_bucket("tenant-backups")
+        self.home = self.directory / "dagster_home"
+        self.home.mkdir(exist_ok=True)
+        (self.home / "dagster.yaml").write_text(DEMO_INSTANCE_YAML.format(
+            url=f"postgresql+psycopg2://postgres@/dagster?host={self.server.socket_dir}"))
+        self.env = {
+            "DAGSTER_HOME": str(self.home),
+            "TENANT_BACKUP_SOURCE_DSN": self.db.backup_dsn,
+            "TENANT_BACKUP_KEYS": _demo_keys(self.directory),
+            "TENANT_BACKUP_LOCATIONS": "local,r2,b2",
+            "TENANT_BACKUP_LOCAL_DIR": str(self.directory / "local"),
+            "TENANT_BACKUP_WORK_DIR": str(self.directory / "work"),
+            "TENANT_BACKUP_SCRATCH_DSN": self.server.admin_dsn(),
+            "R2_ENDPOINT_URL": self.s3.url, "R2_ACCESS_KEY_ID": self.s3.access_key or "testing",
+            "R2_SECRET_ACCESS_KEY": self.s3.secret_key, "R2_BUCKET": "tenant-backups",
+            "B2_APPLICATION_KEY_ID": self.b2.key_id, "B2_APPLICATION_KEY": self.b2.key, "B2_BUCKET": "tenant-backups",
+            "B2_REALM": self.b2.url,
+        }
+        os.environ.update(self.env)
+        (self.directory / "demo.env").write_text(
+            "".join(f"{k}={v}\n" for k, v in self.env.items() if k != "TENANT_BACKUP_KEYS"))
+
+    def stop(self) -> None:
+        self.s3.stop()
+        self.b2.stop()
+
+
+def run_demo(directory: Path, *, tenants: int = 20, rows: int = 50, ui: bool = False, port: int = 3000,
+             workers: int = 2) -> int:
     from dagster import DagsterInstance
 
     from .defs.build import build_definitions
     from .defs.run import format_table, job_assets, materialize_tenants
-    from .sample.generate import create_sample_database, populate_default
-    from .testing.b2_server import B2Server
-    from .testing.embedded_pg import start_embedded
-    from .testing.s3_server import S3Server
+    from .sample.generate import populate_default
 
-    directory = directory.resolve()
-    directory.mkdir(parents=True, exist_ok=True)
     say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
-
-    say(f"starting embedded PostgreSQL in {directory / 'pg'}")
-    server = start_embedded(directory / "pg")
-    say(f"building the sample database: {tenants} active tenants (+1 suspended, +1 pending deletion), {rows} sales each")
-    db = create_sample_database(server.admin_dsn(), "tenants_demo")
-    populate_default(db, active=tenants, rows=rows)
-    _ensure_database(server.admin_dsn(), "dagster")
-
-    say("starting the loopback S3 (R2) and B2 test servers")
-    s3 = S3Server().start()
-    b2 = B2Server().start()
-    s3.create_bucket("tenant-backups")
-    b2.create_bucket("tenant-backups")
-
-    home = directory / "dagster_home"
-    home.mkdir(exist_ok=True)
-    socket_dir = server.socket_dir
-    (home / "dagster.yaml").write_text(DEMO_INSTANCE_YAML.format(
-        url=f"postgresql+psycopg2://postgres@/dagster?host={socket_dir}"))
-    env = {
-        "DAGSTER_HOME": str(home),
-        "TENANT_BACKUP_SOURCE_DSN": db.backup_dsn,
-        "TENANT_BACKUP_KEYS": _demo_keys(directory),
-        "TENANT_BACKUP_LOCATIONS": "local,r2,b2",
-        "TENANT_BACKUP_LOCAL_DIR": str(directory / "local"),
-        "TENANT_BACKUP_WORK_DIR": str(directory / "work"),
-        "TENANT_BACKUP_SCRATCH_DSN": server.admin_dsn(),
-        "R2_ENDPOINT_URL": s3.url, "R2_ACCESS_KEY_ID": s3.access_key or "testing",
-        "R2_SECRET_ACCESS_KEY": s3.secret_key, "R2_BUCKET": "tenant-backups",
-        "B2_APPLICATION_KEY_ID": b2.key_id, "B2_APPLICATION_KEY": b2.key, "B2_BUCKET": "tenant-backups",
-        "B2_REALM": b2.url,
-    }
-    os.environ.update(env)
-    (directory / "demo.env").write_text("".join(f"{k}={v}\n" for k, v in env.items() if k != "TENANT_BACKUP_KEYS"))
-
+    say(f"sample database: {tenants} active tenants (+1 suspended, +1 pending deletion), {rows} sales each")
+    stack = DemoStack(directory, populate=lambda db: populate_default(db, active=tenants, rows=rows), say=say)
     defs = build_definitions()
     ids = list_tenants(SourceSettings.from_env())
-    say(f"backing up {len(ids)} active tenants through Dagster (instance: {home})")
+    say(f"backing up {len(ids)} active tenants through Dagster (instance: {stack.home})")
     started = time.monotonic()
 
     def progress(index, total, outcome):
         say(f"  [{index}/{total}] {outcome.tenant_id}: {'ok' if outcome.ok else 'FAILED ' + outcome.error}")
 
     with DagsterInstance.get() as instance:
-        outcomes = materialize_tenants(defs, instance, ids, progress=progress)
+        outcomes = materialize_tenants(defs, instance, ids, progress=progress, workers=workers)
     elapsed = time.monotonic() - started
     print(format_table(outcomes, job_assets(defs)))
     failed = [o for o in outcomes if not o.ok]
@@ -134,6 +149,5 @@ def run_demo(directory: Path, *, tenants: int = 20, rows: int = 50, ui: bool = F
                             "-h", "127.0.0.1", "-p", str(port)], env=dict(os.environ), check=False)
         except KeyboardInterrupt:
             pass
-    s3.stop()
-    b2.stop()
+    stack.stop()
     return 1 if failed else 0

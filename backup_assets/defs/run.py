@@ -1,9 +1,13 @@
 """Materialize tenant partitions through Dagster from Python (the `backup` and `demo` commands).
 
-Each tenant is one Dagster run of the tenant_backup job, executed in this process (no process
-start-up per run) and recorded in the instance ($DAGSTER_HOME, or an ephemeral one).
+Each tenant is one Dagster run of the tenant_backup job, executed in-process (no process start-up
+per run: that costs seconds, times thousands of tenants) and recorded in the instance
+($DAGSTER_HOME, or an ephemeral one). With workers > 1, that many processes share the tenants.
 """
 
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
 from dagster import DagsterEventType, DagsterInstance
@@ -26,44 +30,84 @@ class TenantOutcome:
         return all(v == "ok" for v in self.steps.values()) and all(self.checks.values()) and not self.error
 
 
-def materialize_tenants(defs, instance: DagsterInstance, tenant_ids: list[str], *, force: bool = False,
-                        progress=None, log_level: str = "WARNING") -> list[TenantOutcome]:
-    job = defs.resolve_job_def(JOB_NAME)
-    assets = job_assets(defs)
-    known = set(instance.get_dynamic_partitions(TENANTS))
-    new = [t for t in tenant_ids if t not in known]
-    if new:
-        instance.add_dynamic_partitions(TENANTS, new)
-    outcomes = []
-    for index, tenant_id in enumerate(tenant_ids, 1):
-        tags = {TENANT_TAG: tenant_id}
-        if force:
-            tags[FORCE_TAG] = "true"
-        result = job.execute_in_process(partition_key=tenant_id, instance=instance, raise_on_error=False, tags=tags,
-                                        run_config={"loggers": {"console": {"config": {"log_level": log_level}}}})
-        outcome = TenantOutcome(tenant_id, result.run_id)
-        failed = {e.step_key for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE}
-        done = {e.asset_key.path[-1] for e in result.get_asset_materialization_events() if e.asset_key}
-        for name in assets:
-            outcome.steps[name] = "ok" if name in done else "failed" if name in failed else "skipped"
-        for evaluation in result.get_asset_check_evaluations():
-            outcome.checks[f"{evaluation.asset_key.path[-1]}:{evaluation.check_name}"] = evaluation.passed
-        for event in result.all_events:
-            if event.event_type == DagsterEventType.STEP_FAILURE and not outcome.error:
-                error = event.event_specific_data.error if event.event_specific_data else None
-                outcome.error = (error.message.strip().splitlines()[0] if error and error.message else "step failed")
-        outcomes.append(outcome)
-        if progress:
-            progress(index, len(tenant_ids), outcome)
-    return outcomes
-
-
 def job_assets(defs) -> list[str]:
     """The job's assets in lineage order: the archive, then the locations."""
     job = defs.resolve_job_def(JOB_NAME)
     names = {node.name for node in job.graph.node_defs}
     order = ["tenant_archive", "local_copy", "r2_copy", "b2_copy"]
     return [name for name in order if name in names]
+
+
+def run_tenant(defs, instance: DagsterInstance, tenant_id: str, *, force: bool = False,
+               log_level: str = "WARNING") -> TenantOutcome:
+    """One run of the tenant_backup job for one tenant partition, summarized."""
+    job = defs.resolve_job_def(JOB_NAME)
+    tags = {TENANT_TAG: tenant_id}
+    if force:
+        tags[FORCE_TAG] = "true"
+    result = job.execute_in_process(partition_key=tenant_id, instance=instance, raise_on_error=False, tags=tags,
+                                    run_config={"loggers": {"console": {"config": {"log_level": log_level}}}})
+    outcome = TenantOutcome(tenant_id, result.run_id)
+    failed = {e.step_key for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE}
+    done = {e.asset_key.path[-1] for e in result.get_asset_materialization_events() if e.asset_key}
+    for name in job_assets(defs):
+        outcome.steps[name] = "ok" if name in done else "failed" if name in failed else "skipped"
+    for evaluation in result.get_asset_check_evaluations():
+        outcome.checks[f"{evaluation.asset_key.path[-1]}:{evaluation.check_name}"] = evaluation.passed
+    for event in result.all_events:
+        if event.event_type == DagsterEventType.STEP_FAILURE:
+            error = event.event_specific_data.error if event.event_specific_data else None
+            outcome.error = error.message.strip().splitlines()[0] if error and error.message else "step failed"
+            break
+    return outcome
+
+
+# -- worker processes ---------------------------------------------------------------------------
+_worker_state: dict = {}
+
+
+def _worker_init(environ: dict) -> None:
+    os.environ.update(environ)
+    from .build import build_definitions
+
+    _worker_state["defs"] = build_definitions()
+    _worker_state["instance"] = (DagsterInstance.get() if os.environ.get("DAGSTER_HOME")
+                                 else DagsterInstance.ephemeral())
+
+
+def _worker_run(tenant_id: str, force: bool, log_level: str) -> TenantOutcome:
+    try:
+        return run_tenant(_worker_state["defs"], _worker_state["instance"], tenant_id, force=force,
+                          log_level=log_level)
+    except Exception as exc:  # a crash of the run machinery itself: report it for this tenant
+        return TenantOutcome(tenant_id, "", error=" ".join(str(exc).split())[:500] or type(exc).__name__)
+
+
+def materialize_tenants(defs, instance: DagsterInstance, tenant_ids: list[str], *, force: bool = False,
+                        progress=None, log_level: str = "WARNING", workers: int = 1) -> list[TenantOutcome]:
+    """Back up every tenant (partitions are added first); outcomes in the order of tenant_ids."""
+    known = set(instance.get_dynamic_partitions(TENANTS))
+    new = [t for t in tenant_ids if t not in known]
+    if new:
+        instance.add_dynamic_partitions(TENANTS, new)
+    outcomes: dict[str, TenantOutcome] = {}
+    if workers <= 1 or len(tenant_ids) <= 1 or instance.is_ephemeral:
+        # An ephemeral instance lives in this process only: its runs cannot be shared with workers.
+        for index, tenant_id in enumerate(tenant_ids, 1):
+            outcomes[tenant_id] = run_tenant(defs, instance, tenant_id, force=force, log_level=log_level)
+            if progress:
+                progress(index, len(tenant_ids), outcomes[tenant_id])
+    else:
+        context = multiprocessing.get_context("spawn")  # no fork of a process holding DB connections
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
+                                 initargs=(dict(os.environ),)) as pool:
+            futures = [pool.submit(_worker_run, t, force, log_level) for t in tenant_ids]
+            for index, future in enumerate(as_completed(futures), 1):
+                outcome = future.result()
+                outcomes[outcome.tenant_id] = outcome
+                if progress:
+                    progress(index, len(tenant_ids), outcome)
+    return [outcomes[t] for t in tenant_ids]
 
 
 def format_table(outcomes: list[TenantOutcome], assets: list[str]) -> str:

@@ -1,0 +1,81 @@
+"""The weekly backup end to end over N sample tenants: every tenant through Dagster, all three
+locations (local, loopback R2 and B2 test servers), every check.
+
+    python bench/weekly.py [--tenants 100] [--rows 20] [--workers 2]
+
+Runs on the demo stack (embedded PostgreSQL for the sample database and Dagster's storage) under
+bench/out/weekly; prints wall time, time per tenant, the extrapolation to 1,000 tenants and the peak
+memory of the whole process tree (workers, pg_dump, pg_restore; not the PostgreSQL server).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def _peak_rss(stop: threading.Event, peak: list[int]) -> None:
+    me = psutil.Process()
+    while not stop.wait(0.1):
+        total = 0
+        for proc in [me, *me.children(recursive=True)]:
+            try:
+                if proc.name() != "postgres":
+                    total += proc.memory_info().rss
+            except psutil.Error:
+                pass
+        peak[0] = max(peak[0], total)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tenants", type=int, default=100)
+    parser.add_argument("--rows", type=int, default=20, help="sales per sample tenant")
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+
+    from dagster import DagsterInstance
+
+    from backup_assets.core.settings import SourceSettings
+    from backup_assets.core.tenants import list_tenants
+    from backup_assets.defs.build import build_definitions
+    from backup_assets.defs.run import materialize_tenants
+    from backup_assets.demo import DemoStack
+    from backup_assets.sample.generate import add_tenants
+
+    directory = ROOT / "bench" / "out" / "weekly"
+    shutil.rmtree(directory, ignore_errors=True)
+    t0 = time.monotonic()
+    stack = DemoStack(directory, populate=lambda db: add_tenants(db, args.tenants, rows=args.rows))
+    print(f"stack with {args.tenants} tenants ready in {time.monotonic() - t0:.1f}s", file=sys.stderr)
+    defs = build_definitions()
+    ids = list_tenants(SourceSettings.from_env())
+    stop, peak = threading.Event(), [0]
+    sampler = threading.Thread(target=_peak_rss, args=(stop, peak), daemon=True)
+    sampler.start()
+    started = time.monotonic()
+    with DagsterInstance.get() as instance:
+        outcomes = materialize_tenants(defs, instance, ids, workers=args.workers)
+    wall = time.monotonic() - started
+    stop.set()
+    sampler.join()
+    stack.stop()
+    ok = sum(o.ok for o in outcomes)
+    print(f"tenants: {len(outcomes)} ({ok} with every asset and check passing), workers: {args.workers}")
+    print(f"wall: {wall:.1f}s, per tenant: {wall / len(outcomes):.2f}s, "
+          f"1,000 tenants at this rate: {wall / len(outcomes) * 1000 / 60:.1f} min")
+    print(f"peak RSS of the process tree (PostgreSQL server excluded): {peak[0] / 1e6:.0f} MB")
+    return 0 if ok == len(outcomes) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
