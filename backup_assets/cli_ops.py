@@ -88,7 +88,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
     created = parse_created_at(entry.created_at)
     now = datetime.now(timezone.utc)
     failed = bool(errors)
+    unreadable = {e.location: e.message for e in errors}
     for name, loc in locations.items():
+        if name not in entry.manifests and name in unreadable:
+            print(f"FAIL {name:5} {tenant} {entry.backup_id}: {unreadable[name]}")
+            continue
         if name not in entry.manifests:
             # Missing is a failure while the location should still hold it; past its retention, expected.
             expired = created is not None and (now - created).days >= loc.retention_days
@@ -134,6 +138,36 @@ def cmd_prune(args: argparse.Namespace) -> int:
         print(f"{name}: {len(report.deleted)} {verb}, {kept} kept (retention {loc.retention_days} days, "
               f"keep at least {keep_min} per tenant)")
     return 1 if failed else 0
+
+
+# -------------------------------------------------------------------------------------------- rebuild
+
+
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    from .core.rebuild import rebuild_location
+    from .core.retention import keep_min_from_env
+    from .core.storage import locations_from_env
+    from .core.storage.config import location_names
+
+    keep_min = keep_min_from_env()
+    target = locations_from_env([args.location])[args.location.strip().lower()]
+    names = [n.strip() for n in args.sources.split(",")] if args.sources else location_names()
+    sources = locations_from_env([n for n in names if n.strip().lower() != target.name])
+    if not sources:
+        raise NotFound(f"no other location to rebuild {target.name} from (use --from)")
+
+    def progress(o):
+        print(f"{o.status:10} {target.name:5} {o.tenant_id} {o.backup_id}: {o.message}", flush=True)
+
+    outcomes, errors = rebuild_location(target, sources, keep_min=keep_min, dry_run=args.dry_run,
+                                        repair=args.repair, progress=progress)
+    for err in errors:
+        print(f"tenant-backup: warning: {err}", file=sys.stderr)
+    done = sum(1 for o in outcomes if o.status != "failed")
+    failed = len(outcomes) - done
+    print(f"{target.name}: {done} {'would be copied' if args.dry_run else 'copied'}, {failed} failed "
+          f"(from {', '.join(sources)}; retention {target.retention_days} days, at least {keep_min} per tenant)")
+    return 1 if failed or errors else 0
 
 
 # ---------------------------------------------------------------------------------------- keys rewrap
@@ -184,6 +218,15 @@ def register(subparsers) -> None:
     p.add_argument("--dry-run", action="store_true", help="print what would be deleted, delete nothing")
     p.add_argument("--location", metavar="L", help="only this location; default: all configured")
     p.set_defaults(func=cmd_prune)
+
+    p = subparsers.add_parser("rebuild", help="copy into a location the backups it should hold (its retention) "
+                                              "from the other locations; never deletes")
+    p.add_argument("--location", required=True, metavar="L", help="the location to fill (local, r2, b2)")
+    p.add_argument("--from", dest="sources", metavar="L1,L2",
+                   help="locations to copy from, in order of preference (default: the other configured ones)")
+    p.add_argument("--repair", action="store_true", help="also re-read the copies it holds and replace damaged ones")
+    p.add_argument("--dry-run", action="store_true", help="print what would be copied, copy nothing")
+    p.set_defaults(func=cmd_rebuild)
 
 
 def register_keys(keys_subparsers) -> None:

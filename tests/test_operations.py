@@ -8,6 +8,7 @@ import argparse
 import io
 import json
 import os
+import sys
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -123,7 +124,7 @@ def run(*argv: str) -> int:
     try:
         return args.func(args)
     except TenantBackupError as exc:
-        print(f"tenant-backup: error: {exc}")
+        print(f"tenant-backup: error: {exc}", file=sys.stderr)
         return exc.exit_code
 
 
@@ -154,7 +155,7 @@ def flip_local(env, tenant, bid):
     p.write_bytes(bytes(data))
 
 
-def test_list_merges_locations_newest_first(env, tmp_path, capsys):
+def test_list_merges_locations_newest_first(env, tmp_path, capsys, s3_server):
     locs = locations_from_env()
     t1, t2 = str(uuid.uuid4()), str(uuid.uuid4())
     a = small_archive(tmp_path, t1, NOW - timedelta(days=3))
@@ -182,6 +183,15 @@ def test_list_merges_locations_newest_first(env, tmp_path, capsys):
     assert len(table) == 3 and b[1]["backup_id"] in table[1] and a[1]["backup_id"] in table[2]
 
     assert run("list", "--tenant", "not-a-uuid") == 2
+
+    s3_server.faults.set(down=True)  # one location unreachable: the others still list, exit non-zero
+    assert run("list", "--json") == 8
+    captured = capsys.readouterr()
+    assert {r["backup_id"] for r in json.loads(captured.out)} == {a[1]["backup_id"], b[1]["backup_id"],
+                                                                 c[1]["backup_id"]}
+    assert "warning: r2: cannot list" in captured.err
+    assert run("verify", "--tenant", t1) == 1
+    assert "FAIL r2" in capsys.readouterr().out
 
 
 def test_verify_ok_then_flipped_bytes_fail(env, tmp_path, capsys, s3_server):
@@ -340,3 +350,44 @@ def test_keys_rewrap_moves_every_copy_to_the_new_key(env, tmp_path, capsys, samp
     capsys.readouterr()
     assert run("keys", "rewrap") == 0  # idempotent
     assert "0 re-wrapped, 6 already under 'new2', 0 failed" in capsys.readouterr().out
+
+
+def flip_r2(s3_server, bucket, tenant, bid):
+    c = s3_server.client()
+    key = f"tenants/{tenant}/{bid}/archive.tbk"
+    obj = c.get_object(Bucket=bucket, Key=key)
+    data = bytearray(obj["Body"].read())
+    data[len(data) // 2] ^= 0x01
+    c.put_object(Bucket=bucket, Key=key, Body=bytes(data), Metadata=obj["Metadata"])
+
+
+def test_rebuild_a_lost_location_from_the_others(env, tmp_path, capsys, s3_server):
+    locs = locations_from_env()
+    t1, t2 = str(uuid.uuid4()), str(uuid.uuid4())
+    a1 = {d: small_archive(tmp_path, t1, NOW - timedelta(days=d)) for d in (5, 20, 60, 200)}
+    a2 = {d: small_archive(tmp_path, t2, NOW - timedelta(days=d)) for d in (300, 400, 500)}
+    for p, m in [*a1.values(), *a2.values()]:
+        put(locs, ["r2", "b2"], p, m)  # the local disk was lost
+    flip_r2(s3_server, env["bucket"], t1, a1[5][1]["backup_id"])  # R2's copy is damaged: B2's is used
+    capsys.readouterr()
+
+    assert run("rebuild", "--location", "local", "--dry-run") == 0
+    assert "4 would be copied" in capsys.readouterr().out
+    assert locs["local"].list() == []
+
+    assert run("rebuild", "--location", "local") == 0
+    out = capsys.readouterr().out
+    # local keeps 30 days, and at least KEEP_MIN=2 per tenant
+    want = {a1[5][1]["backup_id"], a1[20][1]["backup_id"], a2[300][1]["backup_id"], a2[400][1]["backup_id"]}
+    assert {r.backup_id for r in locs["local"].list()} == want
+    assert f"copied     local {t1} {a1[5][1]['backup_id']}: from b2" in out
+    assert run("verify", "--tenant", t1, "--location", "local") == 0
+    assert locs["local"].get_manifest(t1, a1[5][1]["backup_id"]) == a1[5][1]
+
+    flip_local(env, t1, a1[20][1]["backup_id"])
+    capsys.readouterr()
+    assert run("rebuild", "--location", "local") == 0  # without --repair a damaged copy is left alone
+    assert "0 copied" in capsys.readouterr().out
+    assert run("rebuild", "--location", "local", "--repair") == 0
+    assert "1 copied, 0 failed" in capsys.readouterr().out
+    assert run("verify", "--tenant", t1, "--location", "local", "--backup", a1[20][1]["backup_id"]) == 0

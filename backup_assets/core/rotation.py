@@ -54,8 +54,8 @@ def rewrap_locations(locations: dict[str, Location], keyring: Keyring, *, work_d
 
     def report(o: RewrapOutcome) -> None:
         outcomes.append(o)
-        (log.warning if o.status == "failed" else log.info)("%s %s/%s: %s: %s", o.location, o.tenant_id,
-                                                             o.backup_id, o.status, o.message)
+        # debug: the caller prints outcomes (progress); the log would repeat every line on stderr
+        log.debug("%s %s/%s: %s: %s", o.location, o.tenant_id, o.backup_id, o.status, o.message)
         if progress is not None:
             progress(o)
 
