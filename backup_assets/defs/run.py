@@ -62,6 +62,15 @@ def run_tenant(defs, instance: DagsterInstance, tenant_id: str, *, force: bool =
     return outcome
 
 
+def keep_connections(instance: DagsterInstance) -> DagsterInstance:
+    """Pool the instance's storage connections, as dagster-webserver does. dagster-postgres opens a
+    new connection for every statement by default (fine for short run processes); a long-lived
+    runner of thousands of runs spent ~30% of its time in connect()."""
+    if not instance.is_ephemeral:
+        instance.optimize_for_webserver(statement_timeout=300_000, pool_recycle=3600, max_overflow=4)
+    return instance
+
+
 # -- worker processes ---------------------------------------------------------------------------
 _worker_state: dict = {}
 
@@ -71,8 +80,8 @@ def _worker_init(environ: dict) -> None:
     from .build import build_definitions
 
     _worker_state["defs"] = build_definitions()
-    _worker_state["instance"] = (DagsterInstance.get() if os.environ.get("DAGSTER_HOME")
-                                 else DagsterInstance.ephemeral())
+    _worker_state["instance"] = keep_connections(DagsterInstance.get() if os.environ.get("DAGSTER_HOME")
+                                                 else DagsterInstance.ephemeral())
 
 
 def _worker_run(tenant_id: str, force: bool, log_level: str) -> TenantOutcome:
@@ -93,6 +102,7 @@ def materialize_tenants(defs, instance: DagsterInstance, tenant_ids: list[str], 
     outcomes: dict[str, TenantOutcome] = {}
     if workers <= 1 or len(tenant_ids) <= 1 or instance.is_ephemeral:
         # An ephemeral instance lives in this process only: its runs cannot be shared with workers.
+        keep_connections(instance)
         for index, tenant_id in enumerate(tenant_ids, 1):
             outcomes[tenant_id] = run_tenant(defs, instance, tenant_id, force=force, log_level=log_level)
             if progress:
