@@ -218,11 +218,21 @@ def _drop_database(admin, name: str, version: int) -> None:
 
 def _restore(archive_path: Path, keyring: Keyring, tenant_id: str,
              scratch_dsn: str) -> tuple[bool, str, int, str | None]:
-    """Stream the archive into pg_restore. Returns (restored, sha256, size, failure message)."""
-    conninfo, env = client_env(scratch_dsn, {"synchronous_commit": "off"})
+    return stream_into_pg_restore(archive_path, keyring, tenant_id, scratch_dsn)
+
+
+def stream_into_pg_restore(archive_path: Path, keyring: Keyring, tenant_id: str, dsn: str, *,
+                           keep_owners: bool = False,
+                           synchronous_commit: str = "off") -> tuple[bool, str, int, str | None]:
+    """Stream the archive (decrypted on the fly, never on disk) into `pg_restore --single-transaction`
+    on `dsn`. Returns (restored, sha256, size, failure message); a bad archive kills pg_restore before
+    its transaction commits. Shared with core.restore (restore into an empty database).
+
+    keep_owners: restore ownership and grants (the source's roles must exist); the drill never does."""
+    conninfo, env = client_env(dsn, {"synchronous_commit": synchronous_commit})
     args = [
         pg_program("pg_restore"),
-        "--no-owner", "--no-acl",  # the source's roles need not exist on the scratch server
+        *(() if keep_owners else ("--no-owner", "--no-acl")),  # the source's roles need not exist on the target
         "--no-tablespaces", "--no-security-labels",
         "--no-publications", "--no-subscriptions",  # never wire a drill into replication
         "--exit-on-error", "--single-transaction",

@@ -76,3 +76,14 @@ class ScratchDatabaseError(TenantBackupError):
     (missing CREATEDB, server down, ...): the drill could not run, which says nothing about the archive."""
 
     exit_code = 9
+
+
+class RestoreError(TenantBackupError):
+    """A restore failed; in --replace mode its single transaction was rolled back (nothing changed)."""
+
+    exit_code = 10
+
+
+class RestoreRefused(RestoreError):
+    """The restore was refused before anything was written: target not empty, role not allowed to
+    write under row-level security, schema that does not match the backup, ..."""
