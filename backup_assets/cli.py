@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from . import cli_ops
 from .core.errors import TenantBackupError
 
 log = logging.getLogger("tenant_backup")
@@ -148,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = keys.add_parser("generate", help="print a new keyring entry id:base64key (put it first in TENANT_BACKUP_KEYS)")
     g.add_argument("--id", metavar="KEY_ID", help="key id (default: generated from today's date)")
     g.set_defaults(func=cmd_keys_generate)
+    cli_ops.register_keys(keys)
+    cli_ops.register(sub)  # list, verify, prune, rebuild: from the storage locations alone
 
     p = sub.add_parser("demo", help="the embedded default: sample database, loopback R2/B2, weekly backup of every tenant through Dagster")
     p.add_argument("--dir", default=".tenant-backup-demo", help="where the demo keeps its server and outputs")
