@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
-import threading
 from contextlib import closing
 
 import psycopg2
@@ -17,10 +16,10 @@ import pytest
 from psycopg2 import sql
 
 from backup_assets.cli_restore import register
-from backup_assets.core.errors import RestoreError, RestoreRefused, TenantBackupError
+from backup_assets.core.errors import ConfigError, RestoreError, RestoreRefused, TenantBackupError
 from backup_assets.core.export import ExportOptions, export_tenant
 from backup_assets.core.keyring import Keyring, generate_entry
-from backup_assets.core.restore import parse_copy_line, restore_tenant
+from backup_assets.core.restore import lock_timeout_from_env, parse_copy_line, restore_tenant
 from backup_assets.core.settings import SourceSettings
 from backup_assets.core.storage import locations_from_env
 from backup_assets.sample.generate import add_tenants, create_sample_database
@@ -350,6 +349,13 @@ def test_cli_refuses_a_bad_tenant_id_and_hides_the_password(capsys, monkeypatch,
                  "--target-dsn", "postgresql://u:s3cret@127.0.0.1:1/db"])
     err = capsys.readouterr().err
     assert code == 8 and "no backup of tenant" in err and "s3cret" not in err
+
+
+def test_lock_timeout_setting():
+    assert lock_timeout_from_env({}) == "10s"
+    assert lock_timeout_from_env({"TENANT_BACKUP_RESTORE_LOCK_TIMEOUT": "500ms"}) == "500ms"
+    with pytest.raises(ConfigError, match="TENANT_BACKUP_RESTORE_LOCK_TIMEOUT"):
+        lock_timeout_from_env({"TENANT_BACKUP_RESTORE_LOCK_TIMEOUT": "10s; DROP TABLE x"})
 
 
 def test_parse_copy_line():

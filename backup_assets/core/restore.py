@@ -321,7 +321,10 @@ def _count_tables(conn, tables: list[str]) -> tuple[dict[str, int], str | None]:
         with conn.cursor() as cur:
             cur.execute("SET LOCAL row_security = off")  # a policy must not filter a count silently
             for table in tables:
-                cur.execute(sql.SQL("SELECT count(*) FROM {}").format(_ident(table, cur)))
+                ident = _ident(table, cur)
+                if ident is None:
+                    continue  # missing after the restore: reported as a mismatch
+                cur.execute(sql.SQL("SELECT count(*) FROM {}").format(ident))
                 counts[table] = cur.fetchone()[0]
         conn.rollback()
     except psycopg2.Error as exc:
@@ -330,14 +333,13 @@ def _count_tables(conn, tables: list[str]) -> tuple[dict[str, int], str | None]:
     return counts, None
 
 
-def _ident(table: str, cur) -> sql.Composable:
-    """sql for a manifest name "schema.table", resolved against the catalog (names may hold dots)."""
+def _ident(table: str, cur) -> sql.Composable | None:
+    """sql for a manifest name "schema.table", resolved against the catalog (names may hold dots);
+    None when no such table exists."""
     cur.execute("""SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                     WHERE n.nspname || '.' || c.relname = %s AND c.relkind IN ('r', 'p')""", (table,))
     row = cur.fetchone()
-    if row is None:
-        raise psycopg2.errors.UndefinedTable(f"table {table} does not exist")
-    return sql.Identifier(*row)
+    return None if row is None else sql.Identifier(*row)
 
 
 # ------------------------------------------------------------------------------------ replace
