@@ -9,6 +9,7 @@ partitions and check results can be explored. Everything lives under one directo
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -71,7 +72,7 @@ class DemoStack:
     (sample database + Dagster storage), loopback S3 and B2 test servers, a Dagster home, and the
     environment variables that point the project at them. Used by the demo and bench/weekly.py."""
 
-    def __init__(self, directory: Path, *, populate, say=lambda text: None):
+    def __init__(self, directory: Path, *, populate, say=lambda text: None, server_processes: bool = False):
         from .sample.generate import create_sample_database
         from .testing.b2_server import B2Server
         from .testing.embedded_pg import start_embedded
@@ -85,10 +86,27 @@ class DemoStack:
         populate(self.db)
         ensure_dagster_database(self.server.admin_dsn())
         say("starting the loopback S3 (R2) and B2 test servers")
-        self.s3 = S3Server().start()
-        self.b2 = B2Server().start()
-        self.s3.create_bucket("tenant-backups")
-        self.b2.create_bucket("tenant-backups")
+        self._processes: list[subprocess.Popen] = []
+        if server_processes:
+            # Each double in a process of its own: in one process they share a GIL with each other
+            # and with whatever else runs there (the benchmark's own measuring).
+            storage_env = {}
+            for kind in ("s3", "b2"):
+                proc = subprocess.Popen([sys.executable, "-m", "backup_assets.testing.servers", kind,
+                                         "--bucket", "tenant-backups"], stdout=subprocess.PIPE, text=True)
+                self._processes.append(proc)
+                storage_env.update(json.loads(proc.stdout.readline())["env"])
+        else:
+            self.s3 = S3Server().start()
+            self.b2 = B2Server().start()
+            self.s3.create_bucket("tenant-backups")
+            self.b2.create_bucket("tenant-backups")
+            storage_env = {
+                "R2_ENDPOINT_URL": self.s3.url, "R2_ACCESS_KEY_ID": self.s3.access_key or "testing",
+                "R2_SECRET_ACCESS_KEY": self.s3.secret_key, "R2_BUCKET": "tenant-backups",
+                "B2_APPLICATION_KEY_ID": self.b2.key_id, "B2_APPLICATION_KEY": self.b2.key,
+                "B2_BUCKET": "tenant-backups", "B2_REALM": self.b2.url,
+            }
         self.home = self.directory / "dagster_home"
         self.home.mkdir(exist_ok=True)
         (self.home / "dagster.yaml").write_text(DEMO_INSTANCE_YAML.format(
@@ -101,18 +119,20 @@ class DemoStack:
             "TENANT_BACKUP_LOCAL_DIR": str(self.directory / "local"),
             "TENANT_BACKUP_WORK_DIR": str(self.directory / "work"),
             "TENANT_BACKUP_SCRATCH_DSN": self.server.admin_dsn(),
-            "R2_ENDPOINT_URL": self.s3.url, "R2_ACCESS_KEY_ID": self.s3.access_key or "testing",
-            "R2_SECRET_ACCESS_KEY": self.s3.secret_key, "R2_BUCKET": "tenant-backups",
-            "B2_APPLICATION_KEY_ID": self.b2.key_id, "B2_APPLICATION_KEY": self.b2.key, "B2_BUCKET": "tenant-backups",
-            "B2_REALM": self.b2.url,
+            **storage_env,
         }
         os.environ.update(self.env)
         (self.directory / "demo.env").write_text(
             "".join(f"{k}={v}\n" for k, v in self.env.items() if k != "TENANT_BACKUP_KEYS"))
 
     def stop(self) -> None:
-        self.s3.stop()
-        self.b2.stop()
+        if self._processes:
+            for proc in self._processes:
+                proc.terminate()
+                proc.wait(30)
+        else:
+            self.s3.stop()
+            self.b2.stop()
 
 
 def run_demo(directory: Path, *, tenants: int = 20, rows: int = 50, ui: bool = False, port: int = 3000,

@@ -6,11 +6,10 @@ import logging
 
 import psycopg2
 
-from .errors import ConfigError, UnknownTenant
+from .errors import ConfigError, InvalidTenantId, UnknownTenant
 from .pg import connect
 from .settings import SourceSettings
 from .tenant_ids import validate_tenant_id
-from .errors import InvalidTenantId
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +39,27 @@ def list_tenants(settings: SourceSettings) -> list[str]:
     return sorted(ids)
 
 
+def is_listed(settings: SourceSettings, tenant_id: str) -> bool:
+    """Whether the registry query returns this tenant, without fetching the whole registry (the
+    weekly run asks once per tenant: thousands of tenants must not mean millions of rows)."""
+    query = settings.tenants_query.strip().rstrip(";")
+    # The alias names the query's first column whatever it is called; UUIDs compare case-blind,
+    # as validate_tenant_id canonicalizes them.
+    compare = "registry.tenant_id::text = %s" if settings.tenant_id_pattern else "lower(registry.tenant_id::text) = %s"
+    with connect(settings.registry_dsn, timeout=settings.connect_timeout) as conn:
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f"SELECT EXISTS (SELECT 1 FROM ({query}) AS registry(tenant_id) WHERE {compare})",
+                            (tenant_id,))
+                return bool(cur.fetchone()[0])
+        except psycopg2.Error as exc:
+            reason = " ".join(str(exc).split())
+            raise ConfigError(f"TENANT_BACKUP_TENANTS_QUERY failed: {reason}") from None
+
+
 def require_known_tenant(settings: SourceSettings, tenant_id: str, *, force: bool = False) -> bool:
     """Refuse a tenant the registry does not return, unless forced. Returns whether it is listed."""
-    listed = tenant_id in list_tenants(settings)
+    listed = is_listed(settings, tenant_id)
     if not listed and not force:
         raise UnknownTenant(
             f"tenant {tenant_id} is not returned by TENANT_BACKUP_TENANTS_QUERY (unknown, or not active);"
