@@ -26,6 +26,8 @@ from backup_assets.sample.generate import add_tenants, create_sample_database
 from backup_assets.testing.embedded_pg import dsn_for
 from backup_assets.testing.s3_server import S3Server
 
+from variant_db import CRM_ENV, CRM_SCHEMA, variant_db
+
 KEYS = generate_entry("restore1")
 
 # Tables of the sample schema without a tenant column, and how to find one tenant's rows in them.
@@ -48,9 +50,10 @@ def _exec(dsn, statement, params=None):
             return cur.fetchall() if cur.description else None
 
 
-def _hashes(dsn, manifest, tenant_id=None) -> dict[str, tuple[int, str]]:
+def _hashes(dsn, manifest, tenant_id=None, *, column="tenant_id", filters=None) -> dict[str, tuple[int, str]]:
     """table -> (rows, md5 of the rows' text in order), every table of the manifest but excluded ones.
     With tenant_id: only that tenant's rows (shared tables whole); without: every row."""
+    filters = _SPECIAL_FILTERS if filters is None else filters
     kinds = {t: k for k, ts in manifest["table_kinds"].items() for t in ts}
     out = {}
     with closing(psycopg2.connect(dsn)) as conn, conn.cursor() as cur:
@@ -60,9 +63,9 @@ def _hashes(dsn, manifest, tenant_id=None) -> dict[str, tuple[int, str]]:
                 continue
             where = sql.SQL("true")
             if tenant_id is not None and kind == "tenant":
-                where = sql.SQL("tenant_id = %(t)s")
+                where = sql.SQL("{}::text = %(t)s").format(sql.Identifier(column))
             elif tenant_id is not None and kind == "rls_child":
-                where = sql.SQL(_SPECIAL_FILTERS[table])
+                where = sql.SQL(filters[table])
             schema, name = table.split(".")
             cur.execute(sql.SQL("SELECT count(*), md5(coalesce(string_agg(x::text, E'\\n' ORDER BY x::text), ''))"
                                 " FROM {} x WHERE {}").format(sql.Identifier(schema, name), where), {"t": tenant_id})
@@ -276,6 +279,44 @@ def test_replace_gives_up_on_a_locked_table(live, keyring):
     finally:
         holder.rollback()
         holder.close()
+
+
+def test_replace_on_another_schema(pg_server_dsn, keyring, tmp_path, monkeypatch):
+    # Other schema, table, column and setting names, integer tenant ids; the registry crm.orgs is
+    # referenced by accounts.org only, contact_notes reaches its tenant through contacts.
+    for name, value in CRM_ENV.items():
+        monkeypatch.setenv(name, value)
+    filters = {"crm.contact_notes": "contact_id IN (SELECT id FROM crm.contacts WHERE org::text = %(t)s)"}
+    with variant_db(pg_server_dsn) as db:
+        db.run(CRM_SCHEMA)
+        settings = SourceSettings.from_env({"TENANT_BACKUP_SOURCE_DSN": db.backup_dsn, **CRM_ENV})
+        locs = _locations(tmp_path / "local")
+        archive = tmp_path / "org1.tbk"
+        manifest = export_tenant(settings, keyring, "1", archive)
+        locs["local"].put("1", manifest["backup_id"], archive, manifest)
+        assert manifest["table_kinds"]["rls_child"] == ["crm.contact_notes"]  # crm.orgs has the column
+
+        def state():
+            return {t: _hashes(db.admin_dsn, manifest, t, column="org", filters=filters) for t in ("1", "2", "3")}
+
+        before = state()
+        db.run("DELETE FROM crm.contact_notes WHERE contact_id IN (SELECT id FROM crm.contacts WHERE org = 1 LIMIT 3);"
+               "UPDATE crm.accounts SET label = 'damaged' WHERE org = 1;"
+               "INSERT INTO crm.contacts (org, email) VALUES (1, 'junk');"
+               "INSERT INTO crm.contact_notes (contact_id, note) SELECT id, 'junk' FROM crm.contacts WHERE email = 'junk';"
+               "UPDATE crm.orgs SET title = 'renamed since' WHERE org = 1")
+        damaged = state()
+        assert damaged["1"] != before["1"]
+        result = restore_tenant("1", locations=locs, location="local", target_dsn=db.owner_dsn, keyring=keyring,
+                                replace=True, tenant_id_pattern=CRM_ENV["TENANT_BACKUP_TENANT_ID_PATTERN"])
+        after = state()
+        assert after["2"] == before["2"] and after["3"] == before["3"]
+        # Every table of org 1 is back, but the registry row, which is kept as the target has it.
+        assert {t: h for t, h in after["1"].items() if t != "crm.orgs"} == \
+            {t: h for t, h in before["1"].items() if t != "crm.orgs"}
+        assert after["1"]["crm.orgs"] == damaged["1"]["crm.orgs"]
+        assert result.tables["crm.orgs"].kind == "registry" and result.tables["crm.countries"].action == "untouched"
+        assert result.tables["crm.contact_notes"].deleted == damaged["1"]["crm.contact_notes"][0]
 
 
 # ------------------------------------------------------------------------- --location auto, CLI

@@ -23,8 +23,9 @@ and `row_security = off` makes any policy that would still apply an error instea
 
 Which rows are "this tenant's" in the target:
 - tenant tables (manifest table_kinds "tenant"): `WHERE <tenant column> = <id>`;
-- the registry (an rls_child table the tenant column references): the tenant's row is kept as it
-  is in the target (its status may have changed since the backup) and inserted only when missing;
+- the registry (the table the tenant column references, with or without a tenant column of its
+  own): the tenant's row is kept as it is in the target (its status may have changed since the
+  backup) and inserted only when missing;
 - other rls_child tables (no tenant column): rows whose foreign key points at a row of this tenant
   in a parent table (followed up through further rls_child parents). One without such a path is
   refused: there is no way to tell its tenant's rows.
@@ -456,7 +457,7 @@ def _plan_replace(conn, manifest: dict, tenant_id: str, column: str, result: Res
         child = touched.get(fk.child)
         parent = touched.get(fk.parent)
         if (child and parent and child.tenant_type and fk.child_cols == [column] and len(fk.parent_cols) == 1
-                and kinds.get(parent.qualified) == "rls_child"):
+                and kinds.get(parent.qualified) in ("rls_child", "tenant")):
             registry[parent.oid] = fk.parent_cols[0]
 
     literal = sql.Literal(tenant_id)
