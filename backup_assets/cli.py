@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import cli_ops
+from . import cli_ops, cli_restore
 from .core.errors import TenantBackupError
 
 log = logging.getLogger("tenant_backup")
@@ -151,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=cmd_keys_generate)
     cli_ops.register_keys(keys)
     cli_ops.register(sub)  # list, verify, prune, rebuild: from the storage locations alone
+    cli_restore.register(sub)
 
     p = sub.add_parser("demo", help="the embedded default: sample database, loopback R2/B2, weekly backup of every tenant through Dagster")
     p.add_argument("--dir", default=".tenant-backup-demo", help="where the demo keeps its server and outputs")
