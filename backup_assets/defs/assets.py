@@ -58,7 +58,7 @@ def build_archive_asset() -> AssetsDefinition:
     def tenant_archive(context: AssetExecutionContext, backup: BackupResource) -> ArchiveHandle:
         tenant_id = context.partition_key
         out_dir = backup.staging_dir(tenant_id)
-        pending = out_dir / f"pending-{context.run_id[:8]}.tbk"
+        pending = out_dir / f"pending-{context.run.run_id[:8]}.tbk"
         # A tenant the registry no longer returns is refused unless the run says --force.
         force = context.run.tags.get(FORCE_TAG) == "true"
         manifest = export_tenant(backup.source_settings(), backup.keyring(), tenant_id, pending,

@@ -18,6 +18,7 @@ from ..core.storage.config import location_names, locations_from_env
 from .assets import build_archive_asset, build_location_asset
 from .automation import backup_failure_alerts, tenant_backup_job, tenant_registry_sync, weekly_tenant_backup
 from .checks import build_archive_checks, build_location_checks
+from .operations import daily_prune, daily_verify, prune_job, restore_tenant_job, verify_share_job
 from .resources import BackupResource, LocationIOManager, StagingIOManager, default_work_dir
 
 
@@ -40,8 +41,8 @@ def build_definitions(environ: Mapping[str, str] | None = None) -> Definitions:
     return Definitions(
         assets=assets,
         asset_checks=checks,
-        jobs=[tenant_backup_job],
-        schedules=[weekly_tenant_backup],
+        jobs=[tenant_backup_job, restore_tenant_job, prune_job, verify_share_job],
+        schedules=[weekly_tenant_backup, daily_prune, daily_verify],
         sensors=[tenant_registry_sync, backup_failure_alerts],
         resources=resources,
     )
