@@ -76,7 +76,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
     from dagster import DagsterInstance
 
     from .defs.build import build_definitions
-    from .defs.run import format_table, job_assets, materialize_tenants
+    from .defs.run import default_workers, format_table, job_assets, materialize_tenants
 
     defs = build_definitions()
     instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
@@ -87,7 +87,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
             print(f"  [{index}/{total}] {outcome.tenant_id}: {state}", file=sys.stderr, flush=True)
 
     outcomes = materialize_tenants(defs, instance, tenant_ids, force=args.force, progress=progress,
-                                   workers=args.workers)
+                                   workers=args.workers or default_workers())
     print(format_table(outcomes, job_assets(defs)))
     failed = [o for o in outcomes if not o.ok]
     if failed:
@@ -139,9 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--tenant", action="append", metavar="ID", help="a tenant id (repeatable)")
     which.add_argument("--all", action="store_true", help="every tenant TENANT_BACKUP_TENANTS_QUERY returns")
     p.add_argument("--force", action="store_true", help="back up tenants the registry query does not return")
-    p.add_argument("--workers", type=int, default=int(os.environ.get("TENANT_BACKUP_WORKERS", "2")), metavar="N",
+    p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="tenants backed up at once, each worker a process running one tenant's run at a time "
-                        "(needs DAGSTER_HOME; default TENANT_BACKUP_WORKERS or 2)")
+                        "(needs DAGSTER_HOME; default TENANT_BACKUP_WORKERS, else cores + 1)")
     p.set_defaults(func=cmd_backup)
 
     p = sub.add_parser("keys", help="keyring tools")

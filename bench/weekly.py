@@ -1,5 +1,6 @@
 """The weekly backup end to end over N sample tenants: every tenant through Dagster, all three
-locations (local, loopback R2 and B2 test servers), every check.
+locations (local, loopback R2 and B2 test servers), every check — the code path of the weekly batch
+job (backup_assets/defs/weekly_batch.py): one tenant_backup run per tenant, in-process, in workers.
 
     python bench/weekly.py [--tenants 100] [--rows 20] [--workers 2]
 
@@ -41,7 +42,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tenants", type=int, default=100)
     parser.add_argument("--rows", type=int, default=20, help="sales per sample tenant")
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=None, help="default: as the weekly batch job (cores + 1)")
     args = parser.parse_args()
 
     from dagster import DagsterInstance
@@ -49,7 +50,7 @@ def main() -> int:
     from backup_assets.core.settings import SourceSettings
     from backup_assets.core.tenants import list_tenants
     from backup_assets.defs.build import build_definitions
-    from backup_assets.defs.run import materialize_tenants
+    from backup_assets.defs.run import default_workers, materialize_tenants
     from backup_assets.demo import DemoStack
     from backup_assets.sample.generate import add_tenants
 
@@ -66,13 +67,14 @@ def main() -> int:
     sampler.start()
     started = time.monotonic()
     with DagsterInstance.get() as instance:
-        outcomes = materialize_tenants(defs, instance, ids, workers=args.workers)
+        outcomes = materialize_tenants(defs, instance, ids, workers=args.workers or default_workers())
     wall = time.monotonic() - started
     stop.set()
     sampler.join()
     stack.stop()
     ok = sum(o.ok for o in outcomes)
-    print(f"tenants: {len(outcomes)} ({ok} with every asset and check passing), workers: {args.workers}")
+    print(f"tenants: {len(outcomes)} ({ok} with every asset and check passing), "
+          f"workers: {args.workers or default_workers()}")
     print(f"wall: {wall:.1f}s, per tenant: {wall / len(outcomes):.2f}s, "
           f"1,000 tenants at this rate: {wall / len(outcomes) * 1000 / 60:.1f} min")
     print(f"peak RSS of the process tree (PostgreSQL server excluded): {peak[0] / 1e6:.0f} MB")

@@ -131,3 +131,26 @@ def test_verify_buckets_spread_over_the_cycle():
     days = [verify_bucket("r2", f"00000000-0000-4000-8000-{i:012d}", "20261125T000000Z-00000000") for i in range(2800)]
     counts = [days.count(d) for d in range(VERIFY_CYCLE_DAYS)]
     assert min(counts) > 50 and max(counts) < 150  # ~100 each
+
+
+def test_weekly_batch_job_backs_up_every_active_tenant(env, sample_tenants):
+    import datetime as dt
+
+    from dagster import build_schedule_context
+
+    from backup_assets.defs.weekly_batch import weekly_tenant_backup_batch
+
+    active = sorted(t.id for t in sample_tenants if t.status == "ACTIVE")
+    with mock.patch.dict(os.environ, {"TENANT_BACKUP_WORKERS": "1"}), instance_for_test() as instance:
+        defs = build_definitions()
+        result = defs.resolve_job_def("weekly_batch_job").execute_in_process(instance=instance)
+        assert result.success
+        assert sorted(instance.get_dynamic_partitions("tenants")) == active
+        backed_up = {r.tenant_id for r in locations_from_env(["local"])["local"].list()}
+        assert backed_up == set(active)
+        # One recorded run per tenant, besides the driver run.
+        assert len(instance.get_runs()) == len(active) + 1
+        tick = dt.datetime(2026, 11, 29, 3, 0, tzinfo=dt.timezone.utc)
+        request = weekly_tenant_backup_batch.evaluate_tick(
+            build_schedule_context(instance=instance, scheduled_execution_time=tick)).run_requests[0]
+        assert request.run_key == "weekly:2026-W48"

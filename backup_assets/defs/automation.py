@@ -28,13 +28,26 @@ def week_of(moment) -> str:
     return f"{iso.year}-W{iso.week:02d}"
 
 
+WEEKLY_CRON = os.environ.get("TENANT_BACKUP_CRON", "0 3 * * 0")  # Sunday 03:00
+TIMEZONE = os.environ.get("TENANT_BACKUP_TIMEZONE", "UTC")
+# batch: one driver run backs every tenant up in long-lived workers (no process start-up per tenant);
+# per_tenant: the daemon launches one run per tenant (e.g. one Kubernetes job each).
+WEEKLY_MODE = os.environ.get("TENANT_BACKUP_WEEKLY_MODE", "batch")
+
+
+def weekly_status(mode: str) -> DefaultScheduleStatus:
+    """Exactly one of the two weekly schedules runs, chosen by TENANT_BACKUP_WEEKLY_MODE."""
+    return DefaultScheduleStatus.RUNNING if WEEKLY_MODE == mode else DefaultScheduleStatus.STOPPED
+
+
 @schedule(
     name="weekly_tenant_backup",
-    cron_schedule=os.environ.get("TENANT_BACKUP_CRON", "0 3 * * 0"),  # Sunday 03:00
-    execution_timezone=os.environ.get("TENANT_BACKUP_TIMEZONE", "UTC"),
+    cron_schedule=WEEKLY_CRON,
+    execution_timezone=TIMEZONE,
     job=tenant_backup_job,
-    default_status=DefaultScheduleStatus.RUNNING,
-    description="Every active tenant (registry ∩ partitions), one run each, once per ISO week.",
+    default_status=weekly_status("per_tenant"),
+    description="Every active tenant (registry ∩ partitions), one run each, once per ISO week "
+                "(running when TENANT_BACKUP_WEEKLY_MODE=per_tenant).",
 )
 def weekly_tenant_backup(context: ScheduleEvaluationContext, backup: BackupResource):
     active = set(list_tenants(backup.source_settings()))

@@ -19,6 +19,7 @@ from .assets import build_archive_asset, build_location_asset
 from .automation import backup_failure_alerts, tenant_backup_job, tenant_registry_sync, weekly_tenant_backup
 from .checks import build_archive_checks, build_location_checks
 from .operations import daily_prune, daily_verify, prune_job, restore_tenant_job, verify_share_job
+from .weekly_batch import weekly_batch_job, weekly_tenant_backup_batch
 from .resources import BackupResource, LocationIOManager, StagingIOManager, default_work_dir
 
 
@@ -41,8 +42,8 @@ def build_definitions(environ: Mapping[str, str] | None = None) -> Definitions:
     return Definitions(
         assets=assets,
         asset_checks=checks,
-        jobs=[tenant_backup_job, restore_tenant_job, prune_job, verify_share_job],
-        schedules=[weekly_tenant_backup, daily_prune, daily_verify],
+        jobs=[tenant_backup_job, weekly_batch_job, restore_tenant_job, prune_job, verify_share_job],
+        schedules=[weekly_tenant_backup, weekly_tenant_backup_batch, daily_prune, daily_verify],
         sensors=[tenant_registry_sync, backup_failure_alerts],
         resources=resources,
     )

@@ -40,7 +40,7 @@ def _result(context, *, asset: str, check: str, passed: bool, tenant_id: str, lo
             message: str, metadata: dict) -> AssetCheckResult:
     if not passed:
         alerts.emit(alerts.Alert(alerts.INTEGRITY_FAILURE, "critical", tenant_id, location,
-                                 f"{asset}.{check}: {message}", _run_url(context.run_id)))
+                                 f"{asset}.{check}: {message}", _run_url(context.op_execution_context.run_id)))
     return AssetCheckResult(asset_key=AssetKey(asset), check_name=check, passed=passed,
                             severity=AssetCheckSeverity.ERROR, metadata={"message": message, **metadata})
 

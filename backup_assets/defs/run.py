@@ -30,6 +30,13 @@ class TenantOutcome:
         return all(v == "ok" for v in self.steps.values()) and all(self.checks.values()) and not self.error
 
 
+def default_workers() -> int:
+    """TENANT_BACKUP_WORKERS, else cores + 1: a backup waits on the database and the storage part of
+    the time (bench/weekly.py on 2 cores: 2 workers 0.71 s, 3 workers 0.58 s per tenant)."""
+    raw = os.environ.get("TENANT_BACKUP_WORKERS", "").strip()
+    return int(raw) if raw else (os.cpu_count() or 1) + 1
+
+
 def job_assets(defs) -> list[str]:
     """The job's assets in lineage order: the archive, then the locations."""
     job = defs.resolve_job_def(JOB_NAME)
