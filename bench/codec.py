@@ -11,7 +11,6 @@ the measurement.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import random

@@ -96,28 +96,10 @@ def main() -> None:
         _one(*args.one)
         return
 
-    from backup_assets.sample.generate import SampleDatabase, add_large_tenant, create_sample_database
-    from backup_assets.testing.embedded_pg import dsn_for, start_embedded
+    from bench_db import large_tenants
 
-    OUT.mkdir(parents=True, exist_ok=True)
-    server_dsn = args.dsn or start_embedded(OUT / "pg").admin_dsn()
-    state_file = OUT / "tenants.json"
-    state = json.loads(state_file.read_text()) if state_file.exists() else {}
-    if state.get("server") != server_dsn:
-        state = {"server": server_dsn, "tenants": {}}
-        db = create_sample_database(server_dsn, "bench_export")
-    else:
-        db = SampleDatabase("bench_export", dsn_for(server_dsn, dbname="bench_export"),
-                            dsn_for(server_dsn, user="app_owner", dbname="bench_export"),
-                            dsn_for(server_dsn, user="tenant_backup", dbname="bench_export"))
     sizes = [int(s) for s in args.sizes.split(",")]
-    for size in sizes:
-        if str(size) not in state["tenants"]:
-            t0 = time.perf_counter()
-            tenant = add_large_tenant(db, size, seed=size)
-            state["tenants"][str(size)] = tenant.id
-            state_file.write_text(json.dumps(state))
-            print(f"generated a ~{size} MiB tenant in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+    db, tenants = large_tenants(OUT, sizes, args.dsn)
 
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     if args.zstd_level:
@@ -129,7 +111,7 @@ def main() -> None:
     env.setdefault("BENCH_ZSTD_LEVEL", str(ExportOptions().zstd_level))
     rows = []
     for size in sizes:
-        tenant_id = state["tenants"][str(size)]
+        tenant_id = tenants[size]
         results = {}
         for approach in args.approaches.split(","):
             out = str(OUT / f"{approach}-{size}.out")

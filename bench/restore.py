@@ -55,27 +55,14 @@ def main() -> None:
     from backup_assets.core.restore import restore_tenant
     from backup_assets.core.settings import SourceSettings
     from backup_assets.core.storage import locations_from_env
-    from backup_assets.sample.generate import SampleDatabase, add_large_tenant, create_sample_database
-    from backup_assets.testing.embedded_pg import dsn_for, start_embedded
+    from bench_db import large_tenants
 
-    OUT.mkdir(parents=True, exist_ok=True)
-    server_dsn = args.dsn or start_embedded(OUT / "pg").admin_dsn()
-    # The export bench's cache: same state file, same database, same tenants.
-    state_file = OUT / "tenants.json"
-    state = json.loads(state_file.read_text()) if state_file.exists() else {}
-    if state.get("server") != server_dsn:
-        state = {"server": server_dsn, "tenants": {}}
-        db = create_sample_database(server_dsn, "bench_export")
-    else:
-        db = SampleDatabase("bench_export", dsn_for(server_dsn, dbname="bench_export"),
-                            dsn_for(server_dsn, user="app_owner", dbname="bench_export"),
-                            dsn_for(server_dsn, user="tenant_backup", dbname="bench_export"))
-    if str(args.size) not in state["tenants"]:
-        t0 = time.perf_counter()
-        state["tenants"][str(args.size)] = add_large_tenant(db, args.size, seed=args.size).id
-        state_file.write_text(json.dumps(state))
-        print(f"generated a ~{args.size} MiB tenant in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
-    tenant_id = state["tenants"][str(args.size)]
+    from backup_assets.testing.embedded_pg import dsn_for
+
+    # The export bench's cache: same database, same tenants.
+    db, tenants = large_tenants(OUT, [args.size], args.dsn)
+    tenant_id = tenants[args.size]
+    server_dsn = dsn_for(db.admin_dsn, dbname="postgres")
 
     work = OUT / "restore"
     work.mkdir(exist_ok=True)

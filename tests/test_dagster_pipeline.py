@@ -101,10 +101,9 @@ def test_r2_down_fails_only_r2_then_rerun_fills_the_gap(env, sample_tenants, s3_
         assert _materialized(result) == {"tenant_archive", "local_copy", "b2_copy"}
         failed = {e.step_key for e in result.all_events if e.is_step_failure}
         assert failed == {"r2_copy"}
-        recorded = [a for a in alerts.read_alerts() if a["kind"] == alerts.BACKUP_FAILURE]
         # The run-failure sensor raises the alert in a deployment; here we evaluate it directly.
         from backup_assets.defs.automation import backup_failure_alerts
-        from dagster import build_run_status_sensor_context, DagsterEventType, DagsterRunStatus
+        from dagster import DagsterEventType, build_run_status_sensor_context
 
         failure = next(e for e in result.all_events if e.event_type == DagsterEventType.RUN_FAILURE)
         context = build_run_status_sensor_context(sensor_name="backup_failure_alerts", dagster_event=failure,

@@ -17,10 +17,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from .catalog import check_manifest_identity, parse_created_at
+from .catalog import parse_created_at, verify_copy
 from .errors import ConfigError, NotFound, TenantBackupError
 from .storage import Location
-from .verify import manifest_archive_fields
 
 log = logging.getLogger(__name__)
 
@@ -106,18 +105,10 @@ class PruneReport:
 
 def _checksum_ok(loc: Location, tenant_id: str, backup_id: str) -> bool:
     """The copy verifies: manifest vs stored metadata, and every stored byte re-hashed."""
-    try:
-        manifest = loc.get_manifest(tenant_id, backup_id)
-        check_manifest_identity(manifest, tenant_id, backup_id)
-        sha, size = manifest_archive_fields(manifest)
-        st = loc.stat(tenant_id, backup_id)
-        if (st.sha256.lower(), st.size) != (sha, size):
-            return False
-        loc.verify(tenant_id, backup_id)
-        return True
-    except TenantBackupError as exc:
-        log.warning("%s: %s/%s does not verify: %s", loc.name, tenant_id, backup_id, exc)
-        return False
+    check = verify_copy(loc, tenant_id, backup_id)
+    if not check.ok:
+        log.warning("%s: %s/%s does not verify: %s", loc.name, tenant_id, backup_id, check.message)
+    return check.ok
 
 
 def prune_location(loc: Location, *, keep_min: int, now: datetime | None = None, dry_run: bool = False,

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from ..errors import CorruptObject, NotFound, PermanentStorageError, StorageError
+from ..errors import CorruptObject, PermanentStorageError, StorageError
 from ..tenant_ids import validate_tenant_id
 
 ARCHIVE_NAME = "archive.tbk"
