@@ -154,3 +154,16 @@ def test_weekly_batch_job_backs_up_every_active_tenant(env, sample_tenants):
         request = weekly_tenant_backup_batch.evaluate_tick(
             build_schedule_context(instance=instance, scheduled_execution_time=tick)).run_requests[0]
         assert request.run_key == "weekly:2026-W48"
+
+
+def test_next_run_removes_what_a_killed_run_left_in_staging(env, sample_tenants):
+    tenant = sample_tenants[2].id
+    staging = Path(env["TENANT_BACKUP_WORK_DIR"]) / "staging" / tenant
+    staging.mkdir(parents=True)
+    leftovers = [staging / "pending-deadbeef.tbk.tmp-0a1b2c3d", staging / "pending-deadbeef.tbk"]
+    for path in leftovers:
+        path.write_bytes(b"half an archive")
+    with instance_for_test() as instance:
+        _backed_up(instance, tenant)
+    assert not any(path.exists() for path in leftovers)
+    assert len(list(staging.glob("*.tbk"))) == 1  # the new, complete archive

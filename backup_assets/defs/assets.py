@@ -9,6 +9,7 @@ import os
 
 from dagster import AssetExecutionContext, AssetIn, AssetsDefinition, Backoff, MetadataValue, RetryPolicy, asset
 
+from ..core.atomic import TEMP_MARK
 from ..core.export import ExportOptions, export_tenant
 from .partitions import tenants_partitions
 from .resources import ArchiveHandle, BackupResource
@@ -58,6 +59,7 @@ def build_archive_asset() -> AssetsDefinition:
     def tenant_archive(context: AssetExecutionContext, backup: BackupResource) -> ArchiveHandle:
         tenant_id = context.partition_key
         out_dir = backup.staging_dir(tenant_id)
+        _remove_leftovers(out_dir, context.log)
         pending = out_dir / f"pending-{context.run.run_id[:8]}.tbk"
         # A tenant the registry no longer returns is refused unless the run says --force.
         force = context.run.tags.get(FORCE_TAG) == "true"
@@ -71,6 +73,14 @@ def build_archive_asset() -> AssetsDefinition:
         return ArchiveHandle(tenant_id, manifest["backup_id"], str(final), manifest)
 
     return tenant_archive
+
+
+def _remove_leftovers(directory, log) -> None:
+    """Files a killed run left behind (never a complete archive: those are renamed into place only
+    when whole). Safe because runs of one tenant never overlap (dagster.yaml tag limit)."""
+    for leftover in [*directory.glob("pending-*"), *directory.glob(f"*{TEMP_MARK}*")]:
+        leftover.unlink(missing_ok=True)
+        log.info(f"removed {leftover.name}, left by an interrupted run")
 
 
 def _prune_staging(directory, keep, retain: int = 2) -> None:
