@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .errors import ArchiveError, NotFound, TenantBackupError
+from .isolation import scan_archive
 from .keyring import Keyring
 from .storage import Location
 from .verify import manifest_archive_fields, verify_archive
@@ -155,7 +156,8 @@ def verify_copy(loc: Location, tenant_id: str, backup_id: str, *, keyring: Keyri
 
     Checksum: the manifest's sha256/size equal the stored object's metadata, and every stored byte
     re-hashes to it (Location.verify). Deep: download (re-hashed on the way) to a temporary file and
-    run verify_archive(deep=True): decrypt with `keyring`, decompress, pg_restore --list, TOC vs manifest.
+    run verify_archive(deep=True): decrypt with `keyring`, decompress, pg_restore --list, TOC vs manifest;
+    then scan every COPY row (isolation.scan_archive): no other tenant's row, row counts = manifest's.
     """
     if deep and keyring is None:
         raise ValueError("deep verification needs a keyring")
@@ -177,6 +179,18 @@ def verify_copy(loc: Location, tenant_id: str, backup_id: str, *, keyring: Keyri
             path = Path(tmp) / "archive.tbk"
             loc.get(tenant_id, backup_id, path)
             result = verify_archive(path, manifest, keyring, deep=True)
-        return CopyCheck(name, tenant_id, backup_id, result.ok, result.message)
+            if not result.ok:
+                return CopyCheck(name, tenant_id, backup_id, False, result.message)
+            # Deep also proves isolation on the archive itself: every COPY row of a table with the
+            # tenant column carries this tenant's id, and the rows add up to the manifest's.
+            column = (manifest.get("source") or {}).get("tenant_column") or "tenant_id"
+            report = scan_archive(path, keyring, tenant_id=tenant_id, tenant_column=column)
+        if not report.isolated:
+            return CopyCheck(name, tenant_id, backup_id, False,
+                             f"rows of other tenants in the archive: {report.foreign_rows}")
+        if report.rows != manifest.get("tables"):
+            return CopyCheck(name, tenant_id, backup_id, False, "rows in the archive differ from the manifest's")
+        return CopyCheck(name, tenant_id, backup_id, True,
+                         f"{result.message}; isolated: {sum(report.rows.values())} rows scanned")
     except TenantBackupError as exc:
         return CopyCheck(name, tenant_id, backup_id, False, str(exc))
