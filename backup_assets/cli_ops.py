@@ -210,8 +210,8 @@ def register(subparsers) -> None:
     p.add_argument("--tenant", required=True, metavar="ID")
     p.add_argument("--location", default="all", metavar="L|all", help="one location or all configured (default)")
     p.add_argument("--backup", default="latest", metavar="BID|latest", help="backup id (default: the newest)")
-    p.add_argument("--deep", action="store_true", help="also download, decrypt, decompress, pg_restore --list, and check every row "
-                                                              "is this tenant's")
+    p.add_argument("--deep", action="store_true",
+                   help="also download, decrypt, decompress, pg_restore --list, and check every row is this tenant's")
     p.set_defaults(func=cmd_verify)
 
     p = subparsers.add_parser("prune", help="delete backups past each location's retention (never the newest "
