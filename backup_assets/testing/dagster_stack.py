@@ -451,17 +451,21 @@ class DagsterStack:
         return locations_from_env(["local", "r2", "b2"], {**os.environ, **self.env}, retry=False)
 
 
-def run_worker_processes(run_id: str):
-    """psutil processes whose command line names the run (the run worker the daemon launched)."""
+def dump_processes(tenant_id: str):
+    """Running pg_dump processes of one tenant (psutil). The run worker is a process the code server
+    spawned (its command line does not name the run); the dump is found by the tenant it is scoped
+    to (PGOPTIONS app.current_tenant=<id>), and its parent is the process running the step."""
     import psutil
 
     found = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
+    for proc in psutil.process_iter(["pid", "name", "cmdline"]):
         try:
-            cmd = " ".join(proc.info["cmdline"] or [])
-        except (psutil.Error, TypeError):
+            if proc.info["name"] != "pg_dump" and not any("pg_dump" in a for a in (proc.info["cmdline"] or [])[:1]):
+                continue
+            env = proc.environ()
+        except psutil.Error:
             continue
-        if run_id in cmd and "execute_run" in cmd:
+        if tenant_id in env.get("PGOPTIONS", "") or tenant_id in " ".join(proc.info["cmdline"] or []):
             found.append(proc)
     return found
 
