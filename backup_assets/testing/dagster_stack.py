@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -70,6 +71,17 @@ class GraphQLError(RuntimeError):
     pass
 
 
+def _script(name: str) -> str:
+    """A console script of this interpreter's environment (a venv's bin need not be on PATH)."""
+    beside = Path(sys.executable).parent / name
+    if beside.exists():
+        return str(beside)
+    found = shutil.which(name)
+    if not found:
+        raise FileNotFoundError(f"{name} not found beside {sys.executable} nor on PATH")
+    return found
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -120,9 +132,9 @@ class DagsterStack:
                 **self.extra_env,
             }
             os.environ.update(self.env)
-            self._spawn("webserver", ["dagster-webserver", "-w", "workspace.yaml", "-h", "127.0.0.1",
+            self._spawn("webserver", [_script("dagster-webserver"), "-w", "workspace.yaml", "-h", "127.0.0.1",
                                       "-p", str(self.port)])
-            self._spawn("daemon", ["dagster-daemon", "run", "-w", "workspace.yaml"])
+            self._spawn("daemon", [_script("dagster-daemon"), "run", "-w", "workspace.yaml"])
             self._wait_ready(timeout)
         except BaseException:
             self.stop()

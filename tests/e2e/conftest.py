@@ -1,4 +1,4 @@
-"""The end-to-end stack, one per session: embedded PostgreSQL, loopback R2/B2, dagster-webserver and
+"""The end-to-end stack, one for the tests/e2e package: embedded PostgreSQL, loopback R2/B2, dagster-webserver and
 dagster-daemon as real processes (backup_assets/testing/dagster_stack.py). Only e2e tests use it."""
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ import pytest
 from backup_assets.testing.dagster_stack import DagsterStack
 
 
-@pytest.fixture(scope="session")
+# Package scope: the stack (and the environment variables it sets in this process) is gone before
+# the rest of the suite runs in the same session.
+@pytest.fixture(scope="package")
 def e2e_stack():
     # Not under pytest's tmp dir: as root the embedded server runs as another user, and other pytest
     # sessions chmod /tmp/pytest-of-root to 0700 (tests/conftest.py). E2E_KEEP=1 keeps it for debugging.
