@@ -143,6 +143,7 @@ def test_kill_9_mid_dump_leaves_nothing_complete_and_next_run_succeeds(e2e_stack
 
     stack = e2e_stack
     big = add_large_tenant(stack.db, 60)  # big enough that the dump runs for a while
+    stack.tenants.append(big)  # it is in the registry now: later tests (the weekly tick) expect it
     stack.add_partitions([big.id])
     run_id = stack.launch_run("tenant_backup", run_config=IN_PROCESS, partition=big.id)
     killed = False
