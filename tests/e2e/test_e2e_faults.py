@@ -146,19 +146,22 @@ def test_kill_9_mid_dump_leaves_nothing_complete_and_next_run_succeeds(e2e_stack
     stack.tenants.append(big)  # it is in the registry now: later tests (the weekly tick) expect it
     stack.add_partitions([big.id])
     run_id = stack.launch_run("tenant_backup", run_config=IN_PROCESS, partition=big.id)
-    killed = False
+    killed, worker = False, None
     deadline = time.monotonic() + 180
     while not killed and time.monotonic() < deadline:
-        for dump in dump_processes(big.id):
-            try:
-                worker = dump.parent()
-            except psutil.Error:
-                continue
-            if worker is not None:
-                kill_tree(worker)  # the step's process and its pg_dump, at once
-                killed = True
-                break
-        time.sleep(0.05)
+        if worker is None:  # the process running the step: pg_dump's parent
+            for dump in dump_processes(big.id):
+                try:
+                    worker = dump.parent()
+                except psutil.Error:
+                    continue
+                if worker is not None:
+                    break
+        # Kill once the archive's temporary file exists too: what a crash mid-dump leaves behind.
+        if worker is not None and _leftovers(stack, big.id):
+            kill_tree(worker)  # the step's process and its pg_dump, at once
+            killed = True
+        time.sleep(0.01)
     assert killed, f"never saw pg_dump under the run worker of {run_id}: {stack.wait_for_run(run_id)}"
     # Run monitoring finds the dead worker and fails the run.
     run = stack.wait_for_run(run_id, timeout=120)
