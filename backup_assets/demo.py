@@ -20,7 +20,12 @@ from .core.keyring import generate_entry
 from .core.tenants import list_tenants
 from .core.settings import SourceSettings
 
-DEMO_INSTANCE_YAML = """\
+def instance_yaml(url: str, *, monitoring_poll_s: int | None = None, dequeue_interval_s: int | None = None) -> str:
+    """A dagster.yaml for the embedded stack: storage in its PostgreSQL, queued runs (two at once,
+    never two of one tenant). The e2e harness adds run monitoring with a short poll (a kill -9'd run
+    is marked failed quickly) and a short dequeue interval."""
+    dequeue = f"\n    dequeue_interval_seconds: {dequeue_interval_s}" if dequeue_interval_s else ""
+    text = f"""\
 storage:
   postgres:
     postgres_url: "{url}"
@@ -28,7 +33,7 @@ run_coordinator:
   module: dagster.core.run_coordinator
   class: QueuedRunCoordinator
   config:
-    max_concurrent_runs: 2
+    max_concurrent_runs: 2{dequeue}
     tag_concurrency_limits:
       - key: "tenant_backup/tenant"
         value:
@@ -37,6 +42,17 @@ run_coordinator:
 telemetry:
   enabled: false
 """
+    if monitoring_poll_s:
+        text += f"""\
+run_retries:
+  enabled: false
+run_monitoring:
+  enabled: true
+  start_timeout_seconds: 120
+  max_runtime_seconds: 1800
+  poll_interval_seconds: {monitoring_poll_s}
+"""
+    return text
 
 
 def _demo_keys(directory: Path) -> str:
@@ -109,8 +125,8 @@ class DemoStack:
             }
         self.home = self.directory / "dagster_home"
         self.home.mkdir(exist_ok=True)
-        (self.home / "dagster.yaml").write_text(DEMO_INSTANCE_YAML.format(
-            url=f"postgresql+psycopg2://postgres@/dagster?host={self.server.socket_dir}"))
+        (self.home / "dagster.yaml").write_text(instance_yaml(
+            f"postgresql+psycopg2://postgres@/dagster?host={self.server.socket_dir}"))
         self.env = {
             "DAGSTER_HOME": str(self.home),
             "TENANT_BACKUP_SOURCE_DSN": self.db.backup_dsn,

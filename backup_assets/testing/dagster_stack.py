@@ -35,35 +35,6 @@ CHECKS = {"tenant_archive": ("isolation", "restore_drill"), "local_copy": ("chec
 IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
 FINISHED = ("SUCCESS", "FAILURE", "CANCELED")
 
-# The project's dagster.yaml with the demo's storage URL and intervals short enough for tests:
-# run monitoring polls every 5 s (a kill -9'd run is marked failed quickly); run retries are off so
-# a failed run stays failed and the test decides what is re-run.
-E2E_INSTANCE_YAML = """\
-storage:
-  postgres:
-    postgres_url: "{url}"
-run_coordinator:
-  module: dagster.core.run_coordinator
-  class: QueuedRunCoordinator
-  config:
-    max_concurrent_runs: 2
-    dequeue_interval_seconds: 1
-    tag_concurrency_limits:
-      - key: "tenant_backup/tenant"
-        value:
-          applyLimitPerUniqueValue: true
-        limit: 1
-run_retries:
-  enabled: false
-run_monitoring:
-  enabled: true
-  start_timeout_seconds: 120
-  max_runtime_seconds: 1800
-  poll_interval_seconds: 5
-telemetry:
-  enabled: false
-"""
-
 RUN_FIELDS = "runId status jobName tags { key value }"
 
 
@@ -111,7 +82,7 @@ class DagsterStack:
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self, timeout: float = 180) -> "DagsterStack":
-        from ..demo import DemoStack
+        from ..demo import DemoStack, instance_yaml
         from ..sample.generate import add_tenants
 
         def populate(db):
@@ -121,7 +92,7 @@ class DagsterStack:
         try:
             self.demo = DemoStack(self.directory, populate=populate, server_processes=True)
             url = f"postgresql+psycopg2://postgres@/dagster?host={self.demo.server.socket_dir}"
-            (self.demo.home / "dagster.yaml").write_text(E2E_INSTANCE_YAML.format(url=url))
+            (self.demo.home / "dagster.yaml").write_text(instance_yaml(url, monitoring_poll_s=5, dequeue_interval_s=1))
             self.env = {
                 **self.demo.env,
                 "TENANT_BACKUP_RETRIES": "1", "TENANT_BACKUP_RETRY_DELAY_S": "0",
