@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from .catalog import parse_created_at, verify_copy
-from .errors import ConfigError, NotFound, TenantBackupError
+from .errors import NotFound, TenantBackupError
+from .settings import int_setting
 from .storage import Location
 
 log = logging.getLogger(__name__)
@@ -28,16 +29,8 @@ DEFAULT_KEEP_MIN = 2
 
 
 def keep_min_from_env(environ: Mapping[str, str] = os.environ) -> int:
-    raw = environ.get(KEEP_MIN_VAR, "").strip()
-    if not raw:
-        return DEFAULT_KEEP_MIN
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{KEEP_MIN_VAR} must be an integer, got {raw!r}") from None
-    if value < 1:  # 0 would let prune empty a tenant whose backups stopped
-        raise ConfigError(f"{KEEP_MIN_VAR} must be >= 1, got {value}")
-    return value
+    # At least 1: 0 would let prune empty a tenant whose backups stopped.
+    return int_setting(environ, KEEP_MIN_VAR, DEFAULT_KEEP_MIN, minimum=1)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,20 @@ _COLUMN_RE = re.compile(_IDENT)
 _TABLE_RE = re.compile(rf"(?:{_IDENT}\.)?{_IDENT}")
 
 
+def int_setting(environ: Mapping[str, str], var: str, default: int, minimum: int = 1) -> int:
+    """An integer environment variable: its default when unset, a ConfigError naming it when malformed."""
+    raw = environ.get(var, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{var} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{var} must be >= {minimum}, got {value}")
+    return value
+
+
 def load_dotenv_file(path: Path | None = None) -> None:
     """Read `.env` from the working directory; real environment variables win."""
     from dotenv import load_dotenv
@@ -77,11 +91,7 @@ class SourceSettings:
                 f"TENANT_BACKUP_TENANT_SETTING={setting!r} is not a custom setting name (prefix.name)"
             )
         query = env.get("TENANT_BACKUP_TENANTS_QUERY", "").strip() or DEFAULT_TENANTS_QUERY
-        timeout_raw = env.get("TENANT_BACKUP_CONNECT_TIMEOUT", "10")
-        try:
-            timeout = int(timeout_raw)
-        except ValueError:
-            raise ConfigError(f"TENANT_BACKUP_CONNECT_TIMEOUT={timeout_raw!r} is not an integer") from None
+        timeout = int_setting(env, "TENANT_BACKUP_CONNECT_TIMEOUT", 10)
         return cls(
             dsn=dsn,
             tenant_column=column,

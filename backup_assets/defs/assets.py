@@ -11,6 +11,7 @@ from dagster import AssetExecutionContext, AssetIn, AssetsDefinition, Backoff, M
 
 from ..core.atomic import TEMP_MARK
 from ..core.export import ExportOptions, export_tenant
+from ..core.settings import int_setting
 from .partitions import tenants_partitions
 from .resources import ArchiveHandle, BackupResource
 
@@ -21,8 +22,8 @@ FORCE_TAG = "tenant_backup/force"  # run tag: back up a tenant the registry does
 
 def retry_policy() -> RetryPolicy:
     """TENANT_BACKUP_RETRIES (default 3) retries, TENANT_BACKUP_RETRY_DELAY_S (default 300) apart."""
-    return RetryPolicy(max_retries=int(os.environ.get("TENANT_BACKUP_RETRIES", "3")),
-                       delay=float(os.environ.get("TENANT_BACKUP_RETRY_DELAY_S", "300")),
+    return RetryPolicy(max_retries=int_setting(os.environ, "TENANT_BACKUP_RETRIES", 3, minimum=0),
+                       delay=int_setting(os.environ, "TENANT_BACKUP_RETRY_DELAY_S", 300, minimum=0),
                        backoff=Backoff.LINEAR)
 
 

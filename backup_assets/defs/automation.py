@@ -8,6 +8,7 @@ from dagster import (AssetSelection, DefaultScheduleStatus, DefaultSensorStatus,
                      SkipReason, define_asset_job, run_failure_sensor, schedule, sensor)
 
 from ..core import alerts
+from ..core.settings import int_setting
 from ..core.tenants import list_tenants
 from .assets import GROUP
 from .partitions import TENANTS, tenants_partitions
@@ -64,7 +65,7 @@ def weekly_tenant_backup(context: ScheduleEvaluationContext, backup: BackupResou
 
 @sensor(
     name="tenant_registry_sync",
-    minimum_interval_seconds=int(os.environ.get("TENANT_BACKUP_REGISTRY_SYNC_S", "300")),
+    minimum_interval_seconds=int_setting(os.environ, "TENANT_BACKUP_REGISTRY_SYNC_S", 300),
     default_status=DefaultSensorStatus.RUNNING,
     description="Adds a partition for each tenant the registry query returns and removes those it no "
                 "longer returns. Backups already stored are never deleted here.",

@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 
 from ..errors import ConfigError
+from ..settings import int_setting
 from .base import Location
 from .retry import RetryingLocation
 
@@ -30,19 +31,6 @@ def location_names(environ: Mapping[str, str] = os.environ) -> list[str]:
     if not names:
         raise ConfigError("TENANT_BACKUP_LOCATIONS lists no location")
     return names
-
-
-def _int(environ: Mapping[str, str], var: str, default: int, minimum: int = 1) -> int:
-    raw = environ.get(var, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{var} must be an integer, got {raw!r}") from None
-    if value < minimum:
-        raise ConfigError(f"{var} must be >= {minimum}, got {value}")
-    return value
 
 
 def locations_from_env(names: list[str] | None = None, environ: Mapping[str, str] = os.environ, *,
@@ -68,11 +56,11 @@ def locations_from_env(names: list[str] | None = None, environ: Mapping[str, str
                           f"set {', '.join(missing)}")
 
     prefix = environ.get("TENANT_BACKUP_STORAGE_PREFIX", "").strip()
-    attempts = _int(environ, "TENANT_BACKUP_STORAGE_ATTEMPTS", 3)
+    attempts = int_setting(environ, "TENANT_BACKUP_STORAGE_ATTEMPTS", 3)
     mib = 1024 * 1024
     out: dict[str, Location] = {}
     for n in names:
-        days = _int(environ, f"TENANT_BACKUP_RETENTION_{n.upper()}_DAYS", RETENTION_DEFAULTS[n])
+        days = int_setting(environ, f"TENANT_BACKUP_RETENTION_{n.upper()}_DAYS", RETENTION_DEFAULTS[n])
         if n == "local":
             from .local import LocalLocation
 
@@ -81,17 +69,17 @@ def locations_from_env(names: list[str] | None = None, environ: Mapping[str, str
         elif n == "r2":
             from .r2 import R2Location
 
-            part = _int(environ, "TENANT_BACKUP_R2_PART_SIZE_MB", 16, minimum=5) * mib
+            part = int_setting(environ, "TENANT_BACKUP_R2_PART_SIZE_MB", 16, minimum=5) * mib
             loc = R2Location(environ["R2_ENDPOINT_URL"].strip(), environ["R2_ACCESS_KEY_ID"].strip(),
                              environ["R2_SECRET_ACCESS_KEY"].strip(), environ["R2_BUCKET"].strip(),
                              prefix=prefix, retention_days=days, part_size=part,
-                             multipart_threshold=_int(environ, "TENANT_BACKUP_R2_MULTIPART_THRESHOLD_MB", 64,
+                             multipart_threshold=int_setting(environ, "TENANT_BACKUP_R2_MULTIPART_THRESHOLD_MB", 64,
                                                       minimum=5) * mib,
-                             concurrency=_int(environ, "TENANT_BACKUP_R2_CONCURRENCY", 2))
+                             concurrency=int_setting(environ, "TENANT_BACKUP_R2_CONCURRENCY", 2))
         else:
             from .b2 import B2Location
 
-            part_mb = _int(environ, "TENANT_BACKUP_B2_PART_SIZE_MB", 0, minimum=0)
+            part_mb = int_setting(environ, "TENANT_BACKUP_B2_PART_SIZE_MB", 0, minimum=0)
             loc = B2Location(environ["B2_APPLICATION_KEY_ID"].strip(), environ["B2_APPLICATION_KEY"].strip(),
                              environ["B2_BUCKET"].strip(), realm=environ.get("B2_REALM", "").strip() or "production",
                              prefix=prefix, retention_days=days, part_size=part_mb * mib or None)
