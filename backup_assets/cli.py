@@ -34,7 +34,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     settings = SourceSettings.from_env()
     keyring = Keyring.from_env()
-    options = ExportOptions(force=args.force, zstd_level=args.zstd_level,
+    options = ExportOptions(force=args.force, zstd_level=args.zstd_level, check_rows=args.check_rows,
                             progress=None if args.quiet else _progress)
     manifest = export_tenant(settings, keyring, args.tenant, Path(args.out), options)
     print(json.dumps(manifest, indent=2, sort_keys=True))
@@ -89,6 +89,15 @@ def cmd_backup(args: argparse.Namespace) -> int:
     outcomes = materialize_tenants(defs, instance, tenant_ids, force=args.force, progress=progress,
                                    workers=args.workers or default_workers())
     print(format_table(outcomes, job_assets(defs)))
+    shared: dict[str, int] = {}
+    for outcome in outcomes:
+        for name, rows in outcome.shared.items():
+            shared[name] = max(rows, shared.get(name, 0))
+    if shared:
+        print("tenant-backup: warning: shared tables (no tenant column, no row-level security) went WHOLE into every"
+              " archive: " + ", ".join(f"{name} ({rows} rows)" for name, rows in sorted(shared.items()))
+              + "; if one holds people or other tenants' data, give it a policy (docs/ISOLATION.md#shared-tables)",
+              file=sys.stderr)
     failed = [o for o in outcomes if not o.ok]
     if failed:
         print(f"tenant-backup: error: {len(failed)} of {len(outcomes)} tenant backups failed", file=sys.stderr)
@@ -125,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true",
                    help="export a tenant that TENANT_BACKUP_TENANTS_QUERY does not return (e.g. a SUSPENDED one)")
     p.add_argument("--zstd-level", type=int, default=1, choices=range(1, 20), metavar="N", help="zstd level (default 1)")
+    p.add_argument("--check-rows", action="store_true",
+                   help="also compare every row's tenant value in the dump stream (the row counts are always"
+                        " proven; slower, see docs/BENCHMARKS.md)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("decrypt", help="verify and decrypt an archive to a plain pg_dump custom-format file")

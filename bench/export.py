@@ -6,7 +6,9 @@ For each size it builds (once, cached in the database) a sample tenant whose raw
 many MiB, then measures, each in its own child process so peak RSS is that approach's own:
   raw   pg_dump -Fc -Z0 --enable-row-security as the backup role, to a file (the floor), pg_dump alone;
   seed  pg_dump -Fc, then the whole file read into memory, gzip -9, Fernet, SHA-256 (the seed report's way);
-  ours  tenant-backup's export (pre-flight, in-snapshot counts, zstd, AES-256-GCM, SHA-256, fsync).
+  ours  tenant-backup's export (pre-flight, in-snapshot counts held against the rows of the dump
+        stream, zstd, AES-256-GCM, SHA-256, fsync);
+  ours+rows  the same, also checking every row's tenant value in the stream (export --check-rows).
 Prints wall time, throughput (raw dump MiB / s), peak RSS of the approach's process tree and the
 output size. Without --dsn it starts an embedded PostgreSQL under bench/out/.
 """
@@ -50,10 +52,11 @@ def _measure(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
 
 def _one(approach: str, dsn: str, tenant_id: str, out: str) -> None:
     """Child-process body of one measured approach."""
-    from backup_assets.core.pg import client_env
+    from backup_assets.core.pg import PgSession
     from backup_assets.core.pgbin import pg_program
 
-    conninfo, env = client_env(dsn, {"app.current_tenant": tenant_id})
+    session = PgSession.from_dsn(dsn, {"app.current_tenant": tenant_id})
+    conninfo, env = session.conninfo(), session.child_env()
     if approach == "seed":
         import gzip
         import hashlib
@@ -68,14 +71,15 @@ def _one(approach: str, dsn: str, tenant_id: str, out: str) -> None:
         hashlib.sha256(token).hexdigest()
         Path(out).write_bytes(token)
         os.unlink(plain)
-    elif approach == "ours":
+    elif approach in ("ours", "ours+rows"):
         from backup_assets.core.export import ExportOptions, export_tenant
         from backup_assets.core.keyring import Keyring, generate_entry
         from backup_assets.core.settings import SourceSettings
 
         settings = SourceSettings.from_env({"TENANT_BACKUP_SOURCE_DSN": dsn})
         manifest = export_tenant(settings, Keyring.parse(generate_entry("bench")), tenant_id, Path(out),
-                                 ExportOptions(zstd_level=int(os.environ.get("BENCH_ZSTD_LEVEL", "1"))))
+                                 ExportOptions(zstd_level=int(os.environ.get("BENCH_ZSTD_LEVEL", "1")),
+                                               check_rows=approach == "ours+rows"))
         Path(out + ".manifest.json").write_text(json.dumps(manifest))
     else:
         raise SystemExit(f"unknown approach {approach}")
@@ -85,7 +89,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="100,350,1024", help="tenant sizes in MiB of raw dump")
     parser.add_argument("--dsn", help="superuser DSN of a server to use instead of an embedded one")
-    parser.add_argument("--approaches", default="raw,seed,ours")
+    parser.add_argument("--approaches", default="raw,seed,ours,ours+rows")
     parser.add_argument("--keep", action="store_true", help="keep the output files")
     parser.add_argument("--repeat", type=int, default=3,
                         help="runs of raw and ours per size; the median is reported (seed runs once: it is slow)")
@@ -105,46 +109,54 @@ def main() -> None:
     if args.zstd_level:
         env["BENCH_ZSTD_LEVEL"] = str(args.zstd_level)
     from backup_assets.core.export import ExportOptions
-    from backup_assets.core.pg import client_env
+    from backup_assets.core.pg import PgSession
     from backup_assets.core.pgbin import pg_program
 
     env.setdefault("BENCH_ZSTD_LEVEL", str(ExportOptions().zstd_level))
     rows = []
+    approaches = args.approaches.split(",")
     for size in sizes:
         tenant_id = tenants[size]
-        results = {}
-        for approach in args.approaches.split(","):
-            out = str(OUT / f"{approach}-{size}.out")
-            runs = []
-            for _ in range(1 if approach == "seed" else args.repeat):
+        runs: dict[str, list] = {a: [] for a in approaches}
+        # Round-robin (raw, ours, raw, ours, ...): a slow minute of the machine hits every approach alike.
+        for index in range(args.repeat):
+            for approach in approaches:
+                if approach == "seed" and index:
+                    continue  # slow: once
+                out = str(OUT / f"{approach}-{size}.out")
                 if approach == "raw":  # pg_dump alone, no Python around it
-                    conninfo, dump_env = client_env(db.backup_dsn, {"app.current_tenant": tenant_id})
+                    session = PgSession.from_dsn(db.backup_dsn, {"app.current_tenant": tenant_id})
+                    conninfo, dump_env = session.conninfo(), session.child_env()
                     cmd = [pg_program("pg_dump"), "-Fc", "-Z0", "--enable-row-security", "-f", out,
                            f"--dbname={conninfo}"]
-                    runs.append(_measure(cmd, dump_env))
+                    runs[approach].append(_measure(cmd, dump_env) + (os.path.getsize(out),))
                 else:
-                    runs.append(_measure([sys.executable, __file__, "--one", approach, db.backup_dsn, tenant_id, out],
-                                         env))
-            walls = sorted(w for w, _ in runs)
-            results[approach] = {"wall_s": walls[len(walls) // 2], "wall_all_s": [round(w, 2) for w, _ in runs],
-                                 "peak_rss_mb": max(r for _, r in runs), "bytes": os.path.getsize(out)}
-            if not args.keep:
-                os.unlink(out)
+                    runs[approach].append(_measure([sys.executable, __file__, "--one", approach, db.backup_dsn,
+                                                    tenant_id, out], env) + (os.path.getsize(out),))
+                if not args.keep:
+                    os.unlink(out)
+        results = {}
+        for approach, measured in runs.items():
+            walls = sorted(w for w, _, _ in measured)
+            results[approach] = {"wall_s": walls[len(walls) // 2], "wall_all_s": [round(w, 2) for w, _, _ in measured],
+                                 "peak_rss_mb": max(r for _, r, _ in measured), "bytes": measured[-1][2]}
         raw_mib = results["raw"]["bytes"] / (1 << 20) if "raw" in results else None
         for approach, r in results.items():
             r["mib_per_s"] = raw_mib / r["wall_s"] if raw_mib else None
             rows.append({"size": size, "approach": approach, "raw_dump_mib": raw_mib, **r})
 
-    print(f"{'tenant':>8} {'approach':8} {'wall s':>7} {'MiB/s':>7} {'peak RSS MB':>11} {'output MiB':>10}  ratio vs raw / seed")
+    print(f"{'tenant':>8} {'approach':9} {'wall s':>7} {'MiB/s':>7} {'peak RSS MB':>11} {'output MiB':>10}  ratio vs raw / seed")
     for row in rows:
         same = [r for r in rows if r["size"] == row["size"]]
         raw = next((r for r in same if r["approach"] == "raw"), None)
         seed = next((r for r in same if r["approach"] == "seed"), None)
         rel = ""
-        if row["approach"] == "ours" and raw and seed:
-            rel = f"{row['wall_s'] / raw['wall_s']:.2f}x raw, {row['wall_s'] / seed['wall_s']:.2f}x seed"
-        print(f"{row['raw_dump_mib'] or 0:7.0f}M {row['approach']:8} {row['wall_s']:7.2f} {row['mib_per_s'] or 0:7.0f}"
-              f" {row['peak_rss_mb']:11.0f} {row['bytes'] / (1 << 20):10.1f}  {rel}")
+        if row["approach"].startswith("ours") and raw:
+            rel = f"{row['wall_s'] / raw['wall_s']:.2f}x raw"
+            if seed:
+                rel += f", {row['wall_s'] / seed['wall_s']:.2f}x seed"
+        print(f"{row['raw_dump_mib'] or 0:7.0f}M {row['approach']:9} {row['wall_s']:7.2f} {row['mib_per_s'] or 0:7.0f}"
+              f" {row['peak_rss_mb']:11.0f} {row['bytes'] / (1 << 20):10.1f}  {rel}  runs: {row['wall_all_s']}")
     print(f"zstd level of ours: {env['BENCH_ZSTD_LEVEL']}; wall = median of {args.repeat} runs (seed: 1);"
           " peak RSS = max over runs of the approach's process tree (ours and seed include their pg_dump child)")
     (OUT / "export-results.json").write_text(json.dumps(rows, indent=2))

@@ -50,7 +50,7 @@ def main() -> None:
     from backup_assets.core.decrypt import decrypt_to_file
     from backup_assets.core.export import export_tenant
     from backup_assets.core.keyring import Keyring, generate_entry
-    from backup_assets.core.pg import client_env
+    from backup_assets.core.pg import PgSession
     from backup_assets.core.pgbin import pg_program
     from backup_assets.core.restore import restore_tenant
     from backup_assets.core.settings import SourceSettings
@@ -98,7 +98,8 @@ def main() -> None:
     name = f"bench_restore_plain_{secrets.token_hex(3)}"
     _admin(server_dsn, f'CREATE DATABASE "{name}"')
     try:
-        conninfo, env = client_env(dsn_for(server_dsn, dbname=name))
+        session = PgSession.from_dsn(dsn_for(server_dsn, dbname=name))
+        conninfo, env = session.conninfo(), session.child_env()
         t0 = time.perf_counter()
         subprocess.run([pg_program("pg_restore"), f"--dbname={conninfo}", str(plain_dump)], env=env, check=True)
         results["plain"] = {"wall_s": time.perf_counter() - t0}

@@ -25,7 +25,7 @@ from backup_assets.core.errors import ArchiveError, ConfigError, ScratchDatabase
 from backup_assets.core.export import export_tenant
 from backup_assets.core.keyring import Keyring, generate_entry
 from backup_assets.core.manifest import new_backup_id
-from backup_assets.core.pg import client_env
+from backup_assets.core.pg import PgSession
 from backup_assets.core.pgbin import pg_program
 from backup_assets.core.settings import SourceSettings
 from backup_assets.core.verify import verify_archive
@@ -233,7 +233,8 @@ GRANT SELECT ON ALL SEQUENCES IN SCHEMA shop TO {backup};
 def _archive_of(db, keyring, path, *, tenant: str, tables: dict, kinds: dict, column: str) -> dict:
     """pg_dump the variant database as its backup role with `acme.org=<tenant>`, as the export
     does, encode it into a real archive at `path` and return a manifest for it."""
-    conninfo, env = client_env(db.backup_dsn, {"acme.org": tenant})
+    session = PgSession.from_dsn(db.backup_dsn, {"acme.org": tenant})
+    conninfo, env = session.conninfo(), session.child_env()
     with open(path, "wb") as out, tempfile.TemporaryFile() as err:
         proc = subprocess.Popen([pg_program("pg_dump"), "--format=custom", "--compress=0", "--enable-row-security",
                                  f"--dbname={conninfo}"], stdout=subprocess.PIPE, stderr=err, env=env)

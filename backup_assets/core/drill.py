@@ -45,7 +45,7 @@ from psycopg2 import sql
 from .archive_format import decode_archive
 from .errors import ArchiveError, ScratchDatabaseError
 from .keyring import Keyring
-from .pg import client_env, connect, parse_dsn
+from .pg import PgSession, connect, parse_dsn
 from .pgbin import pg_program
 from .verify import _HashingReader, _PipeSink, manifest_archive_fields
 
@@ -229,7 +229,9 @@ def stream_into_pg_restore(archive_path: Path, keyring: Keyring, tenant_id: str,
     its transaction commits. Shared with core.restore (restore into an empty database).
 
     keep_owners: restore ownership and grants (the source's roles must exist); the drill never does."""
-    conninfo, env = client_env(dsn, {"synchronous_commit": synchronous_commit})
+    session = PgSession.from_dsn(dsn, {"synchronous_commit": synchronous_commit},
+                                 application_name="tenant-backup-restore")
+    conninfo, env = session.conninfo(), session.child_env()
     args = [
         pg_program("pg_restore"),
         *(() if keep_owners else ("--no-owner", "--no-acl")),  # the source's roles need not exist on the target
@@ -260,7 +262,7 @@ def stream_into_pg_restore(archive_path: Path, keyring: Keyring, tenant_id: str,
         reader.drain()
         if failure is None and code != 0:
             err_file.seek(0)
-            stderr = _one_line(err_file.read(_STDERR_LIMIT * 2).decode("utf-8", "replace"))
+            stderr = session.scrub(err_file.read(_STDERR_LIMIT * 2).decode("utf-8", "replace"))[:_STDERR_LIMIT]
             failure = f"pg_restore failed (exit {code}): {stderr or 'no message'}"
     return failure is None, reader.hexdigest(), reader.count, failure
 

@@ -1,12 +1,15 @@
 """pg_dump of one tenant under row-level security, streamed, plus in-snapshot row counts.
 
-The dump and the counts read the same exported snapshot, so the manifest's row counts are exactly
-the rows in the archive. The count query also re-proves isolation on the data itself: any row of a
-tenant table whose tenant column is not this tenant aborts the dump.
+The dump and the counts read the same exported snapshot on twin sessions (core/pg.py: one session
+definition), and `prove_dump` holds the counts against the rows the dump stream really carried
+(core/dump_stream.py), so the manifest's row counts are exactly the rows in the archive. The count
+query also re-proves isolation on the data itself: any row of a tenant table whose tenant column is
+not this tenant aborts the dump.
 """
 
 from __future__ import annotations
 
+import re
 import subprocess
 import tempfile
 import threading
@@ -15,8 +18,9 @@ from functools import lru_cache
 import psycopg2
 from psycopg2 import sql
 
+from .dump_stream import DumpContents, copy_text
 from .errors import DumpFailed, SafetyCheckFailed
-from .pg import client_env
+from .pg import PgSession, child_env
 from .pgbin import pg_program
 from .preflight import EXCLUDED, RLS_CHILD, SHARED, TENANT, DumpPlan
 
@@ -25,16 +29,21 @@ _STDERR_LIMIT = 4000
 
 @lru_cache(maxsize=None)
 def pg_dump_version() -> str:
-    out = subprocess.run([pg_program("pg_dump"), "--version"], capture_output=True, text=True, check=False)
+    out = subprocess.run([pg_program("pg_dump"), "--version"], capture_output=True, text=True, check=False,
+                         env=child_env())
     return out.stdout.strip()
 
 
-class PgDump:
-    """A running `pg_dump -Fc -Z0 --enable-row-security` scoped to one tenant; read() streams it."""
+def pg_dump_major() -> int:
+    match = re.search(r"(\d+)(?:\.\d+)*", pg_dump_version())
+    return int(match.group(1)) if match else 0
 
-    def __init__(self, dsn: str, *, tenant_setting: str, tenant_id: str, snapshot: str | None,
-                 plan: DumpPlan, lock_wait_timeout: str = "60s"):
-        conninfo, env = client_env(dsn, {tenant_setting: tenant_id})
+
+class PgDump:
+    """A running `pg_dump -Fc -Z0 --enable-row-security` as `session` (the tenant setting in its
+    options, nothing inherited); read() streams it."""
+
+    def __init__(self, session: PgSession, *, snapshot: str | None, plan: DumpPlan, lock_wait_timeout: str = "60s"):
         args = [
             pg_program("pg_dump"),
             "--format=custom",
@@ -44,13 +53,19 @@ class PgDump:
             "--no-large-objects",
             f"--lock-wait-timeout={lock_wait_timeout}",
         ]
+        if pg_dump_major() >= 18:
+            # Planner statistics hold other tenants' most common values: never dumped, whatever
+            # this pg_dump's default (the stream reader refuses them too).
+            args.append("--no-statistics")
         if snapshot:
             args.append(f"--snapshot={snapshot}")
         for table in plan.of_kind(EXCLUDED):
             args.append("--exclude-table-data=" + _pattern(table.schema, table.name))
-        args.append(f"--dbname={conninfo}")
+        args.append(f"--dbname={session.conninfo()}")
+        self._session = session
         self._stderr = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self._stderr, env=env, bufsize=0)
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self._stderr, env=session.child_env(),
+                                     bufsize=0)
         _widen_pipe(self.proc.stdout.fileno())
 
     def read(self, size: int) -> bytes:
@@ -67,7 +82,7 @@ class PgDump:
     def stderr(self) -> str:
         self._stderr.seek(0)
         text = self._stderr.read(_STDERR_LIMIT).decode("utf-8", "replace")
-        return " ".join(text.split())
+        return self._session.scrub(text)
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -144,3 +159,45 @@ class RowCounter(threading.Thread):
                 " fix the RLS policies"
             )
         return dict(self.counts)
+
+
+def tenant_values(conn, plan: DumpPlan, tenant_id: str) -> dict[str, bytes]:
+    """Per tenant table, the tenant id as COPY writes it in that table's tenant column: the id cast to
+    the column's type and printed by the server (a bigint id "0042" is written 42)."""
+    by_type: dict[str, bytes] = {}
+    values = {}
+    with conn.cursor() as cur:
+        for table in plan.of_kind(TENANT):
+            if table.tenant_type not in by_type:
+                cur.execute(sql.SQL("SELECT CAST(CAST(%s AS {typ}) AS text)").format(typ=sql.SQL(table.tenant_type)),
+                            (tenant_id,))
+                by_type[table.tenant_type] = copy_text(cur.fetchone()[0])
+            values[table.qualified] = by_type[table.tenant_type]
+    return values
+
+
+def prove_dump(counts: dict[str, int], contents: DumpContents, tenant_id: str) -> None:
+    """The rows pg_dump wrote must be the rows counted in its snapshot, table by table, and every
+    tenant value checked in the stream must be the tenant's. SafetyCheckFailed naming each table
+    otherwise: the archive is then never written."""
+    dumped = contents.rows()
+    problems = []
+    for table, rows in sorted(dumped.items()):
+        counted = counts.get(table)
+        if counted is None:
+            if rows:  # e.g. created after the pre-flight read the catalog: its RLS was never checked
+                problems.append(f"{table}: {rows} rows in the dump, a table the pre-flight did not check")
+        elif rows != counted:
+            problems.append(f"{table}: {rows} rows in the dump, {counted} of this tenant in the snapshot")
+    for table, counted in sorted(counts.items()):
+        if table not in dumped and counted:
+            problems.append(f"{table}: no data in the dump, {counted} rows of this tenant in the snapshot")
+    for table, tally in sorted(contents.tables.items()):
+        if tally.foreign:
+            sample = (tally.sample or b"").decode("utf-8", "replace")[:80]
+            problems.append(f"{table}: {tally.foreign} rows whose tenant column is not {tenant_id} (e.g. {sample!r})")
+    if problems:
+        raise SafetyCheckFailed(
+            f"isolation check failed: the dump pg_dump wrote is not what the proof counted as tenant {tenant_id}"
+            f" ({'; '.join(problems)}); pg_dump's session saw other rows than the proof's: check the RLS policies"
+            " for settings or roles that differ between sessions. Nothing was written")

@@ -1,8 +1,9 @@
 """Export one tenant: pre-flight → pg_dump under RLS → zstd → AES-256-GCM → SHA-256 → file.
 
-One pass, bounded memory: pg_dump's stdout is pulled in 1 MiB chunks through the codec straight
-into a temporary file that is renamed only once everything (pg_dump's exit, the isolation counts,
-the fsync) succeeded.
+One pass, bounded memory: pg_dump's stdout is pulled in 1 MiB chunks, followed by the dump stream
+reader (rows per table, core/dump_stream.py) and through the codec straight into a temporary file
+that is renamed only once everything (pg_dump's exit, the isolation counts against the rows the
+stream carried, the fsync) succeeded.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ import psycopg2
 
 from .archive_format import encode_archive
 from .atomic import atomic_output, check_output_path
-from .dump import PgDump, RowCounter, pg_dump_version
+from .dump import PgDump, RowCounter, pg_dump_version, prove_dump, tenant_values
+from .dump_stream import DumpStreamReader
 from .errors import DumpFailed, SafetyCheckFailed
 from .keyring import Keyring
 from .manifest import MANIFEST_VERSION, new_backup_id
-from .pg import connect
+from .pg import PgSession
 from .preflight import EXCLUDED, RLS_CHILD, SHARED, TENANT, DumpPlan, inspect_source
 from .settings import SourceSettings
 from .tenant_ids import validate_tenant_id
@@ -36,8 +38,13 @@ ProgressFn = Callable[[int, float], None]  # raw bytes dumped so far, seconds el
 @dataclass(frozen=True)
 class ExportOptions:
     zstd_level: int = 1  # bench/export.py: faster than 3 and no larger on pg_dump output
-    zstd_threads: int = -1
+    # zstd in the reading thread: on 2 cores shared with pg_dump and its backend, worker threads
+    # cost more than they overlap (bench/export.py: 3.43 s vs 4.18 s for 354 MiB, median of 7).
+    zstd_threads: int = 0
     force: bool = False  # export a tenant the registry does not return (e.g. SUSPENDED)
+    # Also compare every row's tenant value in the dump stream (the row counts are always held
+    # against the snapshot's): docs/BENCHMARKS.md has its cost.
+    check_rows: bool = False
     progress: ProgressFn | None = None
     progress_interval: float = 2.0
 
@@ -53,8 +60,10 @@ def export_tenant(settings: SourceSettings, keyring: Keyring, tenant_id: str, ou
 
     created = datetime.now(timezone.utc)
     backup_id = new_backup_id(created)
-    with connect(settings.dsn, timeout=settings.connect_timeout,
-                 settings={settings.tenant_setting: tenant_id}) as conn:
+    # pg_dump and the counting connection are twins: same parameters, same options, nothing inherited.
+    session = PgSession.from_dsn(settings.dsn, {settings.tenant_setting: tenant_id},
+                                 connect_timeout=settings.connect_timeout)
+    with session.connect() as conn:
         conn.set_session(isolation_level=psycopg2.extensions.ISOLATION_LEVEL_REPEATABLE_READ, readonly=True)
         with conn.cursor() as cur:
             # The setting must reach the session as passed (a pooler may drop startup options).
@@ -68,28 +77,29 @@ def export_tenant(settings: SourceSettings, keyring: Keyring, tenant_id: str, ou
         plan = inspect_source(conn, settings)
         for note in plan.notes:
             log.warning("%s", note)
-        shared = [t.qualified for t in plan.of_kind(SHARED)]
-        if shared:
-            log.info("shared tables dumped whole (no tenant column, no RLS): %s", ", ".join(shared))
+        reader = DumpStreamReader(tenant_values(conn, plan, tenant_id) if options.check_rows else None,
+                                  tenant_column=settings.tenant_column)
         with conn.cursor() as cur:
             cur.execute("SELECT pg_export_snapshot()")
             snapshot = cur.fetchone()[0]
         preflight_s = time.monotonic() - started
 
         dump_started = time.monotonic()
-        dump = PgDump(settings.dsn, tenant_setting=settings.tenant_setting, tenant_id=tenant_id,
-                      snapshot=snapshot, plan=plan, lock_wait_timeout=settings.lock_wait_timeout)
+        dump = PgDump(session, snapshot=snapshot, plan=plan, lock_wait_timeout=settings.lock_wait_timeout)
         counter = RowCounter(conn, plan, tenant_column=settings.tenant_column, tenant_id=tenant_id)
         counter.start()
         try:
             with atomic_output(out_path) as handle:
                 header, stats = encode_archive(
-                    _with_progress(dump.read, options, dump_started), handle,
+                    _with_progress(_followed(dump.read, reader), options, dump_started), handle,
                     tenant_id=tenant_id, backup_id=backup_id, created_at=_iso(created), keyring=keyring,
                     zstd_level=options.zstd_level, zstd_threads=options.zstd_threads,
                 )
                 dump.finish()
                 counts = counter.result()
+                # Inside atomic_output: a dump that is not what the proof counted is never renamed into place.
+                contents = reader.finish()
+                prove_dump(counts, contents, tenant_id)
         except BaseException as exc:
             dump.kill()
             if counter.is_alive():
@@ -101,6 +111,12 @@ def export_tenant(settings: SourceSettings, keyring: Keyring, tenant_id: str, ou
             raise
         conn.rollback()
     finished = time.monotonic()
+    shared = shared_tables(plan, counts)
+    if shared:
+        log.warning("shared tables (no tenant column, no row-level security) are in tenant %s's archive WHOLE,"
+                    " every tenant's rows: %s; if one holds people or other tenants' data, give it a policy"
+                    " (docs/ISOLATION.md#shared-tables)", tenant_id,
+                    ", ".join(f"{name} ({rows} rows)" for name, rows in shared.items()))
 
     manifest = {
         "manifest_version": MANIFEST_VERSION,
@@ -122,6 +138,11 @@ def export_tenant(settings: SourceSettings, keyring: Keyring, tenant_id: str, ou
         "compressed_size": stats.compressed_bytes,
         "compression_ratio": round(stats.raw_bytes / stats.compressed_bytes, 3) if stats.compressed_bytes else None,
         "tables": counts,
+        # How the rows were proven to be this tenant's (docs/ISOLATION.md).
+        "isolation": {
+            "dump_rows_counted": sum(contents.rows().values()),  # each equal to the snapshot's, per table
+            "tenant_values_checked": sum(t.checked for t in contents.tables.values()),
+        },
         "table_kinds": {
             kind: [t.qualified for t in plan.of_kind(kind)] for kind in (TENANT, RLS_CHILD, SHARED, EXCLUDED)
         },
@@ -137,6 +158,20 @@ def export_tenant(settings: SourceSettings, keyring: Keyring, tenant_id: str, ou
     log.info("tenant %s exported: %d raw bytes -> %d archive bytes in %.2fs",
              tenant_id, stats.raw_bytes, stats.archive_bytes, finished - started)
     return manifest
+
+
+def shared_tables(plan: DumpPlan, counts: dict[str, int]) -> dict[str, int]:
+    """Tables dumped whole (no tenant column, no RLS) → their row counts."""
+    return {t.qualified: counts.get(t.qualified, 0) for t in plan.of_kind(SHARED)}
+
+
+def _followed(read: Callable[[int], bytes], reader: DumpStreamReader) -> Callable[[int], bytes]:
+    def follow(size: int) -> bytes:
+        chunk = read(size)
+        reader.feed(chunk)
+        return chunk
+
+    return follow
 
 
 def _source_info(settings: SourceSettings, plan: DumpPlan) -> dict:

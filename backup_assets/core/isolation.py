@@ -13,6 +13,7 @@ from pathlib import Path
 from .archive_format import decode_archive
 from .errors import ArchiveError
 from .keyring import Keyring
+from .pg import child_env
 from .pgbin import pg_program
 
 _NULL = "\\N"
@@ -111,7 +112,7 @@ def scan_dump_lines(lines, tenant_id: str, tenant_column: str) -> IsolationRepor
 def scan_archive(archive: Path, keyring: Keyring, *, tenant_id: str, tenant_column: str = "tenant_id") -> IsolationReport:
     """Decrypt `archive` and scan every COPY row; never holds more than a line in memory."""
     proc = subprocess.Popen([pg_program("pg_restore"), "--data-only", "--file=-"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env())
     feed_error: list[BaseException] = []
 
     def feed() -> None:

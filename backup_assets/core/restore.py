@@ -54,7 +54,7 @@ from .drill import stream_into_pg_restore
 from .errors import (ArchiveError, ConfigError, NotFound, RestoreError, RestoreRefused, StorageError,
                      TenantBackupError)
 from .keyring import Keyring
-from .pg import connect, describe
+from .pg import child_env, connect, describe
 from .pgbin import pg_program
 from .storage.base import Location, validate_backup_id
 from .tenant_ids import validate_tenant_id
@@ -776,7 +776,8 @@ def _load_temp_tables(cur, copy: SourceCopy, keyring: Keyring, plan: _Plan) -> d
     args = [pg_program("pg_restore"), "--data-only", "--no-owner", "--no-acl", "-f", "-"]
     loaded: dict[str, tuple] = {}
     with open(copy.archive_path, "rb") as handle, tempfile.TemporaryFile() as err_file:
-        proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err_file, bufsize=0)
+        proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err_file, bufsize=0,
+                                env=child_env())
         sink = _PipeSink(proc.stdin)
         decode_error: list[BaseException] = []
 

@@ -30,6 +30,7 @@ from typing import BinaryIO
 from .archive_format import decode_archive
 from .errors import ArchiveError
 from .keyring import Keyring
+from .pg import child_env
 from .pgbin import pg_program
 
 log = logging.getLogger(__name__)
@@ -257,7 +258,7 @@ def _deep_pass(reader: _HashingReader, manifest: dict, keyring: Keyring) -> _Dee
     failures: list[str] = []
     with tempfile.TemporaryFile() as out_file, tempfile.TemporaryFile() as err_file:
         proc = subprocess.Popen([pg_program("pg_restore"), "--list"], stdin=subprocess.PIPE,
-                                stdout=out_file, stderr=err_file, bufsize=0)
+                                stdout=out_file, stderr=err_file, bufsize=0, env=child_env())
         sink = _PipeSink(proc.stdin)
         header = stats = None
         try:

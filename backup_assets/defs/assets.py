@@ -42,7 +42,8 @@ def archive_metadata(manifest: dict) -> dict:
         "duration_seconds": MetadataValue.float(float(manifest["timings"]["total_s"])),
         "rows_total": MetadataValue.int(sum(tables.values())),
         "row_counts": MetadataValue.json(tables),
-        "shared_tables": MetadataValue.json(manifest["table_kinds"]["shared"]),
+        # Dumped whole into every tenant's archive: shown so nobody is surprised (docs/ISOLATION.md).
+        "shared_tables": MetadataValue.json({name: tables.get(name, 0) for name in manifest["table_kinds"]["shared"]}),
     }
 
 
@@ -66,6 +67,10 @@ def build_archive_asset() -> AssetsDefinition:
         force = context.run.tags.get(FORCE_TAG) == "true"
         manifest = export_tenant(backup.source_settings(), backup.keyring(), tenant_id, pending,
                                  ExportOptions(force=force))
+        shared = {name: manifest["tables"].get(name, 0) for name in manifest["table_kinds"]["shared"]}
+        if shared:
+            context.log.warning("shared tables in this archive WHOLE (no tenant column, no row-level security): "
+                                + ", ".join(f"{name} ({rows} rows)" for name, rows in shared.items()))
         final = out_dir / f"{manifest['backup_id']}.tbk"
         os.replace(pending, final)
         manifest["archive"]["file"] = final.name

@@ -24,6 +24,7 @@ class TenantOutcome:
     steps: dict[str, str] = field(default_factory=dict)  # asset -> ok | failed | skipped
     checks: dict[str, bool] = field(default_factory=dict)  # "asset:check" -> passed
     error: str = ""
+    shared: dict[str, int] = field(default_factory=dict)  # tables dumped whole -> rows (archive metadata)
 
     @property
     def ok(self) -> bool:
@@ -59,6 +60,11 @@ def run_tenant(defs, instance: DagsterInstance, tenant_id: str, *, force: bool =
     done = {e.asset_key.path[-1] for e in result.get_asset_materialization_events() if e.asset_key}
     for name in job_assets(defs):
         outcome.steps[name] = "ok" if name in done else "failed" if name in failed else "skipped"
+    for event in result.get_asset_materialization_events():
+        metadata = event.materialization.metadata if event.materialization else {}
+        shared = metadata.get("shared_tables")
+        if shared is not None and isinstance(getattr(shared, "value", None), dict):
+            outcome.shared = dict(shared.value)
     for evaluation in result.get_asset_check_evaluations():
         outcome.checks[f"{evaluation.asset_key.path[-1]}:{evaluation.check_name}"] = evaluation.passed
     for event in result.all_events:
