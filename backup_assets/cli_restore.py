@@ -24,7 +24,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--backup", default="latest", metavar="BID",
                    help="backup id, or latest (the newest complete backup in that location; default)")
     p.add_argument("--target-dsn", required=True, metavar="DSN",
-                   help="libpq URI of the target database (for --replace: an owner, BYPASSRLS or superuser role)")
+                   help="libpq URI of the target database (for --replace: an owner, BYPASSRLS or superuser role);"
+                        " keep the password out of it: PGPASSFILE / ~/.pgpass, or --target-password-env")
+    p.add_argument("--target-password-env", metavar="VAR",
+                   help="name of an environment variable holding the target role's password")
     p.add_argument("--replace", action="store_true",
                    help="replace this tenant's rows in a live database (other tenants untouched, all or nothing)")
     p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
@@ -35,6 +38,29 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_restore)
     return p
+
+
+def target_dsn_from_args(dsn: str, password_env: str | None) -> str:
+    """The DSN to connect with: a password from the variable named on the command line (never the
+    value itself on it), else what libpq finds (the DSN, PGPASSWORD, PGPASSFILE or ~/.pgpass). A
+    password written in the DSN works but is warned about: command lines are visible to other users."""
+    import os
+
+    import psycopg2.extensions
+
+    from .core.errors import ConfigError
+    from .core.pg import dsn_password, parse_dsn
+
+    parse_dsn(dsn)  # ConfigError on a malformed string, without echoing it
+    if dsn_password(dsn):
+        print("tenant-backup: warning: --target-dsn holds a password, which other users can read in the process"
+              " list; use PGPASSFILE / ~/.pgpass or --target-password-env VAR", file=sys.stderr)
+    if not password_env:
+        return dsn
+    value = os.environ.get(password_env)
+    if not value:
+        raise ConfigError(f"--target-password-env {password_env}: that variable is not set or empty")
+    return psycopg2.extensions.make_dsn(dsn, password=value)
 
 
 def _say(message: str) -> None:
@@ -51,6 +77,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from .core.tenant_ids import validate_tenant_id
 
     tenant = validate_tenant_id(args.tenant)  # before anything is configured or contacted
+    target_dsn = target_dsn_from_args(args.target_dsn, args.target_password_env)
     location = args.location.strip().lower()
     lock_timeout = args.lock_timeout or lock_timeout_from_env()
     keyring = Keyring.from_env()
@@ -60,7 +87,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     if work_dir:
         os.makedirs(work_dir, mode=0o700, exist_ok=True)
     result = restore_tenant(tenant, locations=locations, location=location, backup=args.backup,
-                            target_dsn=args.target_dsn, keyring=keyring, replace=args.replace,
+                            target_dsn=target_dsn, keyring=keyring, replace=args.replace,
                             dry_run=args.dry_run, lock_timeout=lock_timeout, keep_owners=args.keep_owners,
                             work_dir=work_dir, report=_say)
     if args.json:

@@ -1,4 +1,6 @@
-"""Master-key keyring from TENANT_BACKUP_KEYS: `id:base64key[,id:base64key...]`.
+"""Master-key keyring from TENANT_BACKUP_KEYS (`id:base64key[,id:base64key...]`) or from the file
+TENANT_BACKUP_KEYS_FILE names (the same entries, one per line or comma-separated; `#` comments),
+as restic's --password-file: a file readable by group or others is refused.
 
 The first entry is the active key (it wraps the data keys of new archives); every entry can unwrap.
 Error messages name the variable and what is wrong but never echo key material: only key ids that
@@ -13,12 +15,14 @@ import datetime as _dt
 import os
 import re
 import secrets
+import stat
 from dataclasses import dataclass, field
 from typing import Iterator, Mapping, Sequence
 
 from .errors import ArchiveError, ConfigError
 
 ENV_VAR = "TENANT_BACKUP_KEYS"
+FILE_VAR = "TENANT_BACKUP_KEYS_FILE"
 KEY_SIZE = 32
 KEY_ID_PATTERN = r"[A-Za-z0-9_.-]{1,64}"
 _KEY_ID_RE = re.compile(KEY_ID_PATTERN + r"\Z")
@@ -54,17 +58,19 @@ class Keyring:
         self._by_id = seen
 
     @classmethod
-    def parse(cls, text: str | None) -> "Keyring":
+    def parse(cls, text: str | None, *, source: str = ENV_VAR) -> "Keyring":
+        """`source` names where the text came from, in error messages."""
         if text is None:
-            raise ConfigError(f"{ENV_VAR} is not set: no key, no backup (format id:base64key, 32-byte keys)")
+            raise ConfigError(f"{source} is not set: no key, no backup (format id:base64key, 32-byte keys;"
+                              f" or a file named by {FILE_VAR})")
         text = text.strip()
         if not text:
-            raise ConfigError(f"{ENV_VAR} is empty: no key, no backup")
+            raise ConfigError(f"{source} is empty: no key, no backup")
         keys: list[MasterKey] = []
         seen: set[str] = set()
         for n, entry in enumerate(text.split(","), start=1):
             entry = entry.strip()
-            where = f"{ENV_VAR} entry {n}"
+            where = f"{source} entry {n}"
             if not entry:
                 raise ConfigError(f"{where} is empty (stray comma?)")
             key_id, sep, b64 = entry.partition(":")
@@ -73,9 +79,9 @@ class Keyring:
                 raise ConfigError(f"{where}: expected id:base64key")
             if not _KEY_ID_RE.match(key_id):
                 raise ConfigError(f"{where}: invalid key id (must match {KEY_ID_PATTERN})")
-            where = f"{ENV_VAR} entry {n} (key id {key_id!r})"
+            where = f"{source} entry {n} (key id {key_id!r})"
             if key_id in seen:
-                raise ConfigError(f"{ENV_VAR}: duplicate key id {key_id!r}")
+                raise ConfigError(f"{source}: duplicate key id {key_id!r}")
             if not b64:
                 raise ConfigError(f"{where}: key is empty")
             try:
@@ -91,7 +97,39 @@ class Keyring:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Keyring":
         env = os.environ if environ is None else environ
+        path = (env.get(FILE_VAR) or "").strip()
+        if path:
+            if (env.get(ENV_VAR) or "").strip():
+                raise ConfigError(f"both {ENV_VAR} and {FILE_VAR} are set: keep one (the file is the safer)")
+            return cls.from_file(path)
         return cls.parse(env.get(ENV_VAR))
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> "Keyring":
+        """The keyring from a file only its owner can read: entries one per line or comma-separated,
+        blank lines and `#` comments ignored."""
+        where = f"{FILE_VAR}={path}"
+        try:
+            with open(path, "rb") as handle:
+                mode = os.fstat(handle.fileno()).st_mode
+                if not stat.S_ISREG(mode):
+                    raise ConfigError(f"{where}: not a regular file")
+                if mode & 0o077:
+                    raise ConfigError(f"{where} is readable or writable by group or others (mode {mode & 0o777:04o}):"
+                                      " refused; chmod 600 it")
+                raw = handle.read(1 << 20)
+        except FileNotFoundError:
+            raise ConfigError(f"{where}: no such file") from None
+        except PermissionError:
+            raise ConfigError(f"{where}: permission denied") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{where}: not a regular file") from None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(f"{where}: not UTF-8 text") from None
+        entries = [line.split("#", 1)[0].strip() for line in text.splitlines()]
+        return cls.parse(",".join(e.strip(",") for e in entries if e.strip(",")), source=FILE_VAR)
 
     @property
     def active(self) -> MasterKey:

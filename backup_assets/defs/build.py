@@ -12,7 +12,7 @@ from typing import Mapping
 
 from dagster import Definitions, EnvVar
 
-from ..core.keyring import Keyring
+from ..core.keyring import FILE_VAR, Keyring
 from ..core.settings import SourceSettings
 from ..core.storage.config import location_names, locations_from_env
 from .assets import build_archive_asset, build_location_asset
@@ -34,8 +34,9 @@ def build_definitions(environ: Mapping[str, str] | None = None) -> Definitions:
     assets = [build_archive_asset()] + [build_location_asset(name) for name in names]
     checks = build_archive_checks() + [check for name in names for check in build_location_checks(name)]
     resources = {
-        "backup": BackupResource(source_dsn=EnvVar("TENANT_BACKUP_SOURCE_DSN"), master_keys=EnvVar("TENANT_BACKUP_KEYS"),
-                                 work_dir=work_dir),
+        "backup": BackupResource(source_dsn=EnvVar("TENANT_BACKUP_SOURCE_DSN"), work_dir=work_dir,
+                                 **({"master_keys_file": env[FILE_VAR].strip()} if (env.get(FILE_VAR) or "").strip()
+                                    else {"master_keys": EnvVar("TENANT_BACKUP_KEYS")})),
         "staging_io_manager": StagingIOManager(work_dir=work_dir),
         **{f"{name}_io_manager": LocationIOManager(location=name) for name in names},
     }

@@ -10,6 +10,7 @@ import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Optional
 
 from dagster import ConfigurableIOManager, ConfigurableResource, InputContext, MetadataValue, OutputContext
 
@@ -60,18 +61,20 @@ def default_work_dir() -> str:
 
 
 class BackupResource(ConfigurableResource):
-    """The source database and the keyring. Secrets come in as EnvVar (never shown in the UI);
-    the remaining TENANT_BACKUP_* settings are read from the environment (core/settings.py)."""
+    """The source database and the keyring. Secrets come in as EnvVar (never shown in the UI), or
+    the keyring as the path of a key file; the remaining TENANT_BACKUP_* settings are read from the
+    environment (core/settings.py)."""
 
     source_dsn: str
-    master_keys: str
     work_dir: str
+    master_keys: Optional[str] = None  # TENANT_BACKUP_KEYS, through EnvVar
+    master_keys_file: Optional[str] = None  # TENANT_BACKUP_KEYS_FILE: a path, not a secret
 
     def source_settings(self) -> SourceSettings:
         return SourceSettings.from_env({**os.environ, "TENANT_BACKUP_SOURCE_DSN": self.source_dsn})
 
     def keyring(self) -> Keyring:
-        return Keyring.parse(self.master_keys)
+        return Keyring.from_file(self.master_keys_file) if self.master_keys_file else Keyring.parse(self.master_keys)
 
     def scratch_admin_dsn(self) -> str:
         """Where restore drills create their scratch databases: TENANT_BACKUP_SCRATCH_DSN (a role that
@@ -79,9 +82,9 @@ class BackupResource(ConfigurableResource):
         configured = os.environ.get("TENANT_BACKUP_SCRATCH_DSN", "").strip()
         if configured:
             return configured
-        from ..testing.embedded_pg import start_embedded
+        from ..core.scratch import embedded_scratch_dsn
 
-        return start_embedded(Path(self.work_dir) / "scratch-pg").admin_dsn()
+        return embedded_scratch_dsn(self.work_dir)
 
     def scratch_files_dir(self) -> str:
         path = Path(self.work_dir) / "tmp"
