@@ -52,6 +52,9 @@ def _measure(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
 
 def _one(approach: str, dsn: str, tenant_id: str, out: str) -> None:
     """Child-process body of one measured approach."""
+    import logging
+
+    logging.basicConfig(level=logging.ERROR)  # the export's warnings (shared tables) are not measured here
     from backup_assets.core.pg import PgSession
     from backup_assets.core.pgbin import pg_program
 
