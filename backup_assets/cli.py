@@ -75,19 +75,22 @@ def cmd_backup(args: argparse.Namespace) -> int:
         return 0
     from dagster import DagsterInstance
 
+    from .defs.batch import back_up_tenants, default_workers
     from .defs.build import build_definitions
-    from .defs.run import default_workers, format_table, job_assets, materialize_tenants
+    from .defs.run import format_table, job_assets
 
     defs = build_definitions()
     instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
 
     def progress(index, total, outcome):
         if not args.quiet:
-            state = "ok" if outcome.ok else f"FAILED ({outcome.error})" if outcome.error else "FAILED (check)"
+            state = ("ok" if outcome.ok else f"SKIPPED ({outcome.skipped})" if outcome.skipped
+                     else f"FAILED ({outcome.error})" if outcome.error else "FAILED (check)")
             print(f"  [{index}/{total}] {outcome.tenant_id}: {state}", file=sys.stderr, flush=True)
 
-    outcomes = materialize_tenants(defs, instance, tenant_ids, force=args.force, progress=progress,
-                                   workers=args.workers or default_workers())
+    result = back_up_tenants(defs, instance, tenant_ids, force=args.force, progress=progress,
+                             workers=args.workers or default_workers())
+    outcomes = result.outcomes
     print(format_table(outcomes, job_assets(defs)))
     shared: dict[str, int] = {}
     for outcome in outcomes:
@@ -98,9 +101,10 @@ def cmd_backup(args: argparse.Namespace) -> int:
               " archive: " + ", ".join(f"{name} ({rows} rows)" for name, rows in sorted(shared.items()))
               + "; if one holds people or other tenants' data, give it a policy (docs/ISOLATION.md#shared-tables)",
               file=sys.stderr)
-    failed = [o for o in outcomes if not o.ok]
-    if failed:
-        print(f"tenant-backup: error: {len(failed)} of {len(outcomes)} tenant backups failed", file=sys.stderr)
+    if result.skipped:
+        print(f"tenant-backup: warning: {result.skipped_line()}", file=sys.stderr)
+    if result.failed:
+        print(f"tenant-backup: error: {result.failure_line()}", file=sys.stderr)
         return 1
     return 0
 

@@ -156,7 +156,8 @@ def run_demo(directory: Path, *, tenants: int = 20, rows: int = 50, ui: bool = F
     from dagster import DagsterInstance
 
     from .defs.build import build_definitions
-    from .defs.run import format_table, job_assets, materialize_tenants
+    from .defs.batch import back_up_tenants
+    from .defs.run import format_table, job_assets
     from .sample.generate import populate_default
 
     say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
@@ -171,7 +172,7 @@ def run_demo(directory: Path, *, tenants: int = 20, rows: int = 50, ui: bool = F
         say(f"  [{index}/{total}] {outcome.tenant_id}: {'ok' if outcome.ok else 'FAILED ' + outcome.error}")
 
     with DagsterInstance.get() as instance:
-        outcomes = materialize_tenants(defs, instance, ids, progress=progress, workers=workers)
+        outcomes = back_up_tenants(defs, instance, ids, progress=progress, workers=workers).outcomes
     elapsed = time.monotonic() - started
     print(format_table(outcomes, job_assets(defs)))
     failed = [o for o in outcomes if not o.ok]

@@ -50,7 +50,7 @@ def main() -> int:
     from backup_assets.core.settings import SourceSettings
     from backup_assets.core.tenants import list_tenants
     from backup_assets.defs.build import build_definitions
-    from backup_assets.defs.run import default_workers, materialize_tenants
+    from backup_assets.defs.batch import back_up_tenants, default_workers
     from backup_assets.demo import DemoStack
     from backup_assets.sample.generate import add_tenants
 
@@ -67,7 +67,7 @@ def main() -> int:
     sampler.start()
     started = time.monotonic()
     with DagsterInstance.get() as instance:
-        outcomes = materialize_tenants(defs, instance, ids, workers=args.workers or default_workers())
+        outcomes = back_up_tenants(defs, instance, ids, workers=args.workers or default_workers()).outcomes
     wall = time.monotonic() - started
     stop.set()
     sampler.join()

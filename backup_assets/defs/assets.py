@@ -7,13 +7,15 @@ location fails, retries and is backfilled alone.
 
 import os
 
-from dagster import AssetExecutionContext, AssetIn, AssetsDefinition, Backoff, MetadataValue, RetryPolicy, asset
+from dagster import (AssetExecutionContext, AssetIn, AssetsDefinition, Backoff, DagsterRunStatus, Failure,
+                     MetadataValue, RetryPolicy, asset)
 
 from ..core.atomic import TEMP_MARK
 from ..core.export import ExportOptions, export_tenant
 from ..core.settings import int_setting
 from .partitions import tenants_partitions
 from .resources import ArchiveHandle, BackupResource
+from .run_guard import TenantBusy, claim_tenant
 
 GROUP = "tenant_backup"
 ARCHIVE_ASSET = "tenant_archive"
@@ -60,9 +62,13 @@ def build_archive_asset() -> AssetsDefinition:
     )
     def tenant_archive(context: AssetExecutionContext, backup: BackupResource) -> ArchiveHandle:
         tenant_id = context.partition_key
+        try:  # first of all: is another live run backing this tenant up?
+            claim_tenant(context.instance, context.run.run_id, tenant_id, log=context.log.warning)
+        except TenantBusy as exc:
+            raise Failure(str(exc), allow_retries=False) from None
         out_dir = backup.staging_dir(tenant_id)
-        _remove_leftovers(out_dir, context.log)
-        pending = out_dir / f"pending-{context.run.run_id[:8]}.tbk"
+        _remove_leftovers(out_dir, context)
+        pending = out_dir / f"{PENDING}{context.run.run_id}.tbk"
         # A tenant the registry no longer returns is refused unless the run says --force.
         force = context.run.tags.get(FORCE_TAG) == "true"
         manifest = export_tenant(backup.source_settings(), backup.keyring(), tenant_id, pending,
@@ -81,17 +87,27 @@ def build_archive_asset() -> AssetsDefinition:
     return tenant_archive
 
 
-def _remove_leftovers(directory, log) -> None:
-    """Files a killed run left behind (never a complete archive: those are renamed into place only
-    when whole). Safe because runs of one tenant never overlap (dagster.yaml tag limit)."""
-    for leftover in [*directory.glob("pending-*"), *directory.glob(f"*{TEMP_MARK}*")]:
+PENDING = "pending-"  # pending-<run id>.tbk: an archive being written by that run
+
+
+def _remove_leftovers(directory, context) -> None:
+    """Files an interrupted run left behind (never a complete archive: those are renamed into place
+    only when whole). claim_tenant made this the tenant's only live run; a file whose run is still
+    executing is kept all the same."""
+    for leftover in [*directory.glob(f"{PENDING}*"), *directory.glob(f"*{TEMP_MARK}*")]:
+        owner = leftover.name[len(PENDING):].split(".", 1)[0] if leftover.name.startswith(PENDING) else None
+        if owner and owner != context.run.run_id:
+            run = context.instance.get_run_by_id(owner)
+            if run is not None and run.status in (DagsterRunStatus.STARTING, DagsterRunStatus.STARTED):
+                context.log.warning(f"kept {leftover.name}: its run {owner} is still executing")
+                continue
         leftover.unlink(missing_ok=True)
-        log.info(f"removed {leftover.name}, left by an interrupted run")
+        context.log.info(f"removed {leftover.name}, left by an interrupted run")
 
 
 def _prune_staging(directory, keep, retain: int = 2) -> None:
     """Keep the newest staged archives only (a location re-run needs the latest one)."""
-    staged = sorted(p for p in directory.glob("*.tbk") if not p.name.startswith("pending-"))
+    staged = sorted(p for p in directory.glob("*.tbk") if not p.name.startswith(PENDING))
     for old in staged[:-retain]:
         if old != keep:
             old.unlink(missing_ok=True)

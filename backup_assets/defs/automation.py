@@ -14,8 +14,7 @@ from .assets import GROUP
 from .partitions import TENANTS, tenants_partitions
 from .resources import BackupResource
 
-TENANT_TAG = "tenant_backup/tenant"  # one backup per tenant at a time (dagster.yaml tag limit)
-JOB_NAME = "tenant_backup"
+from .run_guard import JOB_NAME, SKIPPED_TAG, TENANT_TAG
 
 tenant_backup_job = define_asset_job(
     JOB_NAME,
@@ -102,7 +101,10 @@ def _location_of(step_key: str) -> str | None:
 )
 def backup_failure_alerts(context: RunFailureSensorContext):
     run = context.dagster_run
-    if run.job_name != JOB_NAME:
+    if run.job_name != JOB_NAME and not run.job_name.startswith("__ASSET_JOB"):
+        return  # not a tenant backup (asset backfills from the UI run as __ASSET_JOB...)
+    if run.tags.get(SKIPPED_TAG):  # stopped because another run is backing the tenant up: that one reports
+        context.log.info(f"run {run.run_id} stopped: {run.tags[SKIPPED_TAG]}")
         return
     tenant_id = run.tags.get("dagster/partition")
     base = os.environ.get("TENANT_BACKUP_UI_URL", "http://127.0.0.1:3000").rstrip("/")

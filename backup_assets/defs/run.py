@@ -1,20 +1,14 @@
-"""Materialize tenant partitions through Dagster from Python (the `backup` and `demo` commands).
-
-Each tenant is one Dagster run of the tenant_backup job, executed in-process (no process start-up
-per run: that costs seconds, times thousands of tenants) and recorded in the instance
-($DAGSTER_HOME, or an ephemeral one). With workers > 1, that many processes share the tenants.
+"""One tenant's backup as one Dagster run of the tenant_backup job, executed in this process (no
+process start-up per run: that costs seconds, times thousands of tenants) and recorded in the
+instance; many tenants at once: defs/batch.py.
 """
 
-import multiprocessing
-import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
 from dagster import DagsterEventType, DagsterInstance
 
 from .assets import FORCE_TAG
-from .automation import JOB_NAME, TENANT_TAG
-from .partitions import TENANTS
+from .run_guard import JOB_NAME, TENANT_TAG
 
 
 @dataclass
@@ -25,17 +19,16 @@ class TenantOutcome:
     checks: dict[str, bool] = field(default_factory=dict)  # "asset:check" -> passed
     error: str = ""
     shared: dict[str, int] = field(default_factory=dict)  # tables dumped whole -> rows (archive metadata)
+    skipped: str = ""  # not started: why (another live run has the tenant)
 
     @property
     def ok(self) -> bool:
-        return all(v == "ok" for v in self.steps.values()) and all(self.checks.values()) and not self.error
+        return (not self.skipped and all(v == "ok" for v in self.steps.values()) and all(self.checks.values())
+                and not self.error)
 
-
-def default_workers() -> int:
-    """TENANT_BACKUP_WORKERS, else cores + 1: a backup waits on the database and the storage part of
-    the time (bench/weekly.py on 2 cores: 2 workers 0.71 s, 3 workers 0.58 s per tenant)."""
-    raw = os.environ.get("TENANT_BACKUP_WORKERS", "").strip()
-    return int(raw) if raw else (os.cpu_count() or 1) + 1
+    @property
+    def failed(self) -> bool:
+        return not self.ok and not self.skipped
 
 
 def job_assets(defs) -> list[str]:
@@ -47,10 +40,10 @@ def job_assets(defs) -> list[str]:
 
 
 def run_tenant(defs, instance: DagsterInstance, tenant_id: str, *, force: bool = False,
-               log_level: str = "WARNING") -> TenantOutcome:
+               log_level: str = "WARNING", tags: dict[str, str] | None = None) -> TenantOutcome:
     """One run of the tenant_backup job for one tenant partition, summarized."""
     job = defs.resolve_job_def(JOB_NAME)
-    tags = {TENANT_TAG: tenant_id}
+    tags = {**(tags or {}), TENANT_TAG: tenant_id}
     if force:
         tags[FORCE_TAG] = "true"
     result = job.execute_in_process(partition_key=tenant_id, instance=instance, raise_on_error=False, tags=tags,
@@ -84,55 +77,6 @@ def keep_connections(instance: DagsterInstance) -> DagsterInstance:
     return instance
 
 
-# -- worker processes ---------------------------------------------------------------------------
-_worker_state: dict = {}
-
-
-def _worker_init(environ: dict) -> None:
-    os.environ.update(environ)
-    from .build import build_definitions
-
-    _worker_state["defs"] = build_definitions()
-    _worker_state["instance"] = keep_connections(DagsterInstance.get() if os.environ.get("DAGSTER_HOME")
-                                                 else DagsterInstance.ephemeral())
-
-
-def _worker_run(tenant_id: str, force: bool, log_level: str) -> TenantOutcome:
-    try:
-        return run_tenant(_worker_state["defs"], _worker_state["instance"], tenant_id, force=force,
-                          log_level=log_level)
-    except Exception as exc:  # a crash of the run machinery itself: report it for this tenant
-        return TenantOutcome(tenant_id, "", error=" ".join(str(exc).split())[:500] or type(exc).__name__)
-
-
-def materialize_tenants(defs, instance: DagsterInstance, tenant_ids: list[str], *, force: bool = False,
-                        progress=None, log_level: str = "WARNING", workers: int = 1) -> list[TenantOutcome]:
-    """Back up every tenant (partitions are added first); outcomes in the order of tenant_ids."""
-    known = set(instance.get_dynamic_partitions(TENANTS))
-    new = [t for t in tenant_ids if t not in known]
-    if new:
-        instance.add_dynamic_partitions(TENANTS, new)
-    outcomes: dict[str, TenantOutcome] = {}
-    if workers <= 1 or len(tenant_ids) <= 1 or instance.is_ephemeral:
-        # An ephemeral instance lives in this process only: its runs cannot be shared with workers.
-        keep_connections(instance)
-        for index, tenant_id in enumerate(tenant_ids, 1):
-            outcomes[tenant_id] = run_tenant(defs, instance, tenant_id, force=force, log_level=log_level)
-            if progress:
-                progress(index, len(tenant_ids), outcomes[tenant_id])
-    else:
-        context = multiprocessing.get_context("spawn")  # no fork of a process holding DB connections
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
-                                 initargs=(dict(os.environ),)) as pool:
-            futures = [pool.submit(_worker_run, t, force, log_level) for t in tenant_ids]
-            for index, future in enumerate(as_completed(futures), 1):
-                outcome = future.result()
-                outcomes[outcome.tenant_id] = outcome
-                if progress:
-                    progress(index, len(tenant_ids), outcome)
-    return [outcomes[t] for t in tenant_ids]
-
-
 def format_table(outcomes: list[TenantOutcome], assets: list[str]) -> str:
     """tenant × asset (with its checks) table, one line per tenant."""
     lines = [f"{'tenant':36}  " + "  ".join(f"{a:>16}" for a in assets) + "  result"]
@@ -144,5 +88,6 @@ def format_table(outcomes: list[TenantOutcome], assets: list[str]) -> str:
             if checks:
                 state += f" {sum(checks)}/{len(checks)}✓"
             cells.append(f"{state:>16}")
-        lines.append(f"{outcome.tenant_id:36}  " + "  ".join(cells) + ("  OK" if outcome.ok else f"  FAILED {outcome.error}"))
+        result = "OK" if outcome.ok else f"SKIPPED {outcome.skipped}" if outcome.skipped else f"FAILED {outcome.error}"
+        lines.append(f"{outcome.tenant_id:36}  " + "  ".join(cells) + "  " + result)
     return "\n".join(lines)

@@ -9,7 +9,7 @@ from ..core.tenants import list_tenants
 from .automation import TIMEZONE, WEEKLY_CRON, week_of, weekly_status
 from .partitions import TENANTS
 from .resources import BackupResource
-from .run import default_workers, materialize_tenants
+from .batch import back_up_tenants, default_workers
 
 
 @op(description="Back up every tenant the registry returns: one tenant_backup run each, in worker processes.")
@@ -22,19 +22,21 @@ def back_up_active_tenants(context: OpExecutionContext, backup: BackupResource) 
     if new:  # an op may add partitions (a schedule may not): the registry sensor's job, done early
         context.instance.add_dynamic_partitions(TENANTS, new)
         context.log.info(f"{len(new)} new tenant partitions added")
-    workers = default_workers()
 
     def progress(index, total, outcome):
         if not outcome.ok or index % 50 == 0 or index == total:
-            context.log.info(f"[{index}/{total}] {outcome.tenant_id}: "
-                             f"{'ok' if outcome.ok else 'FAILED ' + (outcome.error or 'a check failed')}")
+            state = ("ok" if outcome.ok else f"SKIPPED {outcome.skipped}" if outcome.skipped
+                     else "FAILED " + (outcome.error or "a check failed"))
+            context.log.info(f"[{index}/{total}] {outcome.tenant_id}: {state}")
 
-    outcomes = materialize_tenants(build_definitions(), context.instance, active, progress=progress, workers=workers)
-    failed = [o for o in outcomes if not o.ok]
-    context.log.info(f"{len(outcomes) - len(failed)}/{len(outcomes)} tenants backed up with every check passing")
-    if failed:
-        raise Failure(f"{len(failed)} of {len(outcomes)} tenant backups failed: "
-                      + ", ".join(o.tenant_id for o in failed[:20]))
+    result = back_up_tenants(build_definitions(), context.instance, active, progress=progress,
+                             workers=default_workers(), batch_id=context.run_id)
+    done = sum(o.ok for o in result.outcomes)
+    context.log.info(f"{done}/{len(result.outcomes)} tenants backed up with every check passing")
+    if result.skipped:
+        context.log.warning(result.skipped_line())
+    if result.failed:
+        raise Failure(result.failure_line())
 
 
 @job(description="The weekly backup of every active tenant in one driver run (see TENANT_BACKUP_WEEKLY_MODE).")
