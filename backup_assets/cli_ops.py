@@ -1,6 +1,7 @@
-"""`tenant-backup list | verify | prune | keys rewrap`: operations on the storage locations alone.
+"""`tenant-backup list | status | verify | prune | rebuild | keys rewrap`: operations on the storage
+locations alone.
 
-Thin: parse, call backup_assets.core.{catalog,retention,rotation}, print. Wired into cli.py by
+Thin: parse, call backup_assets.core.{catalog,status,retention,rotation}, print. Wired into cli.py by
 `register(subparsers)` and `register_keys(keys_subparsers)`. Handlers return exit codes and raise
 TenantBackupError for errors (cli.main prints them on one line).
 """
@@ -12,7 +13,7 @@ import json
 import sys
 from datetime import datetime, timezone
 
-from .core.errors import NotFound, StorageError
+from .core.errors import ConfigError, NotFound, StorageError
 
 
 def _locations(which: str | None):
@@ -62,12 +63,51 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 8 if errors else 0  # a location that could not be read: the list may be incomplete
 
 
+# --------------------------------------------------------------------------------------------- status
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .core.settings import SourceSettings
+    from .core.status import gather, max_age_from_env
+    from .core.tenants import list_tenants
+
+    max_age = args.max_age if args.max_age is not None else max_age_from_env()
+    if not max_age > 0:
+        raise ConfigError(f"--max-age must be > 0 days, got {max_age:g}")
+    tenants = list_tenants(SourceSettings.from_env())  # the registry says who must have backups
+    report = gather(tenants, _locations(args.location), max_age_days=max_age)
+    for w in report.warnings:
+        print(f"tenant-backup: warning: {w}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        rows = [("TENANT", "LOCATION", "STATE", "NEWEST BACKUP", "AGE", "VERIFIED")]
+        for c in report.copies:
+            age = f"{c.age_days:.1f}d" if c.age_days is not None else "-"
+            verified = c.verified if c.verified_at is None else \
+                f"{c.verified} {c.verified_at}{' (deep)' if c.verified_deep else ''}"
+            rows.append((c.tenant_id, c.location, c.state.upper() if c.state != "ok" else "ok",
+                         c.backup_id or "-", age, verified))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for r in rows:
+            print("  ".join(col.ljust(w) for col, w in zip(r, widths)).rstrip())
+        if not report.tenants:
+            print("(the registry returns no tenant)", file=sys.stderr)
+    for name, message in report.unreadable.items():  # never hidden: its tenants are unknown there
+        print(f"tenant-backup: error: location {name} could not be listed: {message}", file=sys.stderr)
+    if report.stale:
+        print(f"tenant-backup: stale: {report.stale_line()}", file=sys.stderr)
+        return 1
+    return 8 if report.unreadable else 0
+
+
 # --------------------------------------------------------------------------------------------- verify
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from .core.catalog import collect, parse_created_at, verify_copy
     from .core.keyring import Keyring
+    from .core.status import record_verification
     from .core.storage import validate_backup_id
 
     tenant = _tenant(args.tenant)
@@ -105,6 +145,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
             continue
         check = verify_copy(loc, tenant, entry.backup_id, keyring=keyring, deep=args.deep)
         failed |= not check.ok
+        # Beside the copy, for `status` (readable without Dagster); never fails the verify itself.
+        record_verification(loc, check, sha256=(entry.manifests[name].get("archive") or {}).get("sha256"),
+                            deep=args.deep, by="tenant-backup verify" + (" --deep" if args.deep else ""))
         print(f"{'ok  ' if check.ok else 'FAIL'} {name:5} {tenant} {entry.backup_id}: {check.message}", flush=True)
     return 1 if failed else 0
 
@@ -204,6 +247,14 @@ def register(subparsers) -> None:
     p.add_argument("--location", metavar="L", help="only this location (local, r2, b2); default: all configured")
     p.add_argument("--json", action="store_true", help="JSON instead of a table")
     p.set_defaults(func=cmd_list)
+
+    p = subparsers.add_parser("status", help="per tenant (registry) and location: the newest backup, its age, its "
+                                             "last verification; exit 1 naming every tenant without a recent one")
+    p.add_argument("--max-age", type=float, metavar="DAYS",
+                   help="stale when the newest backup is this old (default TENANT_BACKUP_MAX_AGE_DAYS or 8)")
+    p.add_argument("--location", metavar="L", help="only this location; default: all configured")
+    p.add_argument("--json", action="store_true", help="JSON instead of a table")
+    p.set_defaults(func=cmd_status)
 
     p = subparsers.add_parser("verify", help="re-check stored copies of a tenant's backup (checksum; --deep: decrypt, "
                                              "decompress, pg_restore --list)")

@@ -182,6 +182,22 @@ def test_round_trip_multipart(h, tmp_path):
                    for (n, _), fs in file_id.items()), "large-file API not used"
 
 
+def test_verification_record_beside_a_complete_copy(h, tmp_path):
+    """verified.json: only beside a complete backup, replaced by each write, gone with the backup."""
+    arch, man = make_archive(tmp_path, 1000)
+    t = tid()
+    with pytest.raises(NotFound):
+        h.loc.put_verified(t, "b1", {"ok": True})
+    h.loc.put(t, "b1", arch, man)
+    assert h.loc.get_verified(t, "b1") is None
+    h.loc.put_verified(t, "b1", {"ok": True, "sha256": man["archive"]["sha256"]})
+    h.loc.put_verified(t, "b1", {"ok": False, "sha256": man["archive"]["sha256"]})
+    assert h.loc.get_verified(t, "b1") == {"ok": False, "sha256": man["archive"]["sha256"]}
+    assert [r.backup_id for r in h.loc.list(t)] == ["b1"]  # a record is not a backup
+    h.loc.delete(t, "b1")
+    assert h.loc.get_verified(t, "b1") is None and h.loc.list(t) == []
+
+
 # -- list / stat / delete -----------------------------------------------------------------------
 def test_list_stat_delete(h, tmp_path):
     a, b = sorted([tid(), tid()])

@@ -1,4 +1,4 @@
-"""Alerts: BACKUP_FAILURE and INTEGRITY_FAILURE, to the log, an alerts file and an optional webhook.
+"""Alerts: BACKUP_FAILURE, INTEGRITY_FAILURE and STALE_BACKUP, to the log, an alerts file and an optional webhook.
 
 No Dagster here: the Dagster sensors and checks build an Alert and call emit().
 """
@@ -18,11 +18,12 @@ log = logging.getLogger("tenant_backup.alerts")
 
 BACKUP_FAILURE = "BACKUP_FAILURE"
 INTEGRITY_FAILURE = "INTEGRITY_FAILURE"
+STALE_BACKUP = "STALE_BACKUP"  # a tenant has no backup younger than the max age in a location (core/status.py)
 
 
 @dataclass(frozen=True)
 class Alert:
-    kind: str  # BACKUP_FAILURE | INTEGRITY_FAILURE
+    kind: str  # BACKUP_FAILURE | INTEGRITY_FAILURE | STALE_BACKUP
     severity: str  # critical | warning
     tenant_id: str | None
     location: str | None

@@ -21,6 +21,7 @@ from .checks import build_archive_checks, build_location_checks
 from .operations import daily_prune, daily_verify, prune_job, restore_tenant_job, verify_share_job
 from .weekly_batch import weekly_batch_job, weekly_tenant_backup_batch
 from .resources import BackupResource, LocationIOManager, StagingIOManager, default_work_dir
+from .staleness import stale_backup_alerts
 
 
 def build_definitions(environ: Mapping[str, str] | None = None) -> Definitions:
@@ -45,6 +46,6 @@ def build_definitions(environ: Mapping[str, str] | None = None) -> Definitions:
         asset_checks=checks,
         jobs=[tenant_backup_job, weekly_batch_job, restore_tenant_job, prune_job, verify_share_job],
         schedules=[weekly_tenant_backup, weekly_tenant_backup_batch, daily_prune, daily_verify],
-        sensors=[tenant_registry_sync, backup_failure_alerts],
+        sensors=[tenant_registry_sync, backup_failure_alerts, stale_backup_alerts],
         resources=resources,
     )

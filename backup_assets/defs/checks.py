@@ -19,8 +19,10 @@ from dagster import (AssetCheckExecutionContext, AssetCheckResult, AssetCheckSev
                      AssetCheckSpec, AssetIn, AssetKey, MetadataValue, multi_asset_check)
 
 from ..core import alerts
+from ..core.catalog import CopyCheck
 from ..core.drill import restore_drill
 from ..core.errors import TenantBackupError
+from ..core.status import record_verification
 from ..core.verify import verify_archive
 from .assets import ARCHIVE_ASSET
 from .partitions import tenants_partitions
@@ -128,6 +130,11 @@ def _location_checks(location: str) -> list[AssetChecksDefinition]:
                       message="SHA-256 and size match the manifest" if checksum_ok else result.message,
                       metadata={**where, "download_seconds": MetadataValue.float(round(downloaded, 3))}, **common)
         integrity_ok = all(ok for name, ok in result.checks.items() if name != "checksum") and checksum_ok
+        # Beside the copy, so `tenant-backup status` knows it was verified without Dagster's database.
+        record_verification(storage_location(location), CopyCheck(location, stored.tenant_id, stored.backup_id,
+                                                                  integrity_ok, result.message),
+                            sha256=(stored.manifest.get("archive") or {}).get("sha256"), deep=True,
+                            by=f"{asset_name} checks")
         yield _result(context, check="integrity", passed=integrity_ok, message=result.message,
                       metadata={**where, "toc_entries": MetadataValue.int(result.toc_entries or 0)}, **common)
 

@@ -14,6 +14,7 @@ from ..core import alerts
 from ..core.catalog import verify_copy
 from ..core.restore import lock_timeout_from_env, restore_tenant
 from ..core.retention import keep_min_from_env, prune_location
+from ..core.status import record_verification
 from ..core.storage.config import location_names
 from .resources import BackupResource, location
 
@@ -96,6 +97,7 @@ def verify_share_op(context: OpExecutionContext, config: VerifyShareConfig, back
                 continue
             result = verify_copy(loc, ref.tenant_id, ref.backup_id, keyring=keyring, deep=True,
                                  work_dir=backup.scratch_files_dir())
+            record_verification(loc, result, deep=True, by="verify_share_job")  # read by `status`
             checked += 1
             if not result.ok:
                 failures.append(result)

@@ -31,6 +31,10 @@ Contract of the public methods (Location):
     at once), then the archive; every version where the store keeps versions (B2); deleting a
     missing backup is not an error (idempotent).
 - uri(tenant_id, backup_id) -> str: where the archive lives, for humans and metadata.
+- put_verified(tenant_id, backup_id, record) / get_verified(tenant_id, backup_id) -> dict | None: the
+    last verification of a copy, a small JSON beside the manifest (verified.json, core/status.py),
+    replaced by each put_verified; NotFound from put_verified unless the backup is complete;
+    get_verified returns None when there is none (or it is not a JSON object). delete removes it.
 Ids are validated before any path or key is built: tenant ids with validate_tenant_id, backup ids
 with BACKUP_ID_RE.
 """
@@ -48,11 +52,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from ..errors import CorruptObject, PermanentStorageError, StorageError
+from ..errors import CorruptObject, NotFound, PermanentStorageError, StorageError
 from ..tenant_ids import validate_tenant_id
 
 ARCHIVE_NAME = "archive.tbk"
 MANIFEST_NAME = "manifest.json"
+VERIFIED_NAME = "verified.json"  # optional: the last verification of this copy (core/status.py)
 CHUNK = 1024 * 1024  # streaming buffer: memory use does not grow with the archive
 # Letters, digits, '.', '_', '-'; starts alphanumeric; no '..' (checked separately). Enough for
 # timestamps and ULIDs/UUIDs, never a path separator.
@@ -159,6 +164,12 @@ class Location(ABC):
 
     @abstractmethod
     def uri(self, tenant_id: str, backup_id: str) -> str: ...
+
+    @abstractmethod
+    def put_verified(self, tenant_id: str, backup_id: str, record: dict) -> None: ...
+
+    @abstractmethod
+    def get_verified(self, tenant_id: str, backup_id: str) -> dict | None: ...
 
 
 class ObjectLocation(Location):
@@ -344,7 +355,22 @@ class ObjectLocation(Location):
     def delete(self, tenant_id: str, backup_id: str) -> None:
         tenant_id = validate_tenant_id(tenant_id)
         self._delete(self.manifest_key(tenant_id, backup_id))  # first: stops listing as complete
+        self._delete(self._dir(tenant_id, backup_id) + VERIFIED_NAME)
         self._delete(self.archive_key(tenant_id, backup_id))
+
+    def put_verified(self, tenant_id: str, backup_id: str, record: dict) -> None:
+        """Replace the copy's verification record (only for a complete backup: NotFound otherwise)."""
+        tenant_id = validate_tenant_id(tenant_id)
+        self._require_complete(tenant_id, backup_id)
+        self._put_bytes(self._dir(tenant_id, backup_id) + VERIFIED_NAME, json.dumps(record, sort_keys=True).encode())
+
+    def get_verified(self, tenant_id: str, backup_id: str) -> dict | None:
+        """The copy's verification record, or None (never verified, or an unreadable record)."""
+        try:
+            value = json.loads(self._get_bytes(self._dir(validate_tenant_id(tenant_id), backup_id) + VERIFIED_NAME))
+        except (NotFound, ValueError):
+            return None
+        return value if isinstance(value, dict) else None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._key_uri(self._root())}>"

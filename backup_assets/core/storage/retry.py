@@ -82,5 +82,11 @@ class RetryingLocation(Location):
     def uri(self, tenant_id: str, backup_id: str) -> str:
         return self.inner.uri(tenant_id, backup_id)
 
+    def put_verified(self, tenant_id: str, backup_id: str, record: dict) -> None:
+        return self._call("put_verified", tenant_id, backup_id, record)
+
+    def get_verified(self, tenant_id: str, backup_id: str) -> dict | None:
+        return self._call("get_verified", tenant_id, backup_id)
+
     def __repr__(self) -> str:
         return f"<Retrying x{self.attempts} {self.inner!r}>"
