@@ -35,7 +35,7 @@ CHECKS = {"tenant_archive": ("isolation", "restore_drill"), "local_copy": ("chec
 IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
 FINISHED = ("SUCCESS", "FAILURE", "CANCELED")
 
-RUN_FIELDS = "runId status jobName tags { key value }"
+RUN_FIELDS = "runId status jobName startTime endTime tags { key value }"
 
 
 class GraphQLError(RuntimeError):
