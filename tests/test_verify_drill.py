@@ -7,7 +7,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import psycopg2
 import pytest
@@ -363,3 +363,74 @@ def test_drill_tampered_late_segment_commits_nothing(pg_server_dsn, keyring, tmp
         conn.close()
     finally:
         _drop(pg_server_dsn, result.scratch_database)
+
+
+# ------------------------------------------------------------------------------- scratch pool
+
+
+def _relations(admin_dsn, name) -> int:
+    conn = psycopg2.connect(dsn_for(admin_dsn, dbname=name))
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                        " WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%'")
+            return cur.fetchone()[0]
+    finally:
+        conn.close()
+
+
+def test_pool_reuses_one_database_emptied_after_every_drill(sample_db, sample_tenants, keyring, pg_server_dsn,
+                                                            tmp_path):
+    from backup_assets.core.scratch import ScratchPool
+
+    settings = SourceSettings.from_env({"TENANT_BACKUP_SOURCE_DSN": sample_db.backup_dsn})
+    before = _databases(pg_server_dsn)
+    pool = ScratchPool(pg_server_dsn)
+    try:
+        names = []
+        for tenant in [t for t in sample_tenants if t.status == "ACTIVE"][:2] * 2:
+            archive = tmp_path / f"{tenant.id}.tbk"
+            manifest = export_tenant(settings, keyring, tenant.id, archive)
+            result = restore_drill(archive, manifest, keyring, pool)
+            assert result.ok, result.message
+            names.append(result.scratch_database)
+            assert _relations(pg_server_dsn, result.scratch_database) == 0  # nothing of the tenant stays
+        assert len(set(names)) == 1 and names[0] not in before  # one database, made once, reused
+        # Leftovers the emptying cannot know about (a foreign server): the next drill gets a fresh database.
+        admin = psycopg2.connect(dsn_for(pg_server_dsn, dbname=names[0]))
+        admin.autocommit = True
+        with admin.cursor() as cur:
+            cur.execute("CREATE FOREIGN DATA WRAPPER leftover_fdw")
+        admin.close()
+        archive = tmp_path / f"{sample_tenants[0].id}.tbk"
+        manifest = export_tenant(settings, keyring, sample_tenants[0].id, archive)
+        result = restore_drill(archive, manifest, keyring, pool)
+        assert result.ok and result.scratch_database != names[0]
+        assert names[0] not in _databases(pg_server_dsn)
+        # A database another process holds is never dropped by the stale clean-up.
+        assert result.scratch_database not in drop_stale_scratch_databases(pg_server_dsn, older_than=timedelta(0))
+        assert result.scratch_database in _databases(pg_server_dsn)
+    finally:
+        pool.close()
+    assert _databases(pg_server_dsn) == before
+
+
+def test_pool_retries_a_failed_restore_in_a_fresh_database(exported, keyring, pg_server_dsn, monkeypatch):
+    from backup_assets.core.scratch import ScratchPool
+
+    _tenant, archive, manifest = exported
+    pool = ScratchPool(pg_server_dsn)
+    try:
+        first = restore_drill(archive, manifest, keyring, pool)
+        assert first.ok
+        # A database that is not empty although it looks so (the emptying missed something): the
+        # restore fails there, and the drill runs once more in a fresh database instead of failing.
+        monkeypatch.setattr(ScratchPool, "_empty", lambda self, name: None)
+        second = restore_drill(archive, manifest, keyring, pool)  # leaves the tables in place
+        monkeypatch.setattr(ScratchPool, "_is_clean", lambda self, name: True)
+        third = restore_drill(archive, manifest, keyring, pool)
+        assert second.ok and third.ok, third.message
+        assert third.scratch_database != first.scratch_database
+    finally:
+        monkeypatch.undo()
+        pool.close()

@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import psycopg2
 import psycopg2.extensions
@@ -47,6 +47,9 @@ from .errors import ArchiveError, ScratchDatabaseError
 from .keyring import Keyring
 from .pg import PgSession, connect, parse_dsn
 from .pgbin import pg_program
+
+if TYPE_CHECKING:
+    from .scratch import ScratchPool
 from .verify import _HashingReader, _PipeSink, manifest_archive_fields
 
 log = logging.getLogger(__name__)
@@ -73,6 +76,7 @@ class DrillResult:
     checksum_ok: bool | None = None  # SHA-256 and size of the file as read, vs the manifest
     tenant_column: str = _DEFAULT_TENANT_COLUMN
     timings: dict[str, float] = field(default_factory=dict)  # create_s, restore_s, check_s, drop_s
+    restore_failed: bool = False  # pg_restore itself failed on good bytes (not the archive's fault?)
 
     def as_metadata(self) -> dict:
         """Flat JSON-able dict (for Dagster check metadata, logs, the CLI)."""
@@ -109,11 +113,15 @@ def scratch_database_name(now: datetime | None = None) -> str:
     return f"{SCRATCH_PREFIX}{now:%Y%m%dt%H%M%Sz}_{secrets.token_hex(4)}"
 
 
-def restore_drill(archive_path: Path, manifest: dict, keyring: Keyring, scratch_admin_dsn: str, *,
+def restore_drill(archive_path: Path, manifest: dict, keyring: Keyring, scratch: "str | ScratchPool", *,
                   tenant_column: str | None = None, keep: bool = False,
                   strategy: str | None = "WAL_LOG", connect_timeout: int = 10) -> DrillResult:
-    """Restore `archive_path` into a fresh scratch database and check it against `manifest`.
+    """Restore `archive_path` into a scratch database and check it against `manifest`.
 
+    scratch: the admin DSN of the scratch server (a database is created for the drill and dropped
+    after it), or a ScratchPool (core/scratch.py: one database reused, emptied after each drill and
+    proven empty before the next; a failed restore in a reused database is tried once more in a
+    fresh one, so reuse can never fail a drill).
     tenant_column: the column whose value must be the tenant id in every restored table that has
     it; default: the manifest's source.tenant_column (what the export used), else "tenant_id".
     strategy: CREATE DATABASE ... STRATEGY (PostgreSQL 15+; ignored before). WAL_LOG (the default)
@@ -134,66 +142,104 @@ def restore_drill(archive_path: Path, manifest: dict, keyring: Keyring, scratch_
         tenant_column = (manifest.get("source") or {}).get("tenant_column") or _DEFAULT_TENANT_COLUMN
     if strategy is not None and strategy.upper() not in ("WAL_LOG", "FILE_COPY"):
         raise ValueError(f"strategy must be WAL_LOG or FILE_COPY, not {strategy!r}")
+    args = (archive_path, manifest, keyring, tenant_id, tables, tenant_column, want_sha, want_size, connect_timeout)
 
-    timings: dict[str, float] = {}
-    name = scratch_database_name()
-    with connect(scratch_admin_dsn, timeout=connect_timeout, application_name="tenant-backup-drill") as admin:
+    if not isinstance(scratch, str):  # a pool
+        with scratch.lease() as (name, fresh):
+            result, failures = _drill_in(scratch.admin_dsn, name, *args)
+            result.timings["reused"] = float(not fresh)
+        if not fresh and result.restore_failed:
+            log.warning("restore drill in reused scratch database %s failed (%s): once more in a fresh one",
+                        name, "; ".join(failures))
+            scratch.discard()
+            with scratch.lease() as (name, _fresh):
+                result, failures = _drill_in(scratch.admin_dsn, name, *args)
+        result.dropped = True  # emptied: nothing of the tenant stays
+        return _finish(result, failures, started, tables, tenant_column, archive_path, tenant_id, keep=False)
+
+    with connect(scratch, timeout=connect_timeout, application_name="tenant-backup-drill") as admin:
         admin.autocommit = True  # CREATE/DROP DATABASE refuse to run in a transaction
-        version = admin.server_version
         t0 = time.monotonic()
-        _create_database(admin, name, strategy if version >= 150000 else None)
-        timings["create_s"] = time.monotonic() - t0
-        result = DrillResult(ok=False, counts_match=False, isolated=False, mismatches={}, foreign_rows={},
-                             restored_tables=0, duration_s=0.0, message="", scratch_database=name,
-                             tenant_column=tenant_column, timings=timings)
-        failures: list[str] = []
+        name = create_scratch_database(admin, strategy)
+        created_s = time.monotonic() - t0
         drop_failure = None
         try:
-            scratch_dsn = psycopg2.extensions.make_dsn(scratch_admin_dsn, dbname=name)
-            t0 = time.monotonic()
-            restored, sha, size, restore_failure = _restore(archive_path, keyring, tenant_id, scratch_dsn)
-            timings["restore_s"] = time.monotonic() - t0
-            result.checksum_ok = sha == want_sha and size == want_size
-            if not result.checksum_ok:
-                failures.append(f"checksum mismatch: SHA-256 {sha} ({size} bytes), manifest says {want_sha} ({want_size} bytes)")
-            if restore_failure:
-                failures.append(restore_failure)
-            if restored:
-                t0 = time.monotonic()
-                try:
-                    _check(result, failures, scratch_dsn, manifest, tables, tenant_id, tenant_column, connect_timeout)
-                except psycopg2.Error as exc:
-                    failures.append(f"checking the restored database failed: {_one_line(str(exc))}")
-                timings["check_s"] = time.monotonic() - t0
+            result, failures = _drill_in(scratch, name, *args)
         finally:
             if keep:
                 log.info("restore drill: scratch database %s kept", name)
             else:
                 t0 = time.monotonic()
                 try:
-                    _drop_database(admin, name, version)
-                    result.dropped = True
+                    drop_scratch_database(admin, name)
+                    dropped = True
                 except psycopg2.Error as exc:
+                    dropped = False
                     drop_failure = f"scratch database {name} could NOT be dropped: {_one_line(str(exc))}"
                     log.error("restore drill: dropping %s failed: %s", name, exc)
-                timings["drop_s"] = time.monotonic() - t0
+                drop_s = time.monotonic() - t0
+    result.timings.update({"create_s": created_s, **({} if keep else {"drop_s": drop_s})})
+    result.dropped = not keep and dropped
+    result = _finish(result, failures, started, tables, tenant_column, archive_path, tenant_id, keep=keep)
+    if drop_failure:  # reported, but says nothing about the archive: it does not fail the drill
+        result.message += "; " + drop_failure
+    return result
 
-    # A drop that failed is reported, but says nothing about the archive: it does not fail the drill.
+
+def _drill_in(admin_dsn: str, name: str, archive_path, manifest, keyring, tenant_id, tables, tenant_column,
+              want_sha, want_size, connect_timeout) -> tuple[DrillResult, list[str]]:
+    """Restore and check in the (empty) database `name`."""
+    result = DrillResult(ok=False, counts_match=False, isolated=False, mismatches={}, foreign_rows={},
+                         restored_tables=0, duration_s=0.0, message="", scratch_database=name,
+                         tenant_column=tenant_column, timings={})
+    failures: list[str] = []
+    scratch_dsn = psycopg2.extensions.make_dsn(admin_dsn, dbname=name)
+    t0 = time.monotonic()
+    restored, sha, size, restore_failure = _restore(archive_path, keyring, tenant_id, scratch_dsn)
+    result.timings["restore_s"] = time.monotonic() - t0
+    result.checksum_ok = sha == want_sha and size == want_size
+    if not result.checksum_ok:
+        failures.append(f"checksum mismatch: SHA-256 {sha} ({size} bytes), manifest says {want_sha} ({want_size} bytes)")
+    if restore_failure:
+        failures.append(restore_failure)
+        result.restore_failed = result.checksum_ok and restore_failure.startswith("pg_restore failed")
+    if restored:
+        t0 = time.monotonic()
+        try:
+            _check(result, failures, scratch_dsn, manifest, tables, tenant_id, tenant_column, connect_timeout)
+        except psycopg2.Error as exc:
+            failures.append(f"checking the restored database failed: {_one_line(str(exc))}")
+        result.timings["check_s"] = time.monotonic() - t0
+    return result, failures
+
+
+def _finish(result: DrillResult, failures: list[str], started: float, tables: dict, tenant_column: str,
+            archive_path, tenant_id: str, *, keep: bool) -> DrillResult:
     result.ok = not failures and result.counts_match and result.isolated and bool(result.checksum_ok)
     result.duration_s = time.monotonic() - started
+    name = result.scratch_database
     if result.ok:
         result.message = (f"ok: restored {result.restored_tables} tables into {name}"
                           f"{' (kept)' if keep else ''}; row counts of {len(tables)} tables match the manifest;"
                           f" no row of another tenant in column {tenant_column}")
     else:
         result.message = "; ".join(failures) or "restore drill failed"
-    if drop_failure:
-        result.message += "; " + drop_failure
     log.info("restore drill of %s (tenant %s): %s (%.3fs)", archive_path, tenant_id, result.message, result.duration_s)
     return result
 
 
 # ------------------------------------------------------------------------------------- steps
+
+
+def create_scratch_database(admin, strategy: str | None = "WAL_LOG") -> str:
+    """CREATE DATABASE tb_drill_<utc>_<hex> on `admin` (autocommit); returns its name."""
+    name = scratch_database_name()
+    _create_database(admin, name, strategy if admin.server_version >= 150000 else None)
+    return name
+
+
+def drop_scratch_database(admin, name: str) -> None:
+    _drop_database(admin, name, admin.server_version)
 
 
 def _create_database(admin, name: str, strategy: str | None) -> None:
@@ -361,7 +407,16 @@ def drop_stale_scratch_databases(scratch_admin_dsn: str, *, older_than: timedelt
             if not match:
                 continue
             made = datetime.strptime(match.group(1), "%Y%m%dt%H%M%Sz").replace(tzinfo=timezone.utc)
-            if now - made >= older_than:
+            if now - made < older_than:
+                continue
+            with admin.cursor() as cur:  # a pool's database in use is locked by its process (core/scratch.py)
+                cur.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (name,))
+                if not cur.fetchone()[0]:
+                    continue
+            try:
                 _drop_database(admin, name, admin.server_version)
                 dropped.append(name)
+            finally:
+                with admin.cursor() as cur:
+                    cur.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (name,))
     return dropped
