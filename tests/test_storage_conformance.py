@@ -193,6 +193,10 @@ def test_verification_record_beside_a_complete_copy(h, tmp_path):
     h.loc.put_verified(t, "b1", {"ok": True, "sha256": man["archive"]["sha256"]})
     h.loc.put_verified(t, "b1", {"ok": False, "sha256": man["archive"]["sha256"]})
     assert h.loc.get_verified(t, "b1") == {"ok": False, "sha256": man["archive"]["sha256"]}
+    # A caller that has just read the manifest need not have completeness asked again.
+    assert h.loc.verify(t, "b1", known_complete=True).sha256 == man["archive"]["sha256"]
+    h.loc.put_verified(t, "b1", {"ok": True}, known_complete=True)
+    assert h.loc.get_verified(t, "b1") == {"ok": True}
     assert [r.backup_id for r in h.loc.list(t)] == ["b1"]  # a record is not a backup
     h.loc.delete(t, "b1")
     assert h.loc.get_verified(t, "b1") is None and h.loc.list(t) == []

@@ -54,7 +54,8 @@ def verification_record(check: CopyCheck, *, sha256: str | None, deep: bool, by:
             "verified_at": at.isoformat(timespec="seconds")}
 
 
-def record_verification(loc: Location, check: CopyCheck, *, sha256: str | None = None, deep: bool, by: str) -> bool:
+def record_verification(loc: Location, check: CopyCheck, *, sha256: str | None = None, deep: bool, by: str,
+                        known_complete: bool = False) -> bool:
     """Store the outcome of a copy's verification beside it. Never raises: a record that cannot be
     written only makes `status` show the copy as unverified. Returns whether it was written."""
     put = loc.put_verified
@@ -62,7 +63,8 @@ def record_verification(loc: Location, check: CopyCheck, *, sha256: str | None =
         if sha256 is None:  # the bytes the check compared against: the manifest's
             archive = loc.get_manifest(check.tenant_id, check.backup_id).get("archive")
             sha256 = archive.get("sha256") if isinstance(archive, dict) else None
-        put(check.tenant_id, check.backup_id, verification_record(check, sha256=sha256, deep=deep, by=by))
+        put(check.tenant_id, check.backup_id, verification_record(check, sha256=sha256, deep=deep, by=by),
+            known_complete=known_complete)
         return True
     except TenantBackupError as exc:
         log.warning("%s: could not record the verification of %s/%s: %s", check.location, check.tenant_id,

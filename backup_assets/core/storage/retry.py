@@ -42,10 +42,10 @@ class RetryingLocation(Location):
             raise AttributeError(item)
         return getattr(self.inner, item)
 
-    def _call(self, op: str, *args):
+    def _call(self, op: str, *args, **kwargs):
         for attempt in range(1, self.attempts + 1):
             try:
-                return getattr(self.inner, op)(*args)
+                return getattr(self.inner, op)(*args, **kwargs)
             except TransientStorageError as exc:
                 if attempt == self.attempts:
                     raise TransientStorageError(
@@ -64,8 +64,8 @@ class RetryingLocation(Location):
     def get(self, tenant_id: str, backup_id: str, dest_path: Path) -> StoredObject:
         return self._call("get", tenant_id, backup_id, dest_path)
 
-    def verify(self, tenant_id: str, backup_id: str) -> StoredObject:
-        return self._call("verify", tenant_id, backup_id)
+    def verify(self, tenant_id: str, backup_id: str, *, known_complete: bool = False) -> StoredObject:
+        return self._call("verify", tenant_id, backup_id, known_complete=known_complete)
 
     def get_manifest(self, tenant_id: str, backup_id: str) -> dict:
         return self._call("get_manifest", tenant_id, backup_id)
@@ -82,8 +82,8 @@ class RetryingLocation(Location):
     def uri(self, tenant_id: str, backup_id: str) -> str:
         return self.inner.uri(tenant_id, backup_id)
 
-    def put_verified(self, tenant_id: str, backup_id: str, record: dict) -> None:
-        return self._call("put_verified", tenant_id, backup_id, record)
+    def put_verified(self, tenant_id: str, backup_id: str, record: dict, *, known_complete: bool = False) -> None:
+        return self._call("put_verified", tenant_id, backup_id, record, known_complete=known_complete)
 
     def get_verified(self, tenant_id: str, backup_id: str) -> dict | None:
         return self._call("get_verified", tenant_id, backup_id)
