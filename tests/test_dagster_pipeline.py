@@ -7,6 +7,7 @@ import datetime as dt
 import os
 import warnings
 from contextlib import contextmanager
+from pathlib import Path
 from unittest import mock
 
 import pytest
@@ -80,6 +81,10 @@ def test_partition_materialized_in_every_location_with_checks(env, sample_tenant
         # Check results are recorded for this partition.
         evaluations = result.get_asset_check_evaluations()
         assert {e.partition for e in evaluations} == {tenant.id}
+        # Each copy hashes equal to the archive the drill restored: integrity proven by that identity.
+        integrity = {e.asset_key.path[-1]: e.metadata for e in evaluations if e.check_name == "integrity"}
+        assert {a: m["integrity_by"].value for a, m in integrity.items()} == {
+            "local_copy": "identity", "r2_copy": "identity", "b2_copy": "identity"}
         archive = next(e for e in result.get_asset_materialization_events() if e.asset_key.path[-1] == "tenant_archive")
         metadata = archive.materialization.metadata
         assert metadata["raw_bytes"].value > metadata["archive_bytes"].value > 0
@@ -87,6 +92,39 @@ def test_partition_materialized_in_every_location_with_checks(env, sample_tenant
     stored = {name: loc.list(tenant.id) for name, loc in locations_from_env().items()}
     assert all(len(refs) == 1 for refs in stored.values()), stored
     assert len({refs[0].backup_id for refs in stored.values()}) == 1
+
+
+def test_without_the_drills_record_a_copy_is_decoded(env, sample_tenants):
+    """No identity with the archive the drill restored (here: the checks are not told): the full decode runs."""
+    from backup_assets.defs.resources import BackupResource
+
+    tenant = sample_tenants[2]
+    with instance_for_test() as instance, definitions() as defs, \
+            mock.patch.object(BackupResource, "proven", lambda self, archive: None):
+        result = _run(defs, instance, tenant.id)
+        assert result.success
+        integrity = [e for e in result.get_asset_check_evaluations() if e.check_name == "integrity"]
+        assert len(integrity) == 3 and all(e.passed for e in integrity)
+        assert {e.metadata["integrity_by"].value for e in integrity} == {"decode"}
+        assert all(e.metadata["toc_entries"].value > 0 for e in integrity)
+
+
+def test_a_location_never_ships_an_archive_its_checks_did_not_prove(env, sample_tenants):
+    """A location run alone (a re-run, a backfill of one asset) loads the staged archive: without
+    the record of its drill it refuses, fail closed, instead of shipping unproven bytes."""
+    from dagster import AssetKey
+
+    tenant = sample_tenants[1]
+    with instance_for_test() as instance, definitions() as defs:
+        assert _run(defs, instance, tenant.id).success
+        (Path(env["TENANT_BACKUP_WORK_DIR"]) / "staging" / tenant.id / "proven.json").unlink()
+        before = {name: len(loc.list(tenant.id)) for name, loc in locations_from_env().items()}
+        alone = defs.resolve_job_def("tenant_backup").execute_in_process(
+            partition_key=tenant.id, instance=instance, raise_on_error=False, asset_selection=[AssetKey("r2_copy")])
+        assert not alone.success
+        failure = next(e for e in alone.all_events if e.event_type_value == "STEP_FAILURE")
+        assert "not proven by its isolation check and restore drill" in failure.event_specific_data.error.message
+        assert {name: len(loc.list(tenant.id)) for name, loc in locations_from_env().items()} == before
 
 
 def test_r2_down_fails_only_r2_then_rerun_fills_the_gap(env, sample_tenants, s3_server):

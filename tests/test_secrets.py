@@ -234,7 +234,7 @@ def test_no_password_or_key_in_logs_manifests_alerts_dagster_or_errors(
     run(["verify", "--tenant", tenant, "--location", "all", "--deep"])
     run(["list", "--json"])
     # A copy flipped in the local location: the verify fails and says so, without a secret.
-    archive = next((tmp_path / "local").rglob("archive.tbk"))
+    archive = max((tmp_path / "local").rglob("archive.tbk"), key=lambda p: p.parent.name)  # the newest backup
     data = bytearray(archive.read_bytes())
     data[len(data) // 2] ^= 1
     archive.write_bytes(bytes(data))

@@ -45,6 +45,7 @@ class ExportOptions:
     # Also compare every row's tenant value in the dump stream (the row counts are always held
     # against the snapshot's): docs/BENCHMARKS.md has its cost.
     check_rows: bool = False
+    warn_shared: bool = True  # log the shared tables (the Dagster asset reports them in its own log)
     progress: ProgressFn | None = None
     progress_interval: float = 2.0
 
@@ -112,7 +113,7 @@ def export_tenant(settings: SourceSettings, keyring: Keyring, tenant_id: str, ou
         conn.rollback()
     finished = time.monotonic()
     shared = shared_tables(plan, counts)
-    if shared:
+    if shared and options.warn_shared:
         log.warning("shared tables (no tenant column, no row-level security) are in tenant %s's archive WHOLE,"
                     " every tenant's rows: %s; if one holds people or other tenants' data, give it a policy"
                     " (docs/ISOLATION.md#shared-tables)", tenant_id,

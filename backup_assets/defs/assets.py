@@ -1,24 +1,26 @@
 """The assets: one archive per tenant partition, fanned out to one asset per storage location.
 
 tenant_archive ──► local_copy / r2_copy / b2_copy, each with its own IO manager, so a failing
-location fails, retries and is backfilled alone.
+location fails, retries and is backfilled alone. The archive's isolation check and restore drill run
+in its own step (defs/archive_checks.py); a location ships only an archive they proved.
 """
 
 
 import os
 
 from dagster import (AssetExecutionContext, AssetIn, AssetsDefinition, Backoff, DagsterRunStatus, Failure,
-                     MetadataValue, RetryPolicy, asset)
+                     MetadataValue, Output, RetryPolicy, asset)
 
 from ..core.atomic import TEMP_MARK
+from ..core.errors import TenantBackupError
 from ..core.export import ExportOptions, export_tenant
 from ..core.settings import int_setting
+from .archive_checks import ARCHIVE_ASSET, archive_check_results, archive_check_specs
 from .partitions import tenants_partitions
 from .resources import ArchiveHandle, BackupResource
 from .run_guard import TenantBusy, claim_tenant
 
 GROUP = "tenant_backup"
-ARCHIVE_ASSET = "tenant_archive"
 FORCE_TAG = "tenant_backup/force"  # run tag: back up a tenant the registry does not return
 
 
@@ -57,10 +59,12 @@ def build_archive_asset() -> AssetsDefinition:
         group_name=GROUP,
         retry_policy=retry_policy(),
         kinds={"postgres"},
+        check_specs=archive_check_specs(),
         description="One tenant's rows: pg_dump under row-level security → zstd → AES-256-GCM → SHA-256, "
-                    "staged on local disk. The handle (path + manifest) is what flows downstream.",
+                    "staged on local disk, then restored into a scratch database (isolation, restore drill). "
+                    "The handle (path + manifest) is what flows downstream.",
     )
-    def tenant_archive(context: AssetExecutionContext, backup: BackupResource) -> ArchiveHandle:
+    def tenant_archive(context: AssetExecutionContext, backup: BackupResource):
         tenant_id = context.partition_key
         try:  # first of all: is another live run backing this tenant up?
             claim_tenant(context.instance, context.run.run_id, tenant_id, log=context.log.warning)
@@ -72,7 +76,7 @@ def build_archive_asset() -> AssetsDefinition:
         # A tenant the registry no longer returns is refused unless the run says --force.
         force = context.run.tags.get(FORCE_TAG) == "true"
         manifest = export_tenant(backup.source_settings(), backup.keyring(), tenant_id, pending,
-                                 ExportOptions(force=force))
+                                 ExportOptions(force=force, warn_shared=False))
         shared = {name: manifest["tables"].get(name, 0) for name in manifest["table_kinds"]["shared"]}
         if shared:
             context.log.warning("shared tables in this archive WHOLE (no tenant column, no row-level security): "
@@ -80,9 +84,17 @@ def build_archive_asset() -> AssetsDefinition:
         final = out_dir / f"{manifest['backup_id']}.tbk"
         os.replace(pending, final)
         manifest["archive"]["file"] = final.name
+        handle = ArchiveHandle(tenant_id, manifest["backup_id"], str(final), manifest)
+        results, proven = archive_check_results(context, handle, backup)
+        yield from results
+        if not proven:  # not materialized: nothing to ship, and nothing a later run could pick up
+            final.unlink(missing_ok=True)
+            raise Failure(f"archive {handle.backup_id} of tenant {tenant_id} failed its checks, not shipped: "
+                          + "; ".join(str(r.metadata["message"].value) for r in results if not r.passed),
+                          allow_retries=False)
+        backup.record_proven(handle, context.run.run_id)
         _prune_staging(out_dir, keep=final)
-        context.add_output_metadata(archive_metadata(manifest))
-        return ArchiveHandle(tenant_id, manifest["backup_id"], str(final), manifest)
+        yield Output(handle, metadata=archive_metadata(manifest))
 
     return tenant_archive
 
@@ -125,7 +137,11 @@ def build_location_asset(location: str) -> AssetsDefinition:
         description=f"The tenant's archive and manifest stored in the {location} location "
                     f"(its IO manager writes it; retention per TENANT_BACKUP_RETENTION_{location.upper()}_DAYS).",
     )
-    def copy(archive: ArchiveHandle) -> ArchiveHandle:
+    def copy(archive: ArchiveHandle, backup: BackupResource) -> ArchiveHandle:
+        try:  # fail closed: e.g. an archive staged by a run whose checks did not pass
+            backup.require_proven(archive, location)
+        except TenantBackupError as exc:
+            raise Failure(str(exc), allow_retries=False) from None
         return archive  # the IO manager does the storing: the value is only the handle
 
     return copy

@@ -17,7 +17,7 @@ from ..core.settings import SourceSettings
 from ..core.storage.config import location_names, locations_from_env
 from .assets import build_archive_asset, build_location_asset
 from .automation import backup_failure_alerts, tenant_backup_job, tenant_registry_sync, weekly_tenant_backup
-from .checks import build_archive_checks, build_location_checks
+from .checks import build_location_checks
 from .operations import daily_prune, daily_verify, prune_job, restore_tenant_job, verify_share_job
 from .weekly_batch import weekly_batch_job, weekly_tenant_backup_batch
 from .resources import BackupResource, LocationIOManager, StagingIOManager, default_work_dir
@@ -33,7 +33,7 @@ def build_definitions(environ: Mapping[str, str] | None = None) -> Definitions:
     work_dir = env.get("TENANT_BACKUP_WORK_DIR") or default_work_dir()
 
     assets = [build_archive_asset()] + [build_location_asset(name) for name in names]
-    checks = build_archive_checks() + [check for name in names for check in build_location_checks(name)]
+    checks = [check for name in names for check in build_location_checks(name)]
     resources = {
         "backup": BackupResource(source_dsn=EnvVar("TENANT_BACKUP_SOURCE_DSN"), work_dir=work_dir,
                                  **({"master_keys_file": env[FILE_VAR].strip()} if (env.get(FILE_VAR) or "").strip()

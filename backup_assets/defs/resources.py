@@ -56,6 +56,22 @@ def _cached_location(name: str, fingerprint: tuple) -> Location:
     return locations_from_env([name], dict(fingerprint))[name]
 
 
+_POOLS: dict[str, object] = {}
+
+
+def _scratch_pool(admin_dsn: str):
+    """One ScratchPool per scratch server and process, closed (its database dropped) at exit."""
+    pool = _POOLS.get(admin_dsn)
+    if pool is None:
+        import atexit
+
+        from ..core.scratch import ScratchPool
+
+        pool = _POOLS[admin_dsn] = ScratchPool(admin_dsn)
+        atexit.register(pool.close, quiet=True)
+    return pool
+
+
 def default_work_dir() -> str:
     return os.environ.get("TENANT_BACKUP_WORK_DIR") or str(Path(tempfile.gettempdir()) / "tenant-backup-work")
 
@@ -85,6 +101,40 @@ class BackupResource(ConfigurableResource):
         from ..core.scratch import embedded_scratch_dsn
 
         return embedded_scratch_dsn(self.work_dir)
+
+    def scratch_pool(self):
+        """This process's pool of scratch databases on the scratch server (core/scratch.py)."""
+        return _scratch_pool(self.scratch_admin_dsn())
+
+    def _proven_path(self, tenant_id: str) -> Path:
+        return self.staging_dir(tenant_id) / "proven.json"
+
+    def record_proven(self, archive: "ArchiveHandle", run_id: str) -> None:
+        """The restore drill restored exactly these bytes (their SHA-256), in run `run_id`."""
+        path = self._proven_path(archive.tenant_id)
+        temp = path.with_suffix(".tmp")
+        temp.write_text(json.dumps({"backup_id": archive.backup_id, "sha256": archive.manifest["archive"]["sha256"],
+                                    "run_id": run_id}))
+        os.replace(temp, path)
+
+    def proven(self, archive: "ArchiveHandle") -> str | None:
+        """The run whose restore drill restored this very archive (same SHA-256), or None."""
+        return self._proven_run(archive)
+
+    def require_proven(self, archive: "ArchiveHandle", where: str) -> None:
+        """Fail closed: an archive its isolation check and restore drill did not prove is not shipped."""
+        if self._proven_run(archive) is None:
+            raise TenantBackupError(f"archive {archive.backup_id} of tenant {archive.tenant_id} was not proven by its"
+                                    f" isolation check and restore drill: not shipped to {where}")
+
+    def _proven_run(self, archive: "ArchiveHandle") -> str | None:
+        try:
+            record = json.loads(self._proven_path(archive.tenant_id).read_text())
+        except (OSError, ValueError):
+            return None
+        same = (record.get("backup_id") == archive.backup_id
+                and record.get("sha256") == archive.manifest["archive"]["sha256"])
+        return record.get("run_id") if same else None
 
     def scratch_files_dir(self) -> str:
         path = Path(self.work_dir) / "tmp"
