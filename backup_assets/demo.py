@@ -66,9 +66,10 @@ def _demo_keys(directory: Path) -> str:
     return path.read_text().strip()
 
 
-def ensure_dagster_database(admin_dsn: str, name: str = "dagster") -> None:
-    """Dagster's storage database. synchronous_commit=off: every Dagster event is a commit, and an
-    event log that loses its last milliseconds in a crash loses nothing a re-run does not redo."""
+def ensure_dagster_database(admin_dsn: str, name: str = "dagster", *, tuned: bool = False) -> None:
+    """Dagster's storage database, at PostgreSQL's defaults as production databases are. tuned:
+    synchronous_commit=off (every Dagster event is a commit; an event log that loses its last
+    milliseconds in a crash loses nothing a re-run does not redo) — benchmarks label it."""
     import psycopg2
 
     conn = psycopg2.connect(admin_dsn)
@@ -78,7 +79,7 @@ def ensure_dagster_database(admin_dsn: str, name: str = "dagster") -> None:
             cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
             if not cur.fetchone():
                 cur.execute(f'CREATE DATABASE "{name}"')
-            cur.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = off')
+            cur.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = {"off" if tuned else "DEFAULT"}')
     finally:
         conn.close()
 
@@ -88,7 +89,8 @@ class DemoStack:
     (sample database + Dagster storage), loopback S3 and B2 test servers, a Dagster home, and the
     environment variables that point the project at them. Used by the demo and bench/weekly.py."""
 
-    def __init__(self, directory: Path, *, populate, say=lambda text: None, server_processes: bool = False):
+    def __init__(self, directory: Path, *, populate, say=lambda text: None, server_processes: bool = False,
+                 tuned_storage: bool = False):
         from .sample.generate import create_sample_database
         from .testing.b2_server import B2Server
         from .testing.embedded_pg import start_embedded
@@ -100,7 +102,7 @@ class DemoStack:
         self.server = start_embedded(self.directory / "pg")
         self.db = create_sample_database(self.server.admin_dsn(), "tenants_demo")
         populate(self.db)
-        ensure_dagster_database(self.server.admin_dsn())
+        ensure_dagster_database(self.server.admin_dsn(), tuned=tuned_storage)
         say("starting the loopback S3 (R2) and B2 test servers")
         self._processes: list[subprocess.Popen] = []
         if server_processes:

@@ -13,6 +13,7 @@ PostgreSQL server). The test doubles run on the same two cores, which real R2 an
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import threading
@@ -38,11 +39,48 @@ def _peak_rss(stop: threading.Event, peak: list[int]) -> None:
         peak[0] = max(peak[0], total)
 
 
+def _busy_cpu_s() -> float:
+    """Seconds of CPU the whole machine spent busy (all processes: workers, pg_dump, PostgreSQL, the
+    test doubles), from /proc/stat: the figure to compare between two versions, steadier than wall time."""
+    with open("/proc/stat") as handle:
+        fields = [int(v) for v in handle.readline().split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_by_kind() -> dict[str, float]:
+    """CPU seconds so far of the long-lived processes by kind; each one's waited-for children (pg_dump,
+    pg_restore under a worker; PostgreSQL backends under the postmaster) count with it."""
+    out: dict[str, float] = {}
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        try:
+            t = proc.cpu_times()
+            cmd = " ".join(proc.info["cmdline"] or [])
+        except psutil.Error:
+            continue
+        if proc.info["name"] == "postgres":
+            kind = "postgres"
+        elif "testing.servers s3" in cmd:
+            kind = "s3 double"
+        elif "testing.servers b2" in cmd:
+            kind = "b2 double"
+        elif "distributed" in cmd or "multiprocessing" in cmd:
+            kind = "workers (+pg_dump, pg_restore)"
+        elif "bench/weekly.py" in cmd:
+            kind = "driver"
+        else:
+            continue
+        out[kind] = out.get(kind, 0.0) + t.user + t.system + t.children_user + t.children_system
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tenants", type=int, default=100)
     parser.add_argument("--rows", type=int, default=20, help="sales per sample tenant")
     parser.add_argument("--workers", type=int, default=None, help="default: as the weekly batch job (cores + 1)")
+    parser.add_argument("--tuned", action="store_true",
+                        help="Dagster's storage database with synchronous_commit=off (not production's default)")
     args = parser.parse_args()
 
     from dagster import DagsterInstance
@@ -58,17 +96,18 @@ def main() -> int:
     shutil.rmtree(directory, ignore_errors=True)
     t0 = time.monotonic()
     stack = DemoStack(directory, populate=lambda db: add_tenants(db, args.tenants, rows=args.rows),
-                      server_processes=True)
+                      server_processes=True, tuned_storage=args.tuned)
     print(f"stack with {args.tenants} tenants ready in {time.monotonic() - t0:.1f}s", file=sys.stderr)
     defs = build_definitions()
     ids = list_tenants(SourceSettings.from_env())
     stop, peak = threading.Event(), [0]
     sampler = threading.Thread(target=_peak_rss, args=(stop, peak), daemon=True)
     sampler.start()
-    started = time.monotonic()
+    started, cpu_started, kinds_started = time.monotonic(), _busy_cpu_s(), _cpu_by_kind()
     with DagsterInstance.get() as instance:
         outcomes = back_up_tenants(defs, instance, ids, workers=args.workers or default_workers()).outcomes
-    wall = time.monotonic() - started
+    wall, cpu = time.monotonic() - started, _busy_cpu_s() - cpu_started
+    kinds = {k: v - kinds_started.get(k, 0.0) for k, v in _cpu_by_kind().items()}
     stop.set()
     sampler.join()
     stack.stop()
@@ -77,6 +116,9 @@ def main() -> int:
           f"workers: {args.workers or default_workers()}")
     print(f"wall: {wall:.1f}s, per tenant: {wall / len(outcomes):.2f}s, "
           f"1,000 tenants at this rate: {wall / len(outcomes) * 1000 / 60:.1f} min")
+    print(f"CPU, whole machine: {cpu:.1f}s busy ({cpu / wall:.2f} of {os.cpu_count()} cores), "
+          f"{cpu / len(outcomes):.2f}s per tenant; of which "
+          + ", ".join(f"{k} {v / len(outcomes):.2f}s" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])))
     print(f"peak RSS of the process tree (PostgreSQL server excluded): {peak[0] / 1e6:.0f} MB")
     return 0 if ok == len(outcomes) else 1
 

@@ -22,7 +22,8 @@ from dagster import DagsterInstance
 
 from ..core.settings import int_setting
 from .partitions import TENANTS
-from .run import TenantOutcome, keep_connections, run_tenant
+from .instance import instance_from_ref, runner_instance, tune_for_runner
+from .run import TenantOutcome, run_tenant
 from .run_guard import BATCH_TAG, PROCESS_TAG, WORKER_TAG, executing_runs, fail_orphan, live_holder, process_identity
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ def back_up_tenants(defs, instance: DagsterInstance, tenant_ids: list[str], *, f
         instance.add_dynamic_partitions(TENANTS, new)
     scheduler = scheduler if scheduler is not None else (os.environ.get("TENANT_BACKUP_DASK_SCHEDULER") or None)
     if instance.is_ephemeral or (workers <= 1 and not scheduler) or len(tenant_ids) == 0:
-        keep_connections(instance)
+        instance = runner_instance(instance)
         outcomes = {}
         for index, tenant_id in enumerate(tenant_ids, 1):
             outcomes[tenant_id] = back_up_one(defs, instance, tenant_id, force=force, batch_id=batch_id,
@@ -164,7 +165,7 @@ def run_in_worker(tenant_id: str, *, force: bool, batch_id: str, log_level: str,
 
         _worker_state["defs"] = build_definitions()
     if _worker_state.get("instance_ref") != instance_ref:
-        _worker_state["instance"] = keep_connections(DagsterInstance.from_ref(instance_ref))
+        _worker_state["instance"] = tune_for_runner(instance_from_ref(instance_ref))
         _worker_state["instance_ref"] = instance_ref
     instance = _worker_state["instance"]
     records = executing_runs(instance, tenant_id)
