@@ -412,7 +412,8 @@ def test_pool_reuses_one_database_emptied_after_every_drill(sample_db, sample_te
         assert result.scratch_database in _databases(pg_server_dsn)
     finally:
         pool.close()
-    assert _databases(pg_server_dsn) == before
+    # Nothing this test made stays (the stale clean-up may also have dropped earlier tests' unheld leftovers).
+    assert _databases(pg_server_dsn) - before == set()
 
 
 def test_pool_retries_a_failed_restore_in_a_fresh_database(exported, keyring, pg_server_dsn, monkeypatch):
