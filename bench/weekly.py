@@ -2,7 +2,8 @@
 locations (local, loopback R2 and B2 test servers), every check — the code path of the weekly batch
 job (backup_assets/defs/weekly_batch.py): one tenant_backup run per tenant, in-process, in workers.
 
-    python bench/weekly.py [--tenants 100] [--rows 20] [--workers 2]
+    python bench/weekly.py [--tenants 100] [--rows 20] [--mode batch|per_tenant] [--workers 3]
+                           [--kill-after N] [--tuned]
 
 Runs on the demo stack (embedded PostgreSQL for the sample database and Dagster's storage) under
 bench/out/weekly; prints wall time, time per tenant, the extrapolation to 1,000 tenants and the peak
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -74,53 +76,129 @@ def _cpu_by_kind() -> dict[str, float]:
     return out
 
 
+def _killer(instance, after: int, killed: list, stop: threading.Event) -> None:
+    """SIGKILL the worker process inside a tenant's run once `after` tenants are done (what the OOM
+    killer does); the run's process is in its tags (defs/run_guard.py)."""
+    from dagster import DagsterRunStatus, RunsFilter
+
+    from backup_assets.defs.run_guard import PROCESS_TAG
+
+    while not stop.wait(0.2):
+        done = instance.get_runs_count(RunsFilter(job_name="tenant_backup", statuses=[DagsterRunStatus.SUCCESS]))
+        if done < after:
+            continue
+        for record in instance.get_run_records(RunsFilter(job_name="tenant_backup",
+                                                          statuses=[DagsterRunStatus.STARTED])):
+            tag = record.dagster_run.tags.get(PROCESS_TAG)
+            if tag:
+                os.kill(int(tag.split("/")[1]), signal.SIGKILL)
+                killed.append(record.dagster_run.run_id)
+                return
+
+
+def _batch(args, ids) -> tuple[list, list]:
+    from dagster import DagsterInstance
+
+    from backup_assets.defs.batch import back_up_tenants, default_workers
+    from backup_assets.defs.build import build_definitions
+
+    defs = build_definitions()
+    killed: list[str] = []
+    with DagsterInstance.get() as instance:
+        stop = threading.Event()
+        if args.kill_after:
+            threading.Thread(target=_killer, args=(instance, args.kill_after, killed, stop), daemon=True).start()
+        outcomes = back_up_tenants(defs, instance, ids, workers=args.workers or default_workers()).outcomes
+        stop.set()
+    return outcomes, killed
+
+
+def _per_tenant(args, ids) -> list:
+    """The daemon's weekly tick in per_tenant mode (cron every minute): one queued run per tenant,
+    launched by the QueuedRunCoordinator, each in its own process; timed from the first run created
+    to the last one finished."""
+    from dagster import DagsterInstance, RunsFilter
+
+    with DagsterInstance.get() as instance:
+        instance.add_dynamic_partitions("tenants", ids)
+        deadline = time.monotonic() + 600 + 30 * len(ids)
+        while time.monotonic() < deadline:
+            records = instance.get_run_records(RunsFilter(job_name="tenant_backup"))
+            if len(records) >= len(ids) and all(r.dagster_run.is_finished for r in records):
+                break
+            time.sleep(2)
+        records = instance.get_run_records(RunsFilter(job_name="tenant_backup"))
+    return records
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tenants", type=int, default=100)
     parser.add_argument("--rows", type=int, default=20, help="sales per sample tenant")
-    parser.add_argument("--workers", type=int, default=None, help="default: as the weekly batch job (cores + 1)")
+    parser.add_argument("--mode", choices=("batch", "per_tenant"), default="batch")
+    parser.add_argument("--workers", type=int, default=None, help="batch: default as the weekly batch job (cores + 1)")
+    parser.add_argument("--kill-after", type=int, default=0, metavar="N",
+                        help="batch: SIGKILL a worker inside a tenant's run once N tenants are done")
     parser.add_argument("--tuned", action="store_true",
                         help="Dagster's storage database with synchronous_commit=off (not production's default)")
     args = parser.parse_args()
 
-    from dagster import DagsterInstance
-
     from backup_assets.core.settings import SourceSettings
     from backup_assets.core.tenants import list_tenants
-    from backup_assets.defs.build import build_definitions
-    from backup_assets.defs.batch import back_up_tenants, default_workers
+    from backup_assets.defs.batch import default_workers
     from backup_assets.demo import DemoStack
     from backup_assets.sample.generate import add_tenants
 
     directory = ROOT / "bench" / "out" / "weekly"
     shutil.rmtree(directory, ignore_errors=True)
     t0 = time.monotonic()
-    stack = DemoStack(directory, populate=lambda db: add_tenants(db, args.tenants, rows=args.rows),
-                      server_processes=True, tuned_storage=args.tuned)
+    populate = lambda db: add_tenants(db, args.tenants, rows=args.rows)  # noqa: E731
+    if args.mode == "per_tenant":
+        from backup_assets.testing.dagster_stack import DagsterStack
+
+        stack = DagsterStack(directory, active=args.tenants, suspended=0, rows=args.rows, extra_env={
+            "TENANT_BACKUP_WEEKLY_MODE": "per_tenant", "TENANT_BACKUP_CRON": "* * * * *"}).start(tuned_storage=args.tuned)
+    else:
+        stack = DemoStack(directory, populate=populate, server_processes=True, tuned_storage=args.tuned)
     print(f"stack with {args.tenants} tenants ready in {time.monotonic() - t0:.1f}s", file=sys.stderr)
-    defs = build_definitions()
     ids = list_tenants(SourceSettings.from_env())
     stop, peak = threading.Event(), [0]
     sampler = threading.Thread(target=_peak_rss, args=(stop, peak), daemon=True)
     sampler.start()
     started, cpu_started, kinds_started = time.monotonic(), _busy_cpu_s(), _cpu_by_kind()
-    with DagsterInstance.get() as instance:
-        outcomes = back_up_tenants(defs, instance, ids, workers=args.workers or default_workers()).outcomes
-    wall, cpu = time.monotonic() - started, _busy_cpu_s() - cpu_started
-    kinds = {k: v - kinds_started.get(k, 0.0) for k, v in _cpu_by_kind().items()}
-    stop.set()
-    sampler.join()
-    stack.stop()
-    ok = sum(o.ok for o in outcomes)
-    print(f"tenants: {len(outcomes)} ({ok} with every asset and check passing), "
-          f"workers: {args.workers or default_workers()}")
-    print(f"wall: {wall:.1f}s, per tenant: {wall / len(outcomes):.2f}s, "
-          f"1,000 tenants at this rate: {wall / len(outcomes) * 1000 / 60:.1f} min")
-    print(f"CPU, whole machine: {cpu:.1f}s busy ({cpu / wall:.2f} of {os.cpu_count()} cores), "
-          f"{cpu / len(outcomes):.2f}s per tenant; of which "
-          + ", ".join(f"{k} {v / len(outcomes):.2f}s" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])))
+    killed: list[str] = []
+    try:
+        if args.mode == "batch":
+            outcomes, killed = _batch(args, ids)
+            wall = time.monotonic() - started
+            ok = sum(o.ok for o in outcomes)
+            done_tenants = {o.tenant_id for o in outcomes if o.ok}
+        else:
+            records = _per_tenant(args, ids)
+            starts = [r.create_timestamp.timestamp() for r in records]
+            ends = [r.end_time for r in records if r.end_time]
+            wall = max(ends) - min(starts)
+            ok = sum(r.dagster_run.status.value == "SUCCESS" for r in records)
+            done_tenants = {r.dagster_run.tags.get("dagster/partition") for r in records
+                            if r.dagster_run.status.value == "SUCCESS"}
+        cpu = _busy_cpu_s() - cpu_started
+        kinds = {k: v - kinds_started.get(k, 0.0) for k, v in _cpu_by_kind().items()}
+    finally:
+        stop.set()
+        sampler.join()
+        stack.stop()
+    n = len(ids)
+    workers = f"workers: {args.workers or default_workers()}" if args.mode == "batch" else "one process per run"
+    print(f"mode: {args.mode}, Dagster storage: {'TUNED (synchronous_commit=off)' if args.tuned else 'default settings'}")
+    print(f"tenants: {n} ({ok} runs with every asset and check passing; {len(done_tenants)} tenants backed up), {workers}")
+    if killed:
+        print(f"killed with SIGKILL mid-run: the worker inside run {killed[0]}")
+    print(f"wall: {wall:.1f}s, per tenant: {wall / n:.2f}s, 1,000 tenants at this rate: {wall / n * 1000 / 60:.1f} min")
+    print(f"CPU, whole machine: {cpu:.1f}s busy ({cpu / max(wall, 1e-9):.2f} of {os.cpu_count()} cores), "
+          f"{cpu / n:.2f}s per tenant; of which "
+          + ", ".join(f"{k} {v / n:.2f}s" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])))
     print(f"peak RSS of the process tree (PostgreSQL server excluded): {peak[0] / 1e6:.0f} MB")
-    return 0 if ok == len(outcomes) else 1
+    return 0 if len(done_tenants) == n else 1
 
 
 if __name__ == "__main__":

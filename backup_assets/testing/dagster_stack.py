@@ -81,7 +81,7 @@ class DagsterStack:
         self.env: dict[str, str] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------------
-    def start(self, timeout: float = 180) -> "DagsterStack":
+    def start(self, timeout: float = 180, *, tuned_storage: bool = False) -> "DagsterStack":
         from ..demo import DemoStack, instance_yaml
         from ..sample.generate import add_tenants
 
@@ -90,7 +90,7 @@ class DagsterStack:
             self.tenants += add_tenants(db, self.suspended, rows=self.rows, status="SUSPENDED")
 
         try:
-            self.demo = DemoStack(self.directory, populate=populate, server_processes=True)
+            self.demo = DemoStack(self.directory, populate=populate, server_processes=True, tuned_storage=tuned_storage)
             url = f"postgresql+psycopg2://postgres@/dagster?host={self.demo.server.socket_dir}"
             (self.demo.home / "dagster.yaml").write_text(instance_yaml(url, monitoring_poll_s=5, dequeue_interval_s=1))
             self.env = {
