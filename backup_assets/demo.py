@@ -16,8 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from .core.keyring import generate_entry
-from .core.tenants import list_tenants
+from .core.codec.keyring import generate_entry
+from .core.source.tenants import list_tenants
 from .core.settings import SourceSettings
 
 def instance_yaml(url: str, *, monitoring_poll_s: int | None = None, dequeue_interval_s: int | None = None) -> str:
@@ -93,7 +93,7 @@ class DemoStack:
                  tuned_storage: bool = False):
         from .sample.generate import create_sample_database
         from .testing.b2_server import B2Server
-        from .testing.embedded_pg import start_embedded
+        from .core.embedded_pg import start_embedded
         from .testing.s3_server import S3Server
 
         self.directory = directory.resolve()
@@ -158,8 +158,8 @@ def run_demo(directory: Path, *, tenants: int = 20, rows: int = 50, ui: bool = F
     from dagster import DagsterInstance
 
     from .defs.build import build_definitions
-    from .defs.batch import back_up_tenants
-    from .defs.run import format_table, job_assets
+    from .defs.runs.batch import back_up_tenants
+    from .defs.runs.in_process import format_table, job_assets
     from .sample.generate import populate_default
 
     say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731

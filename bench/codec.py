@@ -105,7 +105,7 @@ def encode_compressobj(read_raw, out, *, level):
     """Alternative pipeline (zstd compressobj feeding the encryptor), for comparison only."""
     import zstandard
 
-    from backup_assets.core import streaming_aead
+    from backup_assets.core.codec import aead as streaming_aead
 
     enc = streaming_aead.SegmentEncryptor(out.write, os.urandom(32), b"ad")
     cobj = zstandard.ZstdCompressor(level=level, threads=-1, write_checksum=True).compressobj()
@@ -119,8 +119,8 @@ def encode_compressobj(read_raw, out, *, level):
 
 
 def one(level: int, mode: str, mib: int) -> dict:
-    from backup_assets.core import archive_format as af
-    from backup_assets.core.keyring import Keyring, generate_entry
+    from backup_assets.core.codec import format as af
+    from backup_assets.core.codec.keyring import Keyring, generate_entry
 
     pool = make_pool()
     keyring = Keyring.parse(generate_entry("bench"))

@@ -55,8 +55,8 @@ def _one(approach: str, dsn: str, tenant_id: str, out: str) -> None:
     import logging
 
     logging.basicConfig(level=logging.ERROR)  # the export's warnings (shared tables) are not measured here
-    from backup_assets.core.pg import PgSession
-    from backup_assets.core.pgbin import pg_program
+    from backup_assets.core.source.session import PgSession
+    from backup_assets.core.source.pgbin import pg_program
 
     session = PgSession.from_dsn(dsn, {"app.current_tenant": tenant_id})
     conninfo, env = session.conninfo(), session.child_env()
@@ -75,8 +75,8 @@ def _one(approach: str, dsn: str, tenant_id: str, out: str) -> None:
         Path(out).write_bytes(token)
         os.unlink(plain)
     elif approach in ("ours", "ours+rows"):
-        from backup_assets.core.export import ExportOptions, export_tenant
-        from backup_assets.core.keyring import Keyring, generate_entry
+        from backup_assets.core.archive.export import ExportOptions, export_tenant
+        from backup_assets.core.codec.keyring import Keyring, generate_entry
         from backup_assets.core.settings import SourceSettings
 
         settings = SourceSettings.from_env({"TENANT_BACKUP_SOURCE_DSN": dsn})
@@ -111,9 +111,9 @@ def main() -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     if args.zstd_level:
         env["BENCH_ZSTD_LEVEL"] = str(args.zstd_level)
-    from backup_assets.core.export import ExportOptions
-    from backup_assets.core.pg import PgSession
-    from backup_assets.core.pgbin import pg_program
+    from backup_assets.core.archive.export import ExportOptions
+    from backup_assets.core.source.session import PgSession
+    from backup_assets.core.source.pgbin import pg_program
 
     env.setdefault("BENCH_ZSTD_LEVEL", str(ExportOptions().zstd_level))
     rows = []

@@ -40,7 +40,7 @@ def _hwm_rss() -> tuple[float, float]:
 
 def worker(args) -> None:
     """One transfer in this process; prints a JSON line."""
-    from backup_assets.core.storage import locations_from_env
+    from backup_assets.core.locations import locations_from_env
 
     env = json.loads(os.environ["BENCH_ENV"])
     loc = locations_from_env([args.location], environ=env)[args.location]
@@ -49,7 +49,7 @@ def worker(args) -> None:
     base, _ = _hwm_rss()
     t0 = time.perf_counter()
     if args.op == "put":
-        from backup_assets.core.storage import sha256_file
+        from backup_assets.core.locations import sha256_file
 
         sha, size = sha256_file(Path(args.file)) if not args.sha else (args.sha, args.size)
         t0 = time.perf_counter()  # the manifest's hash is known to the caller in production
@@ -88,7 +88,7 @@ def main() -> int:
         worker(args)
         return 0
 
-    from backup_assets.core.storage import sha256_file
+    from backup_assets.core.locations import sha256_file
 
     names = [n.strip() for n in args.locations.split(",") if n.strip()]
     results = []

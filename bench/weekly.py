@@ -1,6 +1,6 @@
 """The weekly backup end to end over N sample tenants: every tenant through Dagster, all three
 locations (local, loopback R2 and B2 test servers), every check — the code path of the weekly batch
-job (backup_assets/defs/weekly_batch.py): one tenant_backup run per tenant, in-process, in workers.
+job (backup_assets/defs/automation/weekly_batch.py): one tenant_backup run per tenant, in-process, in workers.
 
     python bench/weekly.py [--tenants 100] [--rows 20] [--mode batch|per_tenant] [--workers 3]
                            [--kill-after N] [--tuned]
@@ -78,10 +78,10 @@ def _cpu_by_kind() -> dict[str, float]:
 
 def _killer(instance, after: int, killed: list, stop: threading.Event) -> None:
     """SIGKILL the worker process inside a tenant's run once `after` tenants are done (what the OOM
-    killer does); the run's process is in its tags (defs/run_guard.py)."""
+    killer does); the run's process is in its tags (defs/runs/guard.py)."""
     from dagster import DagsterRunStatus, RunsFilter
 
-    from backup_assets.defs.run_guard import PROCESS_TAG
+    from backup_assets.defs.runs.guard import PROCESS_TAG
 
     while not stop.wait(0.2):
         done = instance.get_runs_count(RunsFilter(job_name="tenant_backup", statuses=[DagsterRunStatus.SUCCESS]))
@@ -99,7 +99,7 @@ def _killer(instance, after: int, killed: list, stop: threading.Event) -> None:
 def _batch(args, ids) -> tuple[list, list]:
     from dagster import DagsterInstance
 
-    from backup_assets.defs.batch import back_up_tenants, default_workers
+    from backup_assets.defs.runs.batch import back_up_tenants, default_workers
     from backup_assets.defs.build import build_definitions
 
     defs = build_definitions()
@@ -144,8 +144,8 @@ def main() -> int:
     args = parser.parse_args()
 
     from backup_assets.core.settings import SourceSettings
-    from backup_assets.core.tenants import list_tenants
-    from backup_assets.defs.batch import default_workers
+    from backup_assets.core.source.tenants import list_tenants
+    from backup_assets.defs.runs.batch import default_workers
     from backup_assets.demo import DemoStack
     from backup_assets.sample.generate import add_tenants
 

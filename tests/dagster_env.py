@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-from backup_assets.core.keyring import generate_entry
+from backup_assets.core.codec.keyring import generate_entry
 
 
 def backup_environment(sample_db, s3_server, b2_server, tmp_path: Path, scratch_dsn: str) -> dict[str, str]:

@@ -1,5 +1,5 @@
 """A second, independent reading of pg_dump's custom format (written from PostgreSQL's
-pg_backup_archiver.c, not from backup_assets.core.dump_stream) for the tests: split a real dump into
+pg_backup_archiver.c, not from backup_assets.core.dump.stream) for the tests: split a real dump into
 its head (header + TOC) and its data blocks, and write it back with the COPY data cut into chunks
 another way, so the stream reader can be tried on layouts pg_dump 18 does not produce."""
 

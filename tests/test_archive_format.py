@@ -11,10 +11,10 @@ import textwrap
 import pytest
 import zstandard
 
-from backup_assets.core import archive_format as af
-from backup_assets.core import streaming_aead as sa
+from backup_assets.core.codec import format as af
+from backup_assets.core.codec import aead as sa
 from backup_assets.core.errors import ArchiveError
-from backup_assets.core.keyring import Keyring, generate_entry
+from backup_assets.core.codec.keyring import Keyring, generate_entry
 
 import independent_decoder  # tests/ is on sys.path (rootdir conftest, no package)
 
@@ -344,8 +344,8 @@ def test_created_at_normalized_to_utc(keyring):
 _MEMORY_PROBE = textwrap.dedent(
     """
     import io, os, random, resource, sys
-    from backup_assets.core import archive_format as af
-    from backup_assets.core.keyring import Keyring, generate_entry
+    from backup_assets.core.codec import format as af
+    from backup_assets.core.codec.keyring import Keyring, generate_entry
 
     rnd = random.Random(1)
     # 8 MiB of varied COPY rows, cycled: beyond zstd's window, so not trivially compressible.

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from dagster import DagsterInstance
 
-from backup_assets.core.keyring import generate_entry
-from backup_assets.core.storage import locations_from_env
+from backup_assets.core.codec.keyring import generate_entry
+from backup_assets.core.locations import locations_from_env
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -22,9 +22,9 @@ import pytest
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster._core.instance.ref import InstanceRef
 
-from backup_assets.core.keyring import generate_entry
-from backup_assets.core.storage import locations_from_env
-from backup_assets.defs.run_guard import PROCESS_TAG, SKIPPED_TAG
+from backup_assets.core.codec.keyring import generate_entry
+from backup_assets.core.locations import locations_from_env
+from backup_assets.defs.runs.guard import PROCESS_TAG, SKIPPED_TAG
 from backup_assets.sample.generate import add_tenants, create_sample_database
 
 ROOT = Path(__file__).resolve().parent.parent

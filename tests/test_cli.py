@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from backup_assets.core.keyring import generate_entry
-from backup_assets.core.pgbin import pg_program
+from backup_assets.core.codec.keyring import generate_entry
+from backup_assets.core.source.pgbin import pg_program
 
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -122,5 +122,5 @@ def test_keys_generate_prints_a_usable_entry(tmp_path):
     assert result.returncode == 0
     entry = result.stdout.strip()
     assert entry.startswith("k2026:")
-    from backup_assets.core.keyring import Keyring
+    from backup_assets.core.codec.keyring import Keyring
     assert Keyring.parse(entry).active.id == "k2026"

@@ -12,13 +12,13 @@ import psycopg2
 import pytest
 from dagster import instance_for_test
 
-from backup_assets.core import alerts
-from backup_assets.core.keyring import generate_entry
-from backup_assets.core.manifest import new_backup_id
-from backup_assets.core.storage import locations_from_env
+from backup_assets.core.maintenance import alerts
+from backup_assets.core.codec.keyring import generate_entry
+from backup_assets.core.archive.manifest import new_backup_id
+from backup_assets.core.locations import locations_from_env
 from backup_assets.defs.build import build_definitions
-from backup_assets.defs.operations import VERIFY_CYCLE_DAYS, verify_bucket
-from backup_assets.defs.run import run_tenant
+from backup_assets.defs.operations.jobs import VERIFY_CYCLE_DAYS, verify_bucket
+from backup_assets.defs.runs.in_process import run_tenant
 
 
 @pytest.fixture
@@ -138,7 +138,7 @@ def test_weekly_batch_job_backs_up_every_active_tenant(env, sample_tenants):
 
     from dagster import build_schedule_context
 
-    from backup_assets.defs.weekly_batch import weekly_tenant_backup_batch
+    from backup_assets.defs.automation.weekly_batch import weekly_tenant_backup_batch
 
     active = sorted(t.id for t in sample_tenants if t.status == "ACTIVE")
     with mock.patch.dict(os.environ, {"TENANT_BACKUP_WORKERS": "1"}), instance_for_test() as instance:

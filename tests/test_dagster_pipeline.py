@@ -13,8 +13,8 @@ from unittest import mock
 import pytest
 from dagster import DagsterInstance, build_schedule_context, build_sensor_context, instance_for_test
 
-from backup_assets.core import alerts
-from backup_assets.core.storage import locations_from_env
+from backup_assets.core.maintenance import alerts
+from backup_assets.core.locations import locations_from_env
 from backup_assets.testing.b2_server import B2Server
 from backup_assets.testing.s3_server import S3Server
 
@@ -140,7 +140,7 @@ def test_r2_down_fails_only_r2_then_rerun_fills_the_gap(env, sample_tenants, s3_
         failed = {e.step_key for e in result.all_events if e.is_step_failure}
         assert failed == {"r2_copy"}
         # The run-failure sensor raises the alert in a deployment; here we evaluate it directly.
-        from backup_assets.defs.automation import backup_failure_alerts
+        from backup_assets.defs.automation.triggers import backup_failure_alerts
         from dagster import DagsterEventType, build_run_status_sensor_context
 
         failure = next(e for e in result.all_events if e.event_type == DagsterEventType.RUN_FAILURE)
@@ -163,7 +163,7 @@ def test_r2_down_fails_only_r2_then_rerun_fills_the_gap(env, sample_tenants, s3_
 
 
 def test_schedule_asks_for_every_active_tenant_and_no_other(env, sample_tenants):
-    from backup_assets.defs.automation import weekly_tenant_backup
+    from backup_assets.defs.automation.triggers import weekly_tenant_backup
 
     active = sorted(t.id for t in sample_tenants if t.status == "ACTIVE")
     with instance_for_test() as instance, definitions() as defs:
@@ -181,7 +181,7 @@ def test_schedule_asks_for_every_active_tenant_and_no_other(env, sample_tenants)
 
 
 def test_registry_sensor_adds_and_removes_partitions(env, sample_tenants):
-    from backup_assets.defs.automation import tenant_registry_sync
+    from backup_assets.defs.automation.triggers import tenant_registry_sync
 
     active = sorted(t.id for t in sample_tenants if t.status == "ACTIVE")
     gone = "00000000-0000-4000-8000-00000000dead"

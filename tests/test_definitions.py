@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from backup_assets.core.keyring import generate_entry
+from backup_assets.core.codec.keyring import generate_entry
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -7,11 +7,11 @@ import subprocess
 
 import pytest
 
-from backup_assets.core.dump import prove_dump
-from backup_assets.core.dump_stream import COPY_END, DumpStreamError, DumpStreamReader, copy_text
+from backup_assets.core.dump.pgdump import prove_dump
+from backup_assets.core.dump.stream import COPY_END, DumpStreamError, DumpStreamReader, copy_text
 from backup_assets.core.errors import SafetyCheckFailed
-from backup_assets.core.pg import PgSession
-from backup_assets.core.pgbin import pg_program
+from backup_assets.core.source.session import PgSession
+from backup_assets.core.source.pgbin import pg_program
 from backup_assets.sample.generate import TENANT_TABLES, tenant_row_counts
 
 import pgdump_custom as custom

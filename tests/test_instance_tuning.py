@@ -1,4 +1,4 @@
-"""The long-lived runners' instance tuning (defs/instance.py) hooks named Dagster methods: fail loudly
+"""The long-lived runners' instance tuning (defs/runs/instance.py) hooks named Dagster methods: fail loudly
 if the pinned Dagster renames or drops them, and show the cached answers are the database's."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from unittest import mock
 
 from dagster import instance_for_test
 
-from backup_assets.defs.instance import EVENT_STORAGE_SCHEMA_CHECKS, RUN_STORAGE_SCHEMA_CHECKS, tune_for_runner
+from backup_assets.defs.runs.instance import EVENT_STORAGE_SCHEMA_CHECKS, RUN_STORAGE_SCHEMA_CHECKS, tune_for_runner
 
 
 def test_the_hooked_schema_checks_exist_and_are_answered_once():
@@ -15,7 +15,7 @@ def test_the_hooked_schema_checks_exist_and_are_answered_once():
         for storage, names in ((instance.run_storage, RUN_STORAGE_SCHEMA_CHECKS),
                                (instance.event_log_storage, EVENT_STORAGE_SCHEMA_CHECKS)):
             missing = [n for n in names if not callable(getattr(storage, n, None))]
-            assert not missing, f"Dagster {type(storage).__name__} no longer has {missing}: update defs/instance.py"
+            assert not missing, f"Dagster {type(storage).__name__} no longer has {missing}: update defs/runs/instance.py"
         before = (instance.run_storage.has_run_stats_index_cols(), instance.event_log_storage.has_table("event_logs"),
                   instance.event_log_storage.has_table("no_such_table"))
         tune_for_runner(instance)
@@ -33,7 +33,7 @@ def test_the_hooked_schema_checks_exist_and_are_answered_once():
 def test_the_runner_instance_shares_storage_without_compute_log_capture():
     from dagster._core.storage.noop_compute_log_manager import NoOpComputeLogManager
 
-    from backup_assets.defs.instance import runner_instance
+    from backup_assets.defs.runs.instance import runner_instance
 
     with instance_for_test() as instance:
         runner = runner_instance(instance)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 
-from backup_assets.core.export import ExportOptions, export_tenant
-from backup_assets.core.isolation import parse_copy_header, scan_archive, scan_dump_lines
-from backup_assets.core.keyring import Keyring, generate_entry
+from backup_assets.core.archive.export import ExportOptions, export_tenant
+from backup_assets.core.checks.isolation import parse_copy_header, scan_archive, scan_dump_lines
+from backup_assets.core.codec.keyring import Keyring, generate_entry
 from backup_assets.core.settings import SourceSettings
 
 
@@ -43,8 +43,8 @@ def test_real_archive_is_isolated(sample_db, sample_tenants, tmp_path):
 
 def _dump_lines(archive, keyring, tenant_id):
     import subprocess
-    from backup_assets.core.decrypt import decrypt_to_file
-    from backup_assets.core.pgbin import pg_program
+    from backup_assets.core.archive.decrypt import decrypt_to_file
+    from backup_assets.core.source.pgbin import pg_program
     dump = archive.with_suffix(".dump")
     decrypt_to_file(archive, dump, keyring, expect_tenant_id=tenant_id)
     out = subprocess.run([pg_program("pg_restore"), "--data-only", "-f", "-", str(dump)],

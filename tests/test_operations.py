@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from backup_assets import cli_ops
-from backup_assets.core.archive_format import decode_archive, encode_archive, read_header
+from backup_assets.cli import ops as cli_ops
+from backup_assets.core.codec.format import decode_archive, encode_archive, read_header
 from backup_assets.core.errors import TenantBackupError
-from backup_assets.core.keyring import Keyring, generate_entry
-from backup_assets.core.manifest import new_backup_id
-from backup_assets.core.retention import Candidate, plan_prune
-from backup_assets.core.storage import locations_from_env
+from backup_assets.core.codec.keyring import Keyring, generate_entry
+from backup_assets.core.archive.manifest import new_backup_id
+from backup_assets.core.maintenance.retention import Candidate, plan_prune
+from backup_assets.core.locations import locations_from_env
 from backup_assets.testing.b2_server import B2Server
 from backup_assets.testing.s3_server import S3Server
 
@@ -114,7 +114,7 @@ def env(s3_server, b2_server, tmp_path, monkeypatch):
 
 
 def run(*argv: str) -> int:
-    """The commands as cli.py wires them (cli.main: TenantBackupError -> its exit code)."""
+    """The commands as cli/ wires them (cli.main: TenantBackupError -> its exit code)."""
     parser = argparse.ArgumentParser(prog="tenant-backup")
     sub = parser.add_subparsers(dest="command", required=True)
     cli_ops.register(sub)
@@ -219,7 +219,7 @@ def test_verify_ok_then_flipped_bytes_fail(env, tmp_path, capsys, s3_server):
 
 
 def _export(sample_db, tenant_id: str, out: Path, keys: str) -> dict:
-    from backup_assets.core.export import ExportOptions, export_tenant
+    from backup_assets.core.archive.export import ExportOptions, export_tenant
     from backup_assets.core.settings import SourceSettings
 
     return export_tenant(SourceSettings(dsn=sample_db.backup_dsn), Keyring.parse(keys), tenant_id, out,

@@ -15,15 +15,15 @@ import psycopg2
 import pytest
 from psycopg2 import sql
 
-from backup_assets.cli_restore import register
+from backup_assets.cli.restore import register
 from backup_assets.core.errors import ConfigError, RestoreError, RestoreRefused, TenantBackupError
-from backup_assets.core.export import ExportOptions, export_tenant
-from backup_assets.core.keyring import Keyring, generate_entry
+from backup_assets.core.archive.export import ExportOptions, export_tenant
+from backup_assets.core.codec.keyring import Keyring, generate_entry
 from backup_assets.core.restore import lock_timeout_from_env, parse_copy_line, restore_tenant
 from backup_assets.core.settings import SourceSettings
-from backup_assets.core.storage import locations_from_env
+from backup_assets.core.locations import locations_from_env
 from backup_assets.sample.generate import add_tenants, create_sample_database
-from backup_assets.testing.embedded_pg import dsn_for
+from backup_assets.core.embedded_pg import dsn_for
 from backup_assets.testing.s3_server import S3Server
 
 from variant_db import CRM_ENV, CRM_SCHEMA, variant_db

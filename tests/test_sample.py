@@ -16,7 +16,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from backup_assets.core.pgbin import pg_program
+from backup_assets.core.source.pgbin import pg_program
 from backup_assets.sample.generate import (
     CHILD_TABLES,
     REGISTRY_TABLE,
@@ -28,7 +28,7 @@ from backup_assets.sample.generate import (
     create_sample_database,
     tenant_row_counts,
 )
-from backup_assets.testing.embedded_pg import dsn_for
+from backup_assets.core.embedded_pg import dsn_for
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ALL_TABLES = set(TENANT_TABLES) | set(CHILD_TABLES) | set(SHARED_TABLES) | {REGISTRY_TABLE}
@@ -183,7 +183,7 @@ def test_fresh_db_is_empty_and_usable(fresh_db):
 def test_server_under_pytest_basetemp_is_refused(tmp_path):
     if os.geteuid() != 0:
         pytest.skip("only root runs the server as another user")
-    from backup_assets.testing.embedded_pg import start_embedded
+    from backup_assets.core.embedded_pg import start_embedded
 
     with pytest.raises(ValueError, match="pytest"):
         start_embedded(tmp_path / "pgdata")

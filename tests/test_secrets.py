@@ -16,10 +16,10 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from backup_assets.core.keyring import generate_entry
-from backup_assets.core.pgbin import pg_bin_dir
+from backup_assets.core.codec.keyring import generate_entry
+from backup_assets.core.source.pgbin import pg_bin_dir
 from backup_assets.testing.b2_server import B2Server
-from backup_assets.testing.embedded_pg import default_data_root, dsn_for
+from backup_assets.core.embedded_pg import default_data_root, dsn_for
 from backup_assets.testing.s3_server import S3Server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,7 +106,7 @@ def test_no_secret_of_ours_reaches_a_postgres_child(sample_db, sample_tenants, s
 def test_the_embedded_scratch_server_gets_no_secret_and_stops_once_idle(monkeypatch):
     """The restore drills' default server: started with an environment from scratch, shared by the
     processes of one work directory, stopped by its keeper once nobody uses it."""
-    from backup_assets.core.scratch import embedded_scratch_dsn
+    from backup_assets.core.checks.scratch import embedded_scratch_dsn
 
     canary = "scratch-canary-" + secrets.token_hex(4)
     monkeypatch.setenv("TENANT_BACKUP_KEYS", canary)
@@ -280,7 +280,7 @@ def test_no_password_or_key_in_logs_manifests_alerts_dagster_or_errors(
     assert list((tmp_path / "dagster").rglob("*.db")), "no Dagster records were greped"
     assert "INTEGRITY_FAILURE" in (tmp_path / "work" / "alerts.jsonl").read_text()  # greped above, not empty
     for loc_name in ("r2", "b2"):
-        from backup_assets.core.storage import locations_from_env
+        from backup_assets.core.locations import locations_from_env
 
         loc = locations_from_env([loc_name], env)[loc_name]
         for ref in loc.list():

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from backup_assets.core.decrypt import decrypt_to_file
+from backup_assets.core.archive.decrypt import decrypt_to_file
 from backup_assets.core.errors import SafetyCheckFailed
-from backup_assets.core.export import ExportOptions, export_tenant
-from backup_assets.core.keyring import Keyring, generate_entry
-from backup_assets.core.pg import PgSession
-from backup_assets.core.pgbin import pg_program
+from backup_assets.core.archive.export import ExportOptions, export_tenant
+from backup_assets.core.codec.keyring import Keyring, generate_entry
+from backup_assets.core.source.session import PgSession
+from backup_assets.core.source.pgbin import pg_program
 from backup_assets.core.settings import SourceSettings
-from backup_assets.core.storage import locations_from_env
+from backup_assets.core.locations import locations_from_env
 from backup_assets.testing.b2_server import B2Server
 from backup_assets.testing.s3_server import S3Server
 

@@ -14,10 +14,10 @@ from unittest import mock
 import pytest
 from dagster import build_sensor_context, instance_for_test
 
-from backup_assets.core import alerts
-from backup_assets.core.catalog import CatalogEntry
-from backup_assets.core.keyring import generate_entry
-from backup_assets.core.status import decide
+from backup_assets.core.maintenance import alerts
+from backup_assets.core.maintenance.catalog import CatalogEntry
+from backup_assets.core.codec.keyring import generate_entry
+from backup_assets.core.maintenance.status import decide
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = datetime(2026, 12, 6, 12, 0, tzinfo=timezone.utc)

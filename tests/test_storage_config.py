@@ -7,10 +7,10 @@ import uuid
 import pytest
 
 from backup_assets.core.errors import ConfigError
-from backup_assets.core.storage import RetryingLocation, locations_from_env, sha256_file
-from backup_assets.core.storage.b2 import B2Location
-from backup_assets.core.storage.local import LocalLocation
-from backup_assets.core.storage.r2 import R2Location
+from backup_assets.core.locations import RetryingLocation, locations_from_env, sha256_file
+from backup_assets.core.locations.b2 import B2Location
+from backup_assets.core.locations.local import LocalLocation
+from backup_assets.core.locations.r2 import R2Location
 
 FULL = {
     "TENANT_BACKUP_LOCAL_DIR": "/tmp/x",

@@ -21,10 +21,10 @@ import pytest
 
 from backup_assets.core.errors import (CorruptObject, InvalidTenantId, NotFound, PermanentStorageError,
                                        StorageError, TransientStorageError)
-from backup_assets.core.storage import RetryingLocation, sha256_file
-from backup_assets.core.storage.b2 import B2Location
-from backup_assets.core.storage.local import LocalLocation
-from backup_assets.core.storage.r2 import R2Location
+from backup_assets.core.locations import RetryingLocation, sha256_file
+from backup_assets.core.locations.b2 import B2Location
+from backup_assets.core.locations.local import LocalLocation
+from backup_assets.core.locations.r2 import R2Location
 from backup_assets.testing.b2_server import B2Server
 from backup_assets.testing.s3_server import S3Server
 
@@ -275,7 +275,7 @@ def test_interrupted_upload_is_not_listed_as_complete(h, tmp_path):
         # kill -9 a writer mid-copy: no manifest, no visible archive, only a dot-temp file at most.
         arch, man = make_archive(tmp_path, 192 * MiB)
         root = tmp_path / "store"
-        code = ("import json,sys; from pathlib import Path; from backup_assets.core.storage.local import LocalLocation;"
+        code = ("import json,sys; from pathlib import Path; from backup_assets.core.locations.local import LocalLocation;"
                 f"LocalLocation({str(root)!r}).put({t!r}, 'b1', Path({str(arch)!r}), json.loads(sys.argv[1]))")
         p = subprocess.Popen([sys.executable, "-c", code, json.dumps(man)], cwd=REPO)
         deadline = time.monotonic() + 30

@@ -13,8 +13,8 @@ import psycopg2
 import pytest
 from psycopg2 import sql as psql
 
-from backup_assets.core.archive_format import encode_archive
-from backup_assets.core.drill import (
+from backup_assets.core.codec.format import encode_archive
+from backup_assets.core.checks.drill import (
     SCRATCH_PREFIX,
     drop_stale_scratch_databases,
     restore_drill,
@@ -22,15 +22,15 @@ from backup_assets.core.drill import (
     scratch_dsn_from_env,
 )
 from backup_assets.core.errors import ArchiveError, ConfigError, ScratchDatabaseError
-from backup_assets.core.export import export_tenant
-from backup_assets.core.keyring import Keyring, generate_entry
-from backup_assets.core.manifest import new_backup_id
-from backup_assets.core.pg import PgSession
-from backup_assets.core.pgbin import pg_program
+from backup_assets.core.archive.export import export_tenant
+from backup_assets.core.codec.keyring import Keyring, generate_entry
+from backup_assets.core.archive.manifest import new_backup_id
+from backup_assets.core.source.session import PgSession
+from backup_assets.core.source.pgbin import pg_program
 from backup_assets.core.settings import SourceSettings
-from backup_assets.core.verify import verify_archive
+from backup_assets.core.checks.verify import verify_archive
 from backup_assets.sample.generate import tenant_row_counts
-from backup_assets.testing.embedded_pg import dsn_for
+from backup_assets.core.embedded_pg import dsn_for
 
 from variant_db import variant_db
 
@@ -381,7 +381,7 @@ def _relations(admin_dsn, name) -> int:
 
 def test_pool_reuses_one_database_emptied_after_every_drill(sample_db, sample_tenants, keyring, pg_server_dsn,
                                                             tmp_path):
-    from backup_assets.core.scratch import ScratchPool
+    from backup_assets.core.checks.scratch import ScratchPool
 
     settings = SourceSettings.from_env({"TENANT_BACKUP_SOURCE_DSN": sample_db.backup_dsn})
     before = _databases(pg_server_dsn)
@@ -417,7 +417,7 @@ def test_pool_reuses_one_database_emptied_after_every_drill(sample_db, sample_te
 
 
 def test_pool_retries_a_failed_restore_in_a_fresh_database(exported, keyring, pg_server_dsn, monkeypatch):
-    from backup_assets.core.scratch import ScratchPool
+    from backup_assets.core.checks.scratch import ScratchPool
 
     _tenant, archive, manifest = exported
     pool = ScratchPool(pg_server_dsn)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import psycopg2
 
-from backup_assets.testing.embedded_pg import dsn_for
+from backup_assets.core.embedded_pg import dsn_for
 
 
 @dataclass

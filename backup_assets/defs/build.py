@@ -12,16 +12,16 @@ from typing import Mapping
 
 from dagster import Definitions, EnvVar
 
-from ..core.keyring import FILE_VAR, Keyring
+from ..core.codec.keyring import FILE_VAR, Keyring
 from ..core.settings import SourceSettings
-from ..core.storage.config import location_names, locations_from_env
-from .assets import build_archive_asset, build_location_asset
-from .automation import backup_failure_alerts, tenant_backup_job, tenant_registry_sync, weekly_tenant_backup
-from .checks import build_location_checks
-from .operations import daily_prune, daily_verify, prune_job, restore_tenant_job, verify_share_job
-from .weekly_batch import weekly_batch_job, weekly_tenant_backup_batch
+from ..core.locations.config import location_names, locations_from_env
+from .backup.assets import build_archive_asset, build_location_asset
+from .automation.triggers import backup_failure_alerts, tenant_backup_job, tenant_registry_sync, weekly_tenant_backup
+from .backup.copy_checks import build_location_checks
+from .operations.jobs import daily_prune, daily_verify, prune_job, restore_tenant_job, verify_share_job
+from .automation.weekly_batch import weekly_batch_job, weekly_tenant_backup_batch
 from .resources import BackupResource, LocationIOManager, StagingIOManager, default_work_dir
-from .staleness import stale_backup_alerts
+from .automation.staleness import stale_backup_alerts
 
 
 def build_definitions(environ: Mapping[str, str] | None = None) -> Definitions:

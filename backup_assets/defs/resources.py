@@ -15,9 +15,9 @@ from typing import Optional
 from dagster import ConfigurableIOManager, ConfigurableResource, InputContext, MetadataValue, OutputContext
 
 from ..core.errors import TenantBackupError
-from ..core.keyring import Keyring
+from ..core.codec.keyring import Keyring
 from ..core.settings import SourceSettings
-from ..core.storage import Location, locations_from_env
+from ..core.locations import Location, locations_from_env
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ def _scratch_pool(admin_dsn: str):
     if pool is None:
         import atexit
 
-        from ..core.scratch import ScratchPool
+        from ..core.checks.scratch import ScratchPool
 
         pool = _POOLS[admin_dsn] = ScratchPool(admin_dsn)
         atexit.register(pool.close, quiet=True)
@@ -98,12 +98,12 @@ class BackupResource(ConfigurableResource):
         configured = os.environ.get("TENANT_BACKUP_SCRATCH_DSN", "").strip()
         if configured:
             return configured
-        from ..core.scratch import embedded_scratch_dsn
+        from ..core.checks.scratch import embedded_scratch_dsn
 
         return embedded_scratch_dsn(self.work_dir)
 
     def scratch_pool(self):
-        """This process's pool of scratch databases on the scratch server (core/scratch.py)."""
+        """This process's pool of scratch databases on the scratch server (core/checks/scratch.py)."""
         return _scratch_pool(self.scratch_admin_dsn())
 
     def _proven_path(self, tenant_id: str) -> Path:

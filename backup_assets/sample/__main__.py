@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.embedded:
         from pathlib import Path
 
-        from ..testing.embedded_pg import start_embedded
+        from ..core.embedded_pg import start_embedded
 
         Path(args.embedded).mkdir(parents=True, exist_ok=True)
         dsn = start_embedded(Path(args.embedded) / "pg", cleanup=None).admin_dsn()

@@ -18,7 +18,7 @@ from importlib import resources
 import psycopg2
 from psycopg2 import sql
 
-from backup_assets.testing.embedded_pg import dsn_for
+from backup_assets.core.embedded_pg import dsn_for
 
 __all__ = [
     "SampleDatabase",

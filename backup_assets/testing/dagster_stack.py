@@ -429,7 +429,7 @@ class DagsterStack:
 
     def locations(self) -> dict:
         """The configured locations, built from the stack's environment (no retries: read-only probes)."""
-        from ..core.storage import locations_from_env
+        from ..core.locations import locations_from_env
 
         return locations_from_env(["local", "r2", "b2"], {**os.environ, **self.env}, retry=False)
 

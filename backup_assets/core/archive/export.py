@@ -1,0 +1,213 @@
+"""Export one tenant: pre-flight → pg_dump under RLS → zstd → AES-256-GCM → SHA-256 → file.
+
+One pass, bounded memory: pg_dump's stdout is pulled in 1 MiB chunks, followed by the dump stream
+reader (rows per table, core/dump/stream.py) and through the codec straight into a temporary file
+that is renamed only once everything (pg_dump's exit, the isolation counts against the rows the
+stream carried, the fsync) succeeded.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import psycopg2
+
+from ..codec.format import encode_archive
+from ..files import atomic_output, check_output_path
+from ..dump.pgdump import PgDump, RowCounter, pg_dump_version, prove_dump, tenant_values
+from ..dump.stream import DumpStreamReader
+from ..errors import DumpFailed, SafetyCheckFailed
+from ..codec.keyring import Keyring
+from .manifest import MANIFEST_VERSION, new_backup_id
+from ..source.session import PgSession
+from ..source.preflight import EXCLUDED, RLS_CHILD, SHARED, TENANT, DumpPlan, inspect_source
+from ..settings import SourceSettings
+from ..source.tenant_ids import validate_tenant_id
+from ..source.tenants import require_known_tenant
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int, float], None]  # raw bytes dumped so far, seconds elapsed
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    zstd_level: int = 1  # bench/export.py: faster than 3 and no larger on pg_dump output
+    # zstd in the reading thread: on 2 cores shared with pg_dump and its backend, worker threads
+    # cost more than they overlap (bench/export.py: 3.43 s vs 4.18 s for 354 MiB, median of 7).
+    zstd_threads: int = 0
+    force: bool = False  # export a tenant the registry does not return (e.g. SUSPENDED)
+    # Also compare every row's tenant value in the dump stream (the row counts are always held
+    # against the snapshot's): docs/BENCHMARKS.md has its cost.
+    check_rows: bool = False
+    warn_shared: bool = True  # log the shared tables (the Dagster asset reports them in its own log)
+    progress: ProgressFn | None = None
+    progress_interval: float = 2.0
+
+
+def export_tenant(settings: SourceSettings, keyring: Keyring, tenant_id: str, out_path: Path,
+                  options: ExportOptions = ExportOptions()) -> dict:
+    """Write the tenant's archive to out_path atomically and return its manifest."""
+    tenant_id = validate_tenant_id(tenant_id, settings.tenant_id_pattern)
+    out_path = check_output_path(Path(out_path))
+    keyring.active  # no key, no backup: fail before touching the database
+    started = time.monotonic()
+    listed = require_known_tenant(settings, tenant_id, force=options.force)
+
+    created = datetime.now(timezone.utc)
+    backup_id = new_backup_id(created)
+    # pg_dump and the counting connection are twins: same parameters, same options, nothing inherited.
+    session = PgSession.from_dsn(settings.dsn, {settings.tenant_setting: tenant_id},
+                                 connect_timeout=settings.connect_timeout)
+    with session.connect() as conn:
+        conn.set_session(isolation_level=psycopg2.extensions.ISOLATION_LEVEL_REPEATABLE_READ, readonly=True)
+        with conn.cursor() as cur:
+            # The setting must reach the session as passed (a pooler may drop startup options).
+            cur.execute("SELECT current_setting(%s, true)", (settings.tenant_setting,))
+            seen = cur.fetchone()[0]
+            if seen != tenant_id:
+                raise SafetyCheckFailed(
+                    f"the setting {settings.tenant_setting} did not reach the session (got {seen!r});"
+                    " connect directly to PostgreSQL, not through a pooler that drops startup options"
+                )
+        plan = inspect_source(conn, settings)
+        for note in plan.notes:
+            log.warning("%s", note)
+        reader = DumpStreamReader(tenant_values(conn, plan, tenant_id) if options.check_rows else None,
+                                  tenant_column=settings.tenant_column)
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_export_snapshot()")
+            snapshot = cur.fetchone()[0]
+        preflight_s = time.monotonic() - started
+
+        dump_started = time.monotonic()
+        dump = PgDump(session, snapshot=snapshot, plan=plan, lock_wait_timeout=settings.lock_wait_timeout)
+        counter = RowCounter(conn, plan, tenant_column=settings.tenant_column, tenant_id=tenant_id)
+        counter.start()
+        try:
+            with atomic_output(out_path) as handle:
+                header, stats = encode_archive(
+                    _with_progress(_followed(dump.read, reader), options, dump_started), handle,
+                    tenant_id=tenant_id, backup_id=backup_id, created_at=_iso(created), keyring=keyring,
+                    zstd_level=options.zstd_level, zstd_threads=options.zstd_threads,
+                )
+                dump.finish()
+                counts = counter.result()
+                # Inside atomic_output: a dump that is not what the proof counted is never renamed into place.
+                contents = reader.finish()
+                prove_dump(counts, contents, tenant_id)
+        except BaseException as exc:
+            dump.kill()
+            if counter.is_alive():
+                conn.cancel()  # stop a long count before the connection closes under it
+            counter.join(timeout=10)
+            if isinstance(exc, DumpFailed) and isinstance(counter.error, psycopg2.Error):
+                # The count failed first and aborted the snapshot's transaction; its error is the cause.
+                raise DumpFailed(f"reading as tenant {tenant_id} failed: {_one_line(counter.error)}") from None
+            raise
+        conn.rollback()
+    finished = time.monotonic()
+    shared = shared_tables(plan, counts)
+    if shared and options.warn_shared:
+        log.warning("shared tables (no tenant column, no row-level security) are in tenant %s's archive WHOLE,"
+                    " every tenant's rows: %s; if one holds people or other tenants' data, give it a policy"
+                    " (docs/ISOLATION.md#shared-tables)", tenant_id,
+                    ", ".join(f"{name} ({rows} rows)" for name, rows in shared.items()))
+
+    manifest = {
+        "manifest_version": MANIFEST_VERSION,
+        "tenant_id": tenant_id,
+        "backup_id": backup_id,
+        "created_at": _iso(created),
+        "registry_listed": listed,
+        "archive": {
+            "file": out_path.name,
+            "size": stats.archive_bytes,
+            "sha256": stats.sha256,
+            "key_id": header.key_id,
+            "codec": header.codec,
+            "zstd_level": options.zstd_level,
+            "cipher": header.cipher,
+            "segment_size": header.segment_size,
+        },
+        "raw_size": stats.raw_bytes,
+        "compressed_size": stats.compressed_bytes,
+        "compression_ratio": round(stats.raw_bytes / stats.compressed_bytes, 3) if stats.compressed_bytes else None,
+        "tables": counts,
+        # How the rows were proven to be this tenant's (docs/ISOLATION.md).
+        "isolation": {
+            "dump_rows_counted": sum(contents.rows().values()),  # each equal to the snapshot's, per table
+            "tenant_values_checked": sum(t.checked for t in contents.tables.values()),
+        },
+        "table_kinds": {
+            kind: [t.qualified for t in plan.of_kind(kind)] for kind in (TENANT, RLS_CHILD, SHARED, EXCLUDED)
+        },
+        "source": _source_info(settings, plan),
+        "pg_dump_version": pg_dump_version(),
+        "notes": list(plan.notes),
+        "timings": {
+            "preflight_s": round(preflight_s, 3),
+            "dump_s": round(finished - dump_started, 3),
+            "total_s": round(finished - started, 3),
+        },
+    }
+    log.info("tenant %s exported: %d raw bytes -> %d archive bytes in %.2fs",
+             tenant_id, stats.raw_bytes, stats.archive_bytes, finished - started)
+    return manifest
+
+
+def shared_tables(plan: DumpPlan, counts: dict[str, int]) -> dict[str, int]:
+    """Tables dumped whole (no tenant column, no RLS) → their row counts."""
+    return {t.qualified: counts.get(t.qualified, 0) for t in plan.of_kind(SHARED)}
+
+
+def _followed(read: Callable[[int], bytes], reader: DumpStreamReader) -> Callable[[int], bytes]:
+    def follow(size: int) -> bytes:
+        chunk = read(size)
+        reader.feed(chunk)
+        return chunk
+
+    return follow
+
+
+def _source_info(settings: SourceSettings, plan: DumpPlan) -> dict:
+    return {
+        "database": plan.database,
+        "server_version": plan.server_version,
+        "role": plan.role,
+        "tenant_column": settings.tenant_column,
+        "tenant_setting": settings.tenant_setting,
+    }
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _iso(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _with_progress(read: Callable[[int], bytes], options: ExportOptions, started: float) -> Callable[[int], bytes]:
+    if options.progress is None:
+        return read
+    total = 0
+    next_report = started + options.progress_interval
+
+    def reader(size: int) -> bytes:
+        nonlocal total, next_report
+        chunk = read(size)
+        total += len(chunk)
+        now = time.monotonic()
+        if now >= next_report or not chunk:
+            options.progress(total, now - started)
+            next_report = now + options.progress_interval
+        return chunk
+
+    return reader
+

@@ -1,0 +1,196 @@
+"""What the storage locations hold, read from their manifests alone (no Dagster database), and
+checks of single stored copies.
+
+A backup (tenant id + backup id) is usually stored in several locations; `collect` merges them into
+one entry per backup with the locations holding it. `verify_copy` checks one copy: the manifest
+against the stored object's metadata and its re-hashed bytes, and (deep) a full decrypt +
+`pg_restore --list` of a downloaded copy.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ..errors import ArchiveError, NotFound, TenantBackupError
+from ..checks.isolation import scan_archive
+from ..codec.keyring import Keyring
+from ..locations import Location
+from ..checks.verify import manifest_archive_fields, verify_archive
+
+log = logging.getLogger(__name__)
+
+
+def parse_created_at(value) -> datetime | None:
+    """A manifest's created_at as an aware UTC datetime; None when absent or malformed."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:  # not what we write; read as UTC rather than local time
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc)
+
+
+@dataclass
+class CatalogEntry:
+    tenant_id: str
+    backup_id: str
+    created_at: str | None
+    manifests: dict[str, dict] = field(default_factory=dict)  # location name -> its manifest
+
+    @property
+    def locations(self) -> list[str]:
+        return list(self.manifests)
+
+    def _archive_values(self, key: str) -> list:
+        values = []
+        for m in self.manifests.values():
+            v = (m.get("archive") or {}).get(key) if isinstance(m.get("archive"), dict) else None
+            if v not in values:
+                values.append(v)
+        return values
+
+    @property
+    def size(self):
+        values = self._archive_values("size")
+        return values[0] if len(values) == 1 else values  # copies disagree: show every value
+
+    @property
+    def key_id(self):
+        values = self._archive_values("key_id")
+        return values[0] if len(values) == 1 else values
+
+    @property
+    def total_rows(self) -> int | None:
+        for m in self.manifests.values():
+            tables = m.get("tables")
+            if isinstance(tables, dict):
+                return sum(v for v in tables.values() if isinstance(v, int))
+        return None
+
+    def as_dict(self) -> dict:
+        return {"tenant_id": self.tenant_id, "backup_id": self.backup_id, "created_at": self.created_at,
+                "locations": self.locations, "size": self.size, "key_id": self.key_id,
+                "total_rows": self.total_rows}
+
+
+@dataclass
+class CollectError:
+    location: str
+    message: str
+
+
+def collect(locations: dict[str, Location], tenant_id: str | None = None
+            ) -> tuple[list[CatalogEntry], list[CollectError]]:
+    """Every complete backup in `locations`, one entry per (tenant, backup), newest first.
+
+    A location that cannot be listed, or a manifest that cannot be read, is returned as an error and
+    the rest is still collected: one unreachable location must not hide the others' backups.
+    """
+    entries: dict[tuple[str, str], CatalogEntry] = {}
+    errors: list[CollectError] = []
+    for name, loc in locations.items():
+        try:
+            refs = loc.list(tenant_id)
+        except TenantBackupError as exc:
+            errors.append(CollectError(name, f"cannot list: {exc}"))
+            continue
+        for ref in refs:
+            try:
+                manifest = loc.get_manifest(ref.tenant_id, ref.backup_id)
+            except NotFound:
+                continue  # deleted between list and read (a concurrent prune)
+            except TenantBackupError as exc:
+                errors.append(CollectError(name, f"{ref.tenant_id}/{ref.backup_id}: cannot read manifest: {exc}"))
+                continue
+            key = (ref.tenant_id, ref.backup_id)
+            entry = entries.get(key)
+            if entry is None:
+                created = manifest.get("created_at") if isinstance(manifest.get("created_at"), str) else None
+                entry = entries[key] = CatalogEntry(ref.tenant_id, ref.backup_id, created)
+            entry.manifests[name] = manifest
+    return sort_newest_first(list(entries.values())), errors
+
+
+def _age_key(created_at: str | None, backup_id: str):
+    moment = parse_created_at(created_at)
+    # Unknown time sorts as oldest; the backup id (which starts with its UTC time) breaks ties.
+    return (moment or datetime.min.replace(tzinfo=timezone.utc), backup_id)
+
+
+def sort_newest_first(entries: list[CatalogEntry]) -> list[CatalogEntry]:
+    return sorted(entries, key=lambda e: _age_key(e.created_at, e.backup_id), reverse=True)
+
+
+# ------------------------------------------------------------------------------------------- verify
+
+
+@dataclass
+class CopyCheck:
+    location: str
+    tenant_id: str
+    backup_id: str
+    ok: bool
+    message: str  # one line: "ok: ..." or why the copy failed
+
+
+def check_manifest_identity(manifest: dict, tenant_id: str, backup_id: str) -> None:
+    """A manifest stored under tenant/backup must describe that tenant and backup (a manifest copied
+    under another tenant's prefix would otherwise restore one tenant's data as another's)."""
+    if manifest.get("tenant_id") != tenant_id or manifest.get("backup_id") != backup_id:
+        raise ArchiveError(
+            f"manifest describes tenant {manifest.get('tenant_id')!r} backup {manifest.get('backup_id')!r},"
+            f" but is stored as {tenant_id}/{backup_id}"
+        )
+
+
+def verify_copy(loc: Location, tenant_id: str, backup_id: str, *, keyring: Keyring | None = None,
+                deep: bool = False, work_dir: Path | None = None) -> CopyCheck:
+    """Check one stored copy; never raises for a bad copy (the result says why), only for usage errors.
+
+    Checksum: the manifest's sha256/size equal the stored object's metadata, and every stored byte
+    re-hashes to it (Location.verify). Deep: download (re-hashed on the way) to a temporary file and
+    run verify_archive(deep=True): decrypt with `keyring`, decompress, pg_restore --list, TOC vs manifest;
+    then scan every COPY row (isolation.scan_archive): no other tenant's row, row counts = manifest's.
+    """
+    if deep and keyring is None:
+        raise ValueError("deep verification needs a keyring")
+    name = loc.name
+    try:
+        manifest = loc.get_manifest(tenant_id, backup_id)
+        check_manifest_identity(manifest, tenant_id, backup_id)
+        want_sha, want_size = manifest_archive_fields(manifest)
+        st = loc.stat(tenant_id, backup_id)
+        if (st.sha256.lower(), st.size) != (want_sha, want_size):
+            return CopyCheck(name, tenant_id, backup_id, False,
+                             f"stored object's metadata ({st.size} bytes, sha256 {st.sha256[:16]}…) differs from "
+                             f"the manifest ({want_size} bytes, sha256 {want_sha[:16]}…)")
+        if not deep:
+            loc.verify(tenant_id, backup_id)
+            return CopyCheck(name, tenant_id, backup_id, True,
+                             f"ok: {want_size} bytes re-read, SHA-256 matches the manifest")
+        with tempfile.TemporaryDirectory(prefix="tb-verify-", dir=work_dir) as tmp:
+            path = Path(tmp) / "archive.tbk"
+            loc.get(tenant_id, backup_id, path)
+            result = verify_archive(path, manifest, keyring, deep=True)
+            if not result.ok:
+                return CopyCheck(name, tenant_id, backup_id, False, result.message)
+            # Deep also proves isolation on the archive itself: every COPY row of a table with the
+            # tenant column carries this tenant's id, and the rows add up to the manifest's.
+            column = (manifest.get("source") or {}).get("tenant_column") or "tenant_id"
+            report = scan_archive(path, keyring, tenant_id=tenant_id, tenant_column=column)
+        if not report.isolated:
+            return CopyCheck(name, tenant_id, backup_id, False,
+                             f"rows of other tenants in the archive: {report.foreign_rows}")
+        if report.rows != manifest.get("tables"):
+            return CopyCheck(name, tenant_id, backup_id, False, "rows in the archive differ from the manifest's")
+        return CopyCheck(name, tenant_id, backup_id, True,
+                         f"{result.message}; isolated: {sum(report.rows.values())} rows scanned")
+    except TenantBackupError as exc:
+        return CopyCheck(name, tenant_id, backup_id, False, str(exc))

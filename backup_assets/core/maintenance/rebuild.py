@@ -1,0 +1,95 @@
+"""Rebuild a location (lost bucket, new disk) from the copies in the other locations.
+
+Which backups: those the target would keep under its own retention (plan_prune over every backup any
+location holds, with the target's retention_days and KEEP_MIN), so a rebuilt local disk gets the last
+30 days (and at least KEEP_MIN per tenant), not a year. How: download a copy from a source (re-hashed
+against the source's stored metadata), check it against the source's manifest, put it into the target
+with that manifest (archive first, manifest last), re-read it there. A source copy that fails is
+skipped for the next source. With repair=True, copies the target already holds are re-read first and
+a damaged one is replaced.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .catalog import check_manifest_identity, collect, parse_created_at
+from ..errors import ArchiveError, TenantBackupError
+from .retention import Candidate, plan_prune
+from ..locations import Location, sha256_file
+from ..checks.verify import manifest_archive_fields
+
+
+@dataclass
+class RebuildOutcome:
+    tenant_id: str
+    backup_id: str
+    status: str  # "copied", "would copy", "failed"
+    message: str
+
+
+def _copy_one(target: Location, sources: list[tuple[Location, dict]], tenant_id: str, backup_id: str,
+              work_dir: Path | None) -> str:
+    problems = []
+    for src, manifest in sources:
+        try:
+            check_manifest_identity(manifest, tenant_id, backup_id)
+            sha, size = manifest_archive_fields(manifest)
+            with tempfile.TemporaryDirectory(prefix="tb-rebuild-", dir=work_dir) as tmp:
+                path = Path(tmp) / "archive.tbk"
+                src.get(tenant_id, backup_id, path)  # CorruptObject if the source copy is damaged
+                if sha256_file(path) != (sha, size):
+                    raise ArchiveError("copy does not match its manifest's sha256/size")
+                target.put(tenant_id, backup_id, path, manifest)
+            st = target.verify(tenant_id, backup_id)
+            if (st.sha256.lower(), st.size) != (sha, size):
+                raise ArchiveError(f"{st.uri}: stored object is not the copied archive")
+            return f"from {src.name}, {size} bytes, sha256 {sha[:16]}…"
+        except TenantBackupError as exc:
+            problems.append(f"{src.name}: {exc}")
+    raise ArchiveError("no source copy could be copied: " + "; ".join(problems))
+
+
+def rebuild_location(target: Location, sources: dict[str, Location], *, keep_min: int,
+                     now: datetime | None = None, dry_run: bool = False, repair: bool = False,
+                     work_dir: Path | None = None,
+                     progress: Callable[[RebuildOutcome], None] | None = None) -> tuple[list[RebuildOutcome], list[str]]:
+    """(outcomes, errors reading the locations). Never deletes anything from the target."""
+    now = now or datetime.now(timezone.utc)
+    sources = {n: l for n, l in sources.items() if n != target.name}
+    entries, errors = collect({target.name: target, **sources})
+    errors = [f"{e.location}: {e.message}" for e in errors]
+    decisions = plan_prune([Candidate(e.tenant_id, e.backup_id, parse_created_at(e.created_at)) for e in entries],
+                           retention_days=target.retention_days, keep_min=keep_min, now=now)
+    wanted = {(d.tenant_id, d.backup_id) for d in decisions if not d.delete}
+    outcomes: list[RebuildOutcome] = []
+    for e in entries:
+        if (e.tenant_id, e.backup_id) not in wanted:
+            continue
+        if target.name in e.manifests:
+            if not repair:
+                continue
+            try:
+                target.verify(e.tenant_id, e.backup_id)
+                continue
+            except TenantBackupError:
+                pass  # damaged in the target: replaced below
+        held = [(sources[n], m) for n, m in e.manifests.items() if n in sources]
+        if not held:
+            o = RebuildOutcome(e.tenant_id, e.backup_id, "failed", "no other location holds it")
+        elif dry_run:
+            o = RebuildOutcome(e.tenant_id, e.backup_id, "would copy", f"from {held[0][0].name}")
+        else:
+            try:
+                o = RebuildOutcome(e.tenant_id, e.backup_id, "copied",
+                                   _copy_one(target, held, e.tenant_id, e.backup_id, work_dir))
+            except TenantBackupError as exc:
+                o = RebuildOutcome(e.tenant_id, e.backup_id, "failed", str(exc))
+        outcomes.append(o)
+        if progress is not None:
+            progress(o)
+    return outcomes, errors

@@ -1,0 +1,160 @@
+"""Retention: which backups a location may delete (`plan_prune`, pure) and doing it (`prune_location`).
+
+Rules, per location and per tenant (ages from the manifest's created_at):
+- a backup younger than the location's retention is kept;
+- the newest backup that verifies (checksum) in that location is kept, whatever its age, so a tenant
+  whose backups stopped never loses its last good copy;
+- the KEEP_MIN newest backups are kept, whatever their age;
+- a backup whose age is unknown (created_at missing or malformed) is kept: never delete on a guess;
+- everything else is deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from .catalog import parse_created_at, verify_copy
+from ..errors import NotFound, TenantBackupError
+from ..settings import int_setting
+from ..locations import Location
+
+log = logging.getLogger(__name__)
+
+KEEP_MIN_VAR = "TENANT_BACKUP_KEEP_MIN"
+DEFAULT_KEEP_MIN = 2
+
+
+def keep_min_from_env(environ: Mapping[str, str] = os.environ) -> int:
+    # At least 1: 0 would let prune empty a tenant whose backups stopped.
+    return int_setting(environ, KEEP_MIN_VAR, DEFAULT_KEEP_MIN, minimum=1)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    tenant_id: str
+    backup_id: str
+    created_at: datetime | None  # aware UTC; None = unknown
+    verified: bool | None = None  # checksum in this location: True/False, None = not checked
+
+
+@dataclass(frozen=True)
+class Decision:
+    tenant_id: str
+    backup_id: str
+    created_at: datetime | None
+    delete: bool
+    reason: str
+
+
+def _newest_first(items: Iterable[Candidate]) -> list[Candidate]:
+    floor = datetime.min.replace(tzinfo=timezone.utc)
+    return sorted(items, key=lambda c: (c.created_at or floor, c.backup_id), reverse=True)
+
+
+def plan_prune(candidates: Iterable[Candidate], *, retention_days: int, keep_min: int,
+               now: datetime) -> list[Decision]:
+    """One Decision per candidate (newest first within each tenant). Pure: no I/O, no clock."""
+    if keep_min < 1:
+        raise ValueError("keep_min must be >= 1")
+    cutoff = now - timedelta(days=retention_days)
+    by_tenant: dict[str, list[Candidate]] = {}
+    for c in candidates:
+        by_tenant.setdefault(c.tenant_id, []).append(c)
+    out: list[Decision] = []
+    for tenant in sorted(by_tenant):
+        ordered = _newest_first(by_tenant[tenant])
+        newest_verified = next((c for c in ordered if c.verified is True), None)
+        for rank, c in enumerate(ordered):
+            if c.created_at is None:
+                keep, reason = True, "age unknown (no valid created_at in its manifest)"
+            elif c.created_at > cutoff:
+                keep, reason = True, f"within retention ({retention_days} days)"
+            elif c is newest_verified:
+                keep, reason = True, "newest backup that verifies in this location"
+            elif rank < keep_min:
+                keep, reason = True, f"among the {keep_min} newest of the tenant ({KEEP_MIN_VAR})"
+            else:
+                age = (now - c.created_at).days
+                keep, reason = False, f"{age} days old, retention {retention_days} days"
+            out.append(Decision(c.tenant_id, c.backup_id, c.created_at, not keep, reason))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ I/O side
+
+
+@dataclass
+class PruneReport:
+    location: str
+    decisions: list[Decision]
+    deleted: list[Decision]
+    errors: list[str]  # one line each; the other deletions went on
+    dry_run: bool
+
+
+def _checksum_ok(loc: Location, tenant_id: str, backup_id: str) -> bool:
+    """The copy verifies: manifest vs stored metadata, and every stored byte re-hashed."""
+    check = verify_copy(loc, tenant_id, backup_id)
+    if not check.ok:
+        log.warning("%s: %s/%s does not verify: %s", loc.name, tenant_id, backup_id, check.message)
+    return check.ok
+
+
+def prune_location(loc: Location, *, keep_min: int, now: datetime | None = None, dry_run: bool = False,
+                   on_delete: Callable[[str, Decision], None] | None = None) -> PruneReport:
+    """Read the location's manifests, decide with plan_prune, delete (unless dry_run).
+
+    Copies are only re-read (checksum) for tenants that have something to delete, newest first until
+    one verifies: that is all plan_prune needs to know which is the newest verified backup.
+    """
+    now = now or datetime.now(timezone.utc)
+    errors: list[str] = []
+    candidates: list[Candidate] = []
+    for ref in loc.list():
+        try:
+            manifest = loc.get_manifest(ref.tenant_id, ref.backup_id)
+            created = parse_created_at(manifest.get("created_at"))
+        except NotFound:
+            continue
+        except TenantBackupError as exc:
+            errors.append(f"{ref.tenant_id}/{ref.backup_id}: cannot read manifest, kept: {exc}")
+            created = None  # unknown age: plan_prune keeps it
+        candidates.append(Candidate(ref.tenant_id, ref.backup_id, created))
+
+    decisions = plan_prune(candidates, retention_days=loc.retention_days, keep_min=keep_min, now=now)
+    pending = {d.tenant_id for d in decisions if d.delete}
+    if pending:
+        checked: list[Candidate] = []
+        for tenant in sorted({c.tenant_id for c in candidates}):
+            ordered = _newest_first(c for c in candidates if c.tenant_id == tenant)
+            if tenant in pending:
+                found = False
+                for c in ordered:
+                    if found:
+                        checked.append(c)
+                        continue
+                    ok = _checksum_ok(loc, c.tenant_id, c.backup_id)
+                    found = ok
+                    checked.append(Candidate(c.tenant_id, c.backup_id, c.created_at, ok))
+            else:
+                checked.extend(ordered)
+        decisions = plan_prune(checked, retention_days=loc.retention_days, keep_min=keep_min, now=now)
+
+    deleted: list[Decision] = []
+    for d in decisions:
+        if not d.delete:
+            continue
+        if not dry_run:
+            try:
+                loc.delete(d.tenant_id, d.backup_id)
+            except TenantBackupError as exc:
+                errors.append(f"{d.tenant_id}/{d.backup_id}: delete failed: {exc}")
+                continue
+        deleted.append(d)
+        if on_delete is not None:
+            on_delete(loc.name, d)
+    return PruneReport(loc.name, decisions, deleted, errors, dry_run)

@@ -1,0 +1,158 @@
+"""Key rotation in the locations: re-wrap every stored archive's data key under the active master key.
+
+Per backup: download a copy (re-hashed), `rewrap_archive` (payload copied byte for byte, new key
+block), deep-verify the new file with a keyring holding ONLY the active key (decrypt, decompress,
+pg_restore --list), then put it back with manifest["archive"] size/sha256/key_id updated (the
+archive first, the manifest last: Location.put) and re-read the stored object (its bytes must hash
+to the verified file's SHA-256). The same re-wrapped file goes to every location whose copy was
+byte-identical, so the copies stay identical. Backups whose manifest already names the active key
+are skipped, so a second run does nothing. A failed backup is reported and the others go on.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..codec.format import rewrap_archive
+from .catalog import check_manifest_identity
+from ..errors import ArchiveError, NotFound, TenantBackupError
+from ..codec.keyring import Keyring
+from ..locations import Location, sha256_file
+from ..checks.verify import manifest_archive_fields, verify_archive
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RewrapOutcome:
+    location: str
+    tenant_id: str
+    backup_id: str
+    status: str  # "rewrapped", "skipped" (already under the active key) or "failed"
+    message: str
+
+
+def _put_back(loc: Location, tenant_id: str, backup_id: str, path: Path, manifest: dict) -> None:
+    """Store and re-read: the stored bytes must be the verified file."""
+    sha, size = manifest_archive_fields(manifest)
+    loc.put(tenant_id, backup_id, path, manifest)
+    st = loc.verify(tenant_id, backup_id)  # re-reads every byte vs the stored metadata
+    if (st.sha256.lower(), st.size) != (sha, size):
+        raise ArchiveError(f"{st.uri}: stored object is not the re-wrapped archive")
+
+
+def rewrap_locations(locations: dict[str, Location], keyring: Keyring, *, work_dir: Path | None = None,
+                     progress: Callable[[RewrapOutcome], None] | None = None) -> list[RewrapOutcome]:
+    active = keyring.active
+    only_active = Keyring([active])  # the proof that the old key is no longer needed
+    outcomes: list[RewrapOutcome] = []
+
+    def report(o: RewrapOutcome) -> None:
+        outcomes.append(o)
+        # debug: the caller prints outcomes (progress); the log would repeat every line on stderr
+        log.debug("%s %s/%s: %s: %s", o.location, o.tenant_id, o.backup_id, o.status, o.message)
+        if progress is not None:
+            progress(o)
+
+    # (tenant, backup) -> [(location, manifest)] of the copies still under an old key.
+    todo: dict[tuple[str, str], list[tuple[Location, dict]]] = {}
+    for name, loc in locations.items():
+        try:
+            refs = loc.list()
+        except TenantBackupError as exc:
+            report(RewrapOutcome(name, "-", "-", "failed", f"cannot list the location: {exc}"))
+            continue
+        for ref in refs:
+            try:
+                manifest = loc.get_manifest(ref.tenant_id, ref.backup_id)
+            except NotFound:
+                continue
+            except TenantBackupError as exc:
+                report(RewrapOutcome(name, ref.tenant_id, ref.backup_id, "failed", f"cannot read manifest: {exc}"))
+                continue
+            key_id = (manifest.get("archive") or {}).get("key_id") if isinstance(manifest.get("archive"), dict) else None
+            if key_id == active.id:
+                report(RewrapOutcome(name, ref.tenant_id, ref.backup_id, "skipped",
+                                     f"already under the active key {active.id!r}"))
+                continue
+            todo.setdefault((ref.tenant_id, ref.backup_id), []).append((loc, manifest))
+
+    for (tenant_id, backup_id), copies in sorted(todo.items()):
+        while copies:
+            loc, manifest = copies.pop(0)
+            try:
+                check_manifest_identity(manifest, tenant_id, backup_id)
+                old_sha, _ = manifest_archive_fields(manifest)
+            except TenantBackupError as exc:
+                report(RewrapOutcome(loc.name, tenant_id, backup_id, "failed", str(exc)))
+                continue
+            # Other copies with the same bytes take the same re-wrapped file (no second download).
+            def same_bytes(m: dict) -> bool:
+                return str((m.get("archive") or {}).get("sha256", "")).lower() == old_sha
+
+            targets = [(loc, manifest)] + [c for c in copies if same_bytes(c[1])]
+            copies = [c for c in copies if not same_bytes(c[1])]
+            try:
+                with tempfile.TemporaryDirectory(prefix="tb-rewrap-", dir=work_dir) as tmp:
+                    old_path, new_path = Path(tmp) / "old.tbk", Path(tmp) / "new.tbk"
+                    _download_any(targets, tenant_id, backup_id, old_path)
+                    with old_path.open("rb") as inp, new_path.open("wb") as out:
+                        header = rewrap_archive(inp, out, keyring=keyring)
+                    if header.tenant_id != tenant_id or header.backup_id != backup_id:
+                        raise ArchiveError(f"archive holds tenant {header.tenant_id!r} backup {header.backup_id!r}")
+                    new_sha, new_size = sha256_file(new_path)
+                    new_fields = {"size": new_size, "sha256": new_sha, "key_id": active.id}
+                    check = verify_archive(new_path, {**manifest, "archive": {**manifest["archive"], **new_fields}},
+                                           only_active, deep=True)
+                    if not check.ok:
+                        raise ArchiveError(f"re-wrapped archive does not verify with only key {active.id!r}: "
+                                           f"{check.message}")
+                    for tloc, tmanifest in targets:
+                        new_manifest = copy.deepcopy(tmanifest)
+                        new_manifest["archive"].update(new_fields)
+                        try:
+                            _put_back(tloc, tenant_id, backup_id, new_path, new_manifest)
+                        except TenantBackupError as exc:
+                            report(RewrapOutcome(tloc.name, tenant_id, backup_id, "failed",
+                                                 f"storing the re-wrapped archive failed: {exc}"
+                                                 + _restore_original(tloc, tenant_id, backup_id, old_path, tmanifest)))
+                            continue
+                        report(RewrapOutcome(tloc.name, tenant_id, backup_id, "rewrapped",
+                                             f"key {header_key(tmanifest)!r} -> {active.id!r}, verified with only "
+                                             f"{active.id!r}; sha256 {new_sha[:16]}…"))
+            except TenantBackupError as exc:
+                for tloc, _ in targets:
+                    report(RewrapOutcome(tloc.name, tenant_id, backup_id, "failed", str(exc)))
+    return outcomes
+
+
+def _download_any(targets: list[tuple[Location, dict]], tenant_id: str, backup_id: str, dest: Path) -> None:
+    """The first identical copy that downloads intact (get re-hashes: a damaged copy raises)."""
+    problems = []
+    for loc, _ in targets:
+        try:
+            loc.get(tenant_id, backup_id, dest)
+            return
+        except TenantBackupError as exc:
+            problems.append(f"{loc.name}: {exc}")
+    raise ArchiveError("no intact copy to re-wrap: " + "; ".join(problems))
+
+
+def header_key(manifest: dict) -> str | None:
+    return (manifest.get("archive") or {}).get("key_id")
+
+
+def _restore_original(loc: Location, tenant_id: str, backup_id: str, old_path: Path, manifest: dict) -> str:
+    """A failed put may have removed the old manifest (put replaces the backup): put the original back
+    so the location still holds the backup under its old key."""
+    try:
+        loc.put(tenant_id, backup_id, old_path, manifest)
+        return "; the original copy was put back (still under the old key)"
+    except TenantBackupError as exc:
+        return (f"; putting the original back failed too ({exc}): rebuild this copy from another location"
+                " (docs/RUNBOOK.md)")

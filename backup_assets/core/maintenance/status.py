@@ -1,0 +1,216 @@
+"""Staleness: for every tenant the registry returns and every location, the newest complete backup,
+its age and its last verification — from the locations alone (no Dagster database).
+
+`decide` is the pure rule; `gather` reads the locations and calls it. A tenant is *stale* in a
+location when that location holds no complete backup of it younger than the max age (default 8
+days: a weekly backup plus a day's slack; TENANT_BACKUP_MAX_AGE_DAYS). A location that cannot be
+listed makes every tenant *unknown* there: reported, never counted as fresh.
+
+Verification is recorded where the copy lives, so that it too is readable without Dagster: each
+verification of a copy (the backup's copy checks, `tenant-backup verify`, the daily verify job)
+writes a small `verified.json` beside its manifest (`record_verification`): when, how (checksum
+only, or deep), the outcome, and the SHA-256 it checked. A record whose SHA-256 is not the
+manifest's (the archive was re-written since, e.g. by `keys rewrap`) does not count.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import Iterable, Mapping
+
+from .catalog import CatalogEntry, CopyCheck, parse_created_at
+from ..errors import ConfigError, TenantBackupError
+from ..locations import Location
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_AGE_DAYS = 8.0
+
+
+def max_age_from_env(environ: Mapping[str, str] = os.environ) -> float:
+    raw = environ.get("TENANT_BACKUP_MAX_AGE_DAYS", "").strip()
+    if not raw:
+        return DEFAULT_MAX_AGE_DAYS
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"TENANT_BACKUP_MAX_AGE_DAYS must be a number of days, got {raw!r}") from None
+    if not value > 0:
+        raise ConfigError(f"TENANT_BACKUP_MAX_AGE_DAYS must be > 0, got {raw!r}")
+    return value
+
+
+# ------------------------------------------------------------------------------------ verification
+
+
+def verification_record(check: CopyCheck, *, sha256: str | None, deep: bool, by: str,
+                        now: datetime | None = None) -> dict:
+    at = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    return {"tenant_id": check.tenant_id, "backup_id": check.backup_id, "location": check.location,
+            "sha256": sha256, "ok": check.ok, "deep": deep, "by": by, "message": check.message,
+            "verified_at": at.isoformat(timespec="seconds")}
+
+
+def record_verification(loc: Location, check: CopyCheck, *, sha256: str | None = None, deep: bool, by: str,
+                        known_complete: bool = False) -> bool:
+    """Store the outcome of a copy's verification beside it. Never raises: a record that cannot be
+    written only makes `status` show the copy as unverified. Returns whether it was written."""
+    put = loc.put_verified
+    try:
+        if sha256 is None:  # the bytes the check compared against: the manifest's
+            archive = loc.get_manifest(check.tenant_id, check.backup_id).get("archive")
+            sha256 = archive.get("sha256") if isinstance(archive, dict) else None
+        put(check.tenant_id, check.backup_id, verification_record(check, sha256=sha256, deep=deep, by=by),
+            known_complete=known_complete)
+        return True
+    except TenantBackupError as exc:
+        log.warning("%s: could not record the verification of %s/%s: %s", check.location, check.tenant_id,
+                    check.backup_id, exc)
+        return False
+
+
+# ------------------------------------------------------------------------------------------ decide
+
+
+@dataclass
+class CopyStatus:
+    tenant_id: str
+    location: str
+    state: str  # "ok" | "stale" | "unknown" (location could not be listed)
+    backup_id: str | None = None  # newest complete backup in this location
+    created_at: str | None = None
+    age_days: float | None = None
+    verified: str = "never"  # "ok" | "failed" | "never" (no record for these bytes)
+    verified_at: str | None = None
+    verified_deep: bool | None = None
+    reason: str = ""  # why stale / unknown, one line
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class StatusReport:
+    max_age_days: float
+    now: str
+    locations: list[str]
+    tenants: list[str]
+    copies: list[CopyStatus]
+    unreadable: dict[str, str]  # location -> why it could not be listed
+    warnings: list[str]  # single manifests that could not be read
+
+    @property
+    def stale(self) -> list[CopyStatus]:
+        return [c for c in self.copies if c.state == "stale"]
+
+    @property
+    def unknown(self) -> list[CopyStatus]:
+        return [c for c in self.copies if c.state == "unknown"]
+
+    def stale_line(self) -> str:
+        """One line naming every stale tenant × location (what the CLI prints on stderr)."""
+        names = ", ".join(f"{c.tenant_id}@{c.location}" for c in self.stale)
+        return (f"{len(self.stale)} tenant × location without a backup younger than {self.max_age_days:g} days: "
+                f"{names}")
+
+    def as_dict(self) -> dict:
+        return {"max_age_days": self.max_age_days, "now": self.now, "locations": self.locations,
+                "tenants": self.tenants, "stale": len(self.stale), "unknown": len(self.unknown),
+                "unreadable_locations": self.unreadable, "warnings": self.warnings,
+                "copies": [c.as_dict() for c in self.copies]}
+
+
+def _verification(record: dict | None, manifest: dict) -> tuple[str, str | None, bool | None]:
+    if not isinstance(record, dict):
+        return "never", None, None
+    archive = manifest.get("archive") if isinstance(manifest.get("archive"), dict) else {}
+    want = archive.get("sha256")
+    if not isinstance(want, str) or str(record.get("sha256") or "").lower() != want.lower():
+        return "never", None, None  # a record of other bytes (re-written since): not this copy's
+    return ("ok" if record.get("ok") is True else "failed"), record.get("verified_at"), bool(record.get("deep"))
+
+
+def decide(tenants: Iterable[str], locations: Iterable[str], entries: list[CatalogEntry], *, now: datetime,
+           max_age_days: float, unreadable: Mapping[str, str] | None = None, warnings: Iterable[str] = (),
+           verifications: Mapping[tuple[str, str, str], dict] | None = None) -> StatusReport:
+    """The pure rule. `entries`: the newest complete backup per tenant and location (one manifest
+    each); `unreadable`: location -> why it could not be listed (its tenants are unknown there);
+    `verifications`: (location, tenant, backup) -> its verified.json record."""
+    tenants, locations = sorted(set(tenants)), list(locations)
+    verifications = verifications or {}
+    unreadable = dict(unreadable or {})
+    newest: dict[tuple[str, str], CatalogEntry] = {}
+    for entry in entries:
+        for name in entry.manifests:
+            known = newest.get((entry.tenant_id, name))
+            if known is None or entry.backup_id > known.backup_id:
+                newest[(entry.tenant_id, name)] = entry
+    copies = []
+    for tenant in tenants:
+        for name in locations:
+            if name in unreadable:
+                copies.append(CopyStatus(tenant, name, "unknown", reason=f"location not listable: {unreadable[name]}"))
+                continue
+            entry = newest.get((tenant, name))
+            if entry is None:
+                copies.append(CopyStatus(tenant, name, "stale", reason="no complete backup in this location"))
+                continue
+            created = parse_created_at(entry.created_at)
+            age = (now - created).total_seconds() / 86400 if created is not None else None
+            verified, verified_at, deep = _verification(verifications.get((name, tenant, entry.backup_id)),
+                                                        entry.manifests[name])
+            status = CopyStatus(tenant, name, "ok", entry.backup_id, entry.created_at,
+                                round(age, 3) if age is not None else None, verified, verified_at, deep)
+            if age is None:  # no trustworthy time: it cannot prove freshness
+                status.state, status.reason = "stale", f"backup {entry.backup_id} has no valid created_at"
+            elif age >= max_age_days:
+                status.state, status.reason = "stale", f"newest backup {entry.backup_id} is {age:.1f} days old"
+            copies.append(status)
+    return StatusReport(max_age_days, now.astimezone(timezone.utc).isoformat(timespec="seconds"), locations,
+                        tenants, copies, unreadable, list(warnings))
+
+
+# ------------------------------------------------------------------------------------------ gather
+
+
+def gather(tenants: Iterable[str], locations: Mapping[str, Location], *, max_age_days: float,
+           now: datetime | None = None) -> StatusReport:
+    """One listing per location, then for each tenant only its newest backup there: its manifest and
+    its verification record (a thousand tenants cost a listing and two small reads each)."""
+    tenants = sorted(set(tenants))
+    wanted = set(tenants)
+    entries: list[CatalogEntry] = []
+    unreadable: dict[str, str] = {}
+    warnings: list[str] = []
+    verifications: dict[tuple[str, str, str], dict] = {}
+    for name, loc in locations.items():
+        try:
+            refs = loc.list()
+        except TenantBackupError as exc:
+            unreadable[name] = str(exc)
+            continue
+        newest: dict[str, str] = {}
+        for ref in refs:
+            if ref.tenant_id in wanted and ref.backup_id > newest.get(ref.tenant_id, ""):
+                newest[ref.tenant_id] = ref.backup_id
+        for tenant_id, backup_id in sorted(newest.items()):
+            try:
+                manifest = loc.get_manifest(tenant_id, backup_id)
+            except TenantBackupError as exc:  # counted as no backup there: stale, so somebody looks
+                warnings.append(f"{name}: {tenant_id}/{backup_id}: cannot read manifest: {exc}")
+                continue
+            created = manifest.get("created_at") if isinstance(manifest.get("created_at"), str) else None
+            entries.append(CatalogEntry(tenant_id, backup_id, created, {name: manifest}))
+            try:
+                record = loc.get_verified(tenant_id, backup_id)
+            except TenantBackupError as exc:  # unreadable record: shown as never verified
+                warnings.append(f"{name}: {tenant_id}/{backup_id}: verification record: {exc}")
+                continue
+            if record is not None:
+                verifications[(name, tenant_id, backup_id)] = record
+    return decide(tenants, list(locations), entries, now=now or datetime.now(timezone.utc),
+                  max_age_days=max_age_days, unreadable=unreadable, warnings=warnings,
+                  verifications=verifications)

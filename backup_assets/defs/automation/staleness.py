@@ -1,0 +1,60 @@
+"""The staleness sensor: a STALE_BACKUP alert per tenant × location without a backup younger than the
+max age (core/maintenance/status.py, the same decision as `tenant-backup status`), through core.alerts.emit.
+
+Thin: the registry and the locations are read by the core; the sensor only remembers, in its cursor,
+what it already alerted on (tenant × location → newest backup id), so the same stale copy is not
+alerted twice in a row; it alerts again once that copy was fresh in between, or its newest backup
+changed and is still stale.
+"""
+
+import json
+import os
+
+from dagster import DefaultSensorStatus, SensorEvaluationContext, SensorResult, SkipReason, sensor
+
+from ...core.maintenance import alerts
+from ...core.settings import int_setting
+from ...core.maintenance.status import gather, max_age_from_env
+from ...core.locations.config import location_names
+from ...core.source.tenants import list_tenants
+from ..resources import BackupResource, location
+
+DAY_S = 24 * 3600
+UNREADABLE = "*"  # the cursor's tenant for "this location could not be listed"
+
+
+@sensor(
+    name="stale_backup_alerts",
+    minimum_interval_seconds=int_setting(os.environ, "TENANT_BACKUP_STALE_CHECK_S", DAY_S),
+    default_status=DefaultSensorStatus.RUNNING,
+    description="STALE_BACKUP alert for each active tenant × location whose newest backup is older than "
+                "TENANT_BACKUP_MAX_AGE_DAYS (8), or missing; read from the locations alone (log, alerts file, webhook).",
+)
+def stale_backup_alerts(context: SensorEvaluationContext, backup: BackupResource):
+    report = gather(list_tenants(backup.source_settings()), {n: location(n) for n in location_names()},
+                    max_age_days=max_age_from_env())
+    alerted = json.loads(context.cursor) if context.cursor else {}
+    now_stale: dict[str, str] = {}
+    new = 0
+    base = os.environ.get("TENANT_BACKUP_UI_URL", "http://127.0.0.1:3000").rstrip("/")
+    for name, message in report.unreadable.items():  # never hidden: its tenants' state is unknown
+        key = f"{UNREADABLE}@{name}"
+        now_stale[key] = "unreadable"
+        if alerted.get(key) != "unreadable":
+            new += 1
+            alerts.emit(alerts.Alert(alerts.STALE_BACKUP, "critical", None, name,
+                                     f"location {name} could not be listed: backup age unknown for "
+                                     f"{len(report.tenants)} tenants ({message})"))
+    for copy in report.stale:
+        key = f"{copy.tenant_id}@{copy.location}"
+        now_stale[key] = copy.backup_id or ""
+        if key in alerted and alerted[key] == now_stale[key]:
+            continue  # alerted on this very state at the previous evaluation
+        new += 1
+        alerts.emit(alerts.Alert(alerts.STALE_BACKUP, "critical", copy.tenant_id, copy.location,
+                                 f"no backup younger than {report.max_age_days:g} days: {copy.reason}",
+                                 f"{base}/assets/tenant_archive?view=partitions&partition={copy.tenant_id}"))
+    summary = (f"{len(report.stale)} stale tenant × location of {len(report.copies)}, "
+               f"{len(report.unreadable)} locations unreadable; {new} new alerts")
+    context.log.info(summary)
+    return SensorResult(skip_reason=SkipReason(summary), cursor=json.dumps(now_stale, sort_keys=True))

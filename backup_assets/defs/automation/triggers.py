@@ -1,0 +1,121 @@
+"""Jobs, the weekly schedule and the sensors (registry sync, failure alerts)."""
+
+
+import os
+
+from dagster import (AssetSelection, DefaultScheduleStatus, DefaultSensorStatus, RunFailureSensorContext,
+                     RunRequest, ScheduleEvaluationContext, SensorEvaluationContext, SensorResult,
+                     SkipReason, define_asset_job, run_failure_sensor, schedule, sensor)
+
+from ...core.maintenance import alerts
+from ...core.settings import int_setting
+from ...core.source.tenants import list_tenants
+from ..backup.assets import GROUP
+from ..backup.partitions import TENANTS, tenants_partitions
+from ..resources import BackupResource
+
+from ..runs.guard import JOB_NAME, SKIPPED_TAG, TENANT_TAG
+
+tenant_backup_job = define_asset_job(
+    JOB_NAME,
+    selection=AssetSelection.groups(GROUP),  # the assets with their checks
+    description="Back up one tenant: archive, every configured location, every check.",
+)
+
+
+def week_of(moment) -> str:
+    iso = moment.isocalendar()
+    return f"{iso.year}-W{iso.week:02d}"
+
+
+WEEKLY_CRON = os.environ.get("TENANT_BACKUP_CRON", "0 3 * * 0")  # Sunday 03:00
+TIMEZONE = os.environ.get("TENANT_BACKUP_TIMEZONE", "UTC")
+# batch: one driver run backs every tenant up in long-lived workers (no process start-up per tenant);
+# per_tenant: the daemon launches one run per tenant (e.g. one Kubernetes job each).
+WEEKLY_MODE = os.environ.get("TENANT_BACKUP_WEEKLY_MODE", "batch")
+
+
+def weekly_status(mode: str) -> DefaultScheduleStatus:
+    """Exactly one of the two weekly schedules runs, chosen by TENANT_BACKUP_WEEKLY_MODE."""
+    return DefaultScheduleStatus.RUNNING if WEEKLY_MODE == mode else DefaultScheduleStatus.STOPPED
+
+
+@schedule(
+    name="weekly_tenant_backup",
+    cron_schedule=WEEKLY_CRON,
+    execution_timezone=TIMEZONE,
+    job=tenant_backup_job,
+    default_status=weekly_status("per_tenant"),
+    description="Every active tenant (registry ∩ partitions), one run each, once per ISO week "
+                "(running when TENANT_BACKUP_WEEKLY_MODE=per_tenant).",
+)
+def weekly_tenant_backup(context: ScheduleEvaluationContext, backup: BackupResource):
+    active = set(list_tenants(backup.source_settings()))
+    known = set(context.instance.get_dynamic_partitions(TENANTS))
+    missing = sorted(active - known)
+    if missing:
+        # Schedules cannot add partitions; the registry sensor will, and the next tick covers them.
+        context.log.warning(f"{len(missing)} active tenants are not partitions yet (registry sensor pending): "
+                            + ", ".join(missing[:20]))
+    week = week_of(context.scheduled_execution_time)
+    for tenant_id in sorted(active & known):
+        # Steps in the run's own process: a process per step costs seconds each, per tenant, per week.
+        yield RunRequest(run_key=f"{tenant_id}:{week}", partition_key=tenant_id, tags={TENANT_TAG: tenant_id},
+                         run_config={"execution": {"config": {"in_process": {}}}})
+
+
+@sensor(
+    name="tenant_registry_sync",
+    minimum_interval_seconds=int_setting(os.environ, "TENANT_BACKUP_REGISTRY_SYNC_S", 300),
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Adds a partition for each tenant the registry query returns and removes those it no "
+                "longer returns. Backups already stored are never deleted here.",
+)
+def tenant_registry_sync(context: SensorEvaluationContext, backup: BackupResource):
+    wanted = set(list_tenants(backup.source_settings()))
+    have = set(context.instance.get_dynamic_partitions(TENANTS))
+    add, remove = sorted(wanted - have), sorted(have - wanted)
+    if not add and not remove:
+        return SkipReason(f"{len(have)} tenant partitions, in step with the registry")
+    for tenant_id in add:
+        context.log.info(f"tenant {tenant_id} added to the registry: partition added")
+    for tenant_id in remove:
+        context.log.info(f"tenant {tenant_id} no longer returned by the registry: partition removed (backups kept)")
+    requests = []
+    if add:
+        requests.append(tenants_partitions.build_add_request(add))
+    if remove:
+        requests.append(tenants_partitions.build_delete_request(remove))
+    return SensorResult(dynamic_partitions_requests=requests)
+
+
+def _location_of(step_key: str) -> str | None:
+    for name in ("local", "r2", "b2"):
+        if step_key.startswith(f"{name}_copy"):
+            return name
+    return None
+
+
+@run_failure_sensor(
+    name="backup_failure_alerts",
+    default_status=DefaultSensorStatus.RUNNING,
+    description="BACKUP_FAILURE alert for each failed step of a failed backup run (log, alerts file, webhook).",
+)
+def backup_failure_alerts(context: RunFailureSensorContext):
+    run = context.dagster_run
+    if run.job_name != JOB_NAME and not run.job_name.startswith("__ASSET_JOB"):
+        return  # not a tenant backup (asset backfills from the UI run as __ASSET_JOB...)
+    if run.tags.get(SKIPPED_TAG):  # stopped because another run is backing the tenant up: that one reports
+        context.log.info(f"run {run.run_id} stopped: {run.tags[SKIPPED_TAG]}")
+        return
+    tenant_id = run.tags.get("dagster/partition")
+    base = os.environ.get("TENANT_BACKUP_UI_URL", "http://127.0.0.1:3000").rstrip("/")
+    failures = context.get_step_failure_events()
+    if not failures:
+        alerts.emit(alerts.Alert(alerts.BACKUP_FAILURE, "critical", tenant_id, None,
+                                 context.failure_event.message or "run failed", f"{base}/runs/{run.run_id}"))
+    for event in failures:
+        error = event.event_specific_data.error if event.event_specific_data else None
+        message = error.message.strip().splitlines()[0] if error and error.message else "step failed"
+        alerts.emit(alerts.Alert(alerts.BACKUP_FAILURE, "critical", tenant_id, _location_of(event.step_key or ""),
+                                 f"{event.step_key}: {message}", f"{base}/runs/{run.run_id}"))

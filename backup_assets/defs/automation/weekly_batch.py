@@ -1,0 +1,57 @@
+"""The weekly backup as one driver run: every active tenant's partition run executed in-process by
+long-lived worker processes (TENANT_BACKUP_WORKERS), recorded in the instance exactly like runs the
+daemon launches. A run launched per tenant costs seconds of process start-up: at thousands of
+tenants that, not the backups, is the weekly bill (docs/BENCHMARKS.md)."""
+
+from dagster import Failure, OpExecutionContext, RunRequest, ScheduleEvaluationContext, job, op, schedule
+
+from ...core.source.tenants import list_tenants
+from .triggers import TIMEZONE, WEEKLY_CRON, week_of, weekly_status
+from ..backup.partitions import TENANTS
+from ..resources import BackupResource
+from ..runs.batch import back_up_tenants, default_workers
+
+
+@op(description="Back up every tenant the registry returns: one tenant_backup run each, in worker processes.")
+def back_up_active_tenants(context: OpExecutionContext, backup: BackupResource) -> None:
+    from ..build import build_definitions
+
+    active = list_tenants(backup.source_settings())
+    known = set(context.instance.get_dynamic_partitions(TENANTS))
+    new = [t for t in active if t not in known]
+    if new:  # an op may add partitions (a schedule may not): the registry sensor's job, done early
+        context.instance.add_dynamic_partitions(TENANTS, new)
+        context.log.info(f"{len(new)} new tenant partitions added")
+
+    def progress(index, total, outcome):
+        if not outcome.ok or index % 50 == 0 or index == total:
+            state = ("ok" if outcome.ok else f"SKIPPED {outcome.skipped}" if outcome.skipped
+                     else "FAILED " + (outcome.error or "a check failed"))
+            context.log.info(f"[{index}/{total}] {outcome.tenant_id}: {state}")
+
+    result = back_up_tenants(build_definitions(), context.instance, active, progress=progress,
+                             workers=default_workers(), batch_id=context.run_id)
+    done = sum(o.ok for o in result.outcomes)
+    context.log.info(f"{done}/{len(result.outcomes)} tenants backed up with every check passing")
+    if result.skipped:
+        context.log.warning(result.skipped_line())
+    if result.failed:
+        raise Failure(result.failure_line())
+
+
+@job(description="The weekly backup of every active tenant in one driver run (see TENANT_BACKUP_WEEKLY_MODE).")
+def weekly_batch_job():
+    back_up_active_tenants()
+
+
+@schedule(
+    name="weekly_tenant_backup_batch",
+    cron_schedule=WEEKLY_CRON,
+    execution_timezone=TIMEZONE,
+    job=weekly_batch_job,
+    default_status=weekly_status("batch"),
+    description="Every active tenant through one driver run, once per ISO week "
+                "(running when TENANT_BACKUP_WEEKLY_MODE=batch, the default).",
+)
+def weekly_tenant_backup_batch(context: ScheduleEvaluationContext):
+    return RunRequest(run_key=f"weekly:{week_of(context.scheduled_execution_time)}")

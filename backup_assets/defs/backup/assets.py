@@ -1,0 +1,147 @@
+"""The assets: one archive per tenant partition, fanned out to one asset per storage location.
+
+tenant_archive ──► local_copy / r2_copy / b2_copy, each with its own IO manager, so a failing
+location fails, retries and is backfilled alone. The archive's isolation check and restore drill run
+in its own step (defs/backup/archive_checks.py); a location ships only an archive they proved.
+"""
+
+
+import os
+
+from dagster import (AssetExecutionContext, AssetIn, AssetsDefinition, Backoff, DagsterRunStatus, Failure,
+                     MetadataValue, Output, RetryPolicy, asset)
+
+from ...core.files import TEMP_MARK
+from ...core.errors import TenantBackupError
+from ...core.archive.export import ExportOptions, export_tenant
+from ...core.settings import int_setting
+from .archive_checks import ARCHIVE_ASSET, archive_check_results, archive_check_specs
+from .partitions import tenants_partitions
+from ..resources import ArchiveHandle, BackupResource
+from ..runs.guard import TenantBusy, claim_tenant
+
+GROUP = "tenant_backup"
+FORCE_TAG = "tenant_backup/force"  # run tag: back up a tenant the registry does not return
+
+
+def retry_policy() -> RetryPolicy:
+    """TENANT_BACKUP_RETRIES (default 3) retries, TENANT_BACKUP_RETRY_DELAY_S (default 300) apart."""
+    return RetryPolicy(max_retries=int_setting(os.environ, "TENANT_BACKUP_RETRIES", 3, minimum=0),
+                       delay=int_setting(os.environ, "TENANT_BACKUP_RETRY_DELAY_S", 300, minimum=0),
+                       backoff=Backoff.LINEAR)
+
+
+def archive_metadata(manifest: dict) -> dict:
+    """Numbers as numeric metadata, so the UI plots them over time."""
+    tables = manifest["tables"]
+    return {
+        "tenant_id": manifest["tenant_id"],
+        "backup_id": manifest["backup_id"],
+        "key_id": manifest["archive"]["key_id"],
+        "sha256": manifest["archive"]["sha256"],
+        "raw_bytes": MetadataValue.int(manifest["raw_size"]),
+        "compressed_bytes": MetadataValue.int(manifest["compressed_size"]),
+        "archive_bytes": MetadataValue.int(manifest["archive"]["size"]),
+        "compression_ratio": MetadataValue.float(float(manifest["compression_ratio"] or 0.0)),
+        "duration_seconds": MetadataValue.float(float(manifest["timings"]["total_s"])),
+        "rows_total": MetadataValue.int(sum(tables.values())),
+        "row_counts": MetadataValue.json(tables),
+        # Dumped whole into every tenant's archive: shown so nobody is surprised (docs/ISOLATION.md).
+        "shared_tables": MetadataValue.json({name: tables.get(name, 0) for name in manifest["table_kinds"]["shared"]}),
+    }
+
+
+def build_archive_asset() -> AssetsDefinition:
+    @asset(
+        name=ARCHIVE_ASSET,
+        partitions_def=tenants_partitions,
+        io_manager_key="staging_io_manager",
+        group_name=GROUP,
+        retry_policy=retry_policy(),
+        kinds={"postgres"},
+        check_specs=archive_check_specs(),
+        description="One tenant's rows: pg_dump under row-level security → zstd → AES-256-GCM → SHA-256, "
+                    "staged on local disk, then restored into a scratch database (isolation, restore drill). "
+                    "The handle (path + manifest) is what flows downstream.",
+    )
+    def tenant_archive(context: AssetExecutionContext, backup: BackupResource):
+        tenant_id = context.partition_key
+        try:  # first of all: is another live run backing this tenant up?
+            claim_tenant(context.instance, context.run.run_id, tenant_id, log=context.log.warning)
+        except TenantBusy as exc:
+            raise Failure(str(exc), allow_retries=False) from None
+        out_dir = backup.staging_dir(tenant_id)
+        _remove_leftovers(out_dir, context)
+        pending = out_dir / f"{PENDING}{context.run.run_id}.tbk"
+        # A tenant the registry no longer returns is refused unless the run says --force.
+        force = context.run.tags.get(FORCE_TAG) == "true"
+        manifest = export_tenant(backup.source_settings(), backup.keyring(), tenant_id, pending,
+                                 ExportOptions(force=force, warn_shared=False))
+        shared = {name: manifest["tables"].get(name, 0) for name in manifest["table_kinds"]["shared"]}
+        if shared:
+            context.log.warning("shared tables in this archive WHOLE (no tenant column, no row-level security): "
+                                + ", ".join(f"{name} ({rows} rows)" for name, rows in shared.items()))
+        final = out_dir / f"{manifest['backup_id']}.tbk"
+        os.replace(pending, final)
+        manifest["archive"]["file"] = final.name
+        handle = ArchiveHandle(tenant_id, manifest["backup_id"], str(final), manifest)
+        results, proven = archive_check_results(context, handle, backup)
+        yield from results
+        if not proven:  # not materialized: nothing to ship, and nothing a later run could pick up
+            final.unlink(missing_ok=True)
+            raise Failure(f"archive {handle.backup_id} of tenant {tenant_id} failed its checks, not shipped: "
+                          + "; ".join(str(r.metadata["message"].value) for r in results if not r.passed),
+                          allow_retries=False)
+        backup.record_proven(handle, context.run.run_id)
+        _prune_staging(out_dir, keep=final)
+        yield Output(handle, metadata=archive_metadata(manifest))
+
+    return tenant_archive
+
+
+PENDING = "pending-"  # pending-<run id>.tbk: an archive being written by that run
+
+
+def _remove_leftovers(directory, context) -> None:
+    """Files an interrupted run left behind (never a complete archive: those are renamed into place
+    only when whole). claim_tenant made this the tenant's only live run; a file whose run is still
+    executing is kept all the same."""
+    for leftover in [*directory.glob(f"{PENDING}*"), *directory.glob(f"*{TEMP_MARK}*")]:
+        owner = leftover.name[len(PENDING):].split(".", 1)[0] if leftover.name.startswith(PENDING) else None
+        if owner and owner != context.run.run_id:
+            run = context.instance.get_run_by_id(owner)
+            if run is not None and run.status in (DagsterRunStatus.STARTING, DagsterRunStatus.STARTED):
+                context.log.warning(f"kept {leftover.name}: its run {owner} is still executing")
+                continue
+        leftover.unlink(missing_ok=True)
+        context.log.info(f"removed {leftover.name}, left by an interrupted run")
+
+
+def _prune_staging(directory, keep, retain: int = 2) -> None:
+    """Keep the newest staged archives only (a location re-run needs the latest one)."""
+    staged = sorted(p for p in directory.glob("*.tbk") if not p.name.startswith(PENDING))
+    for old in staged[:-retain]:
+        if old != keep:
+            old.unlink(missing_ok=True)
+
+
+def build_location_asset(location: str) -> AssetsDefinition:
+    @asset(
+        name=f"{location}_copy",
+        partitions_def=tenants_partitions,
+        io_manager_key=f"{location}_io_manager",
+        ins={"archive": AssetIn(ARCHIVE_ASSET)},
+        group_name=GROUP,
+        retry_policy=retry_policy(),
+        kinds={"local" if location == "local" else "s3" if location == "r2" else "backblaze"},
+        description=f"The tenant's archive and manifest stored in the {location} location "
+                    f"(its IO manager writes it; retention per TENANT_BACKUP_RETENTION_{location.upper()}_DAYS).",
+    )
+    def copy(archive: ArchiveHandle, backup: BackupResource) -> ArchiveHandle:
+        try:  # fail closed: e.g. an archive staged by a run whose checks did not pass
+            backup.require_proven(archive, location)
+        except TenantBackupError as exc:
+            raise Failure(str(exc), allow_retries=False) from None
+        return archive  # the IO manager does the storing: the value is only the handle
+
+    return copy

@@ -1,0 +1,128 @@
+"""Operations as Dagster jobs: restore one tenant, prune (daily), verify a rotating share of the
+stored copies (daily, so every copy is re-read within VERIFY_CYCLE_DAYS). Thin: each op calls the
+core function the CLI calls, and works from the storage locations alone."""
+
+import hashlib
+import os
+from datetime import date
+
+from dagster import (Config, DefaultScheduleStatus, Failure, OpExecutionContext, Out, RunRequest,
+                     ScheduleEvaluationContext, job, op, schedule)
+from pydantic import Field
+
+from ...core.maintenance import alerts
+from ...core.maintenance.catalog import verify_copy
+from ...core.restore import lock_timeout_from_env, restore_tenant
+from ...core.maintenance.retention import keep_min_from_env, prune_location
+from ...core.maintenance.status import record_verification
+from ...core.locations.config import location_names
+from ..resources import BackupResource, location
+
+VERIFY_CYCLE_DAYS = 28  # every copy is re-read once in this many days
+
+
+class RestoreConfig(Config):
+    tenant_id: str = Field(description="the tenant to restore")
+    location: str = Field("auto", description="local, r2, b2, or auto (local, then R2, then B2; skips bad copies)")
+    backup_id: str = Field("latest", description="a backup id, or latest")
+    target_dsn_env: str = Field(
+        "TENANT_BACKUP_RESTORE_TARGET_DSN",
+        description="name of the environment variable holding the target database's DSN (kept out of run config)")
+    replace: bool = Field(False, description="restore into a live database, replacing only this tenant's rows")
+    dry_run: bool = Field(True, description="print the plan and change nothing (set false to restore)")
+
+
+@op(description="Restore one tenant from the storage locations into the target database.")
+def restore_tenant_op(context: OpExecutionContext, config: RestoreConfig, backup: BackupResource) -> None:
+    target = os.environ.get(config.target_dsn_env, "").strip()
+    if not target:
+        raise Failure(f"{config.target_dsn_env} is not set: it must hold the target database's DSN")
+    names = location_names()
+    result = restore_tenant(config.tenant_id, locations={n: location(n) for n in names}, location=config.location,
+                            target_dsn=target, keyring=backup.keyring(), backup=config.backup_id,
+                            replace=config.replace, dry_run=config.dry_run, lock_timeout=lock_timeout_from_env(),
+                            tenant_id_pattern=backup.source_settings().tenant_id_pattern,
+                            report=context.log.info)
+    for table, outcome in sorted(result.tables.items()):
+        context.log.info(f"{table}: {vars(outcome)}")
+    context.log.info(f"{'planned' if result.dry_run else 'restored'} tenant {result.tenant_id} from "
+                     f"{result.location} backup {result.backup_id} into {result.target}")
+
+
+@job(description="Restore one tenant (config: tenant, location, backup, target DSN variable, replace, dry run).")
+def restore_tenant_job():
+    restore_tenant_op()
+
+
+@op(description="Delete backups past each location's retention; never a tenant's newest verified one, "
+                "at least TENANT_BACKUP_KEEP_MIN per tenant.")
+def prune_op(context: OpExecutionContext) -> None:
+    keep_min = keep_min_from_env()
+    failed = []
+    for name in location_names():
+        report = prune_location(location(name), keep_min=keep_min,
+                                on_delete=lambda loc, d: context.log.info(f"{loc}: deleted {d}"))
+        context.log.info(f"{name}: {len(report.deleted)} backups deleted, {len(report.errors)} errors")
+        failed += [f"{name}: {e}" for e in report.errors]
+    if failed:
+        raise Failure(f"{len(failed)} deletions failed: " + "; ".join(failed[:5]))
+
+
+@job(description="Apply the retention of every location.")
+def prune_job():
+    prune_op()
+
+
+def verify_bucket(location_name: str, tenant_id: str, backup_id: str) -> int:
+    """The day of the cycle on which this copy is re-read: stable, and spread evenly."""
+    digest = hashlib.sha256(f"{location_name}/{tenant_id}/{backup_id}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") % VERIFY_CYCLE_DAYS
+
+
+class VerifyShareConfig(Config):
+    day: int = Field(-1, description=f"which share to re-read, 0..{VERIFY_CYCLE_DAYS - 1}; -1 = today's")
+
+
+@op(description=f"Re-read today's share (1/{VERIFY_CYCLE_DAYS}) of every location's copies: checksum, "
+                "decrypt, decompress, pg_restore --list. Failures raise INTEGRITY_FAILURE alerts.",
+    out=Out(None))
+def verify_share_op(context: OpExecutionContext, config: VerifyShareConfig, backup: BackupResource) -> None:
+    today = config.day if config.day >= 0 else date.today().toordinal() % VERIFY_CYCLE_DAYS
+    keyring = backup.keyring()
+    checked, failures = 0, []
+    for name in location_names():
+        loc = location(name)
+        for ref in loc.list():
+            if verify_bucket(name, ref.tenant_id, ref.backup_id) != today:
+                continue
+            result = verify_copy(loc, ref.tenant_id, ref.backup_id, keyring=keyring, deep=True,
+                                 work_dir=backup.scratch_files_dir())
+            record_verification(loc, result, deep=True, by="verify_share_job")  # read by `status`
+            checked += 1
+            if not result.ok:
+                failures.append(result)
+                alerts.emit(alerts.Alert(alerts.INTEGRITY_FAILURE, "critical", ref.tenant_id, name,
+                                         f"scheduled verify of {ref.backup_id}: {result.message}"))
+    context.log.info(f"{checked} copies re-read today (day {today} of {VERIFY_CYCLE_DAYS}), {len(failures)} failed")
+    if failures:
+        raise Failure(f"{len(failures)} stored copies failed verification: "
+                      + "; ".join(f"{f.location} {f.tenant_id}/{f.backup_id}: {f.message}" for f in failures[:5]))
+
+
+@job(description=f"Re-check a rotating share of the stored copies, so each is re-read every {VERIFY_CYCLE_DAYS} days.")
+def verify_share_job():
+    verify_share_op()
+
+
+@schedule(job=prune_job, cron_schedule=os.environ.get("TENANT_BACKUP_PRUNE_CRON", "0 4 * * *"),
+          execution_timezone=os.environ.get("TENANT_BACKUP_TIMEZONE", "UTC"),
+          default_status=DefaultScheduleStatus.RUNNING)
+def daily_prune(context: ScheduleEvaluationContext):
+    return RunRequest()
+
+
+@schedule(job=verify_share_job, cron_schedule=os.environ.get("TENANT_BACKUP_VERIFY_CRON", "0 5 * * *"),
+          execution_timezone=os.environ.get("TENANT_BACKUP_TIMEZONE", "UTC"),
+          default_status=DefaultScheduleStatus.RUNNING)
+def daily_verify(context: ScheduleEvaluationContext):
+    return RunRequest()
