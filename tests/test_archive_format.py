@@ -8,15 +8,14 @@ import subprocess
 import sys
 import textwrap
 
+import independent_decoder  # tests/ is on sys.path (rootdir conftest, no package)
 import pytest
 import zstandard
 
-from backup_assets.core.codec import format as af
 from backup_assets.core.codec import aead as sa
-from backup_assets.core.errors import ArchiveError
+from backup_assets.core.codec import format as af
 from backup_assets.core.codec.keyring import Keyring, generate_entry
-
-import independent_decoder  # tests/ is on sys.path (rootdir conftest, no package)
+from backup_assets.core.errors import ArchiveError
 
 S = sa.SEGMENT_SIZE
 FIRST_PT = S - sa.HEADER_SIZE - sa.TAG_SIZE  # plaintext in segment 0
@@ -29,9 +28,10 @@ TENANT = "3f1b2c4d-0000-4000-8000-00000000abcd"
 
 @pytest.fixture(scope="module")
 def tink_for():
-    tink = pytest.importorskip("tink")
+    pytest.importorskip("tink")
     from tink import proto_keyset_format, secret_key_access, streaming_aead
-    from tink.proto import aes_gcm_hkdf_streaming_pb2 as pb, common_pb2, tink_pb2
+    from tink.proto import aes_gcm_hkdf_streaming_pb2 as pb
+    from tink.proto import common_pb2, tink_pb2
 
     streaming_aead.register()
 

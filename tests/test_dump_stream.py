@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import subprocess
 
-import pytest
-
-from backup_assets.core.dump.pgdump import prove_dump
-from backup_assets.core.dump.stream import COPY_END, DumpStreamError, DumpStreamReader, copy_text
-from backup_assets.core.errors import SafetyCheckFailed
-from backup_assets.core.source.session import PgSession
-from backup_assets.core.source.pgbin import pg_program
-from backup_assets.sample.generate import TENANT_TABLES, tenant_row_counts
-
 import pgdump_custom as custom
+import pytest
 from variant_db import variant_db
+
+from backup_assets.core.dump.copytext import copy_text
+from backup_assets.core.dump.pgdump import prove_dump
+from backup_assets.core.dump.stream import COPY_END, DumpStreamError, DumpStreamReader
+from backup_assets.core.errors import SafetyCheckFailed
+from backup_assets.core.source.pgbin import pg_program
+from backup_assets.core.source.session import PgSession
+from backup_assets.sample.generate import TENANT_TABLES, tenant_row_counts
 
 
 def _pg_dump(dsn: str, settings: dict, *extra: str) -> bytes:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from backup_assets.core.archive.export import ExportOptions, export_tenant
 from backup_assets.core.checks.isolation import parse_copy_header, scan_archive, scan_dump_lines
 from backup_assets.core.codec.keyring import Keyring, generate_entry
@@ -43,6 +42,7 @@ def test_real_archive_is_isolated(sample_db, sample_tenants, tmp_path):
 
 def _dump_lines(archive, keyring, tenant_id):
     import subprocess
+
     from backup_assets.core.archive.decrypt import decrypt_to_file
     from backup_assets.core.source.pgbin import pg_program
     dump = archive.with_suffix(".dump")

@@ -87,3 +87,9 @@ class RestoreError(TenantBackupError):
 class RestoreRefused(RestoreError):
     """The restore was refused before anything was written: target not empty, role not allowed to
     write under row-level security, schema that does not match the backup, ..."""
+
+
+def one_line(text: object, limit: int | None = None) -> str:
+    """`text` (or str(an exception)) on one line, runs of whitespace as one space; at most `limit` characters."""
+    line = " ".join(str(text).split())
+    return line if limit is None else line[:limit]

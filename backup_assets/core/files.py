@@ -1,7 +1,9 @@
-"""Write-then-rename: a failure never leaves a file that looks complete under the final name."""
+"""File helpers: write-then-rename (a failure never leaves a file that looks complete under the final
+name), fsync of a directory, SHA-256 of a file."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 from contextlib import contextmanager
@@ -11,6 +13,7 @@ from typing import BinaryIO, Iterator
 from .errors import TenantBackupError
 
 TEMP_MARK = ".tmp-"
+CHUNK = 1 << 20  # streaming buffer: memory use does not grow with the file
 
 
 def check_output_path(path: Path) -> Path:
@@ -27,11 +30,23 @@ def check_output_path(path: Path) -> Path:
 
 
 def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
+    """fsync a directory: a rename or a new file in it survives a crash."""
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def sha256_file(path: Path) -> tuple[str, int]:
+    """(hex SHA-256, size in bytes) of a file, read in 1 MiB chunks."""
+    sha = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK):
+            sha.update(chunk)
+            size += len(chunk)
+    return sha.hexdigest(), size
 
 
 @contextmanager

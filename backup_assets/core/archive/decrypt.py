@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..codec.format import ArchiveHeader, decode_archive
-from ..files import atomic_output
-from ..errors import ArchiveError
 from ..codec.keyring import Keyring
+from ..errors import ArchiveError
+from ..files import atomic_output
 
 
 def decrypt_to_file(archive: Path, out_path: Path, keyring: Keyring, *,

@@ -18,17 +18,17 @@ from typing import Callable
 import psycopg2
 
 from ..codec.format import encode_archive
-from ..files import atomic_output, check_output_path
+from ..codec.keyring import Keyring
 from ..dump.pgdump import PgDump, RowCounter, pg_dump_version, prove_dump, tenant_values
 from ..dump.stream import DumpStreamReader
-from ..errors import DumpFailed, SafetyCheckFailed
-from ..codec.keyring import Keyring
-from .manifest import MANIFEST_VERSION, new_backup_id
-from ..source.session import PgSession
-from ..source.preflight import EXCLUDED, RLS_CHILD, SHARED, TENANT, DumpPlan, inspect_source
+from ..errors import DumpFailed, SafetyCheckFailed, one_line
+from ..files import atomic_output, check_output_path
 from ..settings import SourceSettings
+from ..source.preflight import EXCLUDED, RLS_CHILD, SHARED, TENANT, DumpPlan, inspect_source
+from ..source.session import PgSession
 from ..source.tenant_ids import validate_tenant_id
 from ..source.tenants import require_known_tenant
+from .manifest import MANIFEST_VERSION, ArchiveInfo, Manifest, TableKinds, new_backup_id
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +52,11 @@ class ExportOptions:
 
 def export_tenant(settings: SourceSettings, keyring: Keyring, tenant_id: str, out_path: Path,
                   options: ExportOptions = ExportOptions()) -> dict:
-    """Write the tenant's archive to out_path atomically and return its manifest."""
+    """Write the tenant's archive to out_path atomically and return its manifest, as the dict
+    `Manifest.to_dict()` gives (core/archive/manifest.py; `Manifest.from_dict` reads it back)."""
     tenant_id = validate_tenant_id(tenant_id, settings.tenant_id_pattern)
     out_path = check_output_path(Path(out_path))
-    keyring.active  # no key, no backup: fail before touching the database
+    _ = keyring.active  # no key, no backup: fail before touching the database
     started = time.monotonic()
     listed = require_known_tenant(settings, tenant_id, force=options.force)
 
@@ -108,7 +109,7 @@ def export_tenant(settings: SourceSettings, keyring: Keyring, tenant_id: str, ou
             counter.join(timeout=10)
             if isinstance(exc, DumpFailed) and isinstance(counter.error, psycopg2.Error):
                 # The count failed first and aborted the snapshot's transaction; its error is the cause.
-                raise DumpFailed(f"reading as tenant {tenant_id} failed: {_one_line(counter.error)}") from None
+                raise DumpFailed(f"reading as tenant {tenant_id} failed: {one_line(counter.error)}") from None
             raise
         conn.rollback()
     finished = time.monotonic()
@@ -119,46 +120,46 @@ def export_tenant(settings: SourceSettings, keyring: Keyring, tenant_id: str, ou
                     " (docs/ISOLATION.md#shared-tables)", tenant_id,
                     ", ".join(f"{name} ({rows} rows)" for name, rows in shared.items()))
 
-    manifest = {
-        "manifest_version": MANIFEST_VERSION,
-        "tenant_id": tenant_id,
-        "backup_id": backup_id,
-        "created_at": _iso(created),
-        "registry_listed": listed,
-        "archive": {
-            "file": out_path.name,
-            "size": stats.archive_bytes,
-            "sha256": stats.sha256,
-            "key_id": header.key_id,
-            "codec": header.codec,
-            "zstd_level": options.zstd_level,
-            "cipher": header.cipher,
-            "segment_size": header.segment_size,
-        },
-        "raw_size": stats.raw_bytes,
-        "compressed_size": stats.compressed_bytes,
-        "compression_ratio": round(stats.raw_bytes / stats.compressed_bytes, 3) if stats.compressed_bytes else None,
-        "tables": counts,
+    manifest = Manifest(
+        manifest_version=MANIFEST_VERSION,
+        tenant_id=tenant_id,
+        backup_id=backup_id,
+        created_at=_iso(created),
+        registry_listed=listed,
+        archive=ArchiveInfo(
+            file=out_path.name,
+            size=stats.archive_bytes,
+            sha256=stats.sha256,
+            key_id=header.key_id,
+            codec=header.codec,
+            zstd_level=options.zstd_level,
+            cipher=header.cipher,
+            segment_size=header.segment_size,
+        ),
+        raw_size=stats.raw_bytes,
+        compressed_size=stats.compressed_bytes,
+        compression_ratio=round(stats.raw_bytes / stats.compressed_bytes, 3) if stats.compressed_bytes else None,
+        tables=counts,
         # How the rows were proven to be this tenant's (docs/ISOLATION.md).
-        "isolation": {
+        isolation={
             "dump_rows_counted": sum(contents.rows().values()),  # each equal to the snapshot's, per table
             "tenant_values_checked": sum(t.checked for t in contents.tables.values()),
         },
-        "table_kinds": {
-            kind: [t.qualified for t in plan.of_kind(kind)] for kind in (TENANT, RLS_CHILD, SHARED, EXCLUDED)
-        },
-        "source": _source_info(settings, plan),
-        "pg_dump_version": pg_dump_version(),
-        "notes": list(plan.notes),
-        "timings": {
+        table_kinds=TableKinds(**{kind: [t.qualified for t in plan.of_kind(kind)]
+                                  for kind in (TENANT, RLS_CHILD, SHARED, EXCLUDED)}),
+        source=_source_info(settings, plan),
+        pg_dump_version=pg_dump_version(),
+        notes=list(plan.notes),
+        timings={
             "preflight_s": round(preflight_s, 3),
             "dump_s": round(finished - dump_started, 3),
             "total_s": round(finished - started, 3),
         },
-    }
+        nulls=frozenset({"compression_ratio"}),  # null when nothing was compressed: written as null
+    )
     log.info("tenant %s exported: %d raw bytes -> %d archive bytes in %.2fs",
              tenant_id, stats.raw_bytes, stats.archive_bytes, finished - started)
-    return manifest
+    return manifest.validate().to_dict()
 
 
 def shared_tables(plan: DumpPlan, counts: dict[str, int]) -> dict[str, int]:
@@ -183,10 +184,6 @@ def _source_info(settings: SourceSettings, plan: DumpPlan) -> dict:
         "tenant_column": settings.tenant_column,
         "tenant_setting": settings.tenant_setting,
     }
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
 
 
 def _iso(moment: datetime) -> str:

@@ -2,7 +2,7 @@
 
     CREATE DATABASE tb_drill_<utc>_<hex> TEMPLATE template0   (on the scratch server)
     archive ─decode_archive (streamed)─▶ pg_restore --single-transaction ... -d scratch   (stdin pipe)
-    count(*) per table == manifest["tables"]                    (counts_match)
+    count(*) per table == manifest.tables                       (counts_match)
     no row whose tenant column is not the tenant                (isolated)
     DROP DATABASE ... WITH (FORCE)                              (always, unless keep=True)
 
@@ -27,38 +27,33 @@ database cannot be created (ScratchDatabaseError).
 from __future__ import annotations
 
 import logging
-import os
 import re
 import secrets
-import subprocess
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING
 
 import psycopg2
 import psycopg2.extensions
 from psycopg2 import sql
 
-from ..codec.format import decode_archive
-from ..errors import ArchiveError, ScratchDatabaseError
+from ..archive.manifest import DEFAULT_TENANT_COLUMN, Manifest
+from ..archive.pipe import STDERR_LIMIT, ArchivePipe, HashingReader
 from ..codec.keyring import Keyring
-from ..source.session import PgSession, connect, parse_dsn
+from ..errors import ArchiveError, ScratchDatabaseError, one_line
 from ..source.pgbin import pg_program
+from ..source.session import PgSession, connect
 
 if TYPE_CHECKING:
     from .scratch import ScratchPool
-from .verify import _HashingReader, _PipeSink, manifest_archive_fields
 
 log = logging.getLogger(__name__)
 
 SCRATCH_DSN_ENV = "TENANT_BACKUP_SCRATCH_DSN"
 SCRATCH_PREFIX = "tb_drill_"
 _SCRATCH_RE = re.compile(re.escape(SCRATCH_PREFIX) + r"(\d{8}t\d{6}z)_[0-9a-f]{8}\Z")
-_STDERR_LIMIT = 2000
-_DEFAULT_TENANT_COLUMN = "tenant_id"
 
 
 @dataclass
@@ -74,7 +69,7 @@ class DrillResult:
     scratch_database: str = ""
     dropped: bool = False  # False with keep=True, or when the DROP failed (named in the message)
     checksum_ok: bool | None = None  # SHA-256 and size of the file as read, vs the manifest
-    tenant_column: str = _DEFAULT_TENANT_COLUMN
+    tenant_column: str = DEFAULT_TENANT_COLUMN
     timings: dict[str, float] = field(default_factory=dict)  # create_s, restore_s, check_s, drop_s
     restore_failed: bool = False  # pg_restore itself failed on good bytes (not the archive's fault?)
 
@@ -96,16 +91,6 @@ class DrillResult:
         }
 
 
-def scratch_dsn_from_env(environ: Mapping[str, str] | None = None) -> str | None:
-    """TENANT_BACKUP_SCRATCH_DSN (a libpq URI/DSN of a role with CREATEDB), or None when unset/empty."""
-    env = os.environ if environ is None else environ
-    value = (env.get(SCRATCH_DSN_ENV) or "").strip()
-    if not value:
-        return None
-    parse_dsn(value)  # ConfigError on a malformed string, before any drill runs
-    return value
-
-
 def scratch_database_name(now: datetime | None = None) -> str:
     """`tb_drill_20261125t030000z_1a2b3c4d`: unique, lower case (no quoting needed in psql), and
     old leftovers are recognisable by age."""
@@ -113,7 +98,7 @@ def scratch_database_name(now: datetime | None = None) -> str:
     return f"{SCRATCH_PREFIX}{now:%Y%m%dt%H%M%Sz}_{secrets.token_hex(4)}"
 
 
-def restore_drill(archive_path: Path, manifest: dict, keyring: Keyring, scratch: "str | ScratchPool", *,
+def restore_drill(archive_path: Path, manifest: Manifest | dict, keyring: Keyring, scratch: "str | ScratchPool", *,
                   tenant_column: str | None = None, keep: bool = False,
                   strategy: str | None = "WAL_LOG", connect_timeout: int = 10) -> DrillResult:
     """Restore `archive_path` into a scratch database and check it against `manifest`.
@@ -129,17 +114,17 @@ def restore_drill(archive_path: Path, manifest: dict, keyring: Keyring, scratch:
     """
     started = time.monotonic()
     archive_path = Path(archive_path)
-    want_sha, want_size = manifest_archive_fields(manifest)
-    tenant_id = manifest.get("tenant_id")
-    tables = manifest.get("tables")
-    if not isinstance(tenant_id, str) or not tenant_id:
+    manifest = Manifest.coerce(manifest)
+    want_sha, want_size = manifest.checksum()
+    tenant_id, tables = manifest.tenant_id, manifest.tables
+    if not tenant_id:
         raise ArchiveError("manifest lacks tenant_id")
-    if not isinstance(tables, dict):
+    if tables is None:
         raise ArchiveError("manifest lacks tables (the per-table row counts)")
     if not archive_path.is_file():
         raise ArchiveError(f"archive {archive_path} does not exist")
     if tenant_column is None:
-        tenant_column = (manifest.get("source") or {}).get("tenant_column") or _DEFAULT_TENANT_COLUMN
+        tenant_column = manifest.tenant_column
     if strategy is not None and strategy.upper() not in ("WAL_LOG", "FILE_COPY"):
         raise ValueError(f"strategy must be WAL_LOG or FILE_COPY, not {strategy!r}")
     args = (archive_path, manifest, keyring, tenant_id, tables, tenant_column, want_sha, want_size, connect_timeout)
@@ -175,7 +160,7 @@ def restore_drill(archive_path: Path, manifest: dict, keyring: Keyring, scratch:
                     dropped = True
                 except psycopg2.Error as exc:
                     dropped = False
-                    drop_failure = f"scratch database {name} could NOT be dropped: {_one_line(str(exc))}"
+                    drop_failure = f"scratch database {name} could NOT be dropped: {one_line(exc, STDERR_LIMIT)}"
                     log.error("restore drill: dropping %s failed: %s", name, exc)
                 drop_s = time.monotonic() - t0
     result.timings.update({"create_s": created_s, **({} if keep else {"drop_s": drop_s})})
@@ -208,7 +193,7 @@ def _drill_in(admin_dsn: str, name: str, archive_path, manifest, keyring, tenant
         try:
             _check(result, failures, scratch_dsn, manifest, tables, tenant_id, tenant_column, connect_timeout)
         except psycopg2.Error as exc:
-            failures.append(f"checking the restored database failed: {_one_line(str(exc))}")
+            failures.append(f"checking the restored database failed: {one_line(exc, STDERR_LIMIT)}")
         result.timings["check_s"] = time.monotonic() - t0
     return result, failures
 
@@ -250,7 +235,7 @@ def _create_database(admin, name: str, strategy: str | None) -> None:
         with admin.cursor() as cur:
             cur.execute(stmt)
     except psycopg2.Error as exc:
-        raise ScratchDatabaseError(f"cannot create the scratch database {name}: {_one_line(str(exc))}"
+        raise ScratchDatabaseError(f"cannot create the scratch database {name}: {one_line(exc, STDERR_LIMIT)}"
                                    " (the scratch role needs CREATEDB)") from None
 
 
@@ -287,29 +272,19 @@ def stream_into_pg_restore(archive_path: Path, keyring: Keyring, tenant_id: str,
         f"--dbname={conninfo}",
     ]
     failure = None
-    with archive_path.open("rb") as handle, tempfile.TemporaryFile() as err_file:
-        reader = _HashingReader(handle)
-        proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err_file,
-                                env=env, bufsize=0)
-        sink = _PipeSink(proc.stdin)
-        try:
-            decode_archive(reader, sink, keyring=keyring, expect_tenant_id=tenant_id)
-        except ArchiveError as exc:
-            failure = f"archive rejected (nothing restored): {exc}"
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-        finally:
-            if failure is not None:
-                proc.kill()  # before EOF reaches it: nothing of a bad archive may commit
-            sink.close()
-            code = proc.wait()
+    with archive_path.open("rb") as handle:
+        reader = HashingReader(handle)
+        with ArchivePipe(args, reader, keyring, expect_tenant_id=tenant_id, env=env, scrub=session.scrub,
+                         name="restore-decode") as pipe:
+            pass  # a bad archive kills pg_restore before EOF reaches it: nothing of it may commit
+        outcome = pipe.outcome
+        if outcome.decode_error is not None:
+            if not isinstance(outcome.decode_error, ArchiveError):
+                raise outcome.decode_error
+            failure = f"archive rejected (nothing restored): {outcome.decode_error}"
+        elif outcome.code != 0:
+            failure = outcome.child_failure("pg_restore")
         reader.drain()
-        if failure is None and code != 0:
-            err_file.seek(0)
-            stderr = session.scrub(err_file.read(_STDERR_LIMIT * 2).decode("utf-8", "replace"))[:_STDERR_LIMIT]
-            failure = f"pg_restore failed (exit {code}): {stderr or 'no message'}"
     return failure is None, reader.hexdigest(), reader.count, failure
 
 
@@ -326,7 +301,7 @@ SELECT n.nspname, c.relname, c.relforcerowsecurity,
 """
 
 
-def _check(result: DrillResult, failures: list[str], scratch_dsn: str, manifest: dict, tables: dict,
+def _check(result: DrillResult, failures: list[str], scratch_dsn: str, manifest: Manifest, tables: dict,
            tenant_id: str, tenant_column: str, timeout: int) -> None:
     with connect(scratch_dsn, timeout=timeout, application_name="tenant-backup-drill") as conn:
         with conn.cursor() as cur:
@@ -370,7 +345,7 @@ def _check(result: DrillResult, failures: list[str], scratch_dsn: str, manifest:
     with_column = {t for t, (_, f) in counted.items() if f is not None}
     # Fail closed when the check would be vacuous: every table the export called a tenant table must
     # carry the column here (a wrong tenant_column would otherwise check nothing at all).
-    declared = set((manifest.get("table_kinds") or {}).get("tenant") or [])
+    declared = set(manifest.kinds.of("tenant"))
     unchecked = sorted(declared - with_column)
     result.isolated = not result.foreign_rows and not unchecked and bool(with_column)
     if result.foreign_rows:
@@ -381,10 +356,6 @@ def _check(result: DrillResult, failures: list[str], scratch_dsn: str, manifest:
                         + ", ".join(unchecked))
     elif not with_column:
         failures.append(f"isolation not proven: no restored table has the column {tenant_column}")
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())[:_STDERR_LIMIT]
 
 
 # ------------------------------------------------------------------------------------- cleanup

@@ -18,25 +18,20 @@ is `ArchiveError`; pg_restore that cannot be found is `ConfigError`.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
-from ..codec.format import decode_archive
-from ..errors import ArchiveError
+from ..archive.manifest import Manifest
+from ..archive.pipe import ArchivePipe, HashingReader
 from ..codec.keyring import Keyring
-from ..source.session import child_env
+from ..errors import ArchiveError
+from ..files import sha256_file
 from ..source.pgbin import pg_program
 
 log = logging.getLogger(__name__)
-
-_IO_CHUNK = 1 << 20
-_STDERR_LIMIT = 2000
 
 # Names of the entries in VerifyResult.checks, in the order they run.
 CHECK_CHECKSUM = "checksum"  # size and SHA-256 of the file equal the manifest's
@@ -70,83 +65,6 @@ class VerifyResult:
             "message": self.message,
             "duration_s": round(self.duration_s, 3),
         }
-
-
-def manifest_archive_fields(manifest: dict) -> tuple[str, int]:
-    """(sha256, size) from manifest["archive"]; ArchiveError if the manifest lacks them."""
-    archive = manifest.get("archive") if isinstance(manifest, dict) else None
-    if not isinstance(archive, dict):
-        raise ArchiveError("manifest has no 'archive' object (is this a tenant-backup manifest?)")
-    sha, size = archive.get("sha256"), archive.get("size")
-    if not isinstance(sha, str) or len(sha) != 64 or type(size) is not int:
-        raise ArchiveError("manifest lacks archive.sha256 (64 hex digits) or archive.size (integer)")
-    return sha.lower(), size
-
-
-class _HashingReader:
-    """Wraps a binary file: hashes and counts every byte read through it."""
-
-    def __init__(self, handle: BinaryIO):
-        self._handle = handle
-        self._sha = hashlib.sha256()
-        self.count = 0
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._handle.read(n)
-        if data:
-            self._sha.update(data)
-            self.count += len(data)
-        return data
-
-    def drain(self) -> None:
-        """Read (and hash) the rest of the file."""
-        while self.read(_IO_CHUNK):
-            pass
-
-    def hexdigest(self) -> str:
-        return self._sha.hexdigest()
-
-
-class _PipeSink:
-    """File-like sink feeding a child's stdin; once the child closed its end, the rest is dropped."""
-
-    def __init__(self, pipe: BinaryIO | None):
-        self._pipe = pipe
-        self.closed_early = pipe is None
-
-    def write(self, data) -> int:
-        if not self.closed_early:
-            view = memoryview(data)
-            try:
-                while view:
-                    n = self._pipe.write(view)
-                    view = view[n:] if n is not None else view[len(view):]
-            except (BrokenPipeError, ConnectionResetError):
-                self.closed_early = True
-        return len(data)
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        if self._pipe is not None and not self._pipe.closed:
-            try:
-                self._pipe.close()
-            except (BrokenPipeError, ConnectionResetError):
-                pass
-
-
-def sha256_file(path: Path) -> tuple[str, int]:
-    sha = hashlib.sha256()
-    size = 0
-    with Path(path).open("rb") as handle:
-        while True:
-            chunk = handle.read(_IO_CHUNK)
-            if not chunk:
-                break
-            sha.update(chunk)
-            size += len(chunk)
-    return sha.hexdigest(), size
 
 
 def parse_toc_list(text: str) -> list[tuple[str, str]]:
@@ -185,22 +103,20 @@ def _has_table_data(qualified: str, keys: list[str]) -> bool:
     return False
 
 
-def _one_line(text: str, limit: int = _STDERR_LIMIT) -> str:
-    return " ".join(text.split())[:limit]
-
-
-def verify_archive(archive_path: Path, manifest: dict, keyring: Keyring, *, deep: bool = True) -> VerifyResult:
+def verify_archive(archive_path: Path, manifest: Manifest | dict, keyring: Keyring, *,
+                   deep: bool = True) -> VerifyResult:
     """Check the archive file against its manifest; see the module docstring.
 
     Shallow (deep=False): size and SHA-256 only (no key needed, nothing decrypted).
     Deep: also decrypt and decompress the whole archive with `keyring`, check the authenticated
     header against the manifest (tenant id, backup id, key id) and the decoded size against
-    manifest["raw_size"], run `pg_restore --list` on the stream, and require a TABLE DATA entry for
-    every table in manifest["tables"] (but those listed under table_kinds["excluded"]).
+    manifest.raw_size, run `pg_restore --list` on the stream, and require a TABLE DATA entry for
+    every table in manifest.tables (but those listed under table_kinds.excluded).
     """
     started = time.monotonic()
     archive_path = Path(archive_path)
-    want_sha, want_size = manifest_archive_fields(manifest)
+    manifest = Manifest.coerce(manifest)
+    want_sha, want_size = manifest.checksum()
     if not archive_path.is_file():
         raise ArchiveError(f"archive {archive_path} does not exist")
 
@@ -212,7 +128,7 @@ def verify_archive(archive_path: Path, manifest: dict, keyring: Keyring, *, deep
         sha, size = sha256_file(archive_path)
     else:
         with archive_path.open("rb") as handle:
-            reader = _HashingReader(handle)
+            reader = HashingReader(handle)
             outcome = _deep_pass(reader, manifest, keyring)
             reader.drain()  # after a decode failure: finish the checksum over the whole file
         sha, size = reader.hexdigest(), reader.count
@@ -233,7 +149,7 @@ def verify_archive(archive_path: Path, manifest: dict, keyring: Keyring, *, deep
     if ok:
         what = "size and SHA-256 match the manifest"
         if deep:
-            what += (f"; decrypted and decompressed with key {manifest['archive'].get('key_id', '?')!r}; "
+            what += (f"; decrypted and decompressed with key {manifest.key_id or '?'!r}; "
                      f"pg_restore --list read {toc_entries} TOC entries, {table_data_entries} TABLE DATA")
         message = f"ok: {what}"
     else:
@@ -253,40 +169,34 @@ class _DeepOutcome:
     table_data_entries: int | None = None
 
 
-def _deep_pass(reader: _HashingReader, manifest: dict, keyring: Keyring) -> _DeepOutcome:
+def _deep_pass(reader: HashingReader, manifest: Manifest, keyring: Keyring) -> _DeepOutcome:
     checks: dict[str, bool] = {}
     failures: list[str] = []
-    with tempfile.TemporaryFile() as out_file, tempfile.TemporaryFile() as err_file:
-        proc = subprocess.Popen([pg_program("pg_restore"), "--list"], stdin=subprocess.PIPE,
-                                stdout=out_file, stderr=err_file, bufsize=0, env=child_env())
-        sink = _PipeSink(proc.stdin)
-        header = stats = None
-        try:
-            header, stats = decode_archive(reader, sink, keyring=keyring)
-        except ArchiveError as exc:
+    with tempfile.TemporaryFile() as out_file:
+        # wait_timeout: pg_restore --list exits once its stdin is closed; never hang a check anyway.
+        with ArchivePipe([pg_program("pg_restore"), "--list"], reader, keyring, stdout=out_file,
+                         wait_timeout=60, name="verify-decode") as pipe:
+            pass
+        outcome = pipe.outcome
+        if outcome.decode_error is not None:
+            if not isinstance(outcome.decode_error, ArchiveError):
+                raise outcome.decode_error
             checks[CHECK_DECRYPT] = False
-            failures.append(f"decrypt failed: {exc}")
-        finally:
-            sink.close()
-            try:
-                code = proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:  # cannot happen with stdin closed; never hang a check
-                proc.kill()
-                code = proc.wait()
-        if header is None:
+            failures.append(f"decrypt failed: {outcome.decode_error}")
             return _DeepOutcome(checks, failures)
+        header, stats, code = outcome.header, outcome.stats, outcome.code
         checks[CHECK_DECRYPT] = True
 
         header_failures = []
         for label, got, want in (
-            ("tenant id", header.tenant_id, manifest.get("tenant_id")),
-            ("backup id", header.backup_id, manifest.get("backup_id")),
-            ("key id", header.key_id, manifest["archive"].get("key_id", header.key_id)),
+            ("tenant id", header.tenant_id, manifest.tenant_id),
+            ("backup id", header.backup_id, manifest.backup_id),
+            ("key id", header.key_id, manifest.key_id if manifest.key_id is not None else header.key_id),
         ):
             if got != want:
                 header_failures.append(f"{label} {got!r}, manifest says {want!r}")
-        raw_size = manifest.get("raw_size")
-        if isinstance(raw_size, int) and raw_size != stats.raw_bytes:
+        raw_size = manifest.raw_size
+        if raw_size is not None and raw_size != stats.raw_bytes:
             header_failures.append(f"decoded dump is {stats.raw_bytes} bytes, manifest says raw_size {raw_size}")
         checks[CHECK_HEADER] = not header_failures
         if header_failures:
@@ -294,20 +204,18 @@ def _deep_pass(reader: _HashingReader, manifest: dict, keyring: Keyring) -> _Dee
 
         out_file.seek(0)
         listing = out_file.read().decode("utf-8", "replace")
-        err_file.seek(0)
-        stderr = _one_line(err_file.read(_STDERR_LIMIT * 2).decode("utf-8", "replace"))
 
     if code != 0:
         checks[CHECK_TOC] = False
-        failures.append(f"pg_restore --list failed (exit {code}): {stderr or 'no message'}")
+        failures.append(outcome.child_failure("pg_restore --list"))
         return _DeepOutcome(checks, failures)
     entries = parse_toc_list(listing)
     keys = _table_data_keys(entries)
     checks[CHECK_TOC] = bool(entries)
     if not entries:
         failures.append("pg_restore --list printed no TOC entries")
-    excluded = set((manifest.get("table_kinds") or {}).get("excluded") or [])
-    missing = sorted(t for t in (manifest.get("tables") or {}) if t not in excluded and not _has_table_data(t, keys))
+    excluded = set(manifest.kinds.of("excluded"))
+    missing = sorted(t for t in (manifest.tables or {}) if t not in excluded and not _has_table_data(t, keys))
     checks[CHECK_TABLE_DATA] = not missing
     if missing:
         failures.append(f"no TABLE DATA entry in the archive for {len(missing)} table(s) of the manifest: "

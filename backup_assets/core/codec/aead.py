@@ -117,7 +117,7 @@ class SegmentEncryptor:
         self._buf = bytearray()
 
 
-def _read_exact(read: Callable[[int], bytes], n: int) -> bytes:
+def read_exact(read: Callable[[int], bytes], n: int) -> bytes:
     """Read n bytes unless EOF comes first (then fewer)."""
     first = read(n)
     if first is None:
@@ -150,7 +150,7 @@ def decrypt_stream(
     data. Holds at most two ciphertext segments (one of look-ahead to know which is last).
     """
     _check_key(key)
-    header = _read_exact(read, HEADER_SIZE)
+    header = read_exact(read, HEADER_SIZE)
     if len(header) < HEADER_SIZE:
         raise ArchiveError(f"encrypted payload truncated: header is {len(header)} of {HEADER_SIZE} bytes")
     if header[0] != HEADER_SIZE:
@@ -160,11 +160,11 @@ def decrypt_stream(
     aead = AESGCM(derive_segment_key(bytes(key), salt, bytes(associated_data)))
 
     index = 0
-    cur = _read_exact(read, segment_size - HEADER_SIZE)
+    cur = read_exact(read, segment_size - HEADER_SIZE)
     full = segment_size - HEADER_SIZE
     while True:
         if len(cur) == full:
-            nxt = _read_exact(read, segment_size)
+            nxt = read_exact(read, segment_size)
             last = not nxt
         else:
             nxt = b""

@@ -26,8 +26,8 @@ import zstandard
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from . import aead as streaming_aead
 from ..errors import ArchiveError
+from . import aead as streaming_aead
 from .keyring import KEY_ID_PATTERN, Keyring, MasterKey
 
 MAGIC = b"\x89TNTBKP\n"  # 0x89 catches 7-bit channels, \n catches newline translation (as PNG does)
@@ -130,14 +130,14 @@ def _parse_fixed(raw: bytes) -> dict:
 
 
 def _read_n(read: Callable[[int], bytes], n: int, what: str) -> bytes:
-    data = streaming_aead._read_exact(read, n)
+    data = streaming_aead.read_exact(read, n)
     if len(data) != n:
         raise ArchiveError(f"archive truncated: {what} is {len(data)} of {n} bytes")
     return data
 
 
 def _read_header(read: Callable[[int], bytes]) -> ArchiveHeader:
-    magic = streaming_aead._read_exact(read, len(MAGIC))
+    magic = streaming_aead.read_exact(read, len(MAGIC))
     if magic != MAGIC:
         if len(magic) < len(MAGIC) and MAGIC.startswith(magic):
             raise ArchiveError(f"archive truncated: magic is {len(magic)} of {len(MAGIC)} bytes")

@@ -95,8 +95,8 @@ class Keyring:
         return cls(keys)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Keyring":
-        env = os.environ if environ is None else environ
+    def from_env(cls, env: Mapping[str, str]) -> "Keyring":
+        """From the variables TENANT_BACKUP_KEYS / TENANT_BACKUP_KEYS_FILE of `env` (Settings.keyring)."""
         path = (env.get(FILE_VAR) or "").strip()
         if path:
             if (env.get(ENV_VAR) or "").strip():

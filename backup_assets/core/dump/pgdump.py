@@ -18,11 +18,11 @@ from functools import lru_cache
 import psycopg2
 from psycopg2 import sql
 
-from .stream import DumpContents, copy_text
 from ..errors import DumpFailed, SafetyCheckFailed
-from ..source.session import PgSession, child_env
 from ..source.pgbin import pg_program
 from ..source.preflight import EXCLUDED, RLS_CHILD, SHARED, TENANT, DumpPlan
+from ..source.session import PgSession, child_env
+from .stream import DumpContents, copy_text
 
 _STDERR_LIMIT = 4000
 

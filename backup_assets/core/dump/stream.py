@@ -30,6 +30,9 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from ..errors import SafetyCheckFailed
+from .copytext import CopyStatementError, copy_text, parse_copy_statement
+
+__all__ = ["COPY_END", "DumpContents", "DumpStreamError", "DumpStreamReader", "TableTally", "TocEntry", "copy_text"]
 
 MAGIC = b"PGDMP"
 FORMAT_CUSTOM = 1
@@ -84,67 +87,6 @@ class DumpContents:
 
     def rows(self) -> dict[str, int]:
         return {name: tally.rows for name, tally in self.tables.items()}
-
-
-# ------------------------------------------------------------------------------------- COPY text
-
-
-def split_identifiers(text: str) -> list[str]:
-    """Split `a, "B c", d` (SQL identifiers, maybe quoted) into names and the separators `,`/`.`."""
-    names, current, quoted, i = [], [], False, 0
-    while i < len(text):
-        ch = text[i]
-        if quoted:
-            if ch == '"':
-                if i + 1 < len(text) and text[i + 1] == '"':
-                    current.append('"')
-                    i += 1
-                else:
-                    quoted = False
-            else:
-                current.append(ch)
-        elif ch == '"':
-            quoted = True
-        elif ch in ",.":
-            names.append("".join(current).strip())
-            names.append(ch)
-            current = []
-        else:
-            current.append(ch)
-        i += 1
-    names.append("".join(current).strip())
-    return names
-
-
-def parse_copy_statement(line: str) -> tuple[str, list[str]]:
-    """`COPY schema.table (c1, "C 2") FROM stdin;` → ("schema.table", ["c1", "C 2"])."""
-    body = line.strip()
-    if not body.startswith("COPY ") or not body.endswith("FROM stdin;"):
-        raise DumpStreamError(f"unexpected COPY statement in the dump: {line[:200]!r}")
-    body = body[len("COPY "):]
-    open_paren = _unquoted_index(body, "(")
-    close_paren = body.rindex(")")
-    target = [p for p in split_identifiers(body[:open_paren].strip()) if p != "."]
-    columns = [p for p in split_identifiers(body[open_paren + 1:close_paren]) if p != ","]
-    if len(target) != 2:
-        raise DumpStreamError(f"unexpected COPY statement in the dump: {line[:200]!r}")
-    return f"{target[0]}.{target[1]}", columns
-
-
-def _unquoted_index(text: str, needle: str) -> int:
-    quoted = False
-    for i, ch in enumerate(text):
-        if ch == '"':
-            quoted = not quoted
-        elif ch == needle and not quoted:
-            return i
-    raise DumpStreamError(f"unexpected COPY statement in the dump: {text[:200]!r}")
-
-
-def copy_text(value: str) -> bytes:
-    """A value as COPY's text format writes it (backslash, tab, newline, carriage return escaped)."""
-    return (value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
-            .encode("utf-8"))
 
 
 # ------------------------------------------------------------------------------------- the reader
@@ -339,7 +281,10 @@ class DumpStreamReader:
         value = self._tenant_values.get(table)
         self._checker = None
         if value is not None:
-            _, columns = parse_copy_statement(entry.copy_stmt)
+            try:
+                _, _, columns = parse_copy_statement(entry.copy_stmt)
+            except CopyStatementError:
+                raise DumpStreamError(f"unexpected COPY statement in the dump: {entry.copy_stmt[:200]!r}") from None
             if self._tenant_column not in columns:
                 raise DumpStreamError(f"the dump's COPY of {table} has no column {self._tenant_column}:"
                                       " its rows cannot be checked")

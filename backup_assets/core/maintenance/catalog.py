@@ -9,17 +9,19 @@ against the stored object's metadata and its re-hashed bytes, and (deep) a full 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..errors import ArchiveError, NotFound, TenantBackupError
+from ..archive.manifest import Manifest
 from ..checks.isolation import scan_archive
+from ..checks.verify import verify_archive
 from ..codec.keyring import Keyring
+from ..errors import NotFound, TenantBackupError
 from ..locations import Location
-from ..checks.verify import manifest_archive_fields, verify_archive
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +130,36 @@ def sort_newest_first(entries: list[CatalogEntry]) -> list[CatalogEntry]:
     return sorted(entries, key=lambda e: _age_key(e.created_at, e.backup_id), reverse=True)
 
 
+# ------------------------------------------------------------------------------------ verify shares
+
+VERIFY_CYCLE_DAYS = 28  # the daily verify job re-reads every copy once in this many days
+
+
+def share_of(location_name: str, tenant_id: str, backup_id: str, shares: int = VERIFY_CYCLE_DAYS) -> int:
+    """Which of `shares` shares (0 … shares-1) this stored copy falls in: stable, and spread evenly.
+
+    The one selection of a rotating verify: the daily Dagster job re-reads share `today % 28`
+    (defs/operations/jobs.py `verify_bucket`), `tenant-backup verify --all --subset n/t` share n-1
+    of t (so `--subset n/28` is exactly day n-1 of the job's cycle)."""
+    if shares < 1:
+        raise ValueError(f"shares must be >= 1, got {shares}")
+    digest = hashlib.sha256(f"{location_name}/{tenant_id}/{backup_id}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") % shares
+
+
+def parse_subset(text: str) -> tuple[int, int]:
+    """`n/t` (1 <= n <= t) -> (share index n-1, t); ConfigError otherwise."""
+    from ..errors import ConfigError
+
+    try:
+        n, t = (int(part) for part in text.strip().split("/"))
+    except ValueError:
+        raise ConfigError(f"--subset {text!r}: expected n/t, e.g. 1/7 (share n of t)") from None
+    if not 1 <= n <= t:
+        raise ConfigError(f"--subset {text!r}: need 1 <= n <= t")
+    return n - 1, t
+
+
 # ------------------------------------------------------------------------------------------- verify
 
 
@@ -138,16 +170,6 @@ class CopyCheck:
     backup_id: str
     ok: bool
     message: str  # one line: "ok: ..." or why the copy failed
-
-
-def check_manifest_identity(manifest: dict, tenant_id: str, backup_id: str) -> None:
-    """A manifest stored under tenant/backup must describe that tenant and backup (a manifest copied
-    under another tenant's prefix would otherwise restore one tenant's data as another's)."""
-    if manifest.get("tenant_id") != tenant_id or manifest.get("backup_id") != backup_id:
-        raise ArchiveError(
-            f"manifest describes tenant {manifest.get('tenant_id')!r} backup {manifest.get('backup_id')!r},"
-            f" but is stored as {tenant_id}/{backup_id}"
-        )
 
 
 def verify_copy(loc: Location, tenant_id: str, backup_id: str, *, keyring: Keyring | None = None,
@@ -163,9 +185,9 @@ def verify_copy(loc: Location, tenant_id: str, backup_id: str, *, keyring: Keyri
         raise ValueError("deep verification needs a keyring")
     name = loc.name
     try:
-        manifest = loc.get_manifest(tenant_id, backup_id)
-        check_manifest_identity(manifest, tenant_id, backup_id)
-        want_sha, want_size = manifest_archive_fields(manifest)
+        manifest = Manifest.from_dict(loc.get_manifest(tenant_id, backup_id))
+        manifest.check_identity(tenant_id, backup_id)
+        want_sha, want_size = manifest.checksum()
         st = loc.stat(tenant_id, backup_id)
         if (st.sha256.lower(), st.size) != (want_sha, want_size):
             return CopyCheck(name, tenant_id, backup_id, False,
@@ -183,12 +205,11 @@ def verify_copy(loc: Location, tenant_id: str, backup_id: str, *, keyring: Keyri
                 return CopyCheck(name, tenant_id, backup_id, False, result.message)
             # Deep also proves isolation on the archive itself: every COPY row of a table with the
             # tenant column carries this tenant's id, and the rows add up to the manifest's.
-            column = (manifest.get("source") or {}).get("tenant_column") or "tenant_id"
-            report = scan_archive(path, keyring, tenant_id=tenant_id, tenant_column=column)
+            report = scan_archive(path, keyring, tenant_id=tenant_id, tenant_column=manifest.tenant_column)
         if not report.isolated:
             return CopyCheck(name, tenant_id, backup_id, False,
                              f"rows of other tenants in the archive: {report.foreign_rows}")
-        if report.rows != manifest.get("tables"):
+        if report.rows != manifest.tables:
             return CopyCheck(name, tenant_id, backup_id, False, "rows in the archive differ from the manifest's")
         return CopyCheck(name, tenant_id, backup_id, True,
                          f"{result.message}; isolated: {sum(report.rows.values())} rows scanned")

@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .catalog import check_manifest_identity, collect, parse_created_at
+from ..archive.manifest import Manifest
 from ..errors import ArchiveError, TenantBackupError
+from ..files import sha256_file
+from ..locations import Location
+from .catalog import collect, parse_created_at
 from .retention import Candidate, plan_prune
-from ..locations import Location, sha256_file
-from ..checks.verify import manifest_archive_fields
 
 
 @dataclass
@@ -35,16 +36,17 @@ class RebuildOutcome:
 def _copy_one(target: Location, sources: list[tuple[Location, dict]], tenant_id: str, backup_id: str,
               work_dir: Path | None) -> str:
     problems = []
-    for src, manifest in sources:
+    for src, raw in sources:
         try:
-            check_manifest_identity(manifest, tenant_id, backup_id)
-            sha, size = manifest_archive_fields(manifest)
+            manifest = Manifest.from_dict(raw)
+            manifest.check_identity(tenant_id, backup_id)
+            sha, size = manifest.checksum()
             with tempfile.TemporaryDirectory(prefix="tb-rebuild-", dir=work_dir) as tmp:
                 path = Path(tmp) / "archive.tbk"
                 src.get(tenant_id, backup_id, path)  # CorruptObject if the source copy is damaged
                 if sha256_file(path) != (sha, size):
                     raise ArchiveError("copy does not match its manifest's sha256/size")
-                target.put(tenant_id, backup_id, path, manifest)
+                target.put(tenant_id, backup_id, path, manifest.to_dict())
             st = target.verify(tenant_id, backup_id)
             if (st.sha256.lower(), st.size) != (sha, size):
                 raise ArchiveError(f"{st.uri}: stored object is not the copied archive")
@@ -60,7 +62,7 @@ def rebuild_location(target: Location, sources: dict[str, Location], *, keep_min
                      progress: Callable[[RebuildOutcome], None] | None = None) -> tuple[list[RebuildOutcome], list[str]]:
     """(outcomes, errors reading the locations). Never deletes anything from the target."""
     now = now or datetime.now(timezone.utc)
-    sources = {n: l for n, l in sources.items() if n != target.name}
+    sources = {n: loc for n, loc in sources.items() if n != target.name}
     entries, errors = collect({target.name: target, **sources})
     errors = [f"{e.location}: {e.message}" for e in errors]
     decisions = plan_prune([Candidate(e.tenant_id, e.backup_id, parse_created_at(e.created_at)) for e in entries],

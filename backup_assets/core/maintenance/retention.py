@@ -12,25 +12,19 @@ Rules, per location and per tenant (ages from the manifest's created_at):
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from .catalog import parse_created_at, verify_copy
+from ..archive.manifest import Manifest
 from ..errors import NotFound, TenantBackupError
-from ..settings import int_setting
 from ..locations import Location
+from .catalog import parse_created_at, verify_copy
 
 log = logging.getLogger(__name__)
 
 KEEP_MIN_VAR = "TENANT_BACKUP_KEEP_MIN"
 DEFAULT_KEEP_MIN = 2
-
-
-def keep_min_from_env(environ: Mapping[str, str] = os.environ) -> int:
-    # At least 1: 0 would let prune empty a tenant whose backups stopped.
-    return int_setting(environ, KEEP_MIN_VAR, DEFAULT_KEEP_MIN, minimum=1)
 
 
 @dataclass(frozen=True)
@@ -116,8 +110,8 @@ def prune_location(loc: Location, *, keep_min: int, now: datetime | None = None,
     candidates: list[Candidate] = []
     for ref in loc.list():
         try:
-            manifest = loc.get_manifest(ref.tenant_id, ref.backup_id)
-            created = parse_created_at(manifest.get("created_at"))
+            manifest = Manifest.from_dict(loc.get_manifest(ref.tenant_id, ref.backup_id))
+            created = parse_created_at(manifest.created_at)
         except NotFound:
             continue
         except TenantBackupError as exc:

@@ -2,7 +2,7 @@
 
 Per backup: download a copy (re-hashed), `rewrap_archive` (payload copied byte for byte, new key
 block), deep-verify the new file with a keyring holding ONLY the active key (decrypt, decompress,
-pg_restore --list), then put it back with manifest["archive"] size/sha256/key_id updated (the
+pg_restore --list), then put it back with the manifest's archive size/sha256/key_id updated (the
 archive first, the manifest last: Location.put) and re-read the stored object (its bytes must hash
 to the verified file's SHA-256). The same re-wrapped file goes to every location whose copy was
 byte-identical, so the copies stay identical. Backups whose manifest already names the active key
@@ -11,19 +11,19 @@ are skipped, so a second run does nothing. A failed backup is reported and the o
 
 from __future__ import annotations
 
-import copy
 import logging
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..archive.manifest import Manifest
+from ..checks.verify import verify_archive
 from ..codec.format import rewrap_archive
-from .catalog import check_manifest_identity
-from ..errors import ArchiveError, NotFound, TenantBackupError
 from ..codec.keyring import Keyring
-from ..locations import Location, sha256_file
-from ..checks.verify import manifest_archive_fields, verify_archive
+from ..errors import ArchiveError, NotFound, TenantBackupError
+from ..files import sha256_file
+from ..locations import Location
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +37,10 @@ class RewrapOutcome:
     message: str
 
 
-def _put_back(loc: Location, tenant_id: str, backup_id: str, path: Path, manifest: dict) -> None:
+def _put_back(loc: Location, tenant_id: str, backup_id: str, path: Path, manifest: Manifest) -> None:
     """Store and re-read: the stored bytes must be the verified file."""
-    sha, size = manifest_archive_fields(manifest)
-    loc.put(tenant_id, backup_id, path, manifest)
+    sha, size = manifest.checksum()
+    loc.put(tenant_id, backup_id, path, manifest.to_dict())
     st = loc.verify(tenant_id, backup_id)  # re-reads every byte vs the stored metadata
     if (st.sha256.lower(), st.size) != (sha, size):
         raise ArchiveError(f"{st.uri}: stored object is not the re-wrapped archive")
@@ -60,7 +60,7 @@ def rewrap_locations(locations: dict[str, Location], keyring: Keyring, *, work_d
             progress(o)
 
     # (tenant, backup) -> [(location, manifest)] of the copies still under an old key.
-    todo: dict[tuple[str, str], list[tuple[Location, dict]]] = {}
+    todo: dict[tuple[str, str], list[tuple[Location, Manifest]]] = {}
     for name, loc in locations.items():
         try:
             refs = loc.list()
@@ -69,14 +69,13 @@ def rewrap_locations(locations: dict[str, Location], keyring: Keyring, *, work_d
             continue
         for ref in refs:
             try:
-                manifest = loc.get_manifest(ref.tenant_id, ref.backup_id)
+                manifest = Manifest.from_dict(loc.get_manifest(ref.tenant_id, ref.backup_id))
             except NotFound:
                 continue
             except TenantBackupError as exc:
                 report(RewrapOutcome(name, ref.tenant_id, ref.backup_id, "failed", f"cannot read manifest: {exc}"))
                 continue
-            key_id = (manifest.get("archive") or {}).get("key_id") if isinstance(manifest.get("archive"), dict) else None
-            if key_id == active.id:
+            if manifest.key_id == active.id:
                 report(RewrapOutcome(name, ref.tenant_id, ref.backup_id, "skipped",
                                      f"already under the active key {active.id!r}"))
                 continue
@@ -86,14 +85,14 @@ def rewrap_locations(locations: dict[str, Location], keyring: Keyring, *, work_d
         while copies:
             loc, manifest = copies.pop(0)
             try:
-                check_manifest_identity(manifest, tenant_id, backup_id)
-                old_sha, _ = manifest_archive_fields(manifest)
+                manifest.check_identity(tenant_id, backup_id)
+                old_sha, _ = manifest.checksum()
             except TenantBackupError as exc:
                 report(RewrapOutcome(loc.name, tenant_id, backup_id, "failed", str(exc)))
                 continue
             # Other copies with the same bytes take the same re-wrapped file (no second download).
-            def same_bytes(m: dict) -> bool:
-                return str((m.get("archive") or {}).get("sha256", "")).lower() == old_sha
+            def same_bytes(m: Manifest, old_sha: str = old_sha) -> bool:
+                return m.archive is not None and str(m.archive.sha256 or "").lower() == old_sha
 
             targets = [(loc, manifest)] + [c for c in copies if same_bytes(c[1])]
             copies = [c for c in copies if not same_bytes(c[1])]
@@ -107,14 +106,12 @@ def rewrap_locations(locations: dict[str, Location], keyring: Keyring, *, work_d
                         raise ArchiveError(f"archive holds tenant {header.tenant_id!r} backup {header.backup_id!r}")
                     new_sha, new_size = sha256_file(new_path)
                     new_fields = {"size": new_size, "sha256": new_sha, "key_id": active.id}
-                    check = verify_archive(new_path, {**manifest, "archive": {**manifest["archive"], **new_fields}},
-                                           only_active, deep=True)
+                    check = verify_archive(new_path, manifest.with_archive(**new_fields), only_active, deep=True)
                     if not check.ok:
                         raise ArchiveError(f"re-wrapped archive does not verify with only key {active.id!r}: "
                                            f"{check.message}")
                     for tloc, tmanifest in targets:
-                        new_manifest = copy.deepcopy(tmanifest)
-                        new_manifest["archive"].update(new_fields)
+                        new_manifest = tmanifest.with_archive(**new_fields)
                         try:
                             _put_back(tloc, tenant_id, backup_id, new_path, new_manifest)
                         except TenantBackupError as exc:
@@ -123,7 +120,7 @@ def rewrap_locations(locations: dict[str, Location], keyring: Keyring, *, work_d
                                                  + _restore_original(tloc, tenant_id, backup_id, old_path, tmanifest)))
                             continue
                         report(RewrapOutcome(tloc.name, tenant_id, backup_id, "rewrapped",
-                                             f"key {header_key(tmanifest)!r} -> {active.id!r}, verified with only "
+                                             f"key {tmanifest.key_id!r} -> {active.id!r}, verified with only "
                                              f"{active.id!r}; sha256 {new_sha[:16]}…"))
             except TenantBackupError as exc:
                 for tloc, _ in targets:
@@ -131,7 +128,7 @@ def rewrap_locations(locations: dict[str, Location], keyring: Keyring, *, work_d
     return outcomes
 
 
-def _download_any(targets: list[tuple[Location, dict]], tenant_id: str, backup_id: str, dest: Path) -> None:
+def _download_any(targets: list[tuple[Location, Manifest]], tenant_id: str, backup_id: str, dest: Path) -> None:
     """The first identical copy that downloads intact (get re-hashes: a damaged copy raises)."""
     problems = []
     for loc, _ in targets:
@@ -143,15 +140,11 @@ def _download_any(targets: list[tuple[Location, dict]], tenant_id: str, backup_i
     raise ArchiveError("no intact copy to re-wrap: " + "; ".join(problems))
 
 
-def header_key(manifest: dict) -> str | None:
-    return (manifest.get("archive") or {}).get("key_id")
-
-
-def _restore_original(loc: Location, tenant_id: str, backup_id: str, old_path: Path, manifest: dict) -> str:
+def _restore_original(loc: Location, tenant_id: str, backup_id: str, old_path: Path, manifest: Manifest) -> str:
     """A failed put may have removed the old manifest (put replaces the backup): put the original back
     so the location still holds the backup under its old key."""
     try:
-        loc.put(tenant_id, backup_id, old_path, manifest)
+        loc.put(tenant_id, backup_id, old_path, manifest.to_dict())
         return "; the original copy was put back (still under the old key)"
     except TenantBackupError as exc:
         return (f"; putting the original back failed too ({exc}): rebuild this copy from another location"
