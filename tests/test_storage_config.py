@@ -1,4 +1,4 @@
-"""Storage configuration from the environment (DESIGN §4): never a silent skip."""
+"""Storage configuration from the environment (docs/STORAGE.md, "Configuration"): never a silent skip."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ FULL = {
 
 def test_defaults_to_all_three_and_names_every_missing_variable():
     with pytest.raises(ConfigError) as ei:
-        locations_from_env(environ={})
+        locations_from_env(None, environ={})
     msg = str(ei.value)
     for var in FULL:
         assert var in msg
@@ -31,12 +31,12 @@ def test_defaults_to_all_three_and_names_every_missing_variable():
 def test_one_missing_variable_is_named():
     env = dict(FULL, R2_BUCKET="  ")
     with pytest.raises(ConfigError, match="R2_BUCKET") as ei:
-        locations_from_env(environ=env)
+        locations_from_env(None, environ=env)
     assert "B2_BUCKET" not in str(ei.value)
 
 
 def test_unlisted_locations_need_no_settings():
-    locs = locations_from_env(environ={"TENANT_BACKUP_LOCATIONS": "local", "TENANT_BACKUP_LOCAL_DIR": "/tmp/x"})
+    locs = locations_from_env(None, environ={"TENANT_BACKUP_LOCATIONS": "local", "TENANT_BACKUP_LOCAL_DIR": "/tmp/x"})
     assert list(locs) == ["local"]
     assert locs["local"].name == "local" and locs["local"].retention_days == 30
     assert isinstance(locs["local"], RetryingLocation) and isinstance(locs["local"].inner, LocalLocation)
@@ -44,15 +44,15 @@ def test_unlisted_locations_need_no_settings():
 
 def test_unknown_or_duplicate_location_is_an_error():
     with pytest.raises(ConfigError, match="unknown storage location.*s3"):
-        locations_from_env(environ=dict(FULL, TENANT_BACKUP_LOCATIONS="local,s3"))
+        locations_from_env(None, environ=dict(FULL, TENANT_BACKUP_LOCATIONS="local,s3"))
     with pytest.raises(ConfigError, match="twice"):
-        locations_from_env(environ=dict(FULL, TENANT_BACKUP_LOCATIONS="local,local"))
+        locations_from_env(None, environ=dict(FULL, TENANT_BACKUP_LOCATIONS="local,local"))
     with pytest.raises(ConfigError, match="unknown"):
         locations_from_env(["gcs"], environ=FULL)
 
 
 def test_full_config_and_retention():
-    locs = locations_from_env(environ=dict(FULL, TENANT_BACKUP_RETENTION_R2_DAYS="90"))
+    locs = locations_from_env(None, environ=dict(FULL, TENANT_BACKUP_RETENTION_R2_DAYS="90"))
     assert list(locs) == ["local", "r2", "b2"]
     assert [locs[n].retention_days for n in locs] == [30, 90, 365]
     assert isinstance(locs["r2"].inner, R2Location) and isinstance(locs["b2"].inner, B2Location)
@@ -66,7 +66,7 @@ def test_full_config_and_retention():
                                        ("TENANT_BACKUP_R2_PART_SIZE_MB", "4")])
 def test_malformed_numbers_are_errors(var, value):
     with pytest.raises(ConfigError, match=var):
-        locations_from_env(environ=dict(FULL, **{var: value}))
+        locations_from_env(None, environ=dict(FULL, **{var: value}))
 
 
 def test_configured_locations_work_end_to_end(tmp_path):
@@ -84,7 +84,7 @@ def test_configured_locations_work_end_to_end(tmp_path):
         arch.write_bytes(b"x" * 12345)
         sha, size = sha256_file(arch)
         t = str(uuid.uuid4())
-        for name, loc in locations_from_env(environ=env).items():
+        for name, loc in locations_from_env(None, environ=env).items():
             loc.put(t, "b1", arch, {"archive": {"sha256": sha, "size": size}})
             assert [(r.location, r.tenant_id) for r in loc.list()] == [(name, t)]
             assert loc.stat(t, "b1").sha256 == sha

@@ -1,7 +1,11 @@
-"""One conformance suite that every storage location must pass (restic's model, DESIGN §8).
+"""One conformance suite that every storage location must pass (restic's model, docs/STORAGE.md, "Conformance suite").
 
-Real servers on loopback (moto S3 for R2, the b2sdk-RawSimulator-backed B2 server), real clients,
-faults injected at the servers. Small part sizes keep multipart paths fast.
+Like restic's internal/backend/test: the tests are written once against a backend object
+(tests/storage_backends.py) that brings its own factory and fault hooks, implemented by that
+backend's test server over HTTP (the storage protocol or the server's control endpoints). Real servers
+on loopback (moto S3 for R2, the b2sdk-RawSimulator-backed B2 server), real clients, faults injected at
+the servers. A fault a backend cannot have (local disk has no server) skips, saying why. Small part
+sizes keep multipart paths fast.
 """
 
 from __future__ import annotations
@@ -19,14 +23,23 @@ from pathlib import Path
 
 import pytest
 
-from backup_assets.core.errors import (CorruptObject, InvalidTenantId, NotFound, PermanentStorageError,
-                                       StorageError, TransientStorageError)
+from backup_assets.core.errors import (
+    CorruptObject,
+    InvalidTenantId,
+    NotFound,
+    PermanentStorageError,
+    StorageError,
+    TransientStorageError,
+)
 from backup_assets.core.locations import RetryingLocation, sha256_file
 from backup_assets.core.locations.b2 import B2Location
 from backup_assets.core.locations.local import LocalLocation
 from backup_assets.core.locations.r2 import R2Location
 from backup_assets.testing.b2_server import B2Server
 from backup_assets.testing.s3_server import S3Server
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from storage_backends import B2Backend, LocalBackend, R2Backend, Unsupported  # noqa: E402
 
 MiB = 1024 * 1024
 REPO = Path(__file__).resolve().parents[1]
@@ -46,89 +59,39 @@ def b2_server():
         yield s
 
 
-def _closed_port() -> int:
-    import socket
+@pytest.fixture(params=KINDS)
+def backend(request, tmp_path):
+    kind = request.param
+    if kind == "local":
+        be = LocalBackend(tmp_path)
+    elif kind == "r2":
+        be = R2Backend(tmp_path, request.getfixturevalue("s3_server"))
+    else:
+        be = B2Backend(tmp_path, request.getfixturevalue("b2_server"))
+    yield be
+    be.clear_faults()
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
+class Under:
+    """The location under test: raw (as built by the backend's factory) and wrapped in retries."""
 
-class Harness:
-    """One location under test plus the handles to break it."""
-
-    def __init__(self, kind: str, tmp_path: Path, s3: S3Server | None, b2: B2Server | None):
-        self.kind = kind
-        self.tmp = tmp_path
-        self.bucket = "t-" + uuid.uuid4().hex[:12]
-        self.s3, self.b2 = s3, b2
-        self.server = s3 if kind == "r2" else b2 if kind == "b2" else None
-        if kind == "r2":
-            s3.create_bucket(self.bucket)
-        elif kind == "b2":
-            b2.create_bucket(self.bucket)
-        if self.server is not None:
-            self.server.faults.clear()
-        self.raw = self.make()
+    def __init__(self, backend):
+        self.backend = backend
+        self.raw = backend.make()
         self.loc = RetryingLocation(self.raw, attempts=3, base_delay=0.05)
 
-    def upload_match(self, t: str, bid: str) -> str:
-        """Fault filter hitting the archive's upload requests (B2 upload URLs carry no file name)."""
-        return f"{t}/{bid}/archive.tbk" if self.kind == "r2" else "/__b2up/"
 
-    @property
-    def faults(self):
-        return self.server.faults
-
-    def make(self, *, bucket=None, key=None, url=None, root=None):
-        bucket = bucket or self.bucket
-        if self.kind == "local":
-            return LocalLocation(root or self.tmp / "store")
-        if self.kind == "r2":
-            return R2Location(url or self.s3.url, key or self.s3.access_key, self.s3.secret_key, bucket,
-                              part_size=5 * MiB, multipart_threshold=5 * MiB, max_attempts=2,
-                              connect_timeout=2, read_timeout=10)
-        return B2Location(key or self.b2.key_id, self.b2.key, bucket, realm=url or self.b2.url, tries=2,
-                          connect_timeout=2, read_timeout=10)
-
-    def corrupt_at_rest(self, tenant: str, backup: str) -> None:
-        """Flip one byte of the stored archive, keeping its metadata (bit rot)."""
-        key = self.raw.archive_key(tenant, backup)
-        if self.kind == "local":
-            p = self.raw.root / key
-            data = bytearray(p.read_bytes())
-            data[len(data) // 2] ^= 1
-            p.write_bytes(bytes(data))
-        elif self.kind == "r2":
-            c = self.s3.client()
-            obj = c.get_object(Bucket=self.bucket, Key=key)
-            data = bytearray(obj["Body"].read())
-            data[len(data) // 2] ^= 1
-            c.put_object(Bucket=self.bucket, Key=key, Body=bytes(data), Metadata=obj["Metadata"])
-        else:
-            with self.b2._httpd.lock:
-                bucket = self.b2.sim.bucket_name_to_bucket[self.bucket]
-                for (name, _fid), fs in bucket.file_name_and_id_to_file.items():
-                    if name == key:
-                        data = bytearray(fs.data_bytes)
-                        data[len(data) // 2] ^= 1
-                        fs.data_bytes = bytes(data)
+@pytest.fixture
+def u(backend):
+    return Under(backend)
 
 
-@pytest.fixture(params=KINDS)
-def h(request, tmp_path):
-    kind = request.param
-    s3 = request.getfixturevalue("s3_server") if kind == "r2" else None
-    b2 = request.getfixturevalue("b2_server") if kind == "b2" else None
-    harness = Harness(kind, tmp_path, s3, b2)
-    yield harness
-    if harness.server is not None:
-        harness.server.faults.clear()
-
-
-def remote_only(h: Harness) -> None:
-    if h.kind == "local":
-        pytest.skip("no server to break for the local location")
+def hook(fn, *args, **kw):
+    """Call a fault hook; skip the test (with the backend's reason) where the fault cannot exist."""
+    try:
+        return fn(*args, **kw)
+    except Unsupported as exc:
+        pytest.skip(str(exc))
 
 
 def make_archive(tmp: Path, size: int, name: str | None = None) -> tuple[Path, dict]:
@@ -149,113 +112,160 @@ def tid() -> str:
 
 # -- round trips --------------------------------------------------------------------------------
 @pytest.mark.parametrize("size", [0, 1, 70_000])
-def test_round_trip_small(h, tmp_path, size):
+def test_round_trip_small(u, tmp_path, size):
     arch, man = make_archive(tmp_path, size)
     t = tid()
-    put = h.loc.put(t, "20261125T030000Z", arch, man)
+    put = u.loc.put(t, "20261125T030000Z", arch, man)
     assert (put.size, put.sha256) == (size, man["archive"]["sha256"])
-    assert put.uri == h.loc.uri(t, "20261125T030000Z") and put.uri.startswith({"local": "file://", "r2": "r2://", "b2": "b2://"}[h.kind])
-    got = h.loc.get(t, "20261125T030000Z", tmp_path / "out" / "a.tbk")
+    assert put.uri == u.loc.uri(t, "20261125T030000Z") and put.uri.startswith(u.backend.scheme)
+    got = u.loc.get(t, "20261125T030000Z", tmp_path / "out" / "a.tbk")
     assert got.path.read_bytes() == arch.read_bytes()
-    assert h.loc.get_manifest(t, "20261125T030000Z") == man
-    st = h.loc.stat(t, "20261125T030000Z")
+    assert u.loc.get_manifest(t, "20261125T030000Z") == man
+    st = u.loc.stat(t, "20261125T030000Z")
     assert (st.size, st.sha256) == (size, man["archive"]["sha256"])
-    assert h.loc.verify(t, "20261125T030000Z").sha256 == man["archive"]["sha256"]
+    assert u.loc.verify(t, "20261125T030000Z").sha256 == man["archive"]["sha256"]
 
 
-def test_round_trip_multipart(h, tmp_path):
+def test_round_trip_multipart(u, tmp_path):
     arch, man = make_archive(tmp_path, 11 * MiB + 12345)
     t = tid()
-    h.loc.put(t, "b-multi", arch, man)
-    out = h.loc.get(t, "b-multi", tmp_path / "back.tbk")
+    u.loc.put(t, "b-multi", arch, man)
+    out = u.loc.get(t, "b-multi", tmp_path / "back.tbk")
     assert sha256_file(out.path) == (man["archive"]["sha256"], man["archive"]["size"])
-    if h.kind == "r2":
-        sizes = list(h.s3.part_sizes(f"{t}/b-multi/archive.tbk").values())
-        assert len(sizes) == 1 and len(sizes[0]) == 3
-        *body, last = sizes[0]
-        assert set(body) == {5 * MiB}, "R2 requires all non-final parts to be the same size"
-        assert 0 < last <= 5 * MiB
-        assert sum(sizes[0]) == man["archive"]["size"]
-    if h.kind == "b2":
-        file_id = h.b2.sim.bucket_name_to_bucket[h.bucket].file_name_and_id_to_file
-        assert any(n.endswith(f"{t}/b-multi/archive.tbk") and len([p for p in fs.parts if p]) > 1
-                   for (n, _), fs in file_id.items()), "large-file API not used"
+    try:
+        sizes = u.backend.part_sizes(u.raw, t, "b-multi")
+    except Unsupported:
+        return  # local disk: the round trip above is the whole test
+    assert len(sizes) == 1 and len(sizes[0]) > 1, f"multipart / large-file API not used: {sizes}"
+    assert sum(sizes[0]) == man["archive"]["size"]
 
 
-def test_verification_record_beside_a_complete_copy(h, tmp_path):
+def test_parts_arrive_equal_sized_at_the_server(u, tmp_path):
+    """R2's rule, checked where it matters, at the server: every non-final part the same size."""
+    be = u.backend
+    hook(be.part_sizes, u.raw, tid(), "probe")  # skips where there are no parts
+    if not be.equal_parts:
+        pytest.skip(f"{be.kind} does not require equal-size parts")
+    size = 3 * be.part_size + be.part_size // 2 + 7  # 3 full parts and a short last one
+    arch, man = make_archive(tmp_path, size)
+    t = tid()
+    u.loc.put(t, "b-parts", arch, man)
+    sizes = be.part_sizes(u.raw, t, "b-parts")
+    assert len(sizes) == 1, f"one multipart upload expected, the server saw {len(sizes)}"
+    *body, last = sizes[0]
+    assert body and set(body) == {be.part_size}, f"R2 requires all non-final parts to be the same size: {sizes[0]}"
+    assert 0 < last <= be.part_size
+    assert sum(sizes[0]) == size
+    if be.kind == "r2":  # 3 x 5 MiB + 2.5 MiB: exactly what the part size says
+        assert sizes[0] == [5 * MiB] * 3 + [size - 15 * MiB]
+
+
+def test_no_checksum_headers_r2_rejects(u, tmp_path, s3_server):
+    """boto3 >= 1.36 sends CRC checksum headers by default; the R2 client must send none (docs/ARCHITECTURE.md, "Verified traps")."""
+    be = u.backend
+    if be.kind != "r2":
+        pytest.skip("checksum headers are an S3-API matter (R2 only)")
+    before = len(be.checksum_headers()["with_checksum_headers"])
+    arch, man = make_archive(tmp_path, 2 * be.part_size + 10)
+    t = tid()
+    u.loc.put(t, "b1", arch, man)
+    u.loc.get(t, "b1", tmp_path / "o.tbk")
+    got = be.checksum_headers()
+    assert got["with_checksum_headers"][before:] == [], got
+    # The record is not blind: a boto3 client with its default checksum setting is seen.
+    import boto3
+
+    boto3.client("s3", endpoint_url=be.url, region_name="us-east-1", aws_access_key_id=s3_server.access_key,
+                 aws_secret_access_key=s3_server.secret_key).put_object(Bucket=be.bucket, Key="probe", Body=b"x")
+    assert len(be.checksum_headers()["with_checksum_headers"]) > before
+
+
+def test_upload_progress_is_reported(backend, tmp_path):
+    if backend.kind != "r2":
+        pytest.skip(f"{backend.kind} has no progress hook (R2Location(progress=...) only)")
+    seen = []
+    loc = backend.make(progress=lambda key, n: seen.append((key, n)))
+    arch, man = make_archive(tmp_path, 2 * backend.part_size + 3)
+    t = tid()
+    loc.put(t, "b1", arch, man)
+    assert {k for k, _ in seen} == {loc.archive_key(t, "b1")}
+    assert sum(n for _, n in seen) == man["archive"]["size"]
+
+
+def test_verification_record_beside_a_complete_copy(u, tmp_path):
     """verified.json: only beside a complete backup, replaced by each write, gone with the backup."""
     arch, man = make_archive(tmp_path, 1000)
     t = tid()
     with pytest.raises(NotFound):
-        h.loc.put_verified(t, "b1", {"ok": True})
-    h.loc.put(t, "b1", arch, man)
-    assert h.loc.get_verified(t, "b1") is None
-    h.loc.put_verified(t, "b1", {"ok": True, "sha256": man["archive"]["sha256"]})
-    h.loc.put_verified(t, "b1", {"ok": False, "sha256": man["archive"]["sha256"]})
-    assert h.loc.get_verified(t, "b1") == {"ok": False, "sha256": man["archive"]["sha256"]}
+        u.loc.put_verified(t, "b1", {"ok": True})
+    u.loc.put(t, "b1", arch, man)
+    assert u.loc.get_verified(t, "b1") is None
+    u.loc.put_verified(t, "b1", {"ok": True, "sha256": man["archive"]["sha256"]})
+    u.loc.put_verified(t, "b1", {"ok": False, "sha256": man["archive"]["sha256"]})
+    assert u.loc.get_verified(t, "b1") == {"ok": False, "sha256": man["archive"]["sha256"]}
     # A caller that has just read the manifest need not have completeness asked again.
-    assert h.loc.verify(t, "b1", known_complete=True).sha256 == man["archive"]["sha256"]
-    h.loc.put_verified(t, "b1", {"ok": True}, known_complete=True)
-    assert h.loc.get_verified(t, "b1") == {"ok": True}
-    assert [r.backup_id for r in h.loc.list(t)] == ["b1"]  # a record is not a backup
-    h.loc.delete(t, "b1")
-    assert h.loc.get_verified(t, "b1") is None and h.loc.list(t) == []
+    assert u.loc.verify(t, "b1", known_complete=True).sha256 == man["archive"]["sha256"]
+    u.loc.put_verified(t, "b1", {"ok": True}, known_complete=True)
+    assert u.loc.get_verified(t, "b1") == {"ok": True}
+    assert [r.backup_id for r in u.loc.list(t)] == ["b1"]  # a record is not a backup
+    u.loc.delete(t, "b1")
+    assert u.loc.get_verified(t, "b1") is None and u.loc.list(t) == []
 
 
 # -- list / stat / delete -----------------------------------------------------------------------
-def test_list_stat_delete(h, tmp_path):
+def test_list_stat_delete(u, tmp_path):
     a, b = sorted([tid(), tid()])
     arch, man = make_archive(tmp_path, 1000)
     for t, bid in [(a, "b1"), (a, "b2"), (b, "b1")]:
-        h.loc.put(t, bid, arch, man)
-    assert [(r.tenant_id, r.backup_id) for r in h.loc.list()] == [(a, "b1"), (a, "b2"), (b, "b1")]
-    assert [(r.tenant_id, r.backup_id) for r in h.loc.list(b)] == [(b, "b1")]
-    assert all(r.location == h.kind and r.stored_at is not None for r in h.loc.list())
-    h.loc.delete(a, "b1")
-    h.loc.delete(a, "b1")  # idempotent
-    h.loc.delete(tid(), "never-existed")
-    assert [(r.tenant_id, r.backup_id) for r in h.loc.list()] == [(a, "b2"), (b, "b1")]
+        u.loc.put(t, bid, arch, man)
+    assert [(r.tenant_id, r.backup_id) for r in u.loc.list()] == [(a, "b1"), (a, "b2"), (b, "b1")]
+    assert [(r.tenant_id, r.backup_id) for r in u.loc.list(b)] == [(b, "b1")]
+    assert all(r.location == u.backend.kind and r.stored_at is not None for r in u.loc.list())
+    u.loc.delete(a, "b1")
+    u.loc.delete(a, "b1")  # idempotent
+    u.loc.delete(tid(), "never-existed")
+    assert [(r.tenant_id, r.backup_id) for r in u.loc.list()] == [(a, "b2"), (b, "b1")]
     with pytest.raises(NotFound):
-        h.loc.stat(a, "b1")
+        u.loc.stat(a, "b1")
     with pytest.raises(NotFound):
-        h.loc.get(a, "b1", tmp_path / "x")
+        u.loc.get(a, "b1", tmp_path / "x")
     assert not (tmp_path / "x").exists()
-    assert h.loc.list(tid()) == []
+    assert u.loc.list(tid()) == []
 
 
-def test_overwrite_same_backup_id_keeps_one_copy(h, tmp_path):
+def test_overwrite_same_backup_id_keeps_one_copy(u, tmp_path):
     t = tid()
     a1, m1 = make_archive(tmp_path, 3000)
     a2, m2 = make_archive(tmp_path, 4000)
-    h.loc.put(t, "b1", a1, m1)
-    h.loc.put(t, "b1", a2, m2)
-    assert h.loc.stat(t, "b1").sha256 == m2["archive"]["sha256"]
-    assert h.loc.get(t, "b1", tmp_path / "o").path.read_bytes() == a2.read_bytes()
-    if h.kind == "b2":
-        assert h.b2.versions(h.bucket, h.raw.archive_key(t, "b1")) == 1
-        h.loc.delete(t, "b1")
-        assert h.b2.versions(h.bucket, h.raw.archive_key(t, "b1")) == 0
-        assert h.b2.versions(h.bucket, h.raw.manifest_key(t, "b1")) == 0
+    u.loc.put(t, "b1", a1, m1)
+    u.loc.put(t, "b1", a2, m2)
+    assert u.loc.stat(t, "b1").sha256 == m2["archive"]["sha256"]
+    assert u.loc.get(t, "b1", tmp_path / "o").path.read_bytes() == a2.read_bytes()
+    be, akey, mkey = u.backend, u.raw.archive_key(t, "b1"), u.raw.manifest_key(t, "b1")
+    assert be.versions(u.raw, akey) == 1 and be.versions(u.raw, mkey) == 1  # B2: older versions removed
+    u.loc.delete(t, "b1")
+    assert be.versions(u.raw, akey) == 0
+    assert be.versions(u.raw, mkey) == 0
 
 
-def test_manifest_mismatch_is_refused(h, tmp_path):
+def test_manifest_mismatch_is_refused(u, tmp_path):
     arch, man = make_archive(tmp_path, 2000)
     t = tid()
     bad = json.loads(json.dumps(man))
     bad["archive"]["sha256"] = "0" * 64
     with pytest.raises(PermanentStorageError, match="does not match"):
-        h.loc.put(t, "b1", arch, bad)
-    assert h.loc.list(t) == []
+        u.loc.put(t, "b1", arch, bad)
+    assert u.loc.list(t) == []
 
 
-def test_concurrent_puts_for_different_tenants(h, tmp_path):
+def test_concurrent_puts_for_different_tenants(u, tmp_path):
     tenants = [tid() for _ in range(6)]
     archives = {t: make_archive(tmp_path, 50_000 + i) for i, t in enumerate(tenants)}
     errors = []
 
     def work(t):
         try:
-            h.loc.put(t, "weekly", *archives[t])
+            u.loc.put(t, "weekly", *archives[t])
         except Exception as exc:  # noqa: BLE001
             errors.append(exc)
 
@@ -263,69 +273,87 @@ def test_concurrent_puts_for_different_tenants(h, tmp_path):
     [th.start() for th in threads]
     [th.join(60) for th in threads]
     assert not errors
-    assert sorted(r.tenant_id for r in h.loc.list()) == sorted(tenants)
+    assert sorted(r.tenant_id for r in u.loc.list()) == sorted(tenants)
     for t in tenants:
-        assert h.loc.verify(t, "weekly").sha256 == archives[t][1]["archive"]["sha256"]
+        assert u.loc.verify(t, "weekly").sha256 == archives[t][1]["archive"]["sha256"]
 
 
 # -- interruption and corruption ----------------------------------------------------------------
-def test_interrupted_upload_is_not_listed_as_complete(h, tmp_path):
+def _assert_not_complete_then_cleaned(u, t, arch, man):
+    assert u.loc.list(t) == []
+    with pytest.raises(NotFound):
+        u.loc.stat(t, "b1")
+    u.loc.delete(t, "b1")  # cleans up leftovers (temp files, multipart uploads, unfinished large files)
+    assert u.backend.leftovers(u.raw, t, "b1") == 0
+    if u.backend.kind == "local":
+        assert not (Path(u.raw.root) / "tenants" / t / "b1").exists()
+    # A fresh put of the same backup then succeeds.
+    u.loc.put(t, "b1", arch, man)
+    assert [r.backup_id for r in u.loc.list(t)] == ["b1"]
+
+
+def test_writer_killed_mid_upload_is_not_listed_as_complete(u, tmp_path):
+    """kill -9 of the writing process mid-archive: no manifest, nothing lists, delete() cleans up."""
+    be = u.backend
     t = tid()
-    if h.kind == "local":
-        # kill -9 a writer mid-copy: no manifest, no visible archive, only a dot-temp file at most.
-        arch, man = make_archive(tmp_path, 192 * MiB)
-        root = tmp_path / "store"
-        code = ("import json,sys; from pathlib import Path; from backup_assets.core.locations.local import LocalLocation;"
-                f"LocalLocation({str(root)!r}).put({t!r}, 'b1', Path({str(arch)!r}), json.loads(sys.argv[1]))")
-        p = subprocess.Popen([sys.executable, "-c", code, json.dumps(man)], cwd=REPO)
-        deadline = time.monotonic() + 30
-        tdir = root / "tenants" / t / "b1"
-        while time.monotonic() < deadline and not (tdir.is_dir() and any(tdir.glob(".archive.tbk.*.tmp"))):
-            time.sleep(0.001)
+    arch, man = make_archive(tmp_path, 192 * MiB if be.kind == "local" else 64 * MiB)
+    code = (f"import json,sys; from pathlib import Path; {be.writer_code()}; "
+            f"loc.put({t!r}, 'b1', Path({str(arch)!r}), json.loads(sys.argv[1]))")
+    p = subprocess.Popen([sys.executable, "-c", code, json.dumps(man)], cwd=REPO)
+
+    def mid_write() -> bool:
+        if be.kind == "local":
+            return be.leftovers(u.raw, t, "b1") > 0
+        return any(len(s) >= 1 for s in be.part_sizes(u.raw, t, "b1"))  # a part stored, more to come
+
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and p.poll() is None and not mid_write():
+            time.sleep(0.002)
+    finally:
         p.send_signal(signal.SIGKILL)
         p.wait()
-        assert any(tdir.glob(".archive.tbk.*.tmp")), "writer was not caught mid-write"
-    else:
-        arch, man = make_archive(tmp_path, 11 * MiB)
-        # Let the first part through, then every later request dies mid-body: retries exhaust.
-        h.faults.set(drop=1000, after=2, match=h.upload_match(t, "b1"))
-        with pytest.raises(TransientStorageError):
-            h.loc.put(t, "b1", arch, man)
-        h.faults.clear()
-    assert h.loc.list(t) == []
-    with pytest.raises(NotFound):
-        h.loc.stat(t, "b1")
-    h.loc.delete(t, "b1")  # cleans up leftovers (temp files, multipart uploads, unfinished large files)
-    if h.kind == "local":
-        assert not (tmp_path / "store" / "tenants" / t / "b1").exists()
-    # A fresh put of the same backup then succeeds.
-    h.loc.put(t, "b1", arch, man)
-    assert [r.backup_id for r in h.loc.list(t)] == ["b1"]
+    assert be.leftovers(u.raw, t, "b1") > 0, "writer was not caught mid-write"
+    _assert_not_complete_then_cleaned(u, t, arch, man)
 
 
-def test_corrupted_stored_object_is_detected(h, tmp_path):
+def test_interrupted_upload_is_not_listed_as_complete(u, tmp_path):
+    """The connection dies on every request after the first part: retries exhaust, nothing lists."""
+    be = u.backend
+    t = tid()
+    arch, man = make_archive(tmp_path, 11 * MiB)
+    match = hook(be.upload_match, u.raw, t, "b1")
+    # Let the first part through, then every later request dies mid-body: retries exhaust.
+    be.set_faults(drop=1000, after=2, match=match)
+    with pytest.raises(TransientStorageError):
+        u.loc.put(t, "b1", arch, man)
+    be.clear_faults()
+    _assert_not_complete_then_cleaned(u, t, arch, man)
+
+
+def test_corrupted_stored_object_is_detected(u, tmp_path):
     arch, man = make_archive(tmp_path, 200_000)
     t = tid()
-    h.loc.put(t, "b1", arch, man)
-    h.corrupt_at_rest(t, "b1")
+    u.loc.put(t, "b1", arch, man)
+    u.backend.corrupt_at_rest(u.raw, t, "b1")
     with pytest.raises(CorruptObject, match="does not match"):
-        h.loc.verify(t, "b1")
+        u.loc.verify(t, "b1")
     with pytest.raises(CorruptObject):
-        h.loc.get(t, "b1", tmp_path / "restore.tbk")
+        u.loc.get(t, "b1", tmp_path / "restore.tbk")
     assert not (tmp_path / "restore.tbk").exists(), "a corrupt download must not leave a file behind"
-    assert h.loc.stat(t, "b1").sha256 == man["archive"]["sha256"]  # stat trusts metadata only
+    assert u.loc.stat(t, "b1").sha256 == man["archive"]["sha256"]  # stat trusts metadata only
 
 
-def test_byte_flipped_in_transit_is_detected(h, tmp_path):
-    remote_only(h)
+def test_byte_flipped_in_transit_is_detected(u, tmp_path):
     arch, man = make_archive(tmp_path, 3 * MiB)
     t = tid()
-    h.loc.put(t, "b1", arch, man)
-    h.faults.set(flip=1, match="archive.tbk")
+    hook(u.backend.set_faults)  # skips where there is no transit
+    u.loc.put(t, "b1", arch, man)
+    u.backend.set_faults(flip=1, match="archive.tbk")
     with pytest.raises(CorruptObject):
-        h.loc.get(t, "b1", tmp_path / "o.tbk")
-    assert h.faults.state()["injected"] >= 1
-    h.loc.verify(t, "b1")  # the stored copy itself is fine
+        u.loc.get(t, "b1", tmp_path / "o.tbk")
+    assert u.backend.injected() >= 1
+    u.loc.verify(t, "b1")  # the stored copy itself is fine
 
 
 # -- clear, bounded errors ----------------------------------------------------------------------
@@ -334,10 +362,10 @@ def _one_line(exc: BaseException) -> None:
     assert msg and "\n" not in msg and "Traceback" not in msg
 
 
-def test_missing_object_is_not_found(h):
+def test_missing_object_is_not_found(u):
     t = tid()
-    for call in (lambda: h.loc.stat(t, "nope"), lambda: h.loc.get_manifest(t, "nope"),
-                 lambda: h.loc.verify(t, "nope")):
+    for call in (lambda: u.loc.stat(t, "nope"), lambda: u.loc.get_manifest(t, "nope"),
+                 lambda: u.loc.verify(t, "nope")):
         start = time.monotonic()
         with pytest.raises(NotFound) as ei:
             call()
@@ -345,19 +373,18 @@ def test_missing_object_is_not_found(h):
         _one_line(ei.value)
 
 
-def test_invalid_ids_are_refused_before_io(h, tmp_path):
+def test_invalid_ids_are_refused_before_io(u, tmp_path):
     arch, man = make_archive(tmp_path, 10)
     with pytest.raises(InvalidTenantId):
-        h.loc.put("../etc", "b1", arch, man)
+        u.loc.put("../etc", "b1", arch, man)
     for bad in ("../x", "a/b", "", ".hidden", "a..b", "x" * 200):
         with pytest.raises(StorageError):
-            h.loc.put(tid(), bad, arch, man)
-    assert h.loc.list() == []
+            u.loc.put(tid(), bad, arch, man)
+    assert u.loc.list() == []
 
 
-def test_missing_bucket(h):
-    remote_only(h)
-    loc = RetryingLocation(h.make(bucket="no-such-bucket-" + uuid.uuid4().hex[:6]), attempts=3, base_delay=0.05)
+def test_missing_bucket(backend):
+    loc = RetryingLocation(hook(backend.missing_bucket), attempts=3, base_delay=0.05)
     start = time.monotonic()
     with pytest.raises(PermanentStorageError, match="does not exist") as ei:
         loc.stat(tid(), "b1")
@@ -365,9 +392,8 @@ def test_missing_bucket(h):
     _one_line(ei.value)
 
 
-def test_wrong_credentials(h):
-    remote_only(h)
-    loc = RetryingLocation(h.make(key="wrong-key-id"), attempts=3, base_delay=0.05)
+def test_wrong_credentials(backend):
+    loc = RetryingLocation(hook(backend.wrong_credentials), attempts=3, base_delay=0.05)
     start = time.monotonic()
     with pytest.raises(PermanentStorageError, match="credentials") as ei:
         loc.list()
@@ -376,45 +402,43 @@ def test_wrong_credentials(h):
 
 
 @pytest.mark.parametrize("how", ["refused", "closes"])
-def test_server_down_is_a_clear_bounded_error(h, tmp_path, how):
-    remote_only(h)
+def test_server_down_is_a_clear_bounded_error(u, tmp_path, how):
     arch, man = make_archive(tmp_path, 1000)
     if how == "refused":
-        loc = RetryingLocation(h.make(url=f"http://127.0.0.1:{_closed_port()}"), attempts=3, base_delay=0.05)
+        loc = RetryingLocation(hook(u.backend.unreachable), attempts=3, base_delay=0.05)
     else:
-        h.faults.set(down=True)
-        loc = h.loc
+        hook(u.backend.set_faults, down=True)
+        loc = u.loc
     start = time.monotonic()
     with pytest.raises(TransientStorageError, match="after 3 attempts") as ei:
         loc.put(tid(), "b1", arch, man)
     elapsed = time.monotonic() - start
-    h.faults.clear()
+    u.backend.clear_faults()
     assert elapsed < 20, f"took {elapsed:.1f}s"
     _one_line(ei.value)
 
 
 @pytest.mark.parametrize("status", [500, 503])
-def test_transient_errors_are_retried_then_succeed(h, tmp_path, status):
-    remote_only(h)
+def test_transient_errors_are_retried_then_succeed(u, tmp_path, status):
     arch, man = make_archive(tmp_path, 7 * MiB)
     t = tid()
-    h.faults.set(fail=3, status=status)
-    h.loc.put(t, "b1", arch, man)
-    assert h.faults.state()["injected"] == 3
-    h.faults.set(fail=2, status=status)
-    assert h.loc.get(t, "b1", tmp_path / "o").sha256 == man["archive"]["sha256"]
-    assert h.faults.state()["injected"] == 5
+    hook(u.backend.set_faults, fail=3, status=status)
+    u.loc.put(t, "b1", arch, man)
+    assert u.backend.injected() == 3
+    u.backend.set_faults(fail=2, status=status)
+    assert u.loc.get(t, "b1", tmp_path / "o").sha256 == man["archive"]["sha256"]
+    assert u.backend.injected() == 5
 
 
-def test_connection_dropped_mid_body_is_retried(h, tmp_path):
-    remote_only(h)
+def test_connection_dropped_mid_body_is_retried(u, tmp_path):
     arch, man = make_archive(tmp_path, 7 * MiB)
     t = tid()
-    h.faults.set(drop=1, match=h.upload_match(t, "b1"))  # the first archive upload request dies half-way
-    h.loc.put(t, "b1", arch, man)
-    h.faults.set(drop=1, match="archive.tbk")  # and the first download of it
-    h.loc.get(t, "b1", tmp_path / "o")
-    assert h.faults.state()["injected"] == 2
+    match = hook(u.backend.upload_match, u.raw, t, "b1")
+    u.backend.set_faults(drop=1, match=match)  # the first archive upload request dies half-way
+    u.loc.put(t, "b1", arch, man)
+    u.backend.set_faults(drop=1, match="archive.tbk")  # and the first download of it
+    u.loc.get(t, "b1", tmp_path / "o")
+    assert u.backend.injected() == 2
     assert sha256_file(tmp_path / "o")[0] == man["archive"]["sha256"]
 
 
@@ -433,13 +457,12 @@ def test_local_permissions_and_no_temp_leftovers(tmp_path):
 
 
 def test_prefix_is_applied(s3_server, tmp_path):
-    bucket = "t-" + uuid.uuid4().hex[:12]
-    s3_server.create_bucket(bucket)
-    loc = R2Location(s3_server.url, "testing", "testing", bucket, prefix="prod/eu")
+    be = R2Backend(tmp_path, s3_server)
+    loc = be.make(prefix="prod/eu")
     arch, man = make_archive(tmp_path, 10)
     t = tid()
     loc.put(t, "b1", arch, man)
-    keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket=bucket)["Contents"]]
+    keys = [o["Key"] for o in be._client().list_objects_v2(Bucket=be.bucket)["Contents"]]
     assert sorted(keys) == [f"prod/eu/tenants/{t}/b1/archive.tbk", f"prod/eu/tenants/{t}/b1/manifest.json"]
     assert [r.tenant_id for r in loc.list()] == [t]
 

@@ -29,10 +29,13 @@ _CALL = re.compile(r"^/b2api/v\d+/(b2_[a-z_]+)$")
 
 
 def _make_simulator(recommended_part_size: int, min_part_size: int):
-    from b2sdk._internal.raw_simulator import BucketSimulator
-    from b2sdk.v2 import RawSimulator
+    from b2sdk.v2 import BucketSimulator, RawSimulator
 
     class _Bucket(BucketSimulator):
+        # The highest file id: list_unfinished_large_files starts there (with the simulator's own,
+        # smaller, first id it listed none of ours, so delete() never saw an unfinished large file).
+        FIRST_FILE_ID = str(10**15 - 1)
+
         def __init__(self, *a, **kw):
             super().__init__(*a, **kw)
             # The simulator's counters are sized for unit tests (200 upload URLs, ~5000 uploads per
@@ -68,12 +71,12 @@ def _millis():
 
 
 def _b2_error(exc: BaseException) -> tuple[int, str, str]:
-    from b2sdk._internal import exception as e
+    from b2sdk.v2 import exception as e
 
     msg = str(exc) or type(exc).__name__
     if isinstance(exc, e.NonExistentBucket):
         return 400, "bad_bucket_id", msg
-    if isinstance(exc, e.FileOrBucketNotFound):
+    if isinstance(exc, e.FileNotPresent):
         return 404, "not_found", msg
     if isinstance(exc, e.InvalidAuthToken):
         return 401, getattr(exc, "code", None) or "bad_auth_token", msg
@@ -154,6 +157,10 @@ class _Handler(BaseHTTPRequestHandler):
         if path.rstrip("/") == "/__faults__":
             status, payload = srv.faults.handle_control(self.command, self._read_body())
             return self._send_json(status, payload)
+        if path.rstrip("/") == "/__parts__":  # large files' parts as received: {file id: {"key", "sizes"}}
+            self._read_body()
+            contains = parse_qs(urlsplit(self.path).query).get("contains", [""])[0]
+            return self._send_json(200, srv.parts(contains))
         fault = srv.faults.decide(f"{self.command} {self.path}", has_body_out=self.command == "GET")
         if fault == "down":
             return self._kill()
@@ -220,6 +227,8 @@ class _Handler(BaseHTTPRequestHandler):
         if tok not in sim.auth_token_to_key:
             return self._send_error(401, "bad_auth_token", "invalid authorization token")
         res = self._sim(calls[name])
+        if name == "b2_start_large_file":
+            srv._name_large_file(res["fileId"], res["fileName"])
         if name in ("b2_get_upload_url", "b2_get_upload_part_url"):
             # Same token as the simulator issued; only the URL is moved onto this server.
             res = dict(res, uploadUrl=srv.url + "/__b2up/" + res["uploadUrl"][len(_SIM_UPLOAD):])
@@ -316,6 +325,7 @@ class B2Server:
         self.key_id = key_id or acct
         self.key = key or master
         self._parts: dict[str, dict[int, int]] = {}
+        self._large_names: dict[str, str] = {}
         self._parts_lock = threading.Lock()
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -360,9 +370,23 @@ class B2Server:
         with self._parts_lock:
             self._parts.setdefault(file_id, {})[number] = size
 
+    def _name_large_file(self, file_id: str, name: str) -> None:
+        with self._parts_lock:
+            self._large_names[file_id] = name
+
     def part_sizes(self) -> dict[str, list[int]]:
         with self._parts_lock:
             return {fid: [p[n] for n in sorted(p)] for fid, p in self._parts.items()}
+
+    def parts(self, name_contains: str = "") -> dict[str, dict]:
+        """file id -> {"key": file name, "sizes": [part 1, ...]}: what GET /__parts__ answers."""
+        with self._parts_lock:
+            out = {}
+            for fid, p in self._parts.items():
+                name = self._large_names.get(fid, "")
+                if name_contains in name:
+                    out[fid] = {"key": name, "sizes": [p[n] for n in sorted(p)]}
+            return out
 
     def versions(self, bucket: str, name: str) -> int:
         """How many versions of a file name the bucket holds (tests: delete removes every one)."""

@@ -1,8 +1,12 @@
 """TEST DOUBLE: a loopback S3 endpoint (stand-in for Cloudflare R2) with fault injection.
 
 moto's S3 served by werkzeug, like moto's ThreadedMotoServer, but with a WSGI middleware in front
-that injects faults (see servers.py), checks the access key id, and records the size of every
-multipart part so tests can assert R2's rule "all non-final parts the same size".
+that injects faults (see servers.py), checks the access key id, and records, per multipart upload,
+the bytes of every part it actually received and stored (counted off the request body, kept only when
+moto answered 2xx), so tests can assert R2's rule "all non-final parts the same size"; and the
+checksum headers clients sent (R2 rejects the ones boto3 >= 1.36 sends by default).
+    GET /__parts__[?contains=S]   {upload id: {"key": ..., "sizes": [part 1, part 2, ...]}}
+    GET /__checksums__            {"requests": N, "with_checksum_headers": ["METHOD /path: header", ...]}
 moto does not validate checksums and keeps no real durability: verification is by re-reading.
 Only the access key id is checked (not the SigV4 signature): enough to test "wrong credentials".
 """
@@ -63,11 +67,14 @@ class _FaultMiddleware:
         faults = self.server.faults
         method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
         qs = environ.get("QUERY_STRING", "")
-        if path.rstrip("/") in ("/__faults__", "/__parts__"):
+        if path.rstrip("/") in ("/__faults__", "/__parts__", "/__checksums__"):
             _n = int(environ.get("CONTENT_LENGTH") or 0)
             body = environ["wsgi.input"].read(_n) if _n else b""
             if path.startswith("/__parts__"):
-                status, payload = 200, self.server.part_sizes()
+                contains = parse_qs(qs).get("contains", [""])[0]
+                status, payload = 200, self.server.parts(contains)
+            elif path.startswith("/__checksums__"):
+                status, payload = 200, self.server.checksum_headers()
             else:
                 status, payload = faults.handle_control(method, body)
             data = json.dumps(payload).encode()
@@ -101,14 +108,30 @@ class _FaultMiddleware:
                 start_response(status, headers)
                 return [body]
 
+        self.server._note_checksums(desc, environ)
         params = parse_qs(qs)
         if method == "PUT" and "partNumber" in params and "uploadId" in params:
-            self.server._record_part(params["uploadId"][0], path, int(params["partNumber"][0]),
-                                     int(environ.get("CONTENT_LENGTH") or 0))
+            return self._part(environ, start_response, params["uploadId"][0], path, int(params["partNumber"][0]))
 
         if fault in ("drop", "flip"):
             return self._mangle(fault, environ, start_response)
         return self.app(environ, start_response)
+
+    def _part(self, environ, start_response, upload_id: str, path: str, number: int):
+        """UploadPart through moto, counting the body bytes moto reads; recorded once moto stored it."""
+        counted = _CountingInput(environ["wsgi.input"])
+        environ["wsgi.input"] = counted
+        status = {}
+
+        def sr(st, headers, exc_info=None):
+            status["code"] = st
+            return start_response(st, headers, exc_info)
+
+        result = self.app(environ, sr)
+        if status.get("code", "").startswith("2"):
+            self.server._record_part(upload_id, path, number, counted.n)
+        return result
+
 
     def _mangle(self, fault, environ, start_response):
         captured = {}
@@ -141,6 +164,24 @@ class _FaultMiddleware:
         return gen()
 
 
+class _CountingInput:
+    def __init__(self, stream):
+        self._s, self.n = stream, 0
+
+    def read(self, *a):
+        data = self._s.read(*a)
+        self.n += len(data)
+        return data
+
+    def readline(self, *a):
+        data = self._s.readline(*a)
+        self.n += len(data)
+        return data
+
+    def __iter__(self):
+        return iter(self.readline, b"")
+
+
 class S3Server:
     """Loopback S3 endpoint. `with S3Server() as s: s.create_bucket("b"); s.url` ..."""
 
@@ -153,6 +194,8 @@ class S3Server:
         self.faults = Faults()
         self._parts: dict[str, dict] = {}
         self._parts_lock = threading.Lock()
+        self._checksum_requests = 0
+        self._checksum_seen: list[str] = []
         self._server = None
         self._thread: threading.Thread | None = None
 
@@ -165,8 +208,7 @@ class S3Server:
         # to a temporary file and copies it back, which made this double, not the client, the
         # bottleneck of large uploads. Read by moto when a key is stored, so setting it here works.
         os.environ.setdefault("MOTO_S3_DEFAULT_KEY_BUFFER_SIZE", str(4 << 30))
-        from moto.moto_server.werkzeug_app import (DomainDispatcherApplication, MotoRequestHandler,
-                                                   create_backend_app)
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
         from werkzeug.serving import make_server
 
         class QuietHandler(MotoRequestHandler):
@@ -211,7 +253,28 @@ class S3Server:
             rec["parts"][number] = size
 
     def part_sizes(self, path_contains: str = "") -> dict[str, list[int]]:
-        """upload id -> sizes of its parts in part-number order (last attempt of each part)."""
+        """upload id -> sizes of its parts in part-number order (last stored attempt of each part)."""
+        return {uid: rec["sizes"] for uid, rec in self.parts(path_contains).items()}
+
+    def parts(self, path_contains: str = "") -> dict[str, dict]:
+        """upload id -> {"key": object key, "sizes": [...]}: what GET /__parts__ answers."""
         with self._parts_lock:
-            return {uid: [rec["parts"][n] for n in sorted(rec["parts"])]
+            return {uid: {"key": rec["path"].lstrip("/").split("/", 1)[-1],
+                          "sizes": [rec["parts"][n] for n in sorted(rec["parts"])]}
                     for uid, rec in self._parts.items() if path_contains in rec["path"]}
+
+    _CHECKSUM_HEADERS = ("HTTP_X_AMZ_SDK_CHECKSUM_ALGORITHM", "HTTP_X_AMZ_TRAILER")
+
+    def _note_checksums(self, desc: str, environ) -> None:
+        found = [k for k in environ if k.startswith("HTTP_X_AMZ_CHECKSUM_") or k in self._CHECKSUM_HEADERS]
+        if "aws-chunked" in environ.get("HTTP_CONTENT_ENCODING", ""):
+            found.append("HTTP_CONTENT_ENCODING=aws-chunked")
+        with self._parts_lock:
+            self._checksum_requests += 1
+            if found:
+                self._checksum_seen.append(f"{desc.split('?')[0]}: {','.join(sorted(found))}")
+
+    def checksum_headers(self) -> dict:
+        """Requests seen, and those that carried checksum headers R2 rejects (GET /__checksums__)."""
+        with self._parts_lock:
+            return {"requests": self._checksum_requests, "with_checksum_headers": self._checksum_seen[-50:]}

@@ -4,8 +4,7 @@ See base.py for the contract, docs/STORAGE.md for configuration. Backends import
 libraries lazily, so importing this package costs nothing.
 """
 
-from .base import (ARCHIVE_NAME, MANIFEST_NAME, BackupRef, Location, StoredObject, sha256_file,
-                   validate_backup_id)
+from .base import ARCHIVE_NAME, MANIFEST_NAME, BackupRef, Location, StoredObject, sha256_file, validate_backup_id
 from .config import locations_from_env
 from .retry import RetryingLocation
 

@@ -7,15 +7,22 @@ B2 keeps versions: delete() removes every version of both files, and cancels unf
 files an interrupted put left behind.
 
 b2sdk's own HTTP retries are generous (20 tries with growing sleeps for data); they are bounded here
-(tries, backoff, connect/read timeouts) so that a dead endpoint is a clear error in seconds and the
+(tries, connect/read timeouts) so that a dead endpoint is a clear error in seconds and the
 RetryingLocation wrapper is the one place that retries whole operations.
+
+Only b2sdk's public API (b2sdk.v2) is used. b2sdk has no setting for its HTTP retry count, so the
+bound is one override of a public method: B2Http.request(), through which every HTTP call of b2sdk
+passes, gets its try_count capped (B2Api.SESSION_CLASS -> B2Session.B2HTTP_CLASS -> our B2Http
+subclass, the documented way to swap the HTTP layer); the timeouts are B2Http's class constants and
+uploads' own retry loop is UploadManager.MAX_UPLOAD_ATTEMPTS. What that relies on (the signature of
+request(), that every call goes through it, the constants) is pinned by
+tests/test_b2_sdk_contract.py: it fails with a message naming what changed when b2sdk is upgraded
+(docs/STORAGE.md, "Upgrading b2sdk").
 """
 
 from __future__ import annotations
 
-import random
 import threading
-import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,31 +38,32 @@ def _line(msg: str) -> str:
     return " ".join(msg.split())
 
 
-def _bounded_classes(tries: int, connect_timeout: float, read_timeout: float):
-    from b2sdk.v2 import B2Api
+def _bounded_api_class(tries: int, connect_timeout: float, read_timeout: float):
+    """A b2sdk.v2.B2Api whose HTTP layer makes at most `tries` attempts per request, with our timeouts."""
+    from b2sdk.v2 import B2Api, B2Http, B2Session
 
-    session_base = B2Api.SESSION_CLASS
-    http_base = session_base.B2HTTP_CLASS
+    class BoundedB2Http(B2Http):
+        CONNECTION_TIMEOUT = connect_timeout
+        TIMEOUT = read_timeout
+        TIMEOUT_FOR_UPLOAD = read_timeout
+        # b2sdk sends every JSON API call (b2_authorize_account, b2_list_*, ...) with the server-side
+        # copy timeout, 20 minutes by default; we never copy server-side.
+        TIMEOUT_FOR_COPY = read_timeout
 
-    def _translate_and_retry(cls, fcn, try_count, post_params=None):
-        from b2sdk.v2.exception import B2Error
+        def request(self, method, url, headers, data=None, try_count=B2Http.TRY_COUNT_DATA, params=None, **kw):
+            # b2sdk passes 5 (API calls, HEAD) or 20 (data) tries, sleeping 1 s, 1.5 s, 2.25 s, ...
+            # between them: capped, a dead endpoint fails in seconds, not minutes.
+            return super().request(method, url, headers, data, max(1, min(try_count, tries)), params, **kw)
 
-        wait = 0.25
-        for _ in range(min(try_count, tries) - 1):
-            try:
-                return cls._translate_errors(fcn, post_params)
-            except B2Error as e:
-                if not e.should_retry_http():
-                    raise
-                time.sleep(min(float(e.retry_after_seconds or wait), 2.0) * (0.5 + random.random() / 2))
-                wait *= 2
-        return cls._translate_errors(fcn, post_params)
+    class BoundedB2Session(B2Session):
+        B2HTTP_CLASS = staticmethod(BoundedB2Http)
 
-    http_cls = type("BoundedB2Http", (http_base,), {
-        "CONNECTION_TIMEOUT": connect_timeout, "TIMEOUT": read_timeout, "TIMEOUT_FOR_UPLOAD": read_timeout,
-        "_translate_and_retry": classmethod(_translate_and_retry), "__module__": __name__})
-    session_cls = type("BoundedB2Session", (session_base,), {"B2HTTP_CLASS": staticmethod(http_cls), "__module__": __name__})
-    return type("BoundedB2Api", (B2Api,), {"SESSION_CLASS": staticmethod(session_cls), "__module__": __name__})
+    class BoundedB2Api(B2Api):
+        SESSION_CLASS = staticmethod(BoundedB2Session)
+
+    for cls in (BoundedB2Http, BoundedB2Session, BoundedB2Api):
+        cls.__module__ = __name__
+    return BoundedB2Api
 
 
 class B2Location(ObjectLocation):
@@ -69,7 +77,7 @@ class B2Location(ObjectLocation):
         self.realm = realm or "production"
         self.part_size = part_size
         self._key_id, self._key = key_id, key
-        self._api_cls = _bounded_classes(tries, connect_timeout, read_timeout)
+        self._api_cls = _bounded_api_class(tries, connect_timeout, read_timeout)
         self._upload_workers = upload_workers
         self._tries = tries
         self._bucket = None  # authorized lazily: constructing a location does no network I/O
@@ -91,7 +99,7 @@ class B2Location(ObjectLocation):
 
             api = self._api_cls(InMemoryAccountInfo(), max_upload_workers=self._upload_workers,
                                 max_download_workers=2)
-            api.services.upload_manager.MAX_UPLOAD_ATTEMPTS = self._tries
+            api.services.upload_manager.MAX_UPLOAD_ATTEMPTS = self._tries  # each with HTTP try_count 1
             try:
                 api.authorize_account(realm=self.realm, application_key_id=self._key_id, application_key=self._key)
                 self._bucket = api.get_bucket_by_name(self.bucket_name)
@@ -100,14 +108,15 @@ class B2Location(ObjectLocation):
         return self._bucket
 
     def _err(self, exc: Exception, key: str | None) -> StorageError:
-        from b2sdk._internal import exception as e  # v2 does not re-export every class
+        from b2sdk.v2 import exception as e
 
         what = self._key_uri(key) if key else f"b2://{self.bucket_name}"
         if isinstance(exc, StorageError):
             return exc
-        if isinstance(exc, e.NonExistentBucket) or isinstance(exc, e.BucketIdNotFound):
+        # v2's BucketIdNotFound is a v2-only subclass; b2sdk raises the base, exported as v3BucketIdNotFound.
+        if isinstance(exc, (e.NonExistentBucket, e.v3BucketIdNotFound)):
             return PermanentStorageError(f"b2: bucket {self.bucket_name!r} does not exist (realm {self.realm})")
-        if isinstance(exc, e.FileOrBucketNotFound) or isinstance(exc, e.ResourceNotFound):
+        if isinstance(exc, e.FileNotPresent):
             return NotFound(f"{what}: not found")
         if isinstance(exc, (e.Unauthorized, e.AccessDenied)):
             return PermanentStorageError(

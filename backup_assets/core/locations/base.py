@@ -54,16 +54,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from ..errors import CorruptObject, NotFound, PermanentStorageError, StorageError
+from ..archive.manifest import BACKUP_ID_RE, Manifest
+from ..errors import ArchiveError, CorruptObject, NotFound, PermanentStorageError, StorageError
+from ..files import sha256_file  # noqa: F401 - re-exported (core.locations.sha256_file)
 from ..source.tenant_ids import validate_tenant_id
 
 ARCHIVE_NAME = "archive.tbk"
 MANIFEST_NAME = "manifest.json"
 VERIFIED_NAME = "verified.json"  # optional: the last verification of this copy (core/maintenance/status.py)
 CHUNK = 1024 * 1024  # streaming buffer: memory use does not grow with the archive
-# Letters, digits, '.', '_', '-'; starts alphanumeric; no '..' (checked separately). Enough for
-# timestamps and ULIDs/UUIDs, never a path separator.
-BACKUP_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# BACKUP_ID_RE (core/archive/manifest.py): letters, digits, '.', '_', '-'; starts alphanumeric; no '..'
+# (checked separately). Enough for timestamps and ULIDs/UUIDs, never a path separator.
 
 
 def validate_backup_id(raw: str) -> str:
@@ -90,16 +91,6 @@ class BackupRef:
     backup_id: str
     uri: str
     stored_at: datetime | None = None  # when the manifest was written (retention uses it)
-
-
-def sha256_file(path: Path) -> tuple[str, int]:
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-            size += len(chunk)
-    return h.hexdigest(), size
 
 
 def _expected_from_manifest(manifest: dict) -> tuple[str | None, int | None]:
@@ -181,6 +172,8 @@ class ObjectLocation(Location):
     """
 
     name = "?"
+    # TENANT_BACKUP_TENANT_ID_PATTERN (None: UUIDs); set by core/locations/config.py.
+    tenant_id_pattern: str | None = None
 
     def __init__(self, *, prefix: str = "", retention_days: int = 30):
         prefix = prefix.strip("/")
@@ -224,7 +217,7 @@ class ObjectLocation(Location):
         return f"{self.prefix}/tenants/" if self.prefix else "tenants/"
 
     def _dir(self, tenant_id: str, backup_id: str) -> str:
-        return f"{self._root()}{validate_tenant_id(tenant_id)}/{validate_backup_id(backup_id)}/"
+        return f"{self._root()}{validate_tenant_id(tenant_id, self.tenant_id_pattern)}/{validate_backup_id(backup_id)}/"
 
     def archive_key(self, tenant_id: str, backup_id: str) -> str:
         return self._dir(tenant_id, backup_id) + ARCHIVE_NAME
@@ -237,13 +230,15 @@ class ObjectLocation(Location):
         return self._key_uri(self.archive_key(tenant_id, backup_id))
 
     def put(self, tenant_id: str, backup_id: str, archive_path: Path, manifest: dict) -> StoredObject:
-        tenant_id = validate_tenant_id(tenant_id)
+        tenant_id = validate_tenant_id(tenant_id, self.tenant_id_pattern)
         akey, mkey = self.archive_key(tenant_id, backup_id), self.manifest_key(tenant_id, backup_id)
         archive_path = Path(archive_path)
         try:
-            manifest_bytes = json.dumps(manifest, sort_keys=True, indent=2).encode()
+            manifest_bytes = Manifest.coerce(manifest).to_json().encode()
         except (TypeError, ValueError) as exc:
             raise PermanentStorageError(f"manifest is not JSON-serialisable: {exc}") from None
+        except ArchiveError as exc:
+            raise PermanentStorageError(f"not a manifest: {exc}") from None
         exp_sha, exp_size = _expected_from_manifest(manifest)
         hasher = _BackgroundHash(archive_path)
         if exp_sha is None or exp_size is None:
@@ -281,7 +276,7 @@ class ObjectLocation(Location):
         self._head(self.manifest_key(tenant_id, backup_id))  # raises NotFound
 
     def stat(self, tenant_id: str, backup_id: str) -> StoredObject:
-        tenant_id = validate_tenant_id(tenant_id)
+        tenant_id = validate_tenant_id(tenant_id, self.tenant_id_pattern)
         self._require_complete(tenant_id, backup_id)
         return self._stat_archive(tenant_id, backup_id)
 
@@ -293,7 +288,7 @@ class ObjectLocation(Location):
         return StoredObject(self.name, tenant_id, backup_id, self._key_uri(akey), size, sha)
 
     def get_manifest(self, tenant_id: str, backup_id: str) -> dict:
-        tenant_id = validate_tenant_id(tenant_id)
+        tenant_id = validate_tenant_id(tenant_id, self.tenant_id_pattern)
         mkey = self.manifest_key(tenant_id, backup_id)
         data = self._get_bytes(mkey)
         try:
@@ -305,7 +300,7 @@ class ObjectLocation(Location):
         return value
 
     def _stream_checked(self, tenant_id: str, backup_id: str, sink, *, known_complete: bool = False) -> StoredObject:
-        st = self._stat_archive(validate_tenant_id(tenant_id), backup_id) if known_complete else self.stat(tenant_id, backup_id)
+        st = self._stat_archive(validate_tenant_id(tenant_id, self.tenant_id_pattern), backup_id) if known_complete else self.stat(tenant_id, backup_id)
         h = hashlib.sha256()
         n = 0
         for chunk in self._iter_chunks(self.archive_key(st.tenant_id, backup_id)):
@@ -342,7 +337,7 @@ class ObjectLocation(Location):
         return self._stream_checked(tenant_id, backup_id, None, known_complete=known_complete)
 
     def list(self, tenant_id: str | None = None) -> list[BackupRef]:
-        prefix = self._root() + (validate_tenant_id(tenant_id) + "/" if tenant_id is not None else "")
+        prefix = self._root() + (validate_tenant_id(tenant_id, self.tenant_id_pattern) + "/" if tenant_id is not None else "")
         out = []
         root = self._root()
         for key, mtime in self._list(prefix):
@@ -351,7 +346,7 @@ class ObjectLocation(Location):
                 continue
             t, b = parts[0], parts[1]
             try:  # foreign or malformed keys under the prefix are ignored, not trusted
-                validate_tenant_id(t)
+                validate_tenant_id(t, self.tenant_id_pattern)
                 validate_backup_id(b)
             except Exception:
                 continue
@@ -360,14 +355,14 @@ class ObjectLocation(Location):
         return out
 
     def delete(self, tenant_id: str, backup_id: str) -> None:
-        tenant_id = validate_tenant_id(tenant_id)
+        tenant_id = validate_tenant_id(tenant_id, self.tenant_id_pattern)
         self._delete(self.manifest_key(tenant_id, backup_id))  # first: stops listing as complete
         self._delete(self._dir(tenant_id, backup_id) + VERIFIED_NAME)
         self._delete(self.archive_key(tenant_id, backup_id))
 
     def put_verified(self, tenant_id: str, backup_id: str, record: dict, *, known_complete: bool = False) -> None:
         """Replace the copy's verification record (only for a complete backup: NotFound otherwise)."""
-        tenant_id = validate_tenant_id(tenant_id)
+        tenant_id = validate_tenant_id(tenant_id, self.tenant_id_pattern)
         if not known_complete:
             self._require_complete(tenant_id, backup_id)
         self._put_bytes(self._dir(tenant_id, backup_id) + VERIFIED_NAME, json.dumps(record, sort_keys=True).encode())
@@ -375,7 +370,7 @@ class ObjectLocation(Location):
     def get_verified(self, tenant_id: str, backup_id: str) -> dict | None:
         """The copy's verification record, or None (never verified, or an unreadable record)."""
         try:
-            value = json.loads(self._get_bytes(self._dir(validate_tenant_id(tenant_id), backup_id) + VERIFIED_NAME))
+            value = json.loads(self._get_bytes(self._dir(validate_tenant_id(tenant_id, self.tenant_id_pattern), backup_id) + VERIFIED_NAME))
         except (NotFound, ValueError):
             return None
         return value if isinstance(value, dict) else None

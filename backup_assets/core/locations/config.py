@@ -1,4 +1,4 @@
-"""Build the configured storage locations from environment variables (DESIGN §4).
+"""Build the configured storage locations from their settings (docs/STORAGE.md has the table).
 
 A location that is listed but not fully configured is a ConfigError naming every missing variable;
 an unknown location name is a ConfigError too. Nothing is skipped silently. No network I/O happens
@@ -7,7 +7,6 @@ here: credentials and buckets are checked on first use.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 
 from ..errors import ConfigError
@@ -25,7 +24,7 @@ REQUIRED = {
 RETENTION_DEFAULTS = {"local": 30, "r2": 365, "b2": 365}
 
 
-def location_names(environ: Mapping[str, str] = os.environ) -> list[str]:
+def location_names(environ: Mapping[str, str]) -> list[str]:
     raw = environ.get("TENANT_BACKUP_LOCATIONS", "").strip() or DEFAULT_LOCATIONS
     names = [n.strip().lower() for n in raw.split(",") if n.strip()]
     if not names:
@@ -33,7 +32,7 @@ def location_names(environ: Mapping[str, str] = os.environ) -> list[str]:
     return names
 
 
-def locations_from_env(names: list[str] | None = None, environ: Mapping[str, str] = os.environ, *,
+def locations_from_env(names: list[str] | None, environ: Mapping[str, str], *,
                        retry: bool = True) -> dict[str, Location]:
     """name -> Location (wrapped in RetryingLocation unless retry=False), in the order listed.
 
@@ -56,6 +55,7 @@ def locations_from_env(names: list[str] | None = None, environ: Mapping[str, str
                           f"set {', '.join(missing)}")
 
     prefix = environ.get("TENANT_BACKUP_STORAGE_PREFIX", "").strip()
+    pattern = environ.get("TENANT_BACKUP_TENANT_ID_PATTERN") or None
     attempts = int_setting(environ, "TENANT_BACKUP_STORAGE_ATTEMPTS", 3)
     mib = 1024 * 1024
     out: dict[str, Location] = {}
@@ -83,5 +83,6 @@ def locations_from_env(names: list[str] | None = None, environ: Mapping[str, str
             loc = B2Location(environ["B2_APPLICATION_KEY_ID"].strip(), environ["B2_APPLICATION_KEY"].strip(),
                              environ["B2_BUCKET"].strip(), realm=environ.get("B2_REALM", "").strip() or "production",
                              prefix=prefix, retention_days=days, part_size=part_mb * mib or None)
+        loc.tenant_id_pattern = pattern
         out[n] = RetryingLocation(loc, attempts=attempts) if retry else loc
     return out

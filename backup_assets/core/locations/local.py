@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import NotFound, PermanentStorageError, TransientStorageError
+from ..files import fsync_dir
 from .base import CHUNK, ObjectLocation
 
 _SIDE = ".sha256"
@@ -56,7 +57,7 @@ class LocalLocation(ObjectLocation):
             except FileExistsError:
                 continue  # a concurrent put for the same tenant created it
             os.chmod(p, 0o700)
-            _fsync_dir(p.parent)
+            fsync_dir(p.parent)
 
     def _atomic_write(self, key: str, writer) -> None:
         dest = self._path(key)
@@ -72,7 +73,7 @@ class LocalLocation(ObjectLocation):
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, dest)
-            _fsync_dir(dest.parent)
+            fsync_dir(dest.parent)
         except BaseException as exc:
             try:
                 os.unlink(tmp)
@@ -155,13 +156,6 @@ class LocalLocation(ObjectLocation):
             leftover.unlink(missing_ok=True)
         try:
             d.rmdir()  # fails while the other file of the backup is still there: fine
-            _fsync_dir(d.parent)
+            fsync_dir(d.parent)
         except OSError:
-            _fsync_dir(d)
-
-def _fsync_dir(d: Path) -> None:
-    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+            fsync_dir(d)

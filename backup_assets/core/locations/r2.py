@@ -1,17 +1,29 @@
 """Cloudflare R2 location over the S3 API (boto3).
 
-R2 traps (DESIGN §6): boto3 >= 1.36 sends checksum headers R2 rejects -> checksums only "when
+R2 traps (docs/ARCHITECTURE.md, "Verified traps"): boto3 >= 1.36 sends checksum headers R2 rejects -> checksums only "when
 required"; multipart parts are 5 MiB..5 GiB and every non-final part must have the same size -> a
 fixed part size. Our SHA-256 goes in object metadata (x-amz-meta-sha256) so stat() needs no download.
 Every request has bounded connect/read timeouts and bounded botocore retries, so a dead endpoint is
 a clear error in seconds; RetryingLocation adds whole-operation retries on top.
+
+Transfers use boto3's managed transfer (s3transfer: upload_file / download_fileobj) with one
+TransferConfig: a fixed part size (s3transfer cuts every part but the last at exactly that size, and
+only ever doubles it for files beyond 10,000 parts, still one size per upload), parts in flight
+bounded, parts streamed from disk (upload_file reads each part from the file, never the whole
+archive), the classic (pure-Python) transfer client so that the client configuration above applies,
+and an interrupted multipart upload aborted by s3transfer itself.
+
+Downloads stay one streamed GetObject, re-hashed as the bytes arrive, not download_fileobj: the pinned
+s3transfer (0.19) always splits a download into ranged GETs of multipart_chunksize, and into a
+non-seekable target (what an in-order re-hash needs) it hangs once an object has more chunks than
+max_in_memory_download_chunks (10): reproduced here, 11 x 5 MiB never returns (docs/STORAGE.md). A
+seekable target (download_file) would work but means hashing the file after it is written, one more
+pass over every restore and verification.
 """
 
 from __future__ import annotations
 
-import io
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -26,54 +38,12 @@ DEFAULT_THRESHOLD = 64 * MiB
 
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
 _TRANSIENT = {"500", "502", "503", "504", "InternalError", "ServiceUnavailable", "SlowDown",
-              "RequestTimeout", "RequestTimeTooSkewed", "Throttling", "ThrottlingException"}
+              "RequestTimeout", "RequestTimeTooSkewed", "Throttling", "ThrottlingException",
+              "PreconditionFailed", "412"}  # 412: the object changed under a ranged download: read again
 _AUTH = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "Unauthorized",
          "InvalidToken", "ExpiredToken"}
 
-
-class _FileSlice(io.RawIOBase):
-    """A seekable window onto a file: one part streamed from disk, re-readable for botocore retries."""
-
-    def __init__(self, path: Path, offset: int, length: int):
-        super().__init__()
-        self._f = open(path, "rb")
-        self._off, self._len, self._pos = offset, length, 0
-        self._f.seek(offset)
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def read(self, n: int = -1) -> bytes:
-        remaining = self._len - self._pos
-        if n is None or n < 0 or n > remaining:
-            n = remaining
-        data = self._f.read(n)
-        self._pos += len(data)
-        return data
-
-    def readinto(self, b) -> int:
-        data = self.read(len(b))
-        b[: len(data)] = data
-        return len(data)
-
-    def seek(self, pos: int, whence: int = 0) -> int:
-        base = {0: 0, 1: self._pos, 2: self._len}[whence]
-        self._pos = max(0, min(self._len, base + pos))
-        self._f.seek(self._off + self._pos)
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def __len__(self) -> int:
-        return self._len
-
-    def close(self) -> None:
-        self._f.close()
-        super().close()
+Progress = Callable[[str, int], None]  # (key, bytes since the last call; negative when a part is re-sent)
 
 
 class R2Location(ObjectLocation):
@@ -83,7 +53,7 @@ class R2Location(ObjectLocation):
                  prefix: str = "", retention_days: int = 365, part_size: int = DEFAULT_PART,
                  multipart_threshold: int = DEFAULT_THRESHOLD, concurrency: int = 4,
                  connect_timeout: float = 5, read_timeout: float = 60, max_attempts: int = 3,
-                 region: str = "auto"):
+                 region: str = "auto", progress: Progress | None = None):
         super().__init__(prefix=prefix, retention_days=retention_days)
         if not MIN_PART <= part_size <= MAX_PART:
             raise StorageError(f"r2: part size {part_size} outside R2's 5 MiB..5 GiB")
@@ -107,15 +77,34 @@ class R2Location(ObjectLocation):
         self._s3 = boto3.session.Session().client(
             "s3", endpoint_url=self.endpoint_url, region_name=region, aws_access_key_id=access_key_id,
             aws_secret_access_key=secret_access_key, config=cfg)
+        from boto3.s3.transfer import TransferConfig
+
+        self.progress = progress
+        self._transfer = TransferConfig(
+            multipart_threshold=self.multipart_threshold,
+            multipart_chunksize=part_size,  # R2: every non-final part this size
+            max_concurrency=self.concurrency,  # parts in flight, up and down
+            num_download_attempts=max_attempts,  # re-reads of a part whose body broke off mid-stream
+            use_threads=True,
+            preferred_transfer_client="classic",  # never the CRT client: it ignores the Config above
+        )
 
     def _key_uri(self, key: str) -> str:
         return f"r2://{self.bucket}/{key}"
 
     # -- error classification ----------------------------------------------------------------------
     def _err(self, exc: Exception, key: str | None) -> StorageError:
+        from boto3 import exceptions as b3x
         from botocore import exceptions as bx
+        from s3transfer import exceptions as stx
 
         what = self._key_uri(key) if key else f"r2://{self.bucket}"
+        # The managed transfer wraps the real cause: S3UploadFailedError (raised while handling the
+        # ClientError) and RetriesExceededError (the last streaming error) carry no code of their own.
+        if isinstance(exc, b3x.S3UploadFailedError) and exc.__context__ is not None:
+            exc = exc.__context__
+        if isinstance(exc, (b3x.RetriesExceededError, stx.RetriesExceededError)) and exc.last_exception:
+            exc = exc.last_exception
         if isinstance(exc, bx.ClientError):
             code = str(exc.response.get("Error", {}).get("Code", ""))
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
@@ -168,37 +157,19 @@ class R2Location(ObjectLocation):
             raise err from None
 
     # -- primitives --------------------------------------------------------------------------------
+    def _callback(self, key: str):
+        if self.progress is None:
+            return None
+        report = self.progress
+        return lambda n: report(key, n)
+
     def _put_file(self, key: str, path: Path, size: int, sha256: str) -> None:
-        meta = {"sha256": sha256}
-        if size < self.multipart_threshold:
-            with _FileSlice(path, 0, size) as body:
-                self._call(key, self._s3.put_object, Key=key, Body=body, ContentLength=size, Metadata=meta,
-                           ContentType="application/octet-stream")
-            return
-        upload_id = self._call(key, self._s3.create_multipart_upload, Key=key, Metadata=meta,
-                               ContentType="application/octet-stream")["UploadId"]
-        ps = self.part_size
-        ranges = [(n, off, min(ps, size - off)) for n, off in enumerate(range(0, size, ps), start=1)]
-
-        def upload(r):
-            n, off, length = r
-            with _FileSlice(path, off, length) as body:
-                resp = self._call(key, self._s3.upload_part, Key=key, UploadId=upload_id, PartNumber=n,
-                                  Body=body, ContentLength=length)
-            return {"PartNumber": n, "ETag": resp["ETag"]}
-
-        try:
-            # Parts stream from disk; the pool bounds how many are in flight (memory stays flat).
-            with ThreadPoolExecutor(self.concurrency, thread_name_prefix="r2-part") as pool:
-                parts = list(pool.map(upload, ranges))
-            self._call(key, self._s3.complete_multipart_upload, Key=key, UploadId=upload_id,
-                       MultipartUpload={"Parts": parts})
-        except BaseException:
-            try:  # best effort: R2 also expires abandoned uploads, and delete() aborts leftovers
-                self._s3.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
-            except Exception:
-                pass
-            raise
+        # Below the threshold one PutObject, above it a multipart upload; either way streamed from the
+        # file. s3transfer aborts a multipart upload that fails; a killed process leaves one behind,
+        # which never looks complete (no manifest) and which delete() (or R2's expiry) removes.
+        self._call(key, lambda Bucket, **kw: self._s3.upload_file(str(path), Bucket, key, **kw),
+                   ExtraArgs={"Metadata": {"sha256": sha256}, "ContentType": "application/octet-stream"},
+                   Config=self._transfer, Callback=self._callback(key))
 
     def _put_bytes(self, key: str, data: bytes) -> None:
         self._call(key, self._s3.put_object, Key=key, Body=data, ContentType="application/json")
