@@ -13,7 +13,6 @@ import pytest
 from backup_assets.core.codec.keyring import generate_entry
 from backup_assets.core.source.pgbin import pg_program
 
-
 ROOT = Path(__file__).resolve().parent.parent
 
 

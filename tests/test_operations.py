@@ -4,24 +4,21 @@ sample database where a deep check needs a real pg_dump inside)."""
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
-import sys
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
-from backup_assets.cli import ops as cli_ops
-from backup_assets.core.codec.format import decode_archive, encode_archive, read_header
-from backup_assets.core.errors import TenantBackupError
-from backup_assets.core.codec.keyring import Keyring, generate_entry
+from backup_assets.cli import main as cli_main
 from backup_assets.core.archive.manifest import new_backup_id
+from backup_assets.core.codec.format import decode_archive, encode_archive, read_header
+from backup_assets.core.codec.keyring import Keyring, generate_entry
 from backup_assets.core.maintenance.retention import Candidate, plan_prune
-from backup_assets.core.locations import locations_from_env
+from backup_assets.core.settings import Settings
 from backup_assets.testing.b2_server import B2Server
 from backup_assets.testing.s3_server import S3Server
 
@@ -114,18 +111,9 @@ def env(s3_server, b2_server, tmp_path, monkeypatch):
 
 
 def run(*argv: str) -> int:
-    """The commands as cli/ wires them (cli.main: TenantBackupError -> its exit code)."""
-    parser = argparse.ArgumentParser(prog="tenant-backup")
-    sub = parser.add_subparsers(dest="command", required=True)
-    cli_ops.register(sub)
-    keys = sub.add_parser("keys").add_subparsers(dest="keys_command", required=True)
-    cli_ops.register_keys(keys)
-    args = parser.parse_args(list(argv))
-    try:
-        return args.func(args)
-    except TenantBackupError as exc:
-        print(f"tenant-backup: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+    """The commands as the `tenant-backup` entry point runs them (cli.main: TenantBackupError -> its
+    exit code), in this process so that capsys sees their output."""
+    return cli_main(list(argv))
 
 
 def small_archive(tmp: Path, tenant: str, created: datetime, keys: str = OLD_KEY) -> tuple[Path, dict]:
@@ -156,7 +144,7 @@ def flip_local(env, tenant, bid):
 
 
 def test_list_merges_locations_newest_first(env, tmp_path, capsys, s3_server):
-    locs = locations_from_env()
+    locs = Settings.from_env().locations()
     t1, t2 = str(uuid.uuid4()), str(uuid.uuid4())
     a = small_archive(tmp_path, t1, NOW - timedelta(days=3))
     b = small_archive(tmp_path, t1, NOW - timedelta(days=1))
@@ -195,7 +183,7 @@ def test_list_merges_locations_newest_first(env, tmp_path, capsys, s3_server):
 
 
 def test_verify_ok_then_flipped_bytes_fail(env, tmp_path, capsys, s3_server):
-    locs = locations_from_env()
+    locs = Settings.from_env().locations()
     t = str(uuid.uuid4())
     path, man = small_archive(tmp_path, t, NOW)
     put(locs, ["local", "r2", "b2"], path, man)
@@ -227,7 +215,7 @@ def _export(sample_db, tenant_id: str, out: Path, keys: str) -> dict:
 
 
 def test_verify_deep_and_wrong_keyring(env, tmp_path, capsys, sample_db, sample_tenants, monkeypatch):
-    locs = locations_from_env()
+    locs = Settings.from_env().locations()
     t = sample_tenants[0].id
     man = _export(sample_db, t, tmp_path / "a.tbk", OLD_KEY)
     put(locs, ["local", "r2", "b2"], tmp_path / "a.tbk", man)
@@ -244,7 +232,7 @@ def test_verify_deep_and_wrong_keyring(env, tmp_path, capsys, sample_db, sample_
 
 
 def test_prune_keeps_newest_and_keep_min_removes_expired_everywhere(env, tmp_path, capsys, b2_server):
-    locs = locations_from_env()
+    locs = Settings.from_env().locations()
     t1, t2 = str(uuid.uuid4()), str(uuid.uuid4())
     ages1 = {d: small_archive(tmp_path, t1, NOW - timedelta(days=d)) for d in (10, 40, 100, 200, 400)}
     ages2 = {d: small_archive(tmp_path, t2, NOW - timedelta(days=d)) for d in (420, 450, 500)}
@@ -282,7 +270,7 @@ def test_prune_keeps_newest_and_keep_min_removes_expired_everywhere(env, tmp_pat
 
 def test_prune_a_corrupt_newest_is_not_the_newest_verified(env, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("TENANT_BACKUP_KEEP_MIN", "1")
-    locs = locations_from_env(["local"])
+    locs = Settings.from_env().locations(["local"])
     t = str(uuid.uuid4())
     arcs = {d: small_archive(tmp_path, t, NOW - timedelta(days=d)) for d in (100, 200, 300)}
     for p, m in arcs.values():
@@ -308,7 +296,7 @@ def _payload(path: Path) -> bytes:
 
 def test_keys_rewrap_moves_every_copy_to_the_new_key(env, tmp_path, capsys, sample_db, sample_tenants,
                                                      monkeypatch):
-    locs = locations_from_env()
+    locs = Settings.from_env().locations()
     made = []
     for i, tenant in enumerate(sample_tenants[:2]):
         path = tmp_path / f"exp{i}.tbk"
@@ -362,7 +350,7 @@ def flip_r2(s3_server, bucket, tenant, bid):
 
 
 def test_rebuild_a_lost_location_from_the_others(env, tmp_path, capsys, s3_server):
-    locs = locations_from_env()
+    locs = Settings.from_env().locations()
     t1, t2 = str(uuid.uuid4()), str(uuid.uuid4())
     a1 = {d: small_archive(tmp_path, t1, NOW - timedelta(days=d)) for d in (5, 20, 60, 200)}
     a2 = {d: small_archive(tmp_path, t2, NOW - timedelta(days=d)) for d in (300, 400, 500)}

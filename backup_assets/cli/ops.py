@@ -1,102 +1,146 @@
-"""`tenant-backup list | status | verify | prune | rebuild | keys rewrap`: operations on the storage
-locations alone.
+"""`tenant-backup list | status | verify`: reading the storage locations alone (prune, rebuild and
+keys rewrap, which change them, are in cli/maintenance.py).
 
-Thin: parse, call backup_assets.core.{catalog,status,retention,rotation}, print. Wired into cli/ by
-`register(subparsers)` and `register_keys(keys_subparsers)`. Handlers return exit codes and raise
-TenantBackupError for errors (cli.main prints them on one line).
+Thin: parse, call backup_assets.core.maintenance.{catalog,status}, print.
+Registered with `@command` (cli/_command.py). Handlers return exit codes and raise TenantBackupError
+for errors (cli.main prints them on one line).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
+import os
 from datetime import datetime, timezone
 
-from ..core.errors import ConfigError, NotFound, StorageError
+from ..core.errors import ConfigError, NotFound
+from ._command import Labels, arg, command, exclusive, table
+from ._progress import Counter
 
 
-def _locations(which: str | None):
+def locations_for(out, which: str | None):
     """--location L → only L (only its variables are needed); none/"all" → TENANT_BACKUP_LOCATIONS."""
-    from ..core.locations import locations_from_env
-
     if which is None or which.strip().lower() == "all":
-        return locations_from_env()
-    return locations_from_env([which])
+        return out.settings.locations()
+    return out.settings.locations([which])
 
 
-def _tenant(raw: str | None) -> str | None:
+def tenant_arg(out, raw: str | None) -> str | None:
     from ..core.source.tenant_ids import validate_tenant_id
 
-    return validate_tenant_id(raw) if raw is not None else None
+    return validate_tenant_id(raw, out.settings.tenant_id_pattern) if raw is not None else None
 
 
-def _size(value) -> str:
+def size_text(value) -> str:
     if isinstance(value, int):
         return f"{value / (1 << 20):.2f} MiB" if value >= 1 << 20 else f"{value} B"
     return "/".join(str(v) for v in value) if isinstance(value, list) else "?"
 
 
+def work_dir_of(out):
+    work_dir = out.settings.get("TENANT_BACKUP_WORK_DIR").strip() or None  # unset: the system's temp dir
+    if work_dir:
+        os.makedirs(work_dir, mode=0o700, exist_ok=True)
+    return work_dir
+
+
 # ----------------------------------------------------------------------------------------------- list
 
 
-def cmd_list(args: argparse.Namespace) -> int:
+@command(
+    "list",
+    help="backups found in the locations' manifests, newest first",
+    args=[
+        arg("--tenant", metavar="ID", help="only this tenant"),
+        arg("--location", metavar="L", help="only this location (local, r2, b2); default: all configured"),
+    ],
+)
+def cmd_list(args, out) -> int:
     from ..core.maintenance.catalog import collect
 
-    tenant = _tenant(args.tenant)
-    entries, errors = collect(_locations(args.location), tenant)
+    tenant = tenant_arg(out, args.tenant)
+    entries, errors = collect(locations_for(out, args.location), tenant)
     for e in errors:
-        print(f"tenant-backup: warning: {e.location}: {e.message}", file=sys.stderr)
-    if args.json:
-        print(json.dumps([e.as_dict() for e in entries], indent=2))
+        out.warn(f"tenant-backup: warning: {e.location}: {e.message}")
+    labels = Labels.best_effort(out)
+    if out.json:
+        out.emit([{**e.as_dict(), "tenant_name": labels.name(e.tenant_id)} for e in entries])
     else:
         rows = [("TENANT", "BACKUP", "CREATED", "LOCATIONS", "SIZE", "KEY", "ROWS")]
         for e in entries:
             key = e.key_id if not isinstance(e.key_id, list) else "/".join(map(str, e.key_id))
-            rows.append((e.tenant_id, e.backup_id, e.created_at or "?", ",".join(e.locations), _size(e.size),
-                         str(key), str(e.total_rows) if e.total_rows is not None else "?"))
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        for r in rows:
-            print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+            rows.append(
+                (
+                    labels.label(e.tenant_id) if tenant is None else e.tenant_id,
+                    e.backup_id,
+                    e.created_at or "?",
+                    ",".join(e.locations),
+                    size_text(e.size),
+                    str(key),
+                    str(e.total_rows) if e.total_rows is not None else "?",
+                )
+            )
+        table(rows, out)
         if not entries:
-            print("(no backups found)", file=sys.stderr)
+            out.note("(no backups found)")
     return 8 if errors else 0  # a location that could not be read: the list may be incomplete
 
 
 # --------------------------------------------------------------------------------------------- status
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    from ..core.settings import SourceSettings
-    from ..core.maintenance.status import gather, max_age_from_env
-    from ..core.source.tenants import list_tenants
+@command(
+    "status",
+    help="per tenant (registry) and location: the newest backup, its age, its last "
+    "verification; exit 1 naming every tenant without a recent one",
+    args=[
+        arg(
+            "--max-age",
+            type=float,
+            metavar="DAYS",
+            help="stale when the newest backup is this old (default TENANT_BACKUP_MAX_AGE_DAYS or 8)",
+        ),
+        arg("--location", metavar="L", help="only this location; default: all configured"),
+    ],
+)
+def cmd_status(args, out) -> int:
+    from ..core.maintenance.status import gather
+    from ..core.source.tenants import display_label, read_registry
 
-    max_age = args.max_age if args.max_age is not None else max_age_from_env()
+    max_age = args.max_age if args.max_age is not None else out.settings.max_age_days
     if not max_age > 0:
         raise ConfigError(f"--max-age must be > 0 days, got {max_age:g}")
-    tenants = list_tenants(SourceSettings.from_env())  # the registry says who must have backups
-    report = gather(tenants, _locations(args.location), max_age_days=max_age)
+    records = read_registry(out.settings.source)  # the registry says who must have backups
+    names = {r.id: r.name for r in records if r.name}
+    report = gather([r.id for r in records], locations_for(out, args.location), max_age_days=max_age, names=names)
     for w in report.warnings:
-        print(f"tenant-backup: warning: {w}", file=sys.stderr)
-    if args.json:
-        print(json.dumps(report.as_dict(), indent=2))
+        out.warn(f"tenant-backup: warning: {w}")
+    if out.json:
+        out.emit(report.as_dict())
     else:
         rows = [("TENANT", "LOCATION", "STATE", "NEWEST BACKUP", "AGE", "VERIFIED")]
         for c in report.copies:
             age = f"{c.age_days:.1f}d" if c.age_days is not None else "-"
-            verified = c.verified if c.verified_at is None else \
-                f"{c.verified} {c.verified_at}{' (deep)' if c.verified_deep else ''}"
-            rows.append((c.tenant_id, c.location, c.state.upper() if c.state != "ok" else "ok",
-                         c.backup_id or "-", age, verified))
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        for r in rows:
-            print("  ".join(col.ljust(w) for col, w in zip(r, widths)).rstrip())
+            verified = (
+                c.verified
+                if c.verified_at is None
+                else f"{c.verified} {c.verified_at}{' (deep)' if c.verified_deep else ''}"
+            )
+            rows.append(
+                (
+                    display_label(c.tenant_id, c.tenant_name),
+                    c.location,
+                    c.state.upper() if c.state != "ok" else "ok",
+                    c.backup_id or "-",
+                    age,
+                    verified,
+                )
+            )
+        table(rows, out)
         if not report.tenants:
-            print("(the registry returns no tenant)", file=sys.stderr)
+            out.note("(the registry returns no tenant)")
     for name, message in report.unreadable.items():  # never hidden: its tenants are unknown there
-        print(f"tenant-backup: error: location {name} could not be listed: {message}", file=sys.stderr)
+        out.warn(f"tenant-backup: error: location {name} could not be listed: {message}")
     if report.stale:
-        print(f"tenant-backup: stale: {report.stale_line()}", file=sys.stderr)
+        out.warn(f"tenant-backup: stale: {report.stale_line()}")
         return 1
     return 8 if report.unreadable else 0
 
@@ -104,18 +148,49 @@ def cmd_status(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------- verify
 
 
-def cmd_verify(args: argparse.Namespace) -> int:
-    from ..core.maintenance.catalog import collect, parse_created_at, verify_copy
-    from ..core.codec.keyring import Keyring
-    from ..core.maintenance.status import record_verification
+@command(
+    "verify",
+    help="re-check stored copies: one tenant's backup, or (--all) every copy or a rotating share "
+    "of them (checksum; --deep: decrypt, decompress, pg_restore --list, row scan)",
+    args=[
+        exclusive(
+            arg("--tenant", metavar="ID", help="one tenant's backup (with --backup)"),
+            arg(
+                "--all",
+                action="store_true",
+                help="every stored copy of every tenant in the locations (with --subset: one share of them)",
+            ),
+        ),
+        arg("--location", default="all", metavar="L|all", help="one location or all configured (default)"),
+        arg("--backup", default="latest", metavar="BID|latest", help="with --tenant: backup id (default: the newest)"),
+        arg(
+            "--subset",
+            metavar="N/T",
+            help="with --all: only share N of T (1 <= N <= T), the same stable selection as the daily verify job"
+            " (--subset N/28 is day N-1 of its 28-day cycle)",
+        ),
+        arg(
+            "--deep",
+            action="store_true",
+            help="also download, decrypt, decompress, pg_restore --list, and check every row is this tenant's",
+        ),
+    ],
+)
+def cmd_verify(args, out) -> int:
+    if args.all:
+        return _verify_all(args, out)
+    if args.subset:
+        raise ConfigError("--subset needs --all")
     from ..core.locations import validate_backup_id
+    from ..core.maintenance.catalog import collect, parse_created_at, verify_copy
+    from ..core.maintenance.status import record_verification
 
-    tenant = _tenant(args.tenant)
-    locations = _locations(args.location)
-    keyring = Keyring.from_env() if args.deep else None
+    tenant = tenant_arg(out, args.tenant)
+    locations = locations_for(out, args.location)
+    keyring = out.settings.keyring() if args.deep else None
     entries, errors = collect(locations, tenant)
     for e in errors:
-        print(f"tenant-backup: warning: {e.location}: {e.message}", file=sys.stderr)
+        out.warn(f"tenant-backup: warning: {e.location}: {e.message}")
     if args.backup == "latest":
         if not entries:
             raise NotFound(f"no backup of tenant {tenant} in {', '.join(locations)}")
@@ -125,166 +200,138 @@ def cmd_verify(args: argparse.Namespace) -> int:
         entry = next((e for e in entries if e.backup_id == bid), None)
         if entry is None:
             raise NotFound(f"backup {bid} of tenant {tenant} is in none of {', '.join(locations)}")
+    labels = Labels.best_effort(out)
+    if labels.name(tenant):
+        out.note(f"tenant {labels.label(tenant)}: backup {entry.backup_id}")
     created = parse_created_at(entry.created_at)
     now = datetime.now(timezone.utc)
     failed = bool(errors)
     unreadable = {e.location: e.message for e in errors}
+    copies = []
+
+    def line(state: str, name: str, message: str) -> None:
+        copies.append({"location": name, "state": state, "message": message})
+        mark = {"ok": "ok  ", "expired": "-   "}.get(state, "FAIL")
+        out.text(f"{mark} {name:5} {tenant} {entry.backup_id}: {message}")
+
     for name, loc in locations.items():
         if name not in entry.manifests and name in unreadable:
-            print(f"FAIL {name:5} {tenant} {entry.backup_id}: {unreadable[name]}")
+            line("unreadable", name, unreadable[name])
             continue
         if name not in entry.manifests:
             # Missing is a failure while the location should still hold it; past its retention, expected.
             expired = created is not None and (now - created).days >= loc.retention_days
             if expired:
-                print(f"-    {name:5} {tenant} {entry.backup_id}: not stored (past this location's "
-                      f"{loc.retention_days}-day retention)")
+                line("expired", name, f"not stored (past this location's {loc.retention_days}-day retention)")
             else:
                 failed = True
-                print(f"FAIL {name:5} {tenant} {entry.backup_id}: missing: no complete copy in this location")
+                line("missing", name, "missing: no complete copy in this location")
             continue
         check = verify_copy(loc, tenant, entry.backup_id, keyring=keyring, deep=args.deep)
         failed |= not check.ok
         # Beside the copy, for `status` (readable without Dagster); never fails the verify itself.
-        record_verification(loc, check, sha256=(entry.manifests[name].get("archive") or {}).get("sha256"),
-                            deep=args.deep, by="tenant-backup verify" + (" --deep" if args.deep else ""))
-        print(f"{'ok  ' if check.ok else 'FAIL'} {name:5} {tenant} {entry.backup_id}: {check.message}", flush=True)
+        record_verification(
+            loc,
+            check,
+            sha256=(entry.manifests[name].get("archive") or {}).get("sha256"),
+            deep=args.deep,
+            by="tenant-backup verify" + (" --deep" if args.deep else ""),
+        )
+        line("ok" if check.ok else "failed", name, check.message)
+    out.emit(
+        {
+            "tenant_id": tenant,
+            "tenant_name": labels.name(tenant),
+            "backup_id": entry.backup_id,
+            "created_at": entry.created_at,
+            "deep": bool(args.deep),
+            "ok": not failed,
+            "copies": copies,
+        }
+    )
     return 1 if failed else 0
 
 
-# ---------------------------------------------------------------------------------------------- prune
+def _verify_all(args, out) -> int:
+    """Every stored copy in the locations (or share n of t: catalog.share_of, as the daily job selects),
+    re-read; a summary table; exit 1 naming every bad copy."""
+    from ..core.errors import TenantBackupError
+    from ..core.maintenance.catalog import parse_subset, share_of, verify_copy
+    from ..core.maintenance.status import record_verification
 
-
-def cmd_prune(args: argparse.Namespace) -> int:
-    from ..core.maintenance.retention import keep_min_from_env, prune_location
-
-    keep_min = keep_min_from_env()
-    locations = _locations(args.location)
-    verb = "would delete" if args.dry_run else "deleted"
-
-    def on_delete(location, d):
-        created = d.created_at.strftime("%Y-%m-%dT%H:%M:%SZ") if d.created_at else "?"
-        print(f"{verb} {location:5} {d.tenant_id} {d.backup_id} (created {created}: {d.reason})", flush=True)
-
-    failed = False
+    if args.backup != "latest":
+        raise ConfigError("--backup needs --tenant (--all re-reads every stored backup)")
+    share, shares = parse_subset(args.subset) if args.subset else (0, 1)
+    locations = locations_for(out, args.location)
+    keyring = out.settings.keyring() if args.deep else None
+    work_dir = work_dir_of(out)
+    selected, unreadable, listed = [], {}, 0
     for name, loc in locations.items():
         try:
-            report = prune_location(loc, keep_min=keep_min, dry_run=args.dry_run, on_delete=on_delete)
-        except StorageError as exc:  # this location unreachable: the others are still pruned
-            print(f"FAIL {name:5} prune: {exc}", file=sys.stderr)
-            failed = True
+            refs = loc.list()
+        except TenantBackupError as exc:
+            unreadable[name] = str(exc)
+            out.warn(f"tenant-backup: error: location {name} could not be listed: {exc}")
             continue
-        for err in report.errors:
-            print(f"FAIL {name:5} {err}", file=sys.stderr)
-        failed |= bool(report.errors)
-        kept = sum(1 for d in report.decisions if not d.delete)
-        print(f"{name}: {len(report.deleted)} {verb}, {kept} kept (retention {loc.retention_days} days, "
-              f"keep at least {keep_min} per tenant)")
-    return 1 if failed else 0
-
-
-# -------------------------------------------------------------------------------------------- rebuild
-
-
-def cmd_rebuild(args: argparse.Namespace) -> int:
-    from ..core.maintenance.rebuild import rebuild_location
-    from ..core.maintenance.retention import keep_min_from_env
-    from ..core.locations import locations_from_env
-    from ..core.locations.config import location_names
-
-    keep_min = keep_min_from_env()
-    target = locations_from_env([args.location])[args.location.strip().lower()]
-    names = [n.strip() for n in args.sources.split(",")] if args.sources else location_names()
-    sources = locations_from_env([n for n in names if n.strip().lower() != target.name])
-    if not sources:
-        raise NotFound(f"no other location to rebuild {target.name} from (use --from)")
-
-    def progress(o):
-        print(f"{o.status:10} {target.name:5} {o.tenant_id} {o.backup_id}: {o.message}", flush=True)
-
-    outcomes, errors = rebuild_location(target, sources, keep_min=keep_min, dry_run=args.dry_run,
-                                        repair=args.repair, progress=progress)
-    for err in errors:
-        print(f"tenant-backup: warning: {err}", file=sys.stderr)
-    done = sum(1 for o in outcomes if o.status != "failed")
-    failed = len(outcomes) - done
-    print(f"{target.name}: {done} {'would be copied' if args.dry_run else 'copied'}, {failed} failed "
-          f"(from {', '.join(sources)}; retention {target.retention_days} days, at least {keep_min} per tenant)")
-    return 1 if failed or errors else 0
-
-
-# ---------------------------------------------------------------------------------------- keys rewrap
-
-
-def cmd_keys_rewrap(args: argparse.Namespace) -> int:
-    from ..core.codec.keyring import Keyring
-    from ..core.maintenance.rotation import rewrap_locations
-
-    keyring = Keyring.from_env()
-    locations = _locations(args.location)
-    print(f"re-wrapping data keys under the active key {keyring.active.id!r} in {', '.join(locations)}",
-          file=sys.stderr)
-
-    def progress(o):
-        if o.status != "skipped" or args.verbose_skips:
-            print(f"{o.status:9} {o.location:5} {o.tenant_id} {o.backup_id}: {o.message}", flush=True)
-
-    outcomes = rewrap_locations(locations, keyring, progress=progress)
-    counts = {s: sum(1 for o in outcomes if o.status == s) for s in ("rewrapped", "skipped", "failed")}
-    print(f"{counts['rewrapped']} re-wrapped, {counts['skipped']} already under {keyring.active.id!r}, "
-          f"{counts['failed']} failed")
-    if counts["failed"]:
-        return 1
-    return 0
-
-
-# ------------------------------------------------------------------------------------------- register
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser("list", help="backups found in the locations' manifests, newest first")
-    p.add_argument("--tenant", metavar="ID", help="only this tenant")
-    p.add_argument("--location", metavar="L", help="only this location (local, r2, b2); default: all configured")
-    p.add_argument("--json", action="store_true", help="JSON instead of a table")
-    p.set_defaults(func=cmd_list)
-
-    p = subparsers.add_parser("status", help="per tenant (registry) and location: the newest backup, its age, its "
-                                             "last verification; exit 1 naming every tenant without a recent one")
-    p.add_argument("--max-age", type=float, metavar="DAYS",
-                   help="stale when the newest backup is this old (default TENANT_BACKUP_MAX_AGE_DAYS or 8)")
-    p.add_argument("--location", metavar="L", help="only this location; default: all configured")
-    p.add_argument("--json", action="store_true", help="JSON instead of a table")
-    p.set_defaults(func=cmd_status)
-
-    p = subparsers.add_parser("verify", help="re-check stored copies of a tenant's backup (checksum; --deep: decrypt, "
-                                             "decompress, pg_restore --list)")
-    p.add_argument("--tenant", required=True, metavar="ID")
-    p.add_argument("--location", default="all", metavar="L|all", help="one location or all configured (default)")
-    p.add_argument("--backup", default="latest", metavar="BID|latest", help="backup id (default: the newest)")
-    p.add_argument("--deep", action="store_true",
-                   help="also download, decrypt, decompress, pg_restore --list, and check every row is this tenant's")
-    p.set_defaults(func=cmd_verify)
-
-    p = subparsers.add_parser("prune", help="delete backups past each location's retention (never the newest "
-                                            "verified one of a tenant; at least TENANT_BACKUP_KEEP_MIN kept)")
-    p.add_argument("--dry-run", action="store_true", help="print what would be deleted, delete nothing")
-    p.add_argument("--location", metavar="L", help="only this location; default: all configured")
-    p.set_defaults(func=cmd_prune)
-
-    p = subparsers.add_parser("rebuild", help="copy into a location the backups it should hold (its retention) "
-                                              "from the other locations; never deletes")
-    p.add_argument("--location", required=True, metavar="L", help="the location to fill (local, r2, b2)")
-    p.add_argument("--from", dest="sources", metavar="L1,L2",
-                   help="locations to copy from, in order of preference (default: the other configured ones)")
-    p.add_argument("--repair", action="store_true", help="also re-read the copies it holds and replace damaged ones")
-    p.add_argument("--dry-run", action="store_true", help="print what would be copied, copy nothing")
-    p.set_defaults(func=cmd_rebuild)
-
-
-def register_keys(keys_subparsers) -> None:
-    p = keys_subparsers.add_parser("rewrap", help="re-wrap every stored archive's data key under the active "
-                                                  "(first) key of TENANT_BACKUP_KEYS, then verify with that key only")
-    p.add_argument("--location", metavar="L", help="only this location; default: all configured")
-    p.add_argument("--show-skipped", dest="verbose_skips", action="store_true",
-                   help="also print backups already under the active key")
-    p.set_defaults(func=cmd_keys_rewrap)
+        listed += len(refs)
+        selected += [(name, loc, r) for r in refs if share_of(name, r.tenant_id, r.backup_id, shares) == share]
+    labels = Labels.best_effort(out)
+    by = (
+        "tenant-backup verify --all"
+        + (f" --subset {share + 1}/{shares}" if args.subset else "")
+        + (" --deep" if args.deep else "")
+    )
+    results = []
+    with Counter(out, "verifying", total=len(selected), unit="copies") as bar:
+        for name, loc, ref in selected:
+            check = verify_copy(loc, ref.tenant_id, ref.backup_id, keyring=keyring, deep=args.deep, work_dir=work_dir)
+            record_verification(loc, check, deep=args.deep, by=by)  # read by `status`
+            results.append(check)
+            bar.advance(check.ok)
+            if not check.ok:
+                bar.log(f"FAIL {name} {labels.label(ref.tenant_id)} {ref.backup_id}: {check.message}")
+    bad = [c for c in results if not c.ok]
+    if out.json:
+        out.emit(
+            {
+                "subset": f"{share + 1}/{shares}" if args.subset else None,
+                "deep": bool(args.deep),
+                "locations": list(locations),
+                "listed": listed,
+                "checked": len(results),
+                "ok": len(results) - len(bad),
+                "failed": len(bad),
+                "unreadable_locations": unreadable,
+                "copies": [
+                    {
+                        "location": c.location,
+                        "tenant_id": c.tenant_id,
+                        "tenant_name": labels.name(c.tenant_id),
+                        "backup_id": c.backup_id,
+                        "ok": c.ok,
+                        "message": c.message,
+                    }
+                    for c in results
+                ],
+            }
+        )
+    else:
+        rows = [("LOCATION", "TENANT", "BACKUP", "RESULT", "DETAIL")]
+        for c in results:
+            rows.append((c.location, labels.label(c.tenant_id), c.backup_id, "ok" if c.ok else "FAIL", c.message))
+        table(rows, out)
+        per_location = {n: [c for c in results if c.location == n] for n in locations}
+        summary = ", ".join(
+            f"{n}: {sum(c.ok for c in cs)}/{len(cs)} ok" for n, cs in per_location.items() if n not in unreadable
+        )
+        share_text = f"share {share + 1}/{shares}: " if args.subset else ""
+        out.text(
+            f"{share_text}{len(results)} of {listed} stored copies re-read"
+            f"{' (deep)' if args.deep else ''}; {summary or 'no location readable'}"
+        )
+    if bad:
+        out.warn(
+            f"tenant-backup: error: {len(bad)} of {len(results)} copies failed verification: "
+            + "; ".join(f"{c.location}/{c.tenant_id}/{c.backup_id} ({c.message})" for c in bad)
+        )
+    return 1 if bad or unreadable else 0

@@ -1,0 +1,190 @@
+"""`tenant-backup backup | demo`: tenants backed up through Dagster (every location, every check)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ._command import Labels, arg, command, exclusive
+from ._progress import Counter
+
+
+def outcome_state(outcome) -> str:
+    return "ok" if outcome.ok else "skipped" if outcome.skipped else "failed"
+
+
+def outcome_dict(outcome, labels: Labels) -> dict:
+    return {
+        "tenant_id": outcome.tenant_id,
+        "tenant_name": labels.name(outcome.tenant_id),
+        "state": outcome_state(outcome),
+        "ok": outcome.ok,
+        "run_id": outcome.run_id or None,
+        "steps": dict(outcome.steps),
+        "checks": dict(outcome.checks),
+        "error": outcome.error or None,
+        "skipped": outcome.skipped or None,
+        "shared_tables": dict(outcome.shared),
+    }
+
+
+def batch_document(outcomes, labels: Labels, **extra) -> dict:
+    shared: dict[str, int] = {}
+    for outcome in outcomes:
+        for name, rows in outcome.shared.items():
+            shared[name] = max(rows, shared.get(name, 0))
+    states = [outcome_state(o) for o in outcomes]
+    return {
+        **extra,
+        "total": len(outcomes),
+        "ok": states.count("ok"),
+        "failed": states.count("failed"),
+        "skipped": states.count("skipped"),
+        "shared_tables": shared,
+        "tenants": [outcome_dict(o, labels) for o in outcomes],
+    }
+
+
+def tenant_table(outcomes, assets: list[str], labels: Labels) -> str:
+    """tenant × asset (with its checks) table, one line per tenant, the tenant by its label."""
+    names = [labels.label(o.tenant_id) for o in outcomes]
+    width = max([len("tenant"), *map(len, names)])
+    lines = [f"{'tenant':{width}}  " + "  ".join(f"{a:>16}" for a in assets) + "  result"]
+    for name, outcome in zip(names, outcomes, strict=True):
+        cells = []
+        for asset_name in assets:
+            checks = [ok for key, ok in outcome.checks.items() if key.startswith(asset_name + ":")]
+            state = outcome.steps.get(asset_name, "-")
+            if checks:
+                state += f" {sum(checks)}/{len(checks)}✓"
+            cells.append(f"{state:>16}")
+        result = "OK" if outcome.ok else f"SKIPPED {outcome.skipped}" if outcome.skipped else f"FAILED {outcome.error}"
+        lines.append(f"{name:{width}}  " + "  ".join(cells) + "  " + result)
+    return "\n".join(lines)
+
+
+def run_batch(
+    defs,
+    instance,
+    tenant_ids: list[str],
+    out,
+    labels: Labels,
+    *,
+    settings,
+    force: bool = False,
+    workers: int | None = None,
+):
+    """back_up_tenants with a tenants-done display (or, without a terminal, one stderr line per tenant)."""
+    from ..defs.runs.batch import back_up_tenants
+
+    with Counter(out, "backing up", total=len(tenant_ids), unit="tenants") as bar:
+
+        def progress(index, total, outcome):
+            bar.advance(outcome.ok or bool(outcome.skipped))
+            state = (
+                "ok"
+                if outcome.ok
+                else f"SKIPPED ({outcome.skipped})"
+                if outcome.skipped
+                else f"FAILED ({outcome.error})"
+                if outcome.error
+                else "FAILED (check)"
+            )
+            if not bar.on or not outcome.ok:  # on a terminal the bar says the rest
+                bar.log(f"  [{index}/{total}] {labels.label(outcome.tenant_id)}: {state}")
+
+        return back_up_tenants(
+            defs, instance, tenant_ids, settings=settings, force=force, progress=progress, workers=workers
+        )
+
+
+@command(
+    "backup",
+    help="back up tenants through Dagster: every configured location and every check",
+    args=[
+        exclusive(
+            arg("--tenant", action="append", metavar="ID", help="a tenant id (repeatable)"),
+            arg("--all", action="store_true", help="every tenant TENANT_BACKUP_TENANTS_QUERY returns"),
+        ),
+        arg("--force", action="store_true", help="back up tenants the registry query does not return"),
+        arg(
+            "--workers",
+            type=int,
+            default=None,
+            metavar="N",
+            help="tenants backed up at once, each worker a process running one tenant's run at a time "
+            "(needs DAGSTER_HOME; default TENANT_BACKUP_WORKERS, else cores + 1)",
+        ),
+    ],
+)
+def cmd_backup(args, out) -> int:
+    from ..core.errors import UnknownTenant
+    from ..core.source.tenant_ids import validate_tenant_id
+    from ..core.source.tenants import read_registry
+
+    settings = out.settings.source
+    records = read_registry(settings)
+    registry = [r.id for r in records]
+    labels = Labels({r.id: r.name for r in records if r.name})
+    if args.all:
+        tenant_ids = registry
+    else:
+        tenant_ids = list(dict.fromkeys(validate_tenant_id(t, settings.tenant_id_pattern) for t in args.tenant))
+        unknown = [t for t in tenant_ids if t not in registry]
+        if unknown and not args.force:
+            raise UnknownTenant(
+                f"not returned by TENANT_BACKUP_TENANTS_QUERY: {', '.join(unknown)}; use --force to back them up anyway"
+            )
+    if not tenant_ids:
+        out.note("no tenants to back up")
+        out.emit(batch_document([], labels))
+        return 0
+    from dagster import DagsterInstance
+
+    from ..defs.build import build_definitions
+    from ..defs.runs.in_process import job_assets
+
+    defs = build_definitions(out.settings)
+    instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
+    result = run_batch(
+        defs, instance, tenant_ids, out, labels, settings=out.settings, force=args.force, workers=args.workers
+    )
+    outcomes = result.outcomes
+    out.text(tenant_table(outcomes, job_assets(defs), labels))
+    out.emit(batch_document(outcomes, labels))
+    shared = batch_document(outcomes, labels)["shared_tables"]
+    if shared:
+        out.warn(
+            "tenant-backup: warning: shared tables (no tenant column, no row-level security) went WHOLE into every"
+            " archive: "
+            + ", ".join(f"{name} ({rows} rows)" for name, rows in sorted(shared.items()))
+            + "; if one holds people or other tenants' data, give it a policy (docs/ISOLATION.md#shared-tables)"
+        )
+    if result.skipped:
+        out.warn(f"tenant-backup: warning: {result.skipped_line()}")
+    if result.failed:
+        out.warn(f"tenant-backup: error: {result.failure_line()}")
+        return 1
+    return 0
+
+
+@command(
+    "demo",
+    help="the embedded default: sample database, loopback R2/B2, weekly backup of every tenant through Dagster",
+    args=[
+        arg("--dir", default=".tenant-backup-demo", help="where the demo keeps its server and outputs"),
+        arg("--tenants", type=int, default=20, help="active sample tenants (default 20)"),
+        arg("--rows", type=int, default=50, help="sales per sample tenant (default 50)"),
+        arg(
+            "--ui",
+            action="store_true",
+            help="then keep the Dagster UI (dagster dev) running on the demo; "
+            "Ctrl-C or SIGTERM stops everything the demo started",
+        ),
+        arg("--port", type=int, default=3000, help="port of the Dagster UI with --ui (default 3000)"),
+    ],
+)
+def cmd_demo(args, out) -> int:
+    from ..demo import run_demo
+
+    return run_demo(Path(args.dir), tenants=args.tenants, rows=args.rows, ui=args.ui, port=args.port, out=out)

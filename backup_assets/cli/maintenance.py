@@ -1,0 +1,197 @@
+"""`tenant-backup prune | rebuild | keys rewrap`: changing what the storage locations hold.
+
+Thin: parse, call backup_assets.core.maintenance.{retention,rebuild,rotation}, print. Registered
+with `@command` (cli/_command.py), like every command.
+"""
+
+from __future__ import annotations
+
+from ..core.errors import NotFound, StorageError
+from ._command import arg, command
+from ._progress import Counter
+from .ops import locations_for
+
+# ---------------------------------------------------------------------------------------------- prune
+
+
+@command(
+    "prune",
+    help="delete backups past each location's retention (never the newest verified one of a "
+    "tenant; at least TENANT_BACKUP_KEEP_MIN kept)",
+    args=[
+        arg("--dry-run", action="store_true", help="print what would be deleted, delete nothing"),
+        arg("--location", metavar="L", help="only this location; default: all configured"),
+    ],
+)
+def cmd_prune(args, out) -> int:
+    from ..core.maintenance.retention import prune_location
+
+    keep_min = out.settings.keep_min
+    locations = locations_for(out, args.location)
+    verb = "would delete" if args.dry_run else "deleted"
+    doc = {"dry_run": bool(args.dry_run), "keep_min": keep_min, "locations": {}}
+
+    def stamp(moment):
+        return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment else None
+
+    def on_delete(location, d):
+        out.text(f"{verb} {location:5} {d.tenant_id} {d.backup_id} (created {stamp(d.created_at) or '?'}: {d.reason})")
+
+    failed = False
+    for name, loc in locations.items():
+        entry = doc["locations"][name] = {"retention_days": loc.retention_days, "deleted": [], "kept": 0, "errors": []}
+        try:
+            report = prune_location(loc, keep_min=keep_min, dry_run=args.dry_run, on_delete=on_delete)
+        except StorageError as exc:  # this location unreachable: the others are still pruned
+            out.warn(f"FAIL {name:5} prune: {exc}")
+            entry["errors"].append(str(exc))
+            failed = True
+            continue
+        for err in report.errors:
+            out.warn(f"FAIL {name:5} {err}")
+        failed |= bool(report.errors)
+        kept = sum(1 for d in report.decisions if not d.delete)
+        entry.update(
+            kept=kept,
+            errors=list(report.errors),
+            deleted=[
+                {
+                    "tenant_id": d.tenant_id,
+                    "backup_id": d.backup_id,
+                    "created_at": stamp(d.created_at),
+                    "reason": d.reason,
+                }
+                for d in report.deleted
+            ],
+        )
+        out.text(
+            f"{name}: {len(report.deleted)} {verb}, {kept} kept (retention {loc.retention_days} days, "
+            f"keep at least {keep_min} per tenant)"
+        )
+    doc["ok"] = not failed
+    out.emit(doc)
+    return 1 if failed else 0
+
+
+# -------------------------------------------------------------------------------------------- rebuild
+
+
+@command(
+    "rebuild",
+    help="copy into a location the backups it should hold (its retention) from the other locations; never deletes",
+    args=[
+        arg("--location", required=True, metavar="L", help="the location to fill (local, r2, b2)"),
+        arg(
+            "--from",
+            dest="sources",
+            metavar="L1,L2",
+            help="locations to copy from, in order of preference (default: the other configured ones)",
+        ),
+        arg("--repair", action="store_true", help="also re-read the copies it holds and replace damaged ones"),
+        arg("--dry-run", action="store_true", help="print what would be copied, copy nothing"),
+    ],
+)
+def cmd_rebuild(args, out) -> int:
+    from ..core.maintenance.rebuild import rebuild_location
+
+    keep_min = out.settings.keep_min
+    target = out.settings.locations([args.location])[args.location.strip().lower()]
+    names = [n.strip() for n in args.sources.split(",")] if args.sources else out.settings.location_names
+    sources = out.settings.locations([n for n in names if n.strip().lower() != target.name])
+    if not sources:
+        raise NotFound(f"no other location to rebuild {target.name} from (use --from)")
+
+    with Counter(out, f"rebuilding {target.name}", total=None, unit="backups") as bar:
+
+        def progress(o):
+            bar.advance(o.status != "failed")
+            out.text(f"{o.status:10} {target.name:5} {o.tenant_id} {o.backup_id}: {o.message}")
+
+        outcomes, errors = rebuild_location(
+            target, sources, keep_min=keep_min, dry_run=args.dry_run, repair=args.repair, progress=progress
+        )
+    for err in errors:
+        out.warn(f"tenant-backup: warning: {err}")
+    done = sum(1 for o in outcomes if o.status != "failed")
+    failed = len(outcomes) - done
+    out.text(
+        f"{target.name}: {done} {'would be copied' if args.dry_run else 'copied'}, {failed} failed "
+        f"(from {', '.join(sources)}; retention {target.retention_days} days, at least {keep_min} per tenant)"
+    )
+    out.emit(
+        {
+            "location": target.name,
+            "sources": list(sources),
+            "dry_run": bool(args.dry_run),
+            "repair": bool(args.repair),
+            "keep_min": keep_min,
+            "retention_days": target.retention_days,
+            "copied": done,
+            "failed": failed,
+            "errors": list(errors),
+            "ok": not (failed or errors),
+            "backups": [
+                {"tenant_id": o.tenant_id, "backup_id": o.backup_id, "status": o.status, "message": o.message}
+                for o in outcomes
+            ],
+        }
+    )
+    return 1 if failed or errors else 0
+
+
+# ---------------------------------------------------------------------------------------- keys rewrap
+
+
+@command(
+    "keys rewrap",
+    help="re-wrap every stored archive's data key under the active (first) key of "
+    "TENANT_BACKUP_KEYS, then verify with that key only",
+    args=[
+        arg("--location", metavar="L", help="only this location; default: all configured"),
+        arg(
+            "--show-skipped",
+            dest="verbose_skips",
+            action="store_true",
+            help="also print backups already under the active key",
+        ),
+    ],
+)
+def cmd_keys_rewrap(args, out) -> int:
+    from ..core.maintenance.rotation import rewrap_locations
+
+    keyring = out.settings.keyring()
+    locations = locations_for(out, args.location)
+    out.note(f"re-wrapping data keys under the active key {keyring.active.id!r} in {', '.join(locations)}")
+
+    with Counter(out, "re-wrapping", total=None, unit="copies") as bar:
+
+        def progress(o):
+            bar.advance(o.status != "failed")
+            if o.status != "skipped" or args.verbose_skips:
+                out.text(f"{o.status:9} {o.location:5} {o.tenant_id} {o.backup_id}: {o.message}")
+
+        outcomes = rewrap_locations(locations, keyring, progress=progress)
+    counts = {s: sum(1 for o in outcomes if o.status == s) for s in ("rewrapped", "skipped", "failed")}
+    out.text(
+        f"{counts['rewrapped']} re-wrapped, {counts['skipped']} already under {keyring.active.id!r}, "
+        f"{counts['failed']} failed"
+    )
+    out.emit(
+        {
+            "active_key": keyring.active.id,
+            "locations": list(locations),
+            **counts,
+            "ok": not counts["failed"],
+            "copies": [
+                {
+                    "location": o.location,
+                    "tenant_id": o.tenant_id,
+                    "backup_id": o.backup_id,
+                    "status": o.status,
+                    "message": o.message,
+                }
+                for o in outcomes
+            ],
+        }
+    )
+    return 1 if counts["failed"] else 0
