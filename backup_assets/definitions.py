@@ -1,4 +1,5 @@
-"""The code location (workspace.yaml points here): `defs`, built from the environment.
+"""The code location (workspace.yaml points here): `defs`, built from the environment — one of the
+edges where configuration is read (core/settings.py).
 
 A configuration problem is a load error with one clear line naming the variables.
 """
@@ -6,14 +7,14 @@ A configuration problem is a load error with one clear line naming the variables
 from dagster import Definitions
 
 from .core.errors import ConfigError
-from .core.settings import load_dotenv_file
+from .core.settings import Settings, load_dotenv_file
 from .defs.build import build_definitions
 
 
 def _load() -> Definitions:
     load_dotenv_file()
     try:
-        return build_definitions()
+        return build_definitions(Settings.from_env())
     except ConfigError as exc:
         raise ConfigError(f"tenant-backup configuration: {exc}") from None
 

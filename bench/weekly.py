@@ -99,16 +99,18 @@ def _killer(instance, after: int, killed: list, stop: threading.Event) -> None:
 def _batch(args, ids) -> tuple[list, list]:
     from dagster import DagsterInstance
 
-    from backup_assets.defs.runs.batch import back_up_tenants, default_workers
+    from backup_assets.core.settings import Settings
     from backup_assets.defs.build import build_definitions
+    from backup_assets.defs.runs.batch import back_up_tenants
 
-    defs = build_definitions()
+    settings = Settings.from_env()  # the demo stack's environment
+    defs = build_definitions(settings)
     killed: list[str] = []
     with DagsterInstance.get() as instance:
         stop = threading.Event()
         if args.kill_after:
             threading.Thread(target=_killer, args=(instance, args.kill_after, killed, stop), daemon=True).start()
-        outcomes = back_up_tenants(defs, instance, ids, workers=args.workers or default_workers()).outcomes
+        outcomes = back_up_tenants(defs, instance, ids, settings=settings, workers=args.workers or None).outcomes
         stop.set()
     return outcomes, killed
 
@@ -143,9 +145,8 @@ def main() -> int:
                         help="Dagster's storage database with synchronous_commit=off (not production's default)")
     args = parser.parse_args()
 
-    from backup_assets.core.settings import SourceSettings
+    from backup_assets.core.settings import Settings
     from backup_assets.core.source.tenants import list_tenants
-    from backup_assets.defs.runs.batch import default_workers
     from backup_assets.demo import DemoStack
     from backup_assets.sample.generate import add_tenants
 
@@ -161,7 +162,7 @@ def main() -> int:
     else:
         stack = DemoStack(directory, populate=populate, server_processes=True, tuned_storage=args.tuned)
     print(f"stack with {args.tenants} tenants ready in {time.monotonic() - t0:.1f}s", file=sys.stderr)
-    ids = list_tenants(SourceSettings.from_env())
+    ids = list_tenants(Settings.from_env().source)
     stop, peak = threading.Event(), [0]
     sampler = threading.Thread(target=_peak_rss, args=(stop, peak), daemon=True)
     sampler.start()
@@ -188,7 +189,7 @@ def main() -> int:
         sampler.join()
         stack.stop()
     n = len(ids)
-    workers = f"workers: {args.workers or default_workers()}" if args.mode == "batch" else "one process per run"
+    workers = f"workers: {args.workers or Settings.from_env().workers}" if args.mode == "batch" else "one process per run"
     print(f"mode: {args.mode}, Dagster storage: {'TUNED (synchronous_commit=off)' if args.tuned else 'default settings'}")
     print(f"tenants: {n} ({ok} runs with every asset and check passing; {len(done_tenants)} tenants backed up), {workers}")
     if killed:

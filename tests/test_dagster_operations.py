@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import os
-from pathlib import Path
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from unittest import mock
 
 import psycopg2
 import pytest
 from dagster import instance_for_test
 
-from backup_assets.core.maintenance import alerts
-from backup_assets.core.codec.keyring import generate_entry
 from backup_assets.core.archive.manifest import new_backup_id
-from backup_assets.core.locations import locations_from_env
+from backup_assets.core.codec.keyring import generate_entry
+from backup_assets.core.maintenance import alerts
+from backup_assets.core.settings import Settings
 from backup_assets.defs.build import build_definitions
 from backup_assets.defs.operations.jobs import VERIFY_CYCLE_DAYS, verify_bucket
 from backup_assets.defs.runs.in_process import run_tenant
@@ -32,12 +32,15 @@ def env(sample_db, tmp_path):
         "TENANT_BACKUP_SCRATCH_DSN": sample_db.admin_dsn,
         "TENANT_BACKUP_RETRIES": "0",
     }
-    with mock.patch.dict(os.environ, values):
-        yield values
+    return values
 
 
-def _backed_up(instance, tenant_id):
-    defs = build_definitions()
+def locations_from_env(env, names=None):
+    return Settings.from_env(env).locations(names)
+
+
+def _backed_up(env, instance, tenant_id):
+    defs = build_definitions(Settings.from_env(env))
     instance.add_dynamic_partitions("tenants", [tenant_id])
     outcome = run_tenant(defs, instance, tenant_id)
     assert outcome.ok, outcome
@@ -48,14 +51,14 @@ def test_restore_job_into_an_empty_database(env, sample_tenants, fresh_db):
     tenant = sample_tenants[0]
     target = fresh_db("restorejob")
     with instance_for_test() as instance, mock.patch.dict(os.environ, {"RESTORE_TARGET": target}):
-        defs = _backed_up(instance, tenant.id)
+        defs = _backed_up(env, instance, tenant.id)
         job = defs.resolve_job_def("restore_tenant_job")
         config = {"ops": {"restore_tenant_op": {"config": {"tenant_id": tenant.id, "target_dsn_env": "RESTORE_TARGET",
                                                            "dry_run": False}}}}
         result = job.execute_in_process(run_config=config, instance=instance)
         assert result.success
-    manifest = next(iter(locations_from_env(["local"])["local"].list(tenant.id)))
-    stored = locations_from_env(["local"])["local"].get_manifest(tenant.id, manifest.backup_id)
+    manifest = next(iter(locations_from_env(env, ["local"])["local"].list(tenant.id)))
+    stored = locations_from_env(env, ["local"])["local"].get_manifest(tenant.id, manifest.backup_id)
     with psycopg2.connect(target) as conn, conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM public.sales")
         assert cur.fetchone()[0] == stored["tables"]["public.sales"]
@@ -64,7 +67,7 @@ def test_restore_job_into_an_empty_database(env, sample_tenants, fresh_db):
 
 def test_restore_job_without_the_target_variable_fails_clearly(env, sample_tenants):
     with instance_for_test() as instance:
-        defs = build_definitions()
+        defs = build_definitions(Settings.from_env(env))
         job = defs.resolve_job_def("restore_tenant_job")
         config = {"ops": {"restore_tenant_op": {"config": {"tenant_id": sample_tenants[0].id,
                                                            "target_dsn_env": "NOT_SET_ANYWHERE"}}}}
@@ -90,23 +93,23 @@ def _put_backup(loc, tenant_id, created: datetime, tmp_path) -> str:
 def test_prune_job_applies_retention(env, sample_tenants, tmp_path):
     tenant = sample_tenants[0].id
     now = datetime.now(timezone.utc)
-    with mock.patch.dict(os.environ, {"TENANT_BACKUP_RETENTION_LOCAL_DAYS": "30", "TENANT_BACKUP_KEEP_MIN": "1"}):
-        loc = locations_from_env(["local"])["local"]
-        old = _put_backup(loc, tenant, now - timedelta(days=90), tmp_path)
-        older = _put_backup(loc, tenant, now - timedelta(days=120), tmp_path)
-        recent = _put_backup(loc, tenant, now - timedelta(days=3), tmp_path)
-        with instance_for_test() as instance:
-            result = build_definitions().resolve_job_def("prune_job").execute_in_process(instance=instance)
-            assert result.success
-        assert [r.backup_id for r in loc.list(tenant)] == [recent]
-        assert old != recent and older != recent
+    env = {**env, "TENANT_BACKUP_RETENTION_LOCAL_DAYS": "30", "TENANT_BACKUP_KEEP_MIN": "1"}
+    loc = locations_from_env(env, ["local"])["local"]
+    old = _put_backup(loc, tenant, now - timedelta(days=90), tmp_path)
+    older = _put_backup(loc, tenant, now - timedelta(days=120), tmp_path)
+    recent = _put_backup(loc, tenant, now - timedelta(days=3), tmp_path)
+    with instance_for_test() as instance:
+        result = build_definitions(Settings.from_env(env)).resolve_job_def("prune_job").execute_in_process(instance=instance)
+        assert result.success
+    assert [r.backup_id for r in loc.list(tenant)] == [recent]
+    assert old != recent and older != recent
 
 
 def test_verify_job_rereads_its_share_and_alerts_on_a_flipped_byte(env, sample_tenants):
     tenant = sample_tenants[1].id
     with instance_for_test() as instance:
-        defs = _backed_up(instance, tenant)
-        loc = locations_from_env(["local"])["local"]
+        defs = _backed_up(env, instance, tenant)
+        loc = locations_from_env(env, ["local"])["local"]
         ref = loc.list(tenant)[0]
         day = verify_bucket("local", tenant, ref.backup_id)
         assert 0 <= day < VERIFY_CYCLE_DAYS
@@ -120,7 +123,7 @@ def test_verify_job_rereads_its_share_and_alerts_on_a_flipped_byte(env, sample_t
         archive.write_bytes(bytes(data))
         result = job.execute_in_process(run_config=config, instance=instance, raise_on_error=False)
         assert not result.success
-        recorded = [a for a in alerts.read_alerts() if a["kind"] == alerts.INTEGRITY_FAILURE]
+        recorded = [a for a in alerts.read_alerts(Settings.from_env(env)) if a["kind"] == alerts.INTEGRITY_FAILURE]
         assert any(a["tenant_id"] == tenant and a["location"] == "local" for a in recorded), recorded
         # Another day's share does not touch this copy.
         other = {"ops": {"verify_share_op": {"config": {"day": (day + 1) % VERIFY_CYCLE_DAYS}}}}
@@ -138,20 +141,18 @@ def test_weekly_batch_job_backs_up_every_active_tenant(env, sample_tenants):
 
     from dagster import build_schedule_context
 
-    from backup_assets.defs.automation.weekly_batch import weekly_tenant_backup_batch
-
     active = sorted(t.id for t in sample_tenants if t.status == "ACTIVE")
-    with mock.patch.dict(os.environ, {"TENANT_BACKUP_WORKERS": "1"}), instance_for_test() as instance:
-        defs = build_definitions()
+    with instance_for_test() as instance:
+        defs = build_definitions(Settings.from_env({**env, "TENANT_BACKUP_WORKERS": "1"}))
         result = defs.resolve_job_def("weekly_batch_job").execute_in_process(instance=instance)
         assert result.success
         assert sorted(instance.get_dynamic_partitions("tenants")) == active
-        backed_up = {r.tenant_id for r in locations_from_env(["local"])["local"].list()}
+        backed_up = {r.tenant_id for r in locations_from_env(env, ["local"])["local"].list()}
         assert backed_up == set(active)
         # One recorded run per tenant, besides the driver run.
         assert len(instance.get_runs()) == len(active) + 1
         tick = dt.datetime(2026, 11, 29, 3, 0, tzinfo=dt.timezone.utc)
-        request = weekly_tenant_backup_batch.evaluate_tick(
+        request = defs.resolve_schedule_def("weekly_tenant_backup_batch").evaluate_tick(
             build_schedule_context(instance=instance, scheduled_execution_time=tick)).run_requests[0]
         assert request.run_key == "weekly:2026-W48"
 
@@ -164,6 +165,6 @@ def test_next_run_removes_what_a_killed_run_left_in_staging(env, sample_tenants)
     for path in leftovers:
         path.write_bytes(b"half an archive")
     with instance_for_test() as instance:
-        _backed_up(instance, tenant)
+        _backed_up(env, instance, tenant)
     assert not any(path.exists() for path in leftovers)
     assert len(list(staging.glob("*.tbk"))) == 1  # the new, complete archive

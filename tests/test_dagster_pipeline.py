@@ -4,7 +4,6 @@ one location down failing alone, the weekly schedule and the registry sensor."""
 from __future__ import annotations
 
 import datetime as dt
-import os
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,13 +11,12 @@ from unittest import mock
 
 import pytest
 from dagster import DagsterInstance, build_schedule_context, build_sensor_context, instance_for_test
+from dagster_env import backup_environment
 
 from backup_assets.core.maintenance import alerts
-from backup_assets.core.locations import locations_from_env
+from backup_assets.core.settings import Settings
 from backup_assets.testing.b2_server import B2Server
 from backup_assets.testing.s3_server import S3Server
-
-from dagster_env import backup_environment
 
 warnings.filterwarnings("ignore", category=Warning, module="dagster")
 
@@ -37,16 +35,18 @@ def b2_server():
 
 @pytest.fixture
 def env(sample_db, s3_server, b2_server, tmp_path, pg_server_dsn):
-    values = backup_environment(sample_db, s3_server, b2_server, tmp_path, pg_server_dsn)
-    with mock.patch.dict(os.environ, values):
-        yield values
+    return backup_environment(sample_db, s3_server, b2_server, tmp_path, pg_server_dsn)
 
 
 @contextmanager
-def definitions():
+def definitions(env):
     from backup_assets.defs.build import build_definitions
 
-    yield build_definitions()
+    yield build_definitions(Settings.from_env(env))
+
+
+def locations_from_env(env, names=None):
+    return Settings.from_env(env).locations(names)
 
 
 def _run(defs, instance: DagsterInstance, tenant_id: str):
@@ -67,7 +67,7 @@ def _checks(result) -> dict[tuple[str, str], bool]:
 
 def test_partition_materialized_in_every_location_with_checks(env, sample_tenants):
     tenant = sample_tenants[0]
-    with instance_for_test() as instance, definitions() as defs:
+    with instance_for_test() as instance, definitions(env) as defs:
         result = _run(defs, instance, tenant.id)
         assert result.success
         assert _materialized(result) == {"tenant_archive", "local_copy", "r2_copy", "b2_copy"}
@@ -89,7 +89,7 @@ def test_partition_materialized_in_every_location_with_checks(env, sample_tenant
         metadata = archive.materialization.metadata
         assert metadata["raw_bytes"].value > metadata["archive_bytes"].value > 0
         assert metadata["tenant_id"].value == tenant.id
-    stored = {name: loc.list(tenant.id) for name, loc in locations_from_env().items()}
+    stored = {name: loc.list(tenant.id) for name, loc in locations_from_env(env).items()}
     assert all(len(refs) == 1 for refs in stored.values()), stored
     assert len({refs[0].backup_id for refs in stored.values()}) == 1
 
@@ -99,7 +99,7 @@ def test_without_the_drills_record_a_copy_is_decoded(env, sample_tenants):
     from backup_assets.defs.resources import BackupResource
 
     tenant = sample_tenants[2]
-    with instance_for_test() as instance, definitions() as defs, \
+    with instance_for_test() as instance, definitions(env) as defs, \
             mock.patch.object(BackupResource, "proven", lambda self, archive: None):
         result = _run(defs, instance, tenant.id)
         assert result.success
@@ -115,21 +115,21 @@ def test_a_location_never_ships_an_archive_its_checks_did_not_prove(env, sample_
     from dagster import AssetKey
 
     tenant = sample_tenants[1]
-    with instance_for_test() as instance, definitions() as defs:
+    with instance_for_test() as instance, definitions(env) as defs:
         assert _run(defs, instance, tenant.id).success
         (Path(env["TENANT_BACKUP_WORK_DIR"]) / "staging" / tenant.id / "proven.json").unlink()
-        before = {name: len(loc.list(tenant.id)) for name, loc in locations_from_env().items()}
+        before = {name: len(loc.list(tenant.id)) for name, loc in locations_from_env(env).items()}
         alone = defs.resolve_job_def("tenant_backup").execute_in_process(
             partition_key=tenant.id, instance=instance, raise_on_error=False, asset_selection=[AssetKey("r2_copy")])
         assert not alone.success
         failure = next(e for e in alone.all_events if e.event_type_value == "STEP_FAILURE")
         assert "not proven by its isolation check and restore drill" in failure.event_specific_data.error.message
-        assert {name: len(loc.list(tenant.id)) for name, loc in locations_from_env().items()} == before
+        assert {name: len(loc.list(tenant.id)) for name, loc in locations_from_env(env).items()} == before
 
 
 def test_r2_down_fails_only_r2_then_rerun_fills_the_gap(env, sample_tenants, s3_server):
     tenant = sample_tenants[1]
-    with instance_for_test() as instance, definitions() as defs:
+    with instance_for_test() as instance, definitions(env) as defs:
         s3_server.faults.set(down=True)
         try:
             result = _run(defs, instance, tenant.id)
@@ -140,14 +140,16 @@ def test_r2_down_fails_only_r2_then_rerun_fills_the_gap(env, sample_tenants, s3_
         failed = {e.step_key for e in result.all_events if e.is_step_failure}
         assert failed == {"r2_copy"}
         # The run-failure sensor raises the alert in a deployment; here we evaluate it directly.
-        from backup_assets.defs.automation.triggers import backup_failure_alerts
         from dagster import DagsterEventType, build_run_status_sensor_context
+
+        from backup_assets.defs.automation.triggers import backup_failure_alerts
 
         failure = next(e for e in result.all_events if e.event_type == DagsterEventType.RUN_FAILURE)
         context = build_run_status_sensor_context(sensor_name="backup_failure_alerts", dagster_event=failure,
-                                                  dagster_instance=instance, dagster_run=result.dagster_run)
+                                                  dagster_instance=instance, dagster_run=result.dagster_run,
+                                                  resources={"backup": defs.resources["backup"]})
         backup_failure_alerts(context.for_run_failure())
-        recorded = [a for a in alerts.read_alerts() if a["kind"] == alerts.BACKUP_FAILURE]
+        recorded = [a for a in alerts.read_alerts(Settings.from_env(env)) if a["kind"] == alerts.BACKUP_FAILURE]
         assert any(a["location"] == "r2" and a["tenant_id"] == tenant.id for a in recorded), recorded
 
         # Re-run only the failed location for that partition: the archive is loaded from staging.
@@ -157,22 +159,21 @@ def test_r2_down_fails_only_r2_then_rerun_fills_the_gap(env, sample_tenants, s3_
         rerun = job.execute_in_process(partition_key=tenant.id, instance=instance,
                                        asset_selection=[AssetKey("r2_copy")])
         assert rerun.success
-    r2 = locations_from_env(["r2"])["r2"].list(tenant.id)
-    local = locations_from_env(["local"])["local"].list(tenant.id)
+    r2 = locations_from_env(env, ["r2"])["r2"].list(tenant.id)
+    local = locations_from_env(env, ["local"])["local"].list(tenant.id)
     assert [r.backup_id for r in r2] == [r.backup_id for r in local]
 
 
 def test_schedule_asks_for_every_active_tenant_and_no_other(env, sample_tenants):
-    from backup_assets.defs.automation.triggers import weekly_tenant_backup
-
     active = sorted(t.id for t in sample_tenants if t.status == "ACTIVE")
-    with instance_for_test() as instance, definitions() as defs:
+    with instance_for_test() as instance, definitions(env) as defs:
         instance.add_dynamic_partitions("tenants", [t.id for t in sample_tenants])
         tick = dt.datetime(2026, 11, 29, 3, 0, tzinfo=dt.timezone.utc)  # a Sunday
         assert tick.weekday() == 6
         context = build_schedule_context(instance=instance, scheduled_execution_time=tick,
                                          resources={"backup": defs.resources["backup"]},
                                          repository_def=defs.get_repository_def())
+        weekly_tenant_backup = defs.resolve_schedule_def("weekly_tenant_backup")
         requests = list(weekly_tenant_backup.evaluate_tick(context).run_requests)
         assert sorted(r.partition_key for r in requests) == active
         assert len({r.run_key for r in requests}) == len(active)
@@ -181,14 +182,12 @@ def test_schedule_asks_for_every_active_tenant_and_no_other(env, sample_tenants)
 
 
 def test_registry_sensor_adds_and_removes_partitions(env, sample_tenants):
-    from backup_assets.defs.automation.triggers import tenant_registry_sync
-
     active = sorted(t.id for t in sample_tenants if t.status == "ACTIVE")
     gone = "00000000-0000-4000-8000-00000000dead"
-    with instance_for_test() as instance, definitions() as defs:
+    with instance_for_test() as instance, definitions(env) as defs:
         instance.add_dynamic_partitions("tenants", [active[0], gone])
         context = build_sensor_context(instance=instance, resources={"backup": defs.resources["backup"]})
-        result = tenant_registry_sync(context)
+        result = defs.resolve_sensor_def("tenant_registry_sync")(context)
         requests = result.dynamic_partitions_requests
         added = [k for r in requests if type(r).__name__ == "AddDynamicPartitionsRequest" for k in r.partition_keys]
         removed = [k for r in requests if type(r).__name__ == "DeleteDynamicPartitionsRequest" for k in r.partition_keys]
@@ -200,7 +199,7 @@ def test_missing_location_setting_is_a_startup_error_naming_it(env):
     from backup_assets.core.errors import ConfigError
     from backup_assets.defs.build import build_definitions
 
-    broken = {k: v for k, v in os.environ.items() if k != "R2_BUCKET"}
+    broken = {k: v for k, v in env.items() if k != "R2_BUCKET"}
     with pytest.raises(ConfigError) as err:
         build_definitions(broken)
     assert "R2_BUCKET" in str(err.value)

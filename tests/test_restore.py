@@ -14,19 +14,19 @@ from contextlib import closing
 import psycopg2
 import pytest
 from psycopg2 import sql
+from variant_db import CRM_ENV, CRM_SCHEMA, variant_db
 
 from backup_assets.cli.restore import register
-from backup_assets.core.errors import ConfigError, RestoreError, RestoreRefused, TenantBackupError
 from backup_assets.core.archive.export import ExportOptions, export_tenant
 from backup_assets.core.codec.keyring import Keyring, generate_entry
-from backup_assets.core.restore import lock_timeout_from_env, parse_copy_line, restore_tenant
-from backup_assets.core.settings import SourceSettings
-from backup_assets.core.locations import locations_from_env
-from backup_assets.sample.generate import add_tenants, create_sample_database
+from backup_assets.core.dump.copytext import parse_copy_statement as parse_copy_line
 from backup_assets.core.embedded_pg import dsn_for
+from backup_assets.core.errors import ConfigError, RestoreError, RestoreRefused, TenantBackupError
+from backup_assets.core.locations import locations_from_env
+from backup_assets.core.restore import restore_tenant
+from backup_assets.core.settings import Settings, SourceSettings
+from backup_assets.sample.generate import add_tenants, create_sample_database
 from backup_assets.testing.s3_server import S3Server
-
-from variant_db import CRM_ENV, CRM_SCHEMA, variant_db
 
 KEYS = generate_entry("restore1")
 
@@ -73,8 +73,8 @@ def _hashes(dsn, manifest, tenant_id=None, *, column="tenant_id", filters=None) 
     return out
 
 
-def _locations(local_dir):
-    return locations_from_env(["local"], {"TENANT_BACKUP_LOCAL_DIR": str(local_dir)})
+def _locations(local_dir, **env):
+    return locations_from_env(["local"], {"TENANT_BACKUP_LOCAL_DIR": str(local_dir), **env})
 
 
 def _backup(db, tenant_id, keyring, locs, tmp_path) -> dict:
@@ -284,13 +284,11 @@ def test_replace_gives_up_on_a_locked_table(live, keyring):
 def test_replace_on_another_schema(pg_server_dsn, keyring, tmp_path, monkeypatch):
     # Other schema, table, column and setting names, integer tenant ids; the registry crm.orgs is
     # referenced by accounts.org only, contact_notes reaches its tenant through contacts.
-    for name, value in CRM_ENV.items():
-        monkeypatch.setenv(name, value)
     filters = {"crm.contact_notes": "contact_id IN (SELECT id FROM crm.contacts WHERE org::text = %(t)s)"}
     with variant_db(pg_server_dsn) as db:
         db.run(CRM_SCHEMA)
         settings = SourceSettings.from_env({"TENANT_BACKUP_SOURCE_DSN": db.backup_dsn, **CRM_ENV})
-        locs = _locations(tmp_path / "local")
+        locs = _locations(tmp_path / "local", **CRM_ENV)
         archive = tmp_path / "org1.tbk"
         manifest = export_tenant(settings, keyring, "1", archive)
         locs["local"].put("1", manifest["backup_id"], archive, manifest)
@@ -351,7 +349,7 @@ def test_corrupt_local_copy_makes_auto_use_r2(sample_db, sample_tenants, keyring
         }
         for name, value in env.items():
             monkeypatch.setenv(name, value)
-        locs = locations_from_env(environ=env)
+        locs = locations_from_env(None, env)
         manifest = _backup(sample_db, tenant.id, keyring, locs, tmp_path)
         stored = tmp_path / "local" / "tenants" / tenant.id / manifest["backup_id"] / "archive.tbk"
         data = bytearray(stored.read_bytes())
@@ -393,10 +391,10 @@ def test_cli_refuses_a_bad_tenant_id_and_hides_the_password(capsys, monkeypatch,
 
 
 def test_lock_timeout_setting():
-    assert lock_timeout_from_env({}) == "10s"
-    assert lock_timeout_from_env({"TENANT_BACKUP_RESTORE_LOCK_TIMEOUT": "500ms"}) == "500ms"
+    assert Settings.from_env({}).restore_lock_timeout == "10s"
+    assert Settings.from_env({"TENANT_BACKUP_RESTORE_LOCK_TIMEOUT": "500ms"}).restore_lock_timeout == "500ms"
     with pytest.raises(ConfigError, match="TENANT_BACKUP_RESTORE_LOCK_TIMEOUT"):
-        lock_timeout_from_env({"TENANT_BACKUP_RESTORE_LOCK_TIMEOUT": "10s; DROP TABLE x"})
+        Settings.from_env({"TENANT_BACKUP_RESTORE_LOCK_TIMEOUT": "10s; DROP TABLE x"})
 
 
 def test_parse_copy_line():

@@ -9,15 +9,15 @@ import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from unittest import mock
 
 import pytest
 from dagster import build_sensor_context, instance_for_test
 
+from backup_assets.core.codec.keyring import generate_entry
 from backup_assets.core.maintenance import alerts
 from backup_assets.core.maintenance.catalog import CatalogEntry
-from backup_assets.core.codec.keyring import generate_entry
 from backup_assets.core.maintenance.status import decide
+from backup_assets.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = datetime(2026, 12, 6, 12, 0, tzinfo=timezone.utc)
@@ -94,14 +94,16 @@ def test_the_sensor_raises_stale_backup_once_per_stale_copy(env, sample_tenants,
     from backup_assets.defs.build import build_definitions
 
     active = sorted(t.id for t in sample_tenants if t.status == "ACTIVE")
-    with mock.patch.dict(os.environ, env), instance_for_test() as instance:
-        defs = build_definitions()
+    settings = Settings.from_env(env)
+    with instance_for_test() as instance:
+        defs = build_definitions(settings)
         sensor = defs.resolve_sensor_def("stale_backup_alerts")
-        context = build_sensor_context(instance=instance, resources=defs.resources)
+        resources = {"backup": defs.resources["backup"]}
+        context = build_sensor_context(instance=instance, resources=resources)
         first = sensor(context)
-        raised = [a for a in alerts.read_alerts() if a["kind"] == alerts.STALE_BACKUP]
+        raised = [a for a in alerts.read_alerts(settings) if a["kind"] == alerts.STALE_BACKUP]
         assert sorted(a["tenant_id"] for a in raised) == active
         assert all(a["location"] == "local" and "no complete backup" in a["message"] for a in raised)
-        again = sensor(build_sensor_context(instance=instance, resources=defs.resources, cursor=first.cursor))
-        assert len([a for a in alerts.read_alerts() if a["kind"] == alerts.STALE_BACKUP]) == len(active)
+        again = sensor(build_sensor_context(instance=instance, resources=resources, cursor=first.cursor))
+        assert len([a for a in alerts.read_alerts(settings) if a["kind"] == alerts.STALE_BACKUP]) == len(active)
         assert again.cursor == first.cursor  # the same stale copies: not alerted twice in a row

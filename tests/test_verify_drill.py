@@ -12,27 +12,25 @@ from datetime import datetime, timedelta, timezone
 import psycopg2
 import pytest
 from psycopg2 import sql as psql
+from variant_db import variant_db
 
-from backup_assets.core.codec.format import encode_archive
+from backup_assets.core.archive.export import export_tenant
+from backup_assets.core.archive.manifest import new_backup_id
 from backup_assets.core.checks.drill import (
     SCRATCH_PREFIX,
     drop_stale_scratch_databases,
     restore_drill,
     scratch_database_name,
-    scratch_dsn_from_env,
 )
-from backup_assets.core.errors import ArchiveError, ConfigError, ScratchDatabaseError
-from backup_assets.core.archive.export import export_tenant
-from backup_assets.core.codec.keyring import Keyring, generate_entry
-from backup_assets.core.archive.manifest import new_backup_id
-from backup_assets.core.source.session import PgSession
-from backup_assets.core.source.pgbin import pg_program
-from backup_assets.core.settings import SourceSettings
 from backup_assets.core.checks.verify import verify_archive
-from backup_assets.sample.generate import tenant_row_counts
+from backup_assets.core.codec.format import encode_archive
+from backup_assets.core.codec.keyring import Keyring, generate_entry
 from backup_assets.core.embedded_pg import dsn_for
-
-from variant_db import variant_db
+from backup_assets.core.errors import ArchiveError, ConfigError, ScratchDatabaseError
+from backup_assets.core.settings import Settings, SourceSettings
+from backup_assets.core.source.pgbin import pg_program
+from backup_assets.core.source.session import PgSession
+from backup_assets.sample.generate import tenant_row_counts
 
 
 @pytest.fixture(scope="module")
@@ -330,13 +328,13 @@ def test_keep_and_stale_cleanup(exported, keyring, pg_server_dsn):
         _drop(pg_server_dsn, result.scratch_database)
 
 
-def test_scratch_dsn_from_env():
-    assert scratch_dsn_from_env({}) is None
-    assert scratch_dsn_from_env({"TENANT_BACKUP_SCRATCH_DSN": "  "}) is None
+def test_scratch_dsn_setting():
+    assert Settings.from_env({}).scratch_dsn is None
+    assert Settings.from_env({"TENANT_BACKUP_SCRATCH_DSN": "  "}).scratch_dsn is None
     dsn = "postgresql://drill@db.internal/postgres"
-    assert scratch_dsn_from_env({"TENANT_BACKUP_SCRATCH_DSN": dsn}) == dsn
+    assert Settings.from_env({"TENANT_BACKUP_SCRATCH_DSN": dsn}).scratch_dsn == dsn
     with pytest.raises(ConfigError):
-        scratch_dsn_from_env({"TENANT_BACKUP_SCRATCH_DSN": "host=x nonsense"})
+        Settings.from_env({"TENANT_BACKUP_SCRATCH_DSN": "host=x nonsense"})
 
 
 def test_drill_tampered_late_segment_commits_nothing(pg_server_dsn, keyring, tmp_path):

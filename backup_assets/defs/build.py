@@ -1,51 +1,56 @@
-"""Assembles the Definitions from the environment.
+"""Assembles the Definitions from one Settings (core/settings.py).
 
-Configuration is read from the environment when the code location loads: a listed storage
-location with missing settings, or a missing source DSN or keyring, is a load error naming the
-variables — never a silently skipped location.
+Everything is checked when the code location loads: a listed storage location with missing
+settings, or a missing source DSN or keyring, is a load error naming the variables — never a
+silently skipped location. Schedules and sensors whose timing is configurable are built here from
+the settings, not at import time.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Mapping
 
-from dagster import Definitions, EnvVar
+from dagster import Definitions
 
-from ..core.codec.keyring import FILE_VAR, Keyring
-from ..core.settings import SourceSettings
-from ..core.locations.config import location_names, locations_from_env
+from ..core.settings import Settings
+from .automation.staleness import build_staleness_sensor
+from .automation.triggers import (
+    backup_failure_alerts,
+    build_registry_sensor,
+    build_weekly_per_tenant_schedule,
+    tenant_backup_job,
+)
+from .automation.weekly_batch import build_weekly_batch_schedule, weekly_batch_job
 from .backup.assets import build_archive_asset, build_location_asset
-from .automation.triggers import backup_failure_alerts, tenant_backup_job, tenant_registry_sync, weekly_tenant_backup
 from .backup.copy_checks import build_location_checks
-from .operations.jobs import daily_prune, daily_verify, prune_job, restore_tenant_job, verify_share_job
-from .automation.weekly_batch import weekly_batch_job, weekly_tenant_backup_batch
-from .resources import BackupResource, LocationIOManager, StagingIOManager, default_work_dir
-from .automation.staleness import stale_backup_alerts
+from .operations.jobs import build_operation_schedules, prune_job, restore_tenant_job, verify_share_job
+from .resources import BackupResource, LocationIOManager, StagingIOManager
 
 
-def build_definitions(environ: Mapping[str, str] | None = None) -> Definitions:
-    env = os.environ if environ is None else environ
-    SourceSettings.from_env(env)  # raises ConfigError naming what is missing or malformed
-    Keyring.from_env(env)
-    names = location_names(env)
-    locations_from_env(names, env)
-    work_dir = env.get("TENANT_BACKUP_WORK_DIR") or default_work_dir()
+def build_definitions(settings: Settings | Mapping[str, str] | None = None) -> Definitions:
+    """`settings` (an environment mapping is parsed as one; None: this process's environment)."""
+    if not isinstance(settings, Settings):
+        settings = Settings.from_env(settings)
+    settings.apply_process_wide()
+    _ = settings.source  # raises ConfigError naming what is missing or malformed
+    settings.keyring()
+    names = settings.location_names
+    settings.locations(names)
 
-    assets = [build_archive_asset()] + [build_location_asset(name) for name in names]
+    assets = [build_archive_asset(settings)] + [build_location_asset(name, settings) for name in names]
     checks = [check for name in names for check in build_location_checks(name)]
+    backup = BackupResource.from_settings(settings)
     resources = {
-        "backup": BackupResource(source_dsn=EnvVar("TENANT_BACKUP_SOURCE_DSN"), work_dir=work_dir,
-                                 **({"master_keys_file": env[FILE_VAR].strip()} if (env.get(FILE_VAR) or "").strip()
-                                    else {"master_keys": EnvVar("TENANT_BACKUP_KEYS")})),
-        "staging_io_manager": StagingIOManager(work_dir=work_dir),
-        **{f"{name}_io_manager": LocationIOManager(location=name) for name in names},
+        "backup": backup,
+        "staging_io_manager": StagingIOManager(work_dir=settings.work_dir),
+        **{f"{name}_io_manager": LocationIOManager(location=name, backup=backup) for name in names},
     }
     return Definitions(
         assets=assets,
         asset_checks=checks,
         jobs=[tenant_backup_job, weekly_batch_job, restore_tenant_job, prune_job, verify_share_job],
-        schedules=[weekly_tenant_backup, weekly_tenant_backup_batch, daily_prune, daily_verify],
-        sensors=[tenant_registry_sync, backup_failure_alerts, stale_backup_alerts],
+        schedules=[build_weekly_per_tenant_schedule(settings), build_weekly_batch_schedule(settings),
+                   *build_operation_schedules(settings)],
+        sensors=[build_registry_sensor(settings), backup_failure_alerts, build_staleness_sensor(settings)],
         resources=resources,
     )

@@ -6,18 +6,26 @@ What passes between assets is an ArchiveHandle (path + manifest), never the arch
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Optional
+from typing import Dict, Optional
 
-from dagster import ConfigurableIOManager, ConfigurableResource, InputContext, MetadataValue, OutputContext
+from dagster import (
+    ConfigurableIOManager,
+    ConfigurableResource,
+    EnvVar,
+    InputContext,
+    MetadataValue,
+    OutputContext,
+    ResourceDependency,
+)
 
-from ..core.errors import TenantBackupError
+from ..core.archive.manifest import Manifest
 from ..core.codec.keyring import Keyring
-from ..core.settings import SourceSettings
-from ..core.locations import Location, locations_from_env
+from ..core.errors import TenantBackupError
+from ..core.locations import Location
+from ..core.settings import Settings, SourceSettings
 
 
 @dataclass(frozen=True)
@@ -27,7 +35,11 @@ class ArchiveHandle:
     tenant_id: str
     backup_id: str
     path: str
-    manifest: dict
+    manifest: dict  # the manifest as stored (Manifest.to_dict()): what a location compares its copy with
+
+    @property
+    def sha256(self) -> str:
+        return Manifest.from_dict(self.manifest).checksum()[0]
 
 
 @dataclass(frozen=True)
@@ -41,19 +53,33 @@ class StoredHandle:
     manifest: dict
 
 
-_LOCATION_VARS = ("TENANT_BACKUP_", "R2_", "B2_")
-
-
-def location(name: str) -> Location:
-    """The configured location `name`, built once per process for a given configuration: an S3
-    client costs ~0.2 s to build, and every step and check of every tenant needs one."""
-    fingerprint = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(_LOCATION_VARS)))
-    return _cached_location(name, fingerprint)
+# The settings that are secrets: each its own resource field, filled through EnvVar (never shown in the
+# UI, never in run config). Every other setting is shown in the UI in BackupResource.settings.
+SECRETS = {
+    "source_dsn": "TENANT_BACKUP_SOURCE_DSN",
+    "master_keys": "TENANT_BACKUP_KEYS",
+    "tenants_dsn": "TENANT_BACKUP_TENANTS_DSN",
+    "scratch_dsn": "TENANT_BACKUP_SCRATCH_DSN",
+    "alert_webhook": "TENANT_BACKUP_ALERT_WEBHOOK",
+    "r2_access_key_id": "R2_ACCESS_KEY_ID",
+    "r2_secret_access_key": "R2_SECRET_ACCESS_KEY",
+    "b2_application_key_id": "B2_APPLICATION_KEY_ID",
+    "b2_application_key": "B2_APPLICATION_KEY",
+}
 
 
 @lru_cache(maxsize=16)
-def _cached_location(name: str, fingerprint: tuple) -> Location:
-    return locations_from_env([name], dict(fingerprint))[name]
+def _settings(variables: tuple) -> Settings:
+    settings = Settings(variables)
+    settings.apply_process_wide()
+    return settings
+
+
+@lru_cache(maxsize=16)
+def _cached_location(name: str, settings: Settings) -> Location:
+    """Built once per process and configuration: an S3 client costs ~0.2 s to build, and every step
+    and check of every tenant needs one."""
+    return settings.locations([name])[name]
 
 
 _POOLS: dict[str, object] = {}
@@ -72,35 +98,70 @@ def _scratch_pool(admin_dsn: str):
     return pool
 
 
-def default_work_dir() -> str:
-    return os.environ.get("TENANT_BACKUP_WORK_DIR") or str(Path(tempfile.gettempdir()) / "tenant-backup-work")
-
-
 class BackupResource(ConfigurableResource):
-    """The source database and the keyring. Secrets come in as EnvVar (never shown in the UI), or
-    the keyring as the path of a key file; the remaining TENANT_BACKUP_* settings are read from the
-    environment (core/settings.py)."""
+    """tenant-backup's configuration (core/settings.py), as the UI shows it: `settings` holds every
+    TENANT_BACKUP_* / R2_* / B2_* variable that is not a secret; each secret is its own field, given
+    as an EnvVar (shown by name only). `get_settings()` is the Settings the core is called with."""
 
-    source_dsn: str
     work_dir: str
-    master_keys: Optional[str] = None  # TENANT_BACKUP_KEYS, through EnvVar
+    settings: Dict[str, str] = {}
     master_keys_file: Optional[str] = None  # TENANT_BACKUP_KEYS_FILE: a path, not a secret
+    source_dsn: Optional[str] = None
+    master_keys: Optional[str] = None
+    tenants_dsn: Optional[str] = None
+    scratch_dsn: Optional[str] = None
+    alert_webhook: Optional[str] = None
+    r2_access_key_id: Optional[str] = None
+    r2_secret_access_key: Optional[str] = None
+    b2_application_key_id: Optional[str] = None
+    b2_application_key: Optional[str] = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "BackupResource":
+        """The resource for `settings`: a secret read from the process environment becomes an EnvVar of
+        its variable (resolved by Dagster where the step runs, shown by name only); one a caller put
+        into the Settings itself (an embedding application, a test) is passed as it is."""
+        env = settings.environ
+        secret_vars = set(SECRETS.values())
+        shown = {k: v for k, v in env.items() if k not in secret_vars and k != "TENANT_BACKUP_KEYS_FILE"}
+        secrets = {field: EnvVar(var) if var in settings.from_process else env[var]
+                   for field, var in SECRETS.items() if (env.get(var) or "").strip()}
+        keys_file = (env.get("TENANT_BACKUP_KEYS_FILE") or "").strip() or None
+        return cls(work_dir=settings.work_dir, settings=shown, master_keys_file=keys_file, **secrets)
+
+    def get_settings(self) -> Settings:
+        values = dict(self.settings)
+        values["TENANT_BACKUP_WORK_DIR"] = self.work_dir
+        if self.master_keys_file:
+            values["TENANT_BACKUP_KEYS_FILE"] = self.master_keys_file
+        for field, var in SECRETS.items():
+            value = getattr(self, field)
+            if value:
+                values[var] = value
+        return _settings(tuple(sorted(values.items())))
 
     def source_settings(self) -> SourceSettings:
-        return SourceSettings.from_env({**os.environ, "TENANT_BACKUP_SOURCE_DSN": self.source_dsn})
+        return self.get_settings().source
 
     def keyring(self) -> Keyring:
-        return Keyring.from_file(self.master_keys_file) if self.master_keys_file else Keyring.parse(self.master_keys)
+        return self.get_settings().keyring()
+
+    def location(self, name: str) -> Location:
+        """The configured location `name` (local, r2 or b2), cached per process and configuration."""
+        return _cached_location(name, self.get_settings())
+
+    def location_names(self) -> list[str]:
+        return self.get_settings().location_names
 
     def scratch_admin_dsn(self) -> str:
         """Where restore drills create their scratch databases: TENANT_BACKUP_SCRATCH_DSN (a role that
         may CREATE DATABASE), else an embedded PostgreSQL kept under the work directory."""
-        configured = os.environ.get("TENANT_BACKUP_SCRATCH_DSN", "").strip()
-        if configured:
-            return configured
+        settings = self.get_settings()
+        if settings.scratch_dsn:
+            return settings.scratch_dsn
         from ..core.checks.scratch import embedded_scratch_dsn
 
-        return embedded_scratch_dsn(self.work_dir)
+        return embedded_scratch_dsn(self.work_dir, idle_s=settings.scratch_idle_s)
 
     def scratch_pool(self):
         """This process's pool of scratch databases on the scratch server (core/checks/scratch.py)."""
@@ -113,7 +174,7 @@ class BackupResource(ConfigurableResource):
         """The restore drill restored exactly these bytes (their SHA-256), in run `run_id`."""
         path = self._proven_path(archive.tenant_id)
         temp = path.with_suffix(".tmp")
-        temp.write_text(json.dumps({"backup_id": archive.backup_id, "sha256": archive.manifest["archive"]["sha256"],
+        temp.write_text(json.dumps({"backup_id": archive.backup_id, "sha256": archive.sha256,
                                     "run_id": run_id}))
         os.replace(temp, path)
 
@@ -133,7 +194,7 @@ class BackupResource(ConfigurableResource):
         except (OSError, ValueError):
             return None
         same = (record.get("backup_id") == archive.backup_id
-                and record.get("sha256") == archive.manifest["archive"]["sha256"])
+                and record.get("sha256") == archive.sha256)
         return record.get("run_id") if same else None
 
     def scratch_files_dir(self) -> str:
@@ -178,12 +239,13 @@ class StagingIOManager(ConfigurableIOManager):
 
 class LocationIOManager(ConfigurableIOManager):
     """Stores an archive in one storage location (local, r2 or b2) and loads back a handle on the
-    latest complete backup of the partition's tenant there. Configured from the environment."""
+    latest complete backup of the partition's tenant there, configured by the backup resource."""
 
     location: str
+    backup: ResourceDependency[BackupResource]
 
     def build(self) -> Location:
-        return location(self.location)
+        return self.backup.location(self.location)
 
     def handle_output(self, context: OutputContext, obj: ArchiveHandle) -> None:
         import time

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import fcntl
 import logging
-from contextlib import contextmanager
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import ScratchDatabaseError
@@ -59,11 +59,8 @@ def _running_dsn(root: Path, data_dir: Path) -> str | None:
 
 
 def _start_keeper(root: Path, data_dir: Path, idle_s: int | None) -> str:
-    env = child_env()
-    for name in ("PYTHONPATH", "VIRTUAL_ENV"):  # to import this package; not secrets
-        if os.environ.get(name):
-            env[name] = os.environ[name]
-    idle = idle_s if idle_s is not None else int(os.environ.get("TENANT_BACKUP_SCRATCH_IDLE_S") or _IDLE_DEFAULT_S)
+    env = child_env(extra=("PYTHONPATH", "VIRTUAL_ENV"))  # to import this package; not secrets
+    idle = idle_s if idle_s is not None else _IDLE_DEFAULT_S
     (root / _DSN_FILE).unlink(missing_ok=True)
     log_path = root / "scratch-keeper.log"
     with open(log_path, "ab") as log:

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 log = logging.getLogger("tenant_backup.alerts")
 
@@ -32,20 +35,14 @@ class Alert:
     at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 
-def alerts_file(environ=os.environ) -> Path | None:
-    raw = environ.get("TENANT_BACKUP_ALERTS_FILE", "").strip()
-    if raw:
-        return Path(raw)
-    work = environ.get("TENANT_BACKUP_WORK_DIR", "").strip()
-    return Path(work) / "alerts.jsonl" if work else None
-
-
-def emit(alert: Alert, environ=os.environ) -> None:
-    """Record an alert everywhere configured. Never raises: alerting must not mask the failure."""
+def emit(alert: Alert, settings: "Settings") -> None:
+    """Record an alert everywhere `settings` say (TENANT_BACKUP_ALERTS_FILE, or alerts.jsonl in an
+    explicitly set work directory; TENANT_BACKUP_ALERT_WEBHOOK). Never raises: alerting must not
+    mask the failure."""
     record = asdict(alert)
     log.error("%s [%s] tenant=%s location=%s: %s %s", alert.kind, alert.severity, alert.tenant_id,
               alert.location, alert.message, alert.run_url or "")
-    path = alerts_file(environ)
+    path = Path(settings.alerts_file) if settings.alerts_file else None
     if path is not None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -53,7 +50,7 @@ def emit(alert: Alert, environ=os.environ) -> None:
                 handle.write(json.dumps(record, sort_keys=True) + "\n")
         except OSError as exc:
             log.warning("could not append the alert to %s: %s", path, exc)
-    webhook = environ.get("TENANT_BACKUP_ALERT_WEBHOOK", "").strip()
+    webhook = settings.alert_webhook
     if webhook:
         request = urllib.request.Request(webhook, data=json.dumps(record).encode(), method="POST",
                                          headers={"Content-Type": "application/json"})
@@ -64,8 +61,8 @@ def emit(alert: Alert, environ=os.environ) -> None:
             log.warning("alert webhook %s failed: %s", webhook.split("?")[0], exc)
 
 
-def read_alerts(environ=os.environ) -> list[dict]:
-    path = alerts_file(environ)
+def read_alerts(settings: "Settings") -> list[dict]:
+    path = Path(settings.alerts_file) if settings.alerts_file else None
     if path is None or not path.exists():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -16,31 +16,17 @@ manifest's (the archive was re-written since, e.g. by `keys rewrap`) does not co
 from __future__ import annotations
 
 import logging
-import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Iterable, Mapping
 
-from .catalog import CatalogEntry, CopyCheck, parse_created_at
-from ..errors import ConfigError, TenantBackupError
+from ..errors import TenantBackupError
 from ..locations import Location
+from .catalog import CatalogEntry, CopyCheck, parse_created_at
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_AGE_DAYS = 8.0
-
-
-def max_age_from_env(environ: Mapping[str, str] = os.environ) -> float:
-    raw = environ.get("TENANT_BACKUP_MAX_AGE_DAYS", "").strip()
-    if not raw:
-        return DEFAULT_MAX_AGE_DAYS
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"TENANT_BACKUP_MAX_AGE_DAYS must be a number of days, got {raw!r}") from None
-    if not value > 0:
-        raise ConfigError(f"TENANT_BACKUP_MAX_AGE_DAYS must be > 0, got {raw!r}")
-    return value
 
 
 # ------------------------------------------------------------------------------------ verification
@@ -87,6 +73,7 @@ class CopyStatus:
     verified_at: str | None = None
     verified_deep: bool | None = None
     reason: str = ""  # why stale / unknown, one line
+    tenant_name: str | None = None  # the registry's display name, when its query returns one
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -101,6 +88,7 @@ class StatusReport:
     copies: list[CopyStatus]
     unreadable: dict[str, str]  # location -> why it could not be listed
     warnings: list[str]  # single manifests that could not be read
+    names: dict[str, str] = field(default_factory=dict)  # tenant -> display name (registry's 2nd column)
 
     @property
     def stale(self) -> list[CopyStatus]:
@@ -112,13 +100,14 @@ class StatusReport:
 
     def stale_line(self) -> str:
         """One line naming every stale tenant × location (what the CLI prints on stderr)."""
-        names = ", ".join(f"{c.tenant_id}@{c.location}" for c in self.stale)
+        names = ", ".join(f"{c.tenant_id}@{c.location}" + (f" ({c.tenant_name})" if c.tenant_name else "")
+                          for c in self.stale)
         return (f"{len(self.stale)} tenant × location without a backup younger than {self.max_age_days:g} days: "
                 f"{names}")
 
     def as_dict(self) -> dict:
         return {"max_age_days": self.max_age_days, "now": self.now, "locations": self.locations,
-                "tenants": self.tenants, "stale": len(self.stale), "unknown": len(self.unknown),
+                "tenants": self.tenants, "tenant_names": self.names, "stale": len(self.stale), "unknown": len(self.unknown),
                 "unreadable_locations": self.unreadable, "warnings": self.warnings,
                 "copies": [c.as_dict() for c in self.copies]}
 
@@ -135,10 +124,12 @@ def _verification(record: dict | None, manifest: dict) -> tuple[str, str | None,
 
 def decide(tenants: Iterable[str], locations: Iterable[str], entries: list[CatalogEntry], *, now: datetime,
            max_age_days: float, unreadable: Mapping[str, str] | None = None, warnings: Iterable[str] = (),
-           verifications: Mapping[tuple[str, str, str], dict] | None = None) -> StatusReport:
+           verifications: Mapping[tuple[str, str, str], dict] | None = None,
+           names: Mapping[str, str] | None = None) -> StatusReport:
     """The pure rule. `entries`: the newest complete backup per tenant and location (one manifest
     each); `unreadable`: location -> why it could not be listed (its tenants are unknown there);
-    `verifications`: (location, tenant, backup) -> its verified.json record."""
+    `verifications`: (location, tenant, backup) -> its verified.json record; `names`: tenant ->
+    display name (shown, never decisive)."""
     tenants, locations = sorted(set(tenants)), list(locations)
     verifications = verifications or {}
     unreadable = dict(unreadable or {})
@@ -169,15 +160,18 @@ def decide(tenants: Iterable[str], locations: Iterable[str], entries: list[Catal
             elif age >= max_age_days:
                 status.state, status.reason = "stale", f"newest backup {entry.backup_id} is {age:.1f} days old"
             copies.append(status)
+    names = {t: n for t, n in (names or {}).items() if t in tenants and n}
+    for status in copies:
+        status.tenant_name = names.get(status.tenant_id)
     return StatusReport(max_age_days, now.astimezone(timezone.utc).isoformat(timespec="seconds"), locations,
-                        tenants, copies, unreadable, list(warnings))
+                        tenants, copies, unreadable, list(warnings), names)
 
 
 # ------------------------------------------------------------------------------------------ gather
 
 
 def gather(tenants: Iterable[str], locations: Mapping[str, Location], *, max_age_days: float,
-           now: datetime | None = None) -> StatusReport:
+           now: datetime | None = None, names: Mapping[str, str] | None = None) -> StatusReport:
     """One listing per location, then for each tenant only its newest backup there: its manifest and
     its verification record (a thousand tenants cost a listing and two small reads each)."""
     tenants = sorted(set(tenants))
@@ -213,4 +207,4 @@ def gather(tenants: Iterable[str], locations: Mapping[str, Location], *, max_age
                 verifications[(name, tenant_id, backup_id)] = record
     return decide(tenants, list(locations), entries, now=now or datetime.now(timezone.utc),
                   max_age_days=max_age_days, unreadable=unreadable, warnings=warnings,
-                  verifications=verifications)
+                  verifications=verifications, names=names)

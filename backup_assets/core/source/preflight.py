@@ -137,7 +137,7 @@ def inspect_source(conn, settings: SourceSettings) -> DumpPlan:
 
     protected = tenant_oids | rls_oids
     tables: list[TableInfo] = []
-    for oid, schema, name, rls, _force, _owner, _acts, _attnum, tenant_type, _policy in rows:
+    for oid, schema, name, _rls, _force, _owner, _acts, _attnum, tenant_type, _policy in rows:
         qualified = f"{schema}.{name}"
         if qualified in excluded:
             tables.append(TableInfo(schema, name, EXCLUDED))

@@ -172,11 +172,13 @@ class PgSession:
         return f"{where}/{params.get('dbname', '?')}"
 
 
-def child_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+def child_env(environ: Mapping[str, str] | None = None, extra: tuple[str, ...] = ()) -> dict[str, str]:
     """Environment for a PostgreSQL client program, from scratch: basics, locale, and the libpq
-    variables that only authenticate (AUTH_VARS). Nothing else of ours is inherited."""
+    variables that only authenticate (AUTH_VARS), plus the `extra` names asked for. Nothing else of
+    ours is inherited. (This module reads the process environment on purpose: what a child gets is
+    decided here, not by configuration — core/settings.py.)"""
     env = os.environ if environ is None else environ
-    keep = {name: env[name] for name in (*BASE_VARS, *AUTH_VARS) if name in env}
+    keep = {name: env[name] for name in (*BASE_VARS, *AUTH_VARS, *extra) if name in env}
     keep.update({name: value for name, value in env.items() if name.startswith("LC_")})
     keep.setdefault("PATH", os.defpath)
     return keep

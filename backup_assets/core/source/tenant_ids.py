@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import uuid
 
@@ -19,7 +18,6 @@ def validate_tenant_id(raw: str, pattern: str | None = None) -> str:
     Default: a UUID, returned lower-case and hyphenated. TENANT_BACKUP_TENANT_ID_PATTERN (a regular
     expression matched against the whole id) admits other id schemes, e.g. `[0-9]+`.
     """
-    pattern = pattern if pattern is not None else os.environ.get("TENANT_BACKUP_TENANT_ID_PATTERN")
     if not isinstance(raw, str) or not raw or len(raw) > 128:
         raise InvalidTenantId(f"invalid tenant id {raw!r}: empty or too long")
     if _FORBIDDEN.search(raw):

@@ -1,21 +1,80 @@
-"""Tenant discovery: the registry query, run without any tenant scope."""
+"""Tenant discovery: the registry query, run without any tenant scope.
+
+The query's first column is the tenant id. An optional second column is a display name (shown
+beside the id in tables, `status`, run tags); an optional third, a status. Only the first is
+required: `SELECT id FROM my_tenants` works; whatever the query names its columns does not matter.
+"""
 
 from __future__ import annotations
 
 import logging
+import unicodedata
+from dataclasses import dataclass
 
 import psycopg2
 
 from ..errors import ConfigError, InvalidTenantId, UnknownTenant
-from .session import connect
 from ..settings import SourceSettings
+from .session import connect
 from .tenant_ids import validate_tenant_id
 
 log = logging.getLogger(__name__)
 
 
-def list_tenants(settings: SourceSettings) -> list[str]:
-    """Ids returned by TENANT_BACKUP_TENANTS_QUERY (first column), validated, sorted, unique.
+NAME_MAX = 60  # display names are cut here (a registry value is not ours to trust)
+
+
+def clean_name(value) -> str | None:
+    """A registry value fit for a terminal, a log line or a run tag: text without control or
+    format characters (no ANSI escapes, no bidi overrides), whitespace collapsed, at most NAME_MAX
+    characters; None when nothing is left."""
+    if value is None:
+        return None
+    text = "".join(ch if unicodedata.category(ch)[0] != "C" else " " for ch in str(value))
+    text = " ".join(text.split())
+    if len(text) > NAME_MAX:
+        text = text[:NAME_MAX - 1].rstrip() + "…"
+    return text or None
+
+
+def display_label(tenant_id: str, name: str | None) -> str:
+    """`Acme Jewellers (3f14…)` when the registry gave a name, else the id itself."""
+    if not name:
+        return tenant_id
+    return f"{name} ({tenant_id[:4]}…)" if len(tenant_id) > 5 else f"{name} ({tenant_id})"
+
+
+@dataclass(frozen=True)
+class TenantRecord:
+    id: str
+    name: str | None = None  # the query's second column, if any
+    status: str | None = None  # the third, if any
+
+    @property
+    def label(self) -> str:
+        return display_label(self.id, self.name)
+
+
+def _records(rows, pattern: str | None) -> list[TenantRecord]:
+    found: dict[str, TenantRecord] = {}
+    for row in rows:
+        if not row or row[0] is None:
+            continue
+        try:
+            tenant_id = validate_tenant_id(str(row[0]), pattern)
+        except InvalidTenantId as exc:
+            log.warning("registry returned an invalid tenant id, skipped: %s", exc)
+            continue
+        record = TenantRecord(tenant_id, clean_name(row[1]) if len(row) > 1 else None,
+                              clean_name(row[2]) if len(row) > 2 else None)
+        if tenant_id not in found or (found[tenant_id].name is None and record.name is not None):
+            found[tenant_id] = record
+    return [found[t] for t in sorted(found)]
+
+
+def read_registry(settings: SourceSettings) -> list[TenantRecord]:
+    """Every tenant TENANT_BACKUP_TENANTS_QUERY returns (validated, sorted by id, unique), with its
+    display name and status when the query has those columns.
 
     A malformed id in the registry is logged and skipped: it must never reach a path or a setting,
     and one bad row must not stop every other tenant's backup.
@@ -28,15 +87,33 @@ def list_tenants(settings: SourceSettings) -> list[str]:
         except psycopg2.Error as exc:
             reason = " ".join(str(exc).split())
             raise ConfigError(f"TENANT_BACKUP_TENANTS_QUERY failed: {reason}") from None
-    ids = set()
-    for row in rows:
-        if not row or row[0] is None:
-            continue
+    return _records(rows, settings.tenant_id_pattern)
+
+
+def list_tenants(settings: SourceSettings) -> list[str]:
+    """Ids returned by TENANT_BACKUP_TENANTS_QUERY (first column), validated, sorted, unique."""
+    return [r.id for r in read_registry(settings)]
+
+
+def tenant_names(settings: SourceSettings) -> dict[str, str]:
+    """id -> display name, for the tenants the registry query names (an id-only query: empty)."""
+    return {r.id: r.name for r in read_registry(settings) if r.name}
+
+
+def tenant_name(settings: SourceSettings, tenant_id: str) -> str | None:
+    """One tenant's display name (None when the query has no name column or does not return it),
+    without fetching the whole registry."""
+    query = settings.tenants_query.strip().rstrip(";")
+    compare = "registry.tenant_id::text = %s" if settings.tenant_id_pattern else "lower(registry.tenant_id::text) = %s"
+    with connect(settings.registry_dsn, timeout=settings.connect_timeout) as conn:
         try:
-            ids.add(validate_tenant_id(str(row[0]), settings.tenant_id_pattern))
-        except InvalidTenantId as exc:
-            log.warning("registry returned an invalid tenant id, skipped: %s", exc)
-    return sorted(ids)
+            with conn.cursor() as cur:
+                cur.execute(f"SELECT * FROM ({query}) AS registry(tenant_id) WHERE {compare} LIMIT 1", (tenant_id,))
+                row = cur.fetchone()
+        except psycopg2.Error as exc:
+            reason = " ".join(str(exc).split())
+            raise ConfigError(f"TENANT_BACKUP_TENANTS_QUERY failed: {reason}") from None
+    return clean_name(row[1]) if row is not None and len(row) > 1 else None
 
 
 def is_listed(settings: SourceSettings, tenant_id: str) -> bool:

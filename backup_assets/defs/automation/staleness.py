@@ -8,35 +8,37 @@ changed and is still stale.
 """
 
 import json
-import os
 
 from dagster import DefaultSensorStatus, SensorEvaluationContext, SensorResult, SkipReason, sensor
 
 from ...core.maintenance import alerts
-from ...core.settings import int_setting
-from ...core.maintenance.status import gather, max_age_from_env
-from ...core.locations.config import location_names
+from ...core.maintenance.status import gather
+from ...core.settings import Settings
 from ...core.source.tenants import list_tenants
-from ..resources import BackupResource, location
+from ..resources import BackupResource
 
-DAY_S = 24 * 3600
 UNREADABLE = "*"  # the cursor's tenant for "this location could not be listed"
 
 
-@sensor(
-    name="stale_backup_alerts",
-    minimum_interval_seconds=int_setting(os.environ, "TENANT_BACKUP_STALE_CHECK_S", DAY_S),
-    default_status=DefaultSensorStatus.RUNNING,
-    description="STALE_BACKUP alert for each active tenant × location whose newest backup is older than "
-                "TENANT_BACKUP_MAX_AGE_DAYS (8), or missing; read from the locations alone (log, alerts file, webhook).",
-)
+def build_staleness_sensor(settings: Settings):
+    return sensor(
+        name="stale_backup_alerts",
+        minimum_interval_seconds=settings.stale_check_s,
+        default_status=DefaultSensorStatus.RUNNING,
+        description="STALE_BACKUP alert for each active tenant × location whose newest backup is older than "
+                    "TENANT_BACKUP_MAX_AGE_DAYS (8), or missing; read from the locations alone (log, alerts file, "
+                    "webhook).",
+    )(stale_backup_alerts)
+
+
 def stale_backup_alerts(context: SensorEvaluationContext, backup: BackupResource):
-    report = gather(list_tenants(backup.source_settings()), {n: location(n) for n in location_names()},
-                    max_age_days=max_age_from_env())
+    settings = backup.get_settings()
+    report = gather(list_tenants(settings.source), {n: backup.location(n) for n in settings.location_names},
+                    max_age_days=settings.max_age_days)
     alerted = json.loads(context.cursor) if context.cursor else {}
     now_stale: dict[str, str] = {}
     new = 0
-    base = os.environ.get("TENANT_BACKUP_UI_URL", "http://127.0.0.1:3000").rstrip("/")
+    base = settings.ui_url
     for name, message in report.unreadable.items():  # never hidden: its tenants' state is unknown
         key = f"{UNREADABLE}@{name}"
         now_stale[key] = "unreadable"
@@ -44,7 +46,7 @@ def stale_backup_alerts(context: SensorEvaluationContext, backup: BackupResource
             new += 1
             alerts.emit(alerts.Alert(alerts.STALE_BACKUP, "critical", None, name,
                                      f"location {name} could not be listed: backup age unknown for "
-                                     f"{len(report.tenants)} tenants ({message})"))
+                                     f"{len(report.tenants)} tenants ({message})"), settings)
     for copy in report.stale:
         key = f"{copy.tenant_id}@{copy.location}"
         now_stale[key] = copy.backup_id or ""
@@ -53,7 +55,8 @@ def stale_backup_alerts(context: SensorEvaluationContext, backup: BackupResource
         new += 1
         alerts.emit(alerts.Alert(alerts.STALE_BACKUP, "critical", copy.tenant_id, copy.location,
                                  f"no backup younger than {report.max_age_days:g} days: {copy.reason}",
-                                 f"{base}/assets/tenant_archive?view=partitions&partition={copy.tenant_id}"))
+                                 f"{base}/assets/tenant_archive?view=partitions&partition={copy.tenant_id}"),
+                    settings)
     summary = (f"{len(report.stale)} stale tenant × location of {len(report.copies)}, "
                f"{len(report.unreadable)} locations unreadable; {new} new alerts")
     context.log.info(summary)

@@ -1,19 +1,29 @@
-"""Jobs, the weekly schedule and the sensors (registry sync, failure alerts)."""
+"""The tenant backup job, the weekly per-tenant schedule and the sensors (registry sync, failure
+alerts). Schedules and sensors whose timing is configurable are built from the Settings
+(build_definitions), not at import time."""
 
-
-import os
-
-from dagster import (AssetSelection, DefaultScheduleStatus, DefaultSensorStatus, RunFailureSensorContext,
-                     RunRequest, ScheduleEvaluationContext, SensorEvaluationContext, SensorResult,
-                     SkipReason, define_asset_job, run_failure_sensor, schedule, sensor)
+from dagster import (
+    AssetSelection,
+    DefaultScheduleStatus,
+    DefaultSensorStatus,
+    RunFailureSensorContext,
+    RunRequest,
+    ScheduleEvaluationContext,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    define_asset_job,
+    run_failure_sensor,
+    schedule,
+    sensor,
+)
 
 from ...core.maintenance import alerts
-from ...core.settings import int_setting
+from ...core.settings import Settings
 from ...core.source.tenants import list_tenants
 from ..backup.assets import GROUP
 from ..backup.partitions import TENANTS, tenants_partitions
 from ..resources import BackupResource
-
 from ..runs.guard import JOB_NAME, SKIPPED_TAG, TENANT_TAG
 
 tenant_backup_job = define_asset_job(
@@ -28,27 +38,25 @@ def week_of(moment) -> str:
     return f"{iso.year}-W{iso.week:02d}"
 
 
-WEEKLY_CRON = os.environ.get("TENANT_BACKUP_CRON", "0 3 * * 0")  # Sunday 03:00
-TIMEZONE = os.environ.get("TENANT_BACKUP_TIMEZONE", "UTC")
-# batch: one driver run backs every tenant up in long-lived workers (no process start-up per tenant);
-# per_tenant: the daemon launches one run per tenant (e.g. one Kubernetes job each).
-WEEKLY_MODE = os.environ.get("TENANT_BACKUP_WEEKLY_MODE", "batch")
+def weekly_status(settings: Settings, mode: str) -> DefaultScheduleStatus:
+    """Exactly one of the two weekly schedules runs, chosen by TENANT_BACKUP_WEEKLY_MODE: batch (one
+    driver run backs every tenant up in long-lived workers, no process start-up per tenant) or
+    per_tenant (the daemon launches one run per tenant, e.g. one Kubernetes job each)."""
+    return DefaultScheduleStatus.RUNNING if settings.weekly_mode == mode else DefaultScheduleStatus.STOPPED
 
 
-def weekly_status(mode: str) -> DefaultScheduleStatus:
-    """Exactly one of the two weekly schedules runs, chosen by TENANT_BACKUP_WEEKLY_MODE."""
-    return DefaultScheduleStatus.RUNNING if WEEKLY_MODE == mode else DefaultScheduleStatus.STOPPED
+def build_weekly_per_tenant_schedule(settings: Settings):
+    return schedule(
+        name="weekly_tenant_backup",
+        cron_schedule=settings.weekly_cron,
+        execution_timezone=settings.timezone,
+        job=tenant_backup_job,
+        default_status=weekly_status(settings, "per_tenant"),
+        description="Every active tenant (registry ∩ partitions), one run each, once per ISO week "
+                    "(running when TENANT_BACKUP_WEEKLY_MODE=per_tenant).",
+    )(weekly_tenant_backup)
 
 
-@schedule(
-    name="weekly_tenant_backup",
-    cron_schedule=WEEKLY_CRON,
-    execution_timezone=TIMEZONE,
-    job=tenant_backup_job,
-    default_status=weekly_status("per_tenant"),
-    description="Every active tenant (registry ∩ partitions), one run each, once per ISO week "
-                "(running when TENANT_BACKUP_WEEKLY_MODE=per_tenant).",
-)
 def weekly_tenant_backup(context: ScheduleEvaluationContext, backup: BackupResource):
     active = set(list_tenants(backup.source_settings()))
     known = set(context.instance.get_dynamic_partitions(TENANTS))
@@ -64,13 +72,16 @@ def weekly_tenant_backup(context: ScheduleEvaluationContext, backup: BackupResou
                          run_config={"execution": {"config": {"in_process": {}}}})
 
 
-@sensor(
-    name="tenant_registry_sync",
-    minimum_interval_seconds=int_setting(os.environ, "TENANT_BACKUP_REGISTRY_SYNC_S", 300),
-    default_status=DefaultSensorStatus.RUNNING,
-    description="Adds a partition for each tenant the registry query returns and removes those it no "
-                "longer returns. Backups already stored are never deleted here.",
-)
+def build_registry_sensor(settings: Settings):
+    return sensor(
+        name="tenant_registry_sync",
+        minimum_interval_seconds=settings.registry_sync_s,
+        default_status=DefaultSensorStatus.RUNNING,
+        description="Adds a partition for each tenant the registry query returns and removes those it no "
+                    "longer returns. Backups already stored are never deleted here.",
+    )(tenant_registry_sync)
+
+
 def tenant_registry_sync(context: SensorEvaluationContext, backup: BackupResource):
     wanted = set(list_tenants(backup.source_settings()))
     have = set(context.instance.get_dynamic_partitions(TENANTS))
@@ -101,7 +112,7 @@ def _location_of(step_key: str) -> str | None:
     default_status=DefaultSensorStatus.RUNNING,
     description="BACKUP_FAILURE alert for each failed step of a failed backup run (log, alerts file, webhook).",
 )
-def backup_failure_alerts(context: RunFailureSensorContext):
+def backup_failure_alerts(context: RunFailureSensorContext, backup: BackupResource):
     run = context.dagster_run
     if run.job_name != JOB_NAME and not run.job_name.startswith("__ASSET_JOB"):
         return  # not a tenant backup (asset backfills from the UI run as __ASSET_JOB...)
@@ -109,13 +120,15 @@ def backup_failure_alerts(context: RunFailureSensorContext):
         context.log.info(f"run {run.run_id} stopped: {run.tags[SKIPPED_TAG]}")
         return
     tenant_id = run.tags.get("dagster/partition")
-    base = os.environ.get("TENANT_BACKUP_UI_URL", "http://127.0.0.1:3000").rstrip("/")
+    settings = backup.get_settings()
+    base = settings.ui_url
     failures = context.get_step_failure_events()
     if not failures:
         alerts.emit(alerts.Alert(alerts.BACKUP_FAILURE, "critical", tenant_id, None,
-                                 context.failure_event.message or "run failed", f"{base}/runs/{run.run_id}"))
+                                 context.failure_event.message or "run failed", f"{base}/runs/{run.run_id}"),
+                    settings)
     for event in failures:
         error = event.event_specific_data.error if event.event_specific_data else None
         message = error.message.strip().splitlines()[0] if error and error.message else "step failed"
         alerts.emit(alerts.Alert(alerts.BACKUP_FAILURE, "critical", tenant_id, _location_of(event.step_key or ""),
-                                 f"{event.step_key}: {message}", f"{base}/runs/{run.run_id}"))
+                                 f"{event.step_key}: {message}", f"{base}/runs/{run.run_id}"), settings)

@@ -5,18 +5,20 @@ tenants that, not the backups, is the weekly bill (docs/BENCHMARKS.md)."""
 
 from dagster import Failure, OpExecutionContext, RunRequest, ScheduleEvaluationContext, job, op, schedule
 
+from ...core.settings import Settings
 from ...core.source.tenants import list_tenants
-from .triggers import TIMEZONE, WEEKLY_CRON, week_of, weekly_status
 from ..backup.partitions import TENANTS
 from ..resources import BackupResource
-from ..runs.batch import back_up_tenants, default_workers
+from ..runs.batch import back_up_tenants
+from .triggers import week_of, weekly_status
 
 
 @op(description="Back up every tenant the registry returns: one tenant_backup run each, in worker processes.")
 def back_up_active_tenants(context: OpExecutionContext, backup: BackupResource) -> None:
     from ..build import build_definitions
 
-    active = list_tenants(backup.source_settings())
+    settings = backup.get_settings()
+    active = list_tenants(settings.source)
     known = set(context.instance.get_dynamic_partitions(TENANTS))
     new = [t for t in active if t not in known]
     if new:  # an op may add partitions (a schedule may not): the registry sensor's job, done early
@@ -29,8 +31,8 @@ def back_up_active_tenants(context: OpExecutionContext, backup: BackupResource) 
                      else "FAILED " + (outcome.error or "a check failed"))
             context.log.info(f"[{index}/{total}] {outcome.tenant_id}: {state}")
 
-    result = back_up_tenants(build_definitions(), context.instance, active, progress=progress,
-                             workers=default_workers(), batch_id=context.run_id)
+    result = back_up_tenants(build_definitions(settings), context.instance, active, progress=progress,
+                             settings=settings, batch_id=context.run_id)
     done = sum(o.ok for o in result.outcomes)
     context.log.info(f"{done}/{len(result.outcomes)} tenants backed up with every check passing")
     if result.skipped:
@@ -44,14 +46,17 @@ def weekly_batch_job():
     back_up_active_tenants()
 
 
-@schedule(
-    name="weekly_tenant_backup_batch",
-    cron_schedule=WEEKLY_CRON,
-    execution_timezone=TIMEZONE,
-    job=weekly_batch_job,
-    default_status=weekly_status("batch"),
-    description="Every active tenant through one driver run, once per ISO week "
-                "(running when TENANT_BACKUP_WEEKLY_MODE=batch, the default).",
-)
 def weekly_tenant_backup_batch(context: ScheduleEvaluationContext):
     return RunRequest(run_key=f"weekly:{week_of(context.scheduled_execution_time)}")
+
+
+def build_weekly_batch_schedule(settings: Settings):
+    return schedule(
+        name="weekly_tenant_backup_batch",
+        cron_schedule=settings.weekly_cron,
+        execution_timezone=settings.timezone,
+        job=weekly_batch_job,
+        default_status=weekly_status(settings, "batch"),
+        description="Every active tenant through one driver run, once per ISO week "
+                    "(running when TENANT_BACKUP_WEEKLY_MODE=batch, the default).",
+    )(weekly_tenant_backup_batch)

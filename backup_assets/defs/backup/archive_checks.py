@@ -31,7 +31,8 @@ def archive_check_specs() -> list[AssetCheckSpec]:
 def archive_check_results(context, archive, backup) -> tuple[list, bool]:
     """(the two check results, whether both passed) for the staged archive `archive`."""
     settings = backup.source_settings()
-    common = {"asset": ARCHIVE_ASSET, "tenant_id": archive.tenant_id, "location": None}
+    common = {"asset": ARCHIVE_ASSET, "tenant_id": archive.tenant_id, "location": None,
+              "settings": backup.get_settings()}
     try:
         result = restore_drill(Path(archive.path), archive.manifest, backup.keyring(), backup.scratch_pool(),
                                tenant_column=settings.tenant_column)
@@ -46,6 +47,6 @@ def archive_check_results(context, archive, backup) -> tuple[list, bool]:
                          metadata={"foreign_rows": MetadataValue.int(sum(result.foreign_rows.values()))}, **common),
             check_result(context, check="restore_drill", passed=result.ok, message=result.message,
                          metadata={"restored_tables": MetadataValue.int(result.restored_tables),
-                                   "sha256": archive.manifest["archive"]["sha256"],
+                                   "sha256": archive.sha256,
                                    "drill_seconds": MetadataValue.float(round(result.duration_s, 3))}, **common)
             ], result.ok and result.isolated

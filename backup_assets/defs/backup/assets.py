@@ -8,56 +8,86 @@ in its own step (defs/backup/archive_checks.py); a location ships only an archiv
 
 import os
 
-from dagster import (AssetExecutionContext, AssetIn, AssetsDefinition, Backoff, DagsterRunStatus, Failure,
-                     MetadataValue, Output, RetryPolicy, asset)
+from dagster import (
+    AssetExecutionContext,
+    AssetIn,
+    AssetsDefinition,
+    Backoff,
+    DagsterRunStatus,
+    Failure,
+    MetadataValue,
+    Output,
+    RetryPolicy,
+    asset,
+)
 
-from ...core.files import TEMP_MARK
-from ...core.errors import TenantBackupError
 from ...core.archive.export import ExportOptions, export_tenant
-from ...core.settings import int_setting
-from .archive_checks import ARCHIVE_ASSET, archive_check_results, archive_check_specs
-from .partitions import tenants_partitions
+from ...core.archive.manifest import Manifest
+from ...core.errors import TenantBackupError
+from ...core.files import TEMP_MARK
+from ...core.settings import Settings
 from ..resources import ArchiveHandle, BackupResource
 from ..runs.guard import TenantBusy, claim_tenant
+from .archive_checks import ARCHIVE_ASSET, archive_check_results, archive_check_specs
+from .partitions import tenants_partitions
 
 GROUP = "tenant_backup"
 FORCE_TAG = "tenant_backup/force"  # run tag: back up a tenant the registry does not return
+TENANT_NAME_TAG = "tenant_backup/tenant_name"  # run tag: the registry's display name (its query's 2nd column)
 
 
-def retry_policy() -> RetryPolicy:
+def record_tenant_name(context, source_settings, tenant_id: str) -> str | None:
+    """The tenant's display name from the registry query, put on the run as a tag (shown in the UI
+    beside the id); None when the query returns no name. Never fails the backup."""
+    from ...core.source.tenants import tenant_name
+
+    try:
+        name = tenant_name(source_settings, tenant_id)
+        if name and context.run.tags.get(TENANT_NAME_TAG) != name:
+            context.instance.add_run_tags(context.run.run_id, {TENANT_NAME_TAG: name})
+        return name
+    except Exception as exc:  # noqa: BLE001 - a name is a label, not a reason to fail a backup
+        context.log.warning(f"tenant name not recorded: {' '.join(str(exc).split())[:300]}")
+        return None
+
+
+def retry_policy(settings: Settings) -> RetryPolicy:
     """TENANT_BACKUP_RETRIES (default 3) retries, TENANT_BACKUP_RETRY_DELAY_S (default 300) apart."""
-    return RetryPolicy(max_retries=int_setting(os.environ, "TENANT_BACKUP_RETRIES", 3, minimum=0),
-                       delay=int_setting(os.environ, "TENANT_BACKUP_RETRY_DELAY_S", 300, minimum=0),
-                       backoff=Backoff.LINEAR)
+    return RetryPolicy(max_retries=settings.retries, delay=settings.retry_delay_s, backoff=Backoff.LINEAR)
 
 
-def archive_metadata(manifest: dict) -> dict:
+def shared_rows(manifest: Manifest) -> dict[str, int]:
+    """The shared tables (dumped whole into every tenant's archive) with their row counts."""
+    return {name: (manifest.tables or {}).get(name, 0) for name in manifest.kinds.shared or []}
+
+
+def archive_metadata(manifest: Manifest) -> dict:
     """Numbers as numeric metadata, so the UI plots them over time."""
-    tables = manifest["tables"]
+    tables = manifest.tables or {}
     return {
-        "tenant_id": manifest["tenant_id"],
-        "backup_id": manifest["backup_id"],
-        "key_id": manifest["archive"]["key_id"],
-        "sha256": manifest["archive"]["sha256"],
-        "raw_bytes": MetadataValue.int(manifest["raw_size"]),
-        "compressed_bytes": MetadataValue.int(manifest["compressed_size"]),
-        "archive_bytes": MetadataValue.int(manifest["archive"]["size"]),
-        "compression_ratio": MetadataValue.float(float(manifest["compression_ratio"] or 0.0)),
-        "duration_seconds": MetadataValue.float(float(manifest["timings"]["total_s"])),
+        "tenant_id": manifest.tenant_id,
+        "backup_id": manifest.backup_id,
+        "key_id": manifest.archive.key_id,
+        "sha256": manifest.archive.sha256,
+        "raw_bytes": MetadataValue.int(manifest.raw_size),
+        "compressed_bytes": MetadataValue.int(manifest.compressed_size),
+        "archive_bytes": MetadataValue.int(manifest.archive.size),
+        "compression_ratio": MetadataValue.float(float(manifest.compression_ratio or 0.0)),
+        "duration_seconds": MetadataValue.float(float((manifest.timings or {}).get("total_s", 0.0))),
         "rows_total": MetadataValue.int(sum(tables.values())),
         "row_counts": MetadataValue.json(tables),
         # Dumped whole into every tenant's archive: shown so nobody is surprised (docs/ISOLATION.md).
-        "shared_tables": MetadataValue.json({name: tables.get(name, 0) for name in manifest["table_kinds"]["shared"]}),
+        "shared_tables": MetadataValue.json(shared_rows(manifest)),
     }
 
 
-def build_archive_asset() -> AssetsDefinition:
+def build_archive_asset(settings: Settings) -> AssetsDefinition:
     @asset(
         name=ARCHIVE_ASSET,
         partitions_def=tenants_partitions,
         io_manager_key="staging_io_manager",
         group_name=GROUP,
-        retry_policy=retry_policy(),
+        retry_policy=retry_policy(settings),
         kinds={"postgres"},
         check_specs=archive_check_specs(),
         description="One tenant's rows: pg_dump under row-level security → zstd → AES-256-GCM → SHA-256, "
@@ -67,7 +97,8 @@ def build_archive_asset() -> AssetsDefinition:
     def tenant_archive(context: AssetExecutionContext, backup: BackupResource):
         tenant_id = context.partition_key
         try:  # first of all: is another live run backing this tenant up?
-            claim_tenant(context.instance, context.run.run_id, tenant_id, log=context.log.warning)
+            claim_tenant(context.instance, context.run.run_id, tenant_id, log=context.log.warning,
+                         timeout_s=backup.get_settings().run_timeout_s)
         except TenantBusy as exc:
             raise Failure(str(exc), allow_retries=False) from None
         out_dir = backup.staging_dir(tenant_id)
@@ -75,16 +106,17 @@ def build_archive_asset() -> AssetsDefinition:
         pending = out_dir / f"{PENDING}{context.run.run_id}.tbk"
         # A tenant the registry no longer returns is refused unless the run says --force.
         force = context.run.tags.get(FORCE_TAG) == "true"
-        manifest = export_tenant(backup.source_settings(), backup.keyring(), tenant_id, pending,
-                                 ExportOptions(force=force, warn_shared=False))
-        shared = {name: manifest["tables"].get(name, 0) for name in manifest["table_kinds"]["shared"]}
+        exported = Manifest.from_dict(export_tenant(backup.source_settings(), backup.keyring(), tenant_id, pending,
+                                                    ExportOptions(force=force, warn_shared=False)))
+        shared = shared_rows(exported)
         if shared:
             context.log.warning("shared tables in this archive WHOLE (no tenant column, no row-level security): "
                                 + ", ".join(f"{name} ({rows} rows)" for name, rows in shared.items()))
-        final = out_dir / f"{manifest['backup_id']}.tbk"
+        name = record_tenant_name(context, backup.source_settings(), tenant_id)
+        final = out_dir / f"{exported.backup_id}.tbk"
         os.replace(pending, final)
-        manifest["archive"]["file"] = final.name
-        handle = ArchiveHandle(tenant_id, manifest["backup_id"], str(final), manifest)
+        manifest = exported.with_archive(file=final.name)
+        handle = ArchiveHandle(tenant_id, manifest.backup_id, str(final), manifest.to_dict())
         results, proven = archive_check_results(context, handle, backup)
         yield from results
         if not proven:  # not materialized: nothing to ship, and nothing a later run could pick up
@@ -94,7 +126,7 @@ def build_archive_asset() -> AssetsDefinition:
                           allow_retries=False)
         backup.record_proven(handle, context.run.run_id)
         _prune_staging(out_dir, keep=final)
-        yield Output(handle, metadata=archive_metadata(manifest))
+        yield Output(handle, metadata={**archive_metadata(manifest), **({"tenant_name": name} if name else {})})
 
     return tenant_archive
 
@@ -125,14 +157,14 @@ def _prune_staging(directory, keep, retain: int = 2) -> None:
             old.unlink(missing_ok=True)
 
 
-def build_location_asset(location: str) -> AssetsDefinition:
+def build_location_asset(location: str, settings: Settings) -> AssetsDefinition:
     @asset(
         name=f"{location}_copy",
         partitions_def=tenants_partitions,
         io_manager_key=f"{location}_io_manager",
         ins={"archive": AssetIn(ARCHIVE_ASSET)},
         group_name=GROUP,
-        retry_policy=retry_policy(),
+        retry_policy=retry_policy(settings),
         kinds={"local" if location == "local" else "s3" if location == "r2" else "backblaze"},
         description=f"The tenant's archive and manifest stored in the {location} location "
                     f"(its IO manager writes it; retention per TENANT_BACKUP_RETENTION_{location.upper()}_DAYS).",

@@ -1,12 +1,12 @@
 """What every check of ours reports: an AssetCheckResult, and an INTEGRITY_FAILURE alert when it fails."""
 
-import os
 import warnings
 from contextlib import contextmanager
 
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetKey
 
 from ...core.maintenance import alerts
+from ...core.settings import Settings
 
 
 @contextmanager
@@ -18,14 +18,13 @@ def partitioned_checks_preview():
 
 
 def check_result(context, *, asset: str, check: str, passed: bool, tenant_id: str, location: str | None,
-                 message: str, metadata: dict) -> AssetCheckResult:
+                 message: str, metadata: dict, settings: Settings) -> AssetCheckResult:
     if not passed:
         alerts.emit(alerts.Alert(alerts.INTEGRITY_FAILURE, "critical", tenant_id, location,
-                                 f"{asset}.{check}: {message}", run_url(context.run.run_id)))
+                                 f"{asset}.{check}: {message}", run_url(settings, context.run.run_id)), settings)
     return AssetCheckResult(asset_key=AssetKey(asset), check_name=check, passed=passed,
                             severity=AssetCheckSeverity.ERROR, metadata={"message": message, **metadata})
 
 
-def run_url(run_id: str) -> str:
-    base = os.environ.get("TENANT_BACKUP_UI_URL", "http://127.0.0.1:3000").rstrip("/")
-    return f"{base}/runs/{run_id}"
+def run_url(settings: Settings, run_id: str) -> str:
+    return f"{settings.ui_url}/runs/{run_id}"

@@ -10,18 +10,25 @@ import tempfile
 import time
 from pathlib import Path
 
-from dagster import AssetCheckExecutionContext, AssetChecksDefinition, AssetCheckSpec, AssetIn, MetadataValue, multi_asset_check
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetChecksDefinition,
+    AssetCheckSpec,
+    AssetIn,
+    MetadataValue,
+    multi_asset_check,
+)
 
-from ...core.maintenance.catalog import CopyCheck
+from ...core.archive.manifest import Manifest
+from ...core.checks.verify import VerifyResult, verify_archive
 from ...core.errors import TenantBackupError
+from ...core.maintenance.catalog import CopyCheck
 from ...core.maintenance.status import record_verification
-from ...core.checks.verify import VerifyResult, manifest_archive_fields, verify_archive
+from ..resources import ArchiveHandle, BackupResource
 from .archive_checks import ARCHIVE_ASSET
 from .check_results import check_result as _result
 from .check_results import partitioned_checks_preview
 from .partitions import tenants_partitions
-from ..resources import ArchiveHandle, BackupResource
-from ..resources import location as storage_location
 
 
 def build_location_checks(location: str) -> list[AssetChecksDefinition]:
@@ -44,8 +51,9 @@ def _location_checks(location: str) -> list[AssetChecksDefinition]:
     # newest in the location). A check runs after the asset it checks: the copy is not loaded.
     @multi_asset_check(name=f"{asset_name}_checks", specs=specs, ins={"archive": AssetIn(ARCHIVE_ASSET)})
     def copy_checks(context: AssetCheckExecutionContext, archive: ArchiveHandle, backup: BackupResource):
-        loc = storage_location(location)
-        common = {"asset": asset_name, "tenant_id": archive.tenant_id, "location": location}
+        loc = backup.location(location)
+        common = {"asset": asset_name, "tenant_id": archive.tenant_id, "location": location,
+                  "settings": backup.get_settings()}
         where = {"backup_id": archive.backup_id, "uri": loc.uri(archive.tenant_id, archive.backup_id)}
         started = time.monotonic()
         unreadable = None
@@ -58,7 +66,7 @@ def _location_checks(location: str) -> list[AssetChecksDefinition]:
         except TenantBackupError as exc:  # NotFound; CorruptObject: stored bytes differ from their metadata
             unreadable = exc
         if unreadable is None and proven is not None and \
-                (stored.sha256, stored.size) == manifest_archive_fields(manifest):
+                (stored.sha256, stored.size) == Manifest.coerce(manifest).checksum():
             # Integrity by identity: these bytes hash equal to the archive the restore drill
             # decrypted, decompressed and restored (in run `proven`): no second decode.
             how = f"identical (SHA-256) to the archive the restore drill restored in run {proven}"
@@ -86,7 +94,7 @@ def _location_checks(location: str) -> list[AssetChecksDefinition]:
         message = f"ok: {how}" if integrity_ok and how != "decoded" else result.message
         # Beside the copy, so `tenant-backup status` knows it was verified without Dagster's database.
         record_verification(loc, CopyCheck(location, archive.tenant_id, archive.backup_id, integrity_ok, message),
-                            sha256=manifest["archive"]["sha256"], deep=True, by=f"{asset_name} checks",
+                            sha256=Manifest.coerce(manifest).checksum()[0], deep=True, by=f"{asset_name} checks",
                             known_complete=True)
         yield _result(context, check="integrity", passed=integrity_ok, message=message,
                       metadata={**where, "integrity_by": "identity" if how != "decoded" else "decode",

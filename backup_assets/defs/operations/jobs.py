@@ -2,23 +2,30 @@
 stored copies (daily, so every copy is re-read within VERIFY_CYCLE_DAYS). Thin: each op calls the
 core function the CLI calls, and works from the storage locations alone."""
 
-import hashlib
 import os
 from datetime import date
 
-from dagster import (Config, DefaultScheduleStatus, Failure, OpExecutionContext, Out, RunRequest,
-                     ScheduleEvaluationContext, job, op, schedule)
+from dagster import (
+    Config,
+    DefaultScheduleStatus,
+    Failure,
+    OpExecutionContext,
+    Out,
+    RunRequest,
+    ScheduleEvaluationContext,
+    job,
+    op,
+    schedule,
+)
 from pydantic import Field
 
 from ...core.maintenance import alerts
-from ...core.maintenance.catalog import verify_copy
-from ...core.restore import lock_timeout_from_env, restore_tenant
-from ...core.maintenance.retention import keep_min_from_env, prune_location
+from ...core.maintenance.catalog import VERIFY_CYCLE_DAYS, share_of, verify_copy
+from ...core.maintenance.retention import prune_location
 from ...core.maintenance.status import record_verification
-from ...core.locations.config import location_names
-from ..resources import BackupResource, location
-
-VERIFY_CYCLE_DAYS = 28  # every copy is re-read once in this many days
+from ...core.restore import restore_tenant
+from ...core.settings import Settings
+from ..resources import BackupResource
 
 
 class RestoreConfig(Config):
@@ -34,14 +41,15 @@ class RestoreConfig(Config):
 
 @op(description="Restore one tenant from the storage locations into the target database.")
 def restore_tenant_op(context: OpExecutionContext, config: RestoreConfig, backup: BackupResource) -> None:
+    # A secret read where it is used, by the name the run config gives (kept out of run config itself).
     target = os.environ.get(config.target_dsn_env, "").strip()
     if not target:
         raise Failure(f"{config.target_dsn_env} is not set: it must hold the target database's DSN")
-    names = location_names()
-    result = restore_tenant(config.tenant_id, locations={n: location(n) for n in names}, location=config.location,
-                            target_dsn=target, keyring=backup.keyring(), backup=config.backup_id,
-                            replace=config.replace, dry_run=config.dry_run, lock_timeout=lock_timeout_from_env(),
-                            tenant_id_pattern=backup.source_settings().tenant_id_pattern,
+    settings = backup.get_settings()
+    result = restore_tenant(config.tenant_id, locations={n: backup.location(n) for n in settings.location_names},
+                            location=config.location, target_dsn=target, keyring=backup.keyring(),
+                            backup=config.backup_id, replace=config.replace, dry_run=config.dry_run,
+                            lock_timeout=settings.restore_lock_timeout, tenant_id_pattern=settings.tenant_id_pattern,
                             report=context.log.info)
     for table, outcome in sorted(result.tables.items()):
         context.log.info(f"{table}: {vars(outcome)}")
@@ -56,11 +64,11 @@ def restore_tenant_job():
 
 @op(description="Delete backups past each location's retention; never a tenant's newest verified one, "
                 "at least TENANT_BACKUP_KEEP_MIN per tenant.")
-def prune_op(context: OpExecutionContext) -> None:
-    keep_min = keep_min_from_env()
+def prune_op(context: OpExecutionContext, backup: BackupResource) -> None:
+    keep_min = backup.get_settings().keep_min
     failed = []
-    for name in location_names():
-        report = prune_location(location(name), keep_min=keep_min,
+    for name in backup.location_names():
+        report = prune_location(backup.location(name), keep_min=keep_min,
                                 on_delete=lambda loc, d: context.log.info(f"{loc}: deleted {d}"))
         context.log.info(f"{name}: {len(report.deleted)} backups deleted, {len(report.errors)} errors")
         failed += [f"{name}: {e}" for e in report.errors]
@@ -74,9 +82,9 @@ def prune_job():
 
 
 def verify_bucket(location_name: str, tenant_id: str, backup_id: str) -> int:
-    """The day of the cycle on which this copy is re-read: stable, and spread evenly."""
-    digest = hashlib.sha256(f"{location_name}/{tenant_id}/{backup_id}".encode()).digest()
-    return int.from_bytes(digest[:4], "big") % VERIFY_CYCLE_DAYS
+    """The day of the cycle on which this copy is re-read: stable, and spread evenly (the same
+    selection as `tenant-backup verify --all --subset n/28`: core/maintenance/catalog.share_of)."""
+    return share_of(location_name, tenant_id, backup_id, VERIFY_CYCLE_DAYS)
 
 
 class VerifyShareConfig(Config):
@@ -89,9 +97,10 @@ class VerifyShareConfig(Config):
 def verify_share_op(context: OpExecutionContext, config: VerifyShareConfig, backup: BackupResource) -> None:
     today = config.day if config.day >= 0 else date.today().toordinal() % VERIFY_CYCLE_DAYS
     keyring = backup.keyring()
+    settings = backup.get_settings()
     checked, failures = 0, []
-    for name in location_names():
-        loc = location(name)
+    for name in settings.location_names:
+        loc = backup.location(name)
         for ref in loc.list():
             if verify_bucket(name, ref.tenant_id, ref.backup_id) != today:
                 continue
@@ -102,7 +111,7 @@ def verify_share_op(context: OpExecutionContext, config: VerifyShareConfig, back
             if not result.ok:
                 failures.append(result)
                 alerts.emit(alerts.Alert(alerts.INTEGRITY_FAILURE, "critical", ref.tenant_id, name,
-                                         f"scheduled verify of {ref.backup_id}: {result.message}"))
+                                         f"scheduled verify of {ref.backup_id}: {result.message}"), settings)
     context.log.info(f"{checked} copies re-read today (day {today} of {VERIFY_CYCLE_DAYS}), {len(failures)} failed")
     if failures:
         raise Failure(f"{len(failures)} stored copies failed verification: "
@@ -114,15 +123,13 @@ def verify_share_job():
     verify_share_op()
 
 
-@schedule(job=prune_job, cron_schedule=os.environ.get("TENANT_BACKUP_PRUNE_CRON", "0 4 * * *"),
-          execution_timezone=os.environ.get("TENANT_BACKUP_TIMEZONE", "UTC"),
-          default_status=DefaultScheduleStatus.RUNNING)
-def daily_prune(context: ScheduleEvaluationContext):
+def _daily(context: ScheduleEvaluationContext):
     return RunRequest()
 
 
-@schedule(job=verify_share_job, cron_schedule=os.environ.get("TENANT_BACKUP_VERIFY_CRON", "0 5 * * *"),
-          execution_timezone=os.environ.get("TENANT_BACKUP_TIMEZONE", "UTC"),
-          default_status=DefaultScheduleStatus.RUNNING)
-def daily_verify(context: ScheduleEvaluationContext):
-    return RunRequest()
+def build_operation_schedules(settings: Settings) -> list:
+    """daily_prune (TENANT_BACKUP_PRUNE_CRON) and daily_verify (TENANT_BACKUP_VERIFY_CRON)."""
+    return [schedule(name=name, job=job_def, cron_schedule=cron, execution_timezone=settings.timezone,
+                     default_status=DefaultScheduleStatus.RUNNING)(_daily)
+            for name, job_def, cron in (("daily_prune", prune_job, settings.prune_cron),
+                                        ("daily_verify", verify_share_job, settings.verify_cron))]

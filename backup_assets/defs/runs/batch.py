@@ -14,25 +14,27 @@ CLI, another batch) is not started again: it is reported as skipped, naming that
 from __future__ import annotations
 
 import logging
-import os
 import uuid
 from dataclasses import dataclass
 
 from dagster import DagsterInstance
 
-from ...core.settings import int_setting
+from ...core.settings import Settings
 from ..backup.partitions import TENANTS
-from .instance import instance_from_ref, runner_instance, tune_for_runner
+from .guard import (
+    BATCH_TAG,
+    DEFAULT_RUN_TIMEOUT_S,
+    PROCESS_TAG,
+    WORKER_TAG,
+    executing_runs,
+    fail_orphan,
+    live_holder,
+    process_identity,
+)
 from .in_process import TenantOutcome, run_tenant
-from .guard import BATCH_TAG, PROCESS_TAG, WORKER_TAG, executing_runs, fail_orphan, live_holder, process_identity
+from .instance import instance_from_ref, runner_instance, tune_for_runner
 
 log = logging.getLogger(__name__)
-
-
-def default_workers() -> int:
-    """TENANT_BACKUP_WORKERS, else cores + 1: a backup waits on the database and the storage part of
-    the time (docs/BENCHMARKS.md)."""
-    return int_setting(os.environ, "TENANT_BACKUP_WORKERS", (os.cpu_count() or 1) + 1)
 
 
 def new_batch_id() -> str:
@@ -62,36 +64,40 @@ class BatchResult:
                 + ", ".join(f"{o.tenant_id} ({o.skipped})" for o in self.skipped))
 
 
-def back_up_tenants(defs, instance: DagsterInstance, tenant_ids: list[str], *, force: bool = False,
-                    progress=None, log_level: str = "WARNING", workers: int = 1, batch_id: str | None = None,
-                    scheduler: str | None = None) -> BatchResult:
+def back_up_tenants(defs, instance: DagsterInstance, tenant_ids: list[str], *, settings: Settings,
+                    force: bool = False, progress=None, log_level: str = "WARNING", workers: int | None = None,
+                    batch_id: str | None = None, scheduler: str | None = None) -> BatchResult:
     """Back up every tenant (partitions are added first); outcomes in the order of tenant_ids.
 
-    workers <= 1 (or an ephemeral instance, which lives in this process only): one after the other
-    in this process. Otherwise on Dask workers (a LocalCluster, or `scheduler`'s cluster)."""
+    workers (default TENANT_BACKUP_WORKERS: cores + 1, as a backup waits on the database and the
+    storage part of the time) <= 1, or an ephemeral instance (which lives in this process only): one
+    after the other in this process. Otherwise on Dask workers (a LocalCluster, or the cluster of
+    `scheduler`, default TENANT_BACKUP_DASK_SCHEDULER)."""
+    workers = settings.workers if workers is None else workers
     batch_id = batch_id or new_batch_id()
     known = set(instance.get_dynamic_partitions(TENANTS))
     new = [t for t in tenant_ids if t not in known]
     if new:
         instance.add_dynamic_partitions(TENANTS, new)
-    scheduler = scheduler if scheduler is not None else (os.environ.get("TENANT_BACKUP_DASK_SCHEDULER") or None)
+    scheduler = scheduler if scheduler is not None else settings.dask_scheduler
     if instance.is_ephemeral or (workers <= 1 and not scheduler) or len(tenant_ids) == 0:
         instance = runner_instance(instance)
         outcomes = {}
         for index, tenant_id in enumerate(tenant_ids, 1):
             outcomes[tenant_id] = back_up_one(defs, instance, tenant_id, force=force, batch_id=batch_id,
-                                              log_level=log_level)
+                                              log_level=log_level, timeout_s=settings.run_timeout_s)
             if progress:
                 progress(index, len(tenant_ids), outcomes[tenant_id])
         return BatchResult([outcomes[t] for t in tenant_ids])
     return BatchResult(_on_dask(instance, tenant_ids, force=force, progress=progress, log_level=log_level,
-                                workers=workers, batch_id=batch_id, scheduler=scheduler))
+                                workers=workers, batch_id=batch_id, scheduler=scheduler, settings=settings))
 
 
 def back_up_one(defs, instance: DagsterInstance, tenant_id: str, *, force: bool, batch_id: str,
-                log_level: str = "WARNING", worker: str | None = None, live_workers=None) -> TenantOutcome:
+                log_level: str = "WARNING", worker: str | None = None, live_workers=None,
+                timeout_s: int = DEFAULT_RUN_TIMEOUT_S) -> TenantOutcome:
     """One tenant's run, unless another live run has the tenant (then: skipped, naming it)."""
-    holder = live_holder(instance, tenant_id, live_workers=live_workers, log=log.warning)
+    holder = live_holder(instance, tenant_id, live_workers=live_workers, log=log.warning, timeout_s=timeout_s)
     if holder is not None:
         return TenantOutcome(tenant_id, "", skipped=f"in progress in {holder.describe()}")
     tags = {BATCH_TAG: batch_id, PROCESS_TAG: process_identity()}
@@ -106,11 +112,12 @@ def back_up_one(defs, instance: DagsterInstance, tenant_id: str, *, force: bool,
 # ------------------------------------------------------------------------------------------- Dask
 
 
-def _on_dask(instance, tenant_ids, *, force, progress, log_level, workers, batch_id, scheduler) -> list[TenantOutcome]:
+def _on_dask(instance, tenant_ids, *, force, progress, log_level, workers, batch_id, scheduler,
+             settings: Settings) -> list[TenantOutcome]:
     import dask
     from distributed import Client, KilledWorker, LocalCluster, as_completed
 
-    losses = int_setting(os.environ, "TENANT_BACKUP_WORKER_LOSS_RETRIES", 3, minimum=1)
+    losses = settings.worker_loss_retries
     outcomes: dict[str, TenantOutcome] = {}
     with dask.config.set({"distributed.scheduler.allowed-failures": losses}):
         cluster = None if scheduler else LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
@@ -119,8 +126,9 @@ def _on_dask(instance, tenant_ids, *, force, progress, log_level, workers, batch
             with Client(scheduler or cluster, timeout="60s") as client:
                 keys = [f"backup-{batch_id}-{t}" for t in tenant_ids]
                 futures = client.map(run_in_worker, tenant_ids, key=keys, pure=False, force=force,
-                                     batch_id=batch_id, log_level=log_level, instance_ref=instance.get_ref())
-                by_key = dict(zip(keys, tenant_ids))
+                                     batch_id=batch_id, log_level=log_level, instance_ref=instance.get_ref(),
+                                     settings=settings)
+                by_key = dict(zip(keys, tenant_ids, strict=True))
                 for index, future in enumerate(as_completed(futures), 1):
                     tenant_id = by_key[future.key]
                     try:
@@ -155,15 +163,18 @@ def _sweep(instance, tenant_ids, batch_id) -> None:
 _worker_state: dict = {}
 
 
-def run_in_worker(tenant_id: str, *, force: bool, batch_id: str, log_level: str, instance_ref) -> TenantOutcome:
+def run_in_worker(tenant_id: str, *, force: bool, batch_id: str, log_level: str, instance_ref,
+                  settings: Settings) -> TenantOutcome:
     """The Dask task (importable, so workers on other machines can run it). `instance_ref`: the
-    driver's instance, which the workers share (its storage is PostgreSQL in production)."""
+    driver's instance, which the workers share (its storage is PostgreSQL in production);
+    `settings`: the driver's (a worker reads no configuration of its own)."""
     from distributed import get_client, get_worker
 
-    if "defs" not in _worker_state:
+    if _worker_state.get("settings") != settings:
         from ..build import build_definitions
 
-        _worker_state["defs"] = build_definitions()
+        _worker_state["defs"] = build_definitions(settings)
+        _worker_state["settings"] = settings
     if _worker_state.get("instance_ref") != instance_ref:
         _worker_state["instance"] = tune_for_runner(instance_from_ref(instance_ref))
         _worker_state["instance_ref"] = instance_ref
@@ -173,4 +184,5 @@ def run_in_worker(tenant_id: str, *, force: bool, batch_id: str, log_level: str,
     if any(r.dagster_run.tags.get(BATCH_TAG) == batch_id for r in records):  # a retry after a worker died
         live_workers = set(get_client().scheduler_info(n_workers=-1)["workers"])
     return back_up_one(_worker_state["defs"], instance, tenant_id, force=force, batch_id=batch_id,
-                       log_level=log_level, worker=get_worker().address, live_workers=live_workers)
+                       log_level=log_level, worker=get_worker().address, live_workers=live_workers,
+                       timeout_s=settings.run_timeout_s)

@@ -23,8 +23,6 @@ from dataclasses import dataclass
 
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
-from ...core.settings import int_setting
-
 JOB_NAME = "tenant_backup"
 TENANT_TAG = "tenant_backup/tenant"  # one backup per tenant at a time (also dagster.yaml's queue limit)
 BATCH_TAG = "tenant_backup/batch"  # the batch (driver run id) a run belongs to
@@ -60,12 +58,11 @@ def _process_gone(identity: str) -> str | None:
     return None
 
 
-def run_timeout_s() -> int:
-    return int_setting(os.environ, "TENANT_BACKUP_RUN_TIMEOUT_S", 6 * 3600)
+DEFAULT_RUN_TIMEOUT_S = 6 * 3600  # TENANT_BACKUP_RUN_TIMEOUT_S (Settings.run_timeout_s)
 
 
 def orphan_reason(record, *, live_workers: set[str] | None = None, live_batches: set[str] | None = None,
-                  now: float | None = None) -> str | None:
+                  now: float | None = None, timeout_s: int = DEFAULT_RUN_TIMEOUT_S) -> str | None:
     """Why an executing run is in fact dead, or None if it may be alive."""
     tags = record.dagster_run.tags
     if tags.get(PROCESS_TAG):
@@ -78,7 +75,7 @@ def orphan_reason(record, *, live_workers: set[str] | None = None, live_batches:
         return f"its batch {tags[BATCH_TAG]} is over"
     started = record.start_time or record.create_timestamp.timestamp()
     age = (now or time.time()) - started
-    if age > run_timeout_s():
+    if age > timeout_s:
         return f"it has been running for {age / 3600:.1f} h, past TENANT_BACKUP_RUN_TIMEOUT_S"
     return None
 
@@ -107,13 +104,14 @@ class Holder:
 
 
 def live_holder(instance: DagsterInstance, tenant_id: str, *, exclude: str | None = None,
-                live_workers: set[str] | None = None, live_batches: set[str] | None = None, log=None) -> Holder | None:
+                live_workers: set[str] | None = None, live_batches: set[str] | None = None, log=None,
+                timeout_s: int = DEFAULT_RUN_TIMEOUT_S) -> Holder | None:
     """The oldest live run executing this tenant's backup (orphans are marked failed on the way)."""
     live = []
     for record in executing_runs(instance, tenant_id):
         if record.dagster_run.run_id == exclude:
             continue
-        reason = orphan_reason(record, live_workers=live_workers, live_batches=live_batches)
+        reason = orphan_reason(record, live_workers=live_workers, live_batches=live_batches, timeout_s=timeout_s)
         if reason:
             fail_orphan(instance, record, reason, log=log)
             continue
@@ -132,7 +130,8 @@ class TenantBusy(Exception):
     """Another live run has the tenant: this one stops before touching anything."""
 
 
-def claim_tenant(instance: DagsterInstance, run_id: str, tenant_id: str, *, log=None) -> None:
+def claim_tenant(instance: DagsterInstance, run_id: str, tenant_id: str, *, log=None,
+                 timeout_s: int = DEFAULT_RUN_TIMEOUT_S) -> None:
     """Called first in every tenant_backup run: returns if this run is the tenant's only live run or
     the oldest of them; otherwise tags it skipped and raises TenantBusy naming the holder."""
     mine = instance.get_run_record_by_id(run_id)
@@ -142,7 +141,7 @@ def claim_tenant(instance: DagsterInstance, run_id: str, tenant_id: str, *, log=
     for record in executing_runs(instance, tenant_id):
         if record.dagster_run.run_id == run_id:
             continue
-        reason = orphan_reason(record)
+        reason = orphan_reason(record, timeout_s=timeout_s)
         if reason:
             fail_orphan(instance, record, reason, log=log)
             continue
