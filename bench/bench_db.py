@@ -8,8 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from backup_assets.sample.generate import SampleDatabase, add_large_tenant, create_sample_database
 from backup_assets.core.embedded_pg import dsn_for, start_embedded
+from backup_assets.sample.generate import SampleDatabase, add_large_tenant, create_sample_database
 
 DBNAME = "bench_export"
 

@@ -55,8 +55,8 @@ def _one(approach: str, dsn: str, tenant_id: str, out: str) -> None:
     import logging
 
     logging.basicConfig(level=logging.ERROR)  # the export's warnings (shared tables) are not measured here
-    from backup_assets.core.source.session import PgSession
     from backup_assets.core.source.pgbin import pg_program
+    from backup_assets.core.source.session import PgSession
 
     session = PgSession.from_dsn(dsn, {"app.current_tenant": tenant_id})
     conninfo, env = session.conninfo(), session.child_env()
@@ -112,8 +112,8 @@ def main() -> None:
     if args.zstd_level:
         env["BENCH_ZSTD_LEVEL"] = str(args.zstd_level)
     from backup_assets.core.archive.export import ExportOptions
-    from backup_assets.core.source.session import PgSession
     from backup_assets.core.source.pgbin import pg_program
+    from backup_assets.core.source.session import PgSession
 
     env.setdefault("BENCH_ZSTD_LEVEL", str(ExportOptions().zstd_level))
     rows = []

@@ -47,17 +47,17 @@ def main() -> None:
     parser.add_argument("--replace", action="store_true", help="also time --replace in the source database")
     args = parser.parse_args()
 
+    from bench_db import large_tenants
+
     from backup_assets.core.archive.decrypt import decrypt_to_file
     from backup_assets.core.archive.export import export_tenant
     from backup_assets.core.codec.keyring import Keyring, generate_entry
-    from backup_assets.core.source.session import PgSession
-    from backup_assets.core.source.pgbin import pg_program
+    from backup_assets.core.embedded_pg import dsn_for
+    from backup_assets.core.locations import locations_from_env
     from backup_assets.core.restore import restore_tenant
     from backup_assets.core.settings import SourceSettings
-    from backup_assets.core.locations import locations_from_env
-    from bench_db import large_tenants
-
-    from backup_assets.core.embedded_pg import dsn_for
+    from backup_assets.core.source.pgbin import pg_program
+    from backup_assets.core.source.session import PgSession
 
     # The export bench's cache: same database, same tenants.
     db, tenants = large_tenants(OUT, [args.size], args.dsn)

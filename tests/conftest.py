@@ -14,8 +14,8 @@ import shutil
 import psycopg2
 import pytest
 
-from backup_assets.sample.generate import SampleDatabase, TenantInfo, add_tenants, create_sample_database
 from backup_assets.core.embedded_pg import default_data_root, dsn_for, start_embedded
+from backup_assets.sample.generate import SampleDatabase, TenantInfo, add_tenants, create_sample_database
 
 
 def _admin_exec(dsn: str, statement: str) -> None:

@@ -3,8 +3,8 @@ import re
 
 import pytest
 
-from backup_assets.core.errors import ArchiveError, ConfigError
 from backup_assets.core.codec.keyring import ENV_VAR, Keyring, generate_entry
+from backup_assets.core.errors import ArchiveError, ConfigError
 
 K1 = base64.b64encode(b"\x01" * 32).decode()
 K2 = base64.b64encode(b"\x02" * 32).decode()

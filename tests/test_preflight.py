@@ -4,13 +4,12 @@ and accepts layouts with names unlike the sample's."""
 from __future__ import annotations
 
 import pytest
+from variant_db import CRM_ENV, CRM_SCHEMA, variant_db
 
 from backup_assets.core.errors import SafetyCheckFailed
-from backup_assets.core.source.session import connect
-from backup_assets.core.source.preflight import EXCLUDED, RLS_CHILD, SHARED, TENANT, inspect_source
 from backup_assets.core.settings import SourceSettings
-
-from variant_db import CRM_ENV, CRM_SCHEMA, variant_db
+from backup_assets.core.source.preflight import EXCLUDED, RLS_CHILD, SHARED, TENANT, inspect_source
+from backup_assets.core.source.session import connect
 
 
 def _plan(dsn: str, **env):

@@ -16,6 +16,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
+from backup_assets.core.embedded_pg import dsn_for
 from backup_assets.core.source.pgbin import pg_program
 from backup_assets.sample.generate import (
     CHILD_TABLES,
@@ -28,7 +29,6 @@ from backup_assets.sample.generate import (
     create_sample_database,
     tenant_row_counts,
 )
-from backup_assets.core.embedded_pg import dsn_for
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ALL_TABLES = set(TENANT_TABLES) | set(CHILD_TABLES) | set(SHARED_TABLES) | {REGISTRY_TABLE}

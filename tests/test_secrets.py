@@ -17,9 +17,9 @@ import psycopg2
 import pytest
 
 from backup_assets.core.codec.keyring import generate_entry
+from backup_assets.core.embedded_pg import default_data_root, dsn_for
 from backup_assets.core.source.pgbin import pg_bin_dir
 from backup_assets.testing.b2_server import B2Server
-from backup_assets.core.embedded_pg import default_data_root, dsn_for
 from backup_assets.testing.s3_server import S3Server
 
 ROOT = Path(__file__).resolve().parent.parent

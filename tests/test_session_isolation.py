@@ -14,19 +14,18 @@ import sys
 from pathlib import Path
 
 import pytest
+from variant_db import variant_db
 
 from backup_assets.core.archive.decrypt import decrypt_to_file
-from backup_assets.core.errors import SafetyCheckFailed
 from backup_assets.core.archive.export import ExportOptions, export_tenant
 from backup_assets.core.codec.keyring import Keyring, generate_entry
-from backup_assets.core.source.session import PgSession
-from backup_assets.core.source.pgbin import pg_program
-from backup_assets.core.settings import SourceSettings
+from backup_assets.core.errors import SafetyCheckFailed
 from backup_assets.core.locations import locations_from_env
+from backup_assets.core.settings import SourceSettings
+from backup_assets.core.source.pgbin import pg_program
+from backup_assets.core.source.session import PgSession
 from backup_assets.testing.b2_server import B2Server
 from backup_assets.testing.s3_server import S3Server
-
-from variant_db import variant_db
 
 ROOT = Path(__file__).resolve().parent.parent
 A = "0a0a0a0a-0000-4000-8000-00000000000a"

@@ -11,16 +11,15 @@ import subprocess
 
 import psycopg2
 import pytest
+from variant_db import variant_db
 
 from backup_assets.core.archive.decrypt import decrypt_to_file
 from backup_assets.core.archive.export import ExportOptions, export_tenant
 from backup_assets.core.codec.keyring import Keyring, generate_entry
-from backup_assets.core.source.pgbin import pg_program
+from backup_assets.core.locations import locations_from_env
 from backup_assets.core.restore import restore_tenant
 from backup_assets.core.settings import SourceSettings
-from backup_assets.core.locations import locations_from_env
-
-from variant_db import variant_db
+from backup_assets.core.source.pgbin import pg_program
 
 A = "1a1a1a1a-0000-4000-8000-00000000001a"
 B = "1b1b1b1b-0000-4000-8000-00000000001b"

@@ -6,6 +6,9 @@ that call at once; Python only computes tenant ids and per-tenant counts. Values
 
 Test oracles: `tenant_row_counts` counts a tenant's rows as the owner with explicit WHERE clauses,
 independently of RLS, so tests can compare it with what a dump or the backup role sees.
+
+Why this module is long: it is mostly SQL, one statement per sample table, kept beside the Python
+that parameterises it so a table's generator reads in one place.
 """
 
 from __future__ import annotations

@@ -10,9 +10,9 @@ from pathlib import Path
 import psycopg2
 import pytest
 
+from backup_assets.core.embedded_pg import dsn_for
 from backup_assets.defs.operations.jobs import verify_bucket
 from backup_assets.testing.dagster_stack import IN_PROCESS, dump_processes, kill_tree
-from backup_assets.core.embedded_pg import dsn_for
 
 pytestmark = pytest.mark.e2e
 
