@@ -34,6 +34,7 @@ def require_demo_extra() -> None:
     if missing:
         raise ConfigError(f"the demo needs {', '.join(missing)}: pip install 'tenant-backup[demo]' (make demo does)")
 
+
 # The sample schema's registry, with its display names (the project default reads ids only).
 DEMO_TENANTS_QUERY = "SELECT id::text, name FROM tenants WHERE status = 'ACTIVE' ORDER BY name"
 

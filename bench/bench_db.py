@@ -24,9 +24,12 @@ def large_tenants(out: Path, sizes: list[int], dsn: str | None = None) -> tuple[
         state = {"server": server_dsn, "tenants": {}}
         db = create_sample_database(server_dsn, DBNAME)
     else:
-        db = SampleDatabase(DBNAME, dsn_for(server_dsn, dbname=DBNAME),
-                            dsn_for(server_dsn, user="app_owner", dbname=DBNAME),
-                            dsn_for(server_dsn, user="tenant_backup", dbname=DBNAME))
+        db = SampleDatabase(
+            DBNAME,
+            dsn_for(server_dsn, dbname=DBNAME),
+            dsn_for(server_dsn, user="app_owner", dbname=DBNAME),
+            dsn_for(server_dsn, user="tenant_backup", dbname=DBNAME),
+        )
     for size in sizes:
         if str(size) not in state["tenants"]:
             started = time.perf_counter()

@@ -36,7 +36,9 @@ def make_pool(seed: int = 7) -> bytes:
     rnd = random.Random(seed)
     tenant = str(uuid.UUID(int=rnd.getrandbits(128)))
     customers = [str(uuid.UUID(int=rnd.getrandbits(128))) for _ in range(2000)]
-    pool = bytearray(b"COPY public.orders (id, tenant_id, customer_id, title, email, created, amount, status, flag, data) FROM stdin;\n")
+    pool = bytearray(
+        b"COPY public.orders (id, tenant_id, customer_id, title, email, created, amount, status, flag, data) FROM stdin;\n"
+    )
     i = 0
     ts = 1_735_689_600  # 2025-01-01
     while len(pool) < POOL_MIB << 20:
@@ -45,18 +47,24 @@ def make_pool(seed: int = 7) -> bytes:
             i += 1
             ts += rnd.randint(0, 40)
             cust = rnd.randrange(len(customers))
-            batch.append("\t".join((
-                str(i),
-                tenant,
-                customers[cust],
-                " ".join(rnd.choice(WORDS) for _ in range(rnd.randint(2, 5))),
-                f"user{cust}@example{cust % 37}.com",
-                time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts)) + f".{rnd.randint(0, 999999):06d}+00",
-                f"{rnd.randint(0, 10**6) / 100:.2f}",
-                rnd.choice(("pending", "paid", "shipped", "refunded")),
-                rnd.choice(("t", "f", "\\N")),
-                json.dumps({"sku": rnd.randint(1000, 1200), "qty": rnd.randint(1, 9), "gift": rnd.random() < 0.1}),
-            )))
+            batch.append(
+                "\t".join(
+                    (
+                        str(i),
+                        tenant,
+                        customers[cust],
+                        " ".join(rnd.choice(WORDS) for _ in range(rnd.randint(2, 5))),
+                        f"user{cust}@example{cust % 37}.com",
+                        time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts)) + f".{rnd.randint(0, 999999):06d}+00",
+                        f"{rnd.randint(0, 10**6) / 100:.2f}",
+                        rnd.choice(("pending", "paid", "shipped", "refunded")),
+                        rnd.choice(("t", "f", "\\N")),
+                        json.dumps(
+                            {"sku": rnd.randint(1000, 1200), "qty": rnd.randint(1, 9), "gift": rnd.random() < 0.1}
+                        ),
+                    )
+                )
+            )
         pool += ("\n".join(batch) + "\n").encode()
     pool += b"\\.\n"
     return pool  # not bytes(pool): a second 32 MiB copy would inflate the peak RSS figures
@@ -132,15 +140,25 @@ def one(level: int, mode: str, mib: int) -> dict:
         t = time.perf_counter()
         encode_compressobj(Source(pool, total).read, sink, level=level)
         dt = time.perf_counter() - t
-        result.update(encode_mb_s=round(total / dt / 1e6, 1), archive_mib=round(sink.count / 2**20, 1),
-                      peak_rss_mib=round(rss_mib(), 1))
+        result.update(
+            encode_mb_s=round(total / dt / 1e6, 1),
+            archive_mib=round(sink.count / 2**20, 1),
+            peak_rss_mib=round(rss_mib(), 1),
+        )
         return result
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "a.tbk")
         t = time.perf_counter()
         with open(path, "wb") as f:
-            _, st = af.encode_archive(Source(pool, total).read, f, tenant_id="t", backup_id="b",
-                                      created_at="2026-01-01T00:00:00Z", keyring=keyring, zstd_level=level)
+            _, st = af.encode_archive(
+                Source(pool, total).read,
+                f,
+                tenant_id="t",
+                backup_id="b",
+                created_at="2026-01-01T00:00:00Z",
+                keyring=keyring,
+                zstd_level=level,
+            )
         enc_dt = time.perf_counter() - t
         enc_peak = rss_mib()
         t = time.perf_counter()
@@ -169,12 +187,18 @@ def main() -> None:
     if a.one:
         print(json.dumps(one(int(a.one[0]), a.one[1], a.mib)))
         return
-    print(f"{os.cpu_count()} CPUs; {a.mib} MiB synthetic COPY text; baseline RSS includes the {POOL_MIB} MiB input pool")
+    print(
+        f"{os.cpu_count()} CPUs; {a.mib} MiB synthetic COPY text; baseline RSS includes the {POOL_MIB} MiB input pool"
+    )
     modes = ["encode_archive"] + (["compressobj"] if a.compare else [])
     for level in [int(x) for x in a.levels.split(",")]:
         for mode in modes:
-            out = subprocess.run([sys.executable, __file__, "--mib", str(a.mib), "--one", str(level), mode],
-                                 check=True, capture_output=True, text=True).stdout
+            out = subprocess.run(
+                [sys.executable, __file__, "--mib", str(a.mib), "--one", str(level), mode],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
             print(out.strip())
 
 

@@ -67,8 +67,11 @@ def _one(approach: str, dsn: str, tenant_id: str, out: str) -> None:
         from cryptography.fernet import Fernet
 
         plain = out + ".pgdump"
-        subprocess.run([pg_program("pg_dump"), "-Fc", "--enable-row-security", "-f", plain,
-                        f"--dbname={conninfo}"], env=env, check=True)
+        subprocess.run(
+            [pg_program("pg_dump"), "-Fc", "--enable-row-security", "-f", plain, f"--dbname={conninfo}"],
+            env=env,
+            check=True,
+        )
         data = Path(plain).read_bytes()
         token = Fernet(Fernet.generate_key()).encrypt(gzip.compress(data, 9))
         hashlib.sha256(token).hexdigest()
@@ -80,9 +83,13 @@ def _one(approach: str, dsn: str, tenant_id: str, out: str) -> None:
         from backup_assets.core.settings import SourceSettings
 
         settings = SourceSettings.from_env({"TENANT_BACKUP_SOURCE_DSN": dsn})
-        manifest = export_tenant(settings, Keyring.parse(generate_entry("bench")), tenant_id, Path(out),
-                                 ExportOptions(zstd_level=int(os.environ.get("BENCH_ZSTD_LEVEL", "1")),
-                                               check_rows=approach == "ours+rows"))
+        manifest = export_tenant(
+            settings,
+            Keyring.parse(generate_entry("bench")),
+            tenant_id,
+            Path(out),
+            ExportOptions(zstd_level=int(os.environ.get("BENCH_ZSTD_LEVEL", "1")), check_rows=approach == "ours+rows"),
+        )
         Path(out + ".manifest.json").write_text(json.dumps(manifest))
     else:
         raise SystemExit(f"unknown approach {approach}")
@@ -94,8 +101,12 @@ def main() -> None:
     parser.add_argument("--dsn", help="superuser DSN of a server to use instead of an embedded one")
     parser.add_argument("--approaches", default="raw,seed,ours,ours+rows")
     parser.add_argument("--keep", action="store_true", help="keep the output files")
-    parser.add_argument("--repeat", type=int, default=3,
-                        help="runs of raw and ours per size; the median is reported (seed runs once: it is slow)")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="runs of raw and ours per size; the median is reported (seed runs once: it is slow)",
+    )
     parser.add_argument("--zstd-level", type=int, default=None, help="zstd level of ours (default: the export default)")
     parser.add_argument("--one", nargs=4, metavar=("APPROACH", "DSN", "TENANT", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -130,25 +141,40 @@ def main() -> None:
                 if approach == "raw":  # pg_dump alone, no Python around it
                     session = PgSession.from_dsn(db.backup_dsn, {"app.current_tenant": tenant_id})
                     conninfo, dump_env = session.conninfo(), session.child_env()
-                    cmd = [pg_program("pg_dump"), "-Fc", "-Z0", "--enable-row-security", "-f", out,
-                           f"--dbname={conninfo}"]
+                    cmd = [
+                        pg_program("pg_dump"),
+                        "-Fc",
+                        "-Z0",
+                        "--enable-row-security",
+                        "-f",
+                        out,
+                        f"--dbname={conninfo}",
+                    ]
                     runs[approach].append(_measure(cmd, dump_env) + (os.path.getsize(out),))
                 else:
-                    runs[approach].append(_measure([sys.executable, __file__, "--one", approach, db.backup_dsn,
-                                                    tenant_id, out], env) + (os.path.getsize(out),))
+                    runs[approach].append(
+                        _measure([sys.executable, __file__, "--one", approach, db.backup_dsn, tenant_id, out], env)
+                        + (os.path.getsize(out),)
+                    )
                 if not args.keep:
                     os.unlink(out)
         results = {}
         for approach, measured in runs.items():
             walls = sorted(w for w, _, _ in measured)
-            results[approach] = {"wall_s": walls[len(walls) // 2], "wall_all_s": [round(w, 2) for w, _, _ in measured],
-                                 "peak_rss_mb": max(r for _, r, _ in measured), "bytes": measured[-1][2]}
+            results[approach] = {
+                "wall_s": walls[len(walls) // 2],
+                "wall_all_s": [round(w, 2) for w, _, _ in measured],
+                "peak_rss_mb": max(r for _, r, _ in measured),
+                "bytes": measured[-1][2],
+            }
         raw_mib = results["raw"]["bytes"] / (1 << 20) if "raw" in results else None
         for approach, r in results.items():
             r["mib_per_s"] = raw_mib / r["wall_s"] if raw_mib else None
             rows.append({"size": size, "approach": approach, "raw_dump_mib": raw_mib, **r})
 
-    print(f"{'tenant':>8} {'approach':9} {'wall s':>7} {'MiB/s':>7} {'peak RSS MB':>11} {'output MiB':>10}  ratio vs raw / seed")
+    print(
+        f"{'tenant':>8} {'approach':9} {'wall s':>7} {'MiB/s':>7} {'peak RSS MB':>11} {'output MiB':>10}  ratio vs raw / seed"
+    )
     for row in rows:
         same = [r for r in rows if r["size"] == row["size"]]
         raw = next((r for r in same if r["approach"] == "raw"), None)
@@ -158,10 +184,14 @@ def main() -> None:
             rel = f"{row['wall_s'] / raw['wall_s']:.2f}x raw"
             if seed:
                 rel += f", {row['wall_s'] / seed['wall_s']:.2f}x seed"
-        print(f"{row['raw_dump_mib'] or 0:7.0f}M {row['approach']:9} {row['wall_s']:7.2f} {row['mib_per_s'] or 0:7.0f}"
-              f" {row['peak_rss_mb']:11.0f} {row['bytes'] / (1 << 20):10.1f}  {rel}  runs: {row['wall_all_s']}")
-    print(f"zstd level of ours: {env['BENCH_ZSTD_LEVEL']}; wall = median of {args.repeat} runs (seed: 1);"
-          " peak RSS = max over runs of the approach's process tree (ours and seed include their pg_dump child)")
+        print(
+            f"{row['raw_dump_mib'] or 0:7.0f}M {row['approach']:9} {row['wall_s']:7.2f} {row['mib_per_s'] or 0:7.0f}"
+            f" {row['peak_rss_mb']:11.0f} {row['bytes'] / (1 << 20):10.1f}  {rel}  runs: {row['wall_all_s']}"
+        )
+    print(
+        f"zstd level of ours: {env['BENCH_ZSTD_LEVEL']}; wall = median of {args.repeat} runs (seed: 1);"
+        " peak RSS = max over runs of the approach's process tree (ours and seed include their pg_dump child)"
+    )
     (OUT / "export-results.json").write_text(json.dumps(rows, indent=2))
 
 

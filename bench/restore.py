@@ -76,8 +76,9 @@ def main() -> None:
     if not refs:
         archive = work / "export.tbk"
         t0 = time.perf_counter()
-        manifest = export_tenant(SourceSettings.from_env({"TENANT_BACKUP_SOURCE_DSN": db.backup_dsn}),
-                                 keyring, tenant_id, archive)
+        manifest = export_tenant(
+            SourceSettings.from_env({"TENANT_BACKUP_SOURCE_DSN": db.backup_dsn}), keyring, tenant_id, archive
+        )
         locs["local"].put(tenant_id, manifest["backup_id"], archive, manifest)
         archive.unlink()
         print(f"exported the tenant in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
@@ -111,24 +112,43 @@ def main() -> None:
     _admin(server_dsn, f'CREATE DATABASE "{name}"')
     try:
         t0 = time.perf_counter()
-        result = restore_tenant(tenant_id, locations=locs, location="local", backup=backup_id,
-                                target_dsn=dsn_for(server_dsn, dbname=name), keyring=keyring, work_dir=work,
-                                report=lambda m: print(m, file=sys.stderr))
+        result = restore_tenant(
+            tenant_id,
+            locations=locs,
+            location="local",
+            backup=backup_id,
+            target_dsn=dsn_for(server_dsn, dbname=name),
+            keyring=keyring,
+            work_dir=work,
+            report=lambda m: print(m, file=sys.stderr),
+        )
         results["ours"] = {"wall_s": time.perf_counter() - t0, **{k: round(v, 2) for k, v in result.timings.items()}}
     finally:
         _admin(server_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     if args.replace:
         t0 = time.perf_counter()
-        result = restore_tenant(tenant_id, locations=locs, location="local", backup=backup_id,
-                                target_dsn=db.owner_dsn, keyring=keyring, replace=True, work_dir=work,
-                                report=lambda m: print(m, file=sys.stderr))
-        results["ours --replace"] = {"wall_s": time.perf_counter() - t0,
-                                     **{k: round(v, 2) for k, v in result.timings.items()}}
+        result = restore_tenant(
+            tenant_id,
+            locations=locs,
+            location="local",
+            backup=backup_id,
+            target_dsn=db.owner_dsn,
+            keyring=keyring,
+            replace=True,
+            work_dir=work,
+            report=lambda m: print(m, file=sys.stderr),
+        )
+        results["ours --replace"] = {
+            "wall_s": time.perf_counter() - t0,
+            **{k: round(v, 2) for k, v in result.timings.items()},
+        }
 
     plain = results["plain"]["wall_s"]
-    print(f"tenant {tenant_id}: raw dump {raw_mib:.0f} MiB, archive {manifest['archive']['size'] / (1 << 20):.0f} MiB, "
-          f"{sum(manifest['tables'].values())} rows")
+    print(
+        f"tenant {tenant_id}: raw dump {raw_mib:.0f} MiB, archive {manifest['archive']['size'] / (1 << 20):.0f} MiB, "
+        f"{sum(manifest['tables'].values())} rows"
+    )
     print(f"{'approach':16} {'wall s':>7} {'MiB/s':>6} {'vs plain':>8}  breakdown")
     for approach, r in results.items():
         extra = ", ".join(f"{k}={v}" for k, v in r.items() if k != "wall_s")

@@ -95,8 +95,13 @@ def main() -> int:
     ap.add_argument("--part-mib", type=int, default=16, help="R2 part size and B2 recommended part size")
     ap.add_argument("--r2-concurrency", type=int, default=None, help="R2 parts in flight (default: the product's)")
     ap.add_argument("--repeat", type=int, default=3, help="runs per transfer; the median is reported")
-    ap.add_argument("--r2-impl", action="append", default=[], metavar="NAME=PATH",
-                    help="benchmark this R2Location file as variant NAME (empty PATH: the tree's); repeatable")
+    ap.add_argument(
+        "--r2-impl",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="benchmark this R2Location file as variant NAME (empty PATH: the tree's); repeatable",
+    )
     ap.add_argument("--impl-path", default="", help=argparse.SUPPRESS)
     ap.add_argument("--json", default=None)
     ap.add_argument("--worker", nargs=2, metavar=("LOCATION", "OP"))
@@ -146,9 +151,28 @@ def main() -> int:
                     tenant, back = str(uuid.uuid4()), tmp / f"back-{n}.tbk"
                     for op, path in (("put", src), ("get", back), ("delete", back)):
                         out = subprocess.run(
-                            [sys.executable, __file__, "--worker", n, op, "--file", str(path), "--tenant", tenant,
-                             "--sha", sha, "--size", str(size), "--impl-path", impl],
-                            cwd=REPO, env=dict(os.environ, BENCH_ENV=json.dumps(env)), capture_output=True, text=True)
+                            [
+                                sys.executable,
+                                __file__,
+                                "--worker",
+                                n,
+                                op,
+                                "--file",
+                                str(path),
+                                "--tenant",
+                                tenant,
+                                "--sha",
+                                sha,
+                                "--size",
+                                str(size),
+                                "--impl-path",
+                                impl,
+                            ],
+                            cwd=REPO,
+                            env=dict(os.environ, BENCH_ENV=json.dumps(env)),
+                            capture_output=True,
+                            text=True,
+                        )
                         if out.returncode:
                             print(out.stderr, file=sys.stderr)
                             raise SystemExit(f"{label} {op} failed")
@@ -159,24 +183,34 @@ def main() -> int:
                         if op == "get":
                             assert sha256_file(path)[0] == sha
                             path.unlink()
-                        print(f"  run {i + 1} {label:8s} {op} {size / 1e6 / r['seconds']:7.1f} MB/s "
-                              f"peak {r['peak_mib']:6.1f} MiB (base {r['base_mib']:5.1f})", flush=True)
+                        print(
+                            f"  run {i + 1} {label:8s} {op} {size / 1e6 / r['seconds']:7.1f} MB/s "
+                            f"peak {r['peak_mib']:6.1f} MiB (base {r['base_mib']:5.1f})",
+                            flush=True,
+                        )
             for label, _, impl in variants:
                 row = {"location": label, "size_mib": size / MiB, "impl": impl or "tree"}
                 for op in ("put", "get"):
                     rs = sorted(runs[label][op], key=lambda x: x["seconds"])
                     r = rs[len(rs) // 2]  # the median run
                     peaks = [x["peak_mib"] for x in runs[label][op]]
-                    row[op] = {"MB_s": size / 1e6 / r["seconds"], "seconds": r["seconds"],
-                               "MB_s_all": [round(size / 1e6 / x["seconds"], 1) for x in runs[label][op]],
-                               "peak_rss_mib": sorted(peaks)[len(peaks) // 2], "peak_rss_mib_all": [round(x, 1) for x in peaks],
-                               "base_rss_mib": r["base_mib"],
-                               "growth_mib": sorted(x["peak_mib"] - x["base_mib"] for x in rs)[len(rs) // 2]}
+                    row[op] = {
+                        "MB_s": size / 1e6 / r["seconds"],
+                        "seconds": r["seconds"],
+                        "MB_s_all": [round(size / 1e6 / x["seconds"], 1) for x in runs[label][op]],
+                        "peak_rss_mib": sorted(peaks)[len(peaks) // 2],
+                        "peak_rss_mib_all": [round(x, 1) for x in peaks],
+                        "base_rss_mib": r["base_mib"],
+                        "growth_mib": sorted(x["peak_mib"] - x["base_mib"] for x in rs)[len(rs) // 2],
+                    }
                 results.append(row)
-                print(f"{label:8s} put {row['put']['MB_s']:7.1f} MB/s {row['put']['MB_s_all']}  peak {row['put']['peak_rss_mib']:6.1f} MiB "
-                      f"(+{row['put']['growth_mib']:5.1f}) {row['put']['peak_rss_mib_all']}   get {row['get']['MB_s']:7.1f} MB/s "
-                      f"{row['get']['MB_s_all']}  peak {row['get']['peak_rss_mib']:6.1f} MiB (+{row['get']['growth_mib']:5.1f}) "
-                      f"{row['get']['peak_rss_mib_all']}", flush=True)
+                print(
+                    f"{label:8s} put {row['put']['MB_s']:7.1f} MB/s {row['put']['MB_s_all']}  peak {row['put']['peak_rss_mib']:6.1f} MiB "
+                    f"(+{row['put']['growth_mib']:5.1f}) {row['put']['peak_rss_mib_all']}   get {row['get']['MB_s']:7.1f} MB/s "
+                    f"{row['get']['MB_s_all']}  peak {row['get']['peak_rss_mib']:6.1f} MiB (+{row['get']['growth_mib']:5.1f}) "
+                    f"{row['get']['peak_rss_mib_all']}",
+                    flush=True,
+                )
         finally:
             for p in servers:
                 p.terminate()

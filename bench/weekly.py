@@ -87,8 +87,9 @@ def _killer(instance, after: int, killed: list, stop: threading.Event) -> None:
         done = instance.get_runs_count(RunsFilter(job_name="tenant_backup", statuses=[DagsterRunStatus.SUCCESS]))
         if done < after:
             continue
-        for record in instance.get_run_records(RunsFilter(job_name="tenant_backup",
-                                                          statuses=[DagsterRunStatus.STARTED])):
+        for record in instance.get_run_records(
+            RunsFilter(job_name="tenant_backup", statuses=[DagsterRunStatus.STARTED])
+        ):
             tag = record.dagster_run.tags.get(PROCESS_TAG)
             if tag:
                 os.kill(int(tag.split("/")[1]), signal.SIGKILL)
@@ -139,10 +140,18 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=20, help="sales per sample tenant")
     parser.add_argument("--mode", choices=("batch", "per_tenant"), default="batch")
     parser.add_argument("--workers", type=int, default=None, help="batch: default as the weekly batch job (cores + 1)")
-    parser.add_argument("--kill-after", type=int, default=0, metavar="N",
-                        help="batch: SIGKILL a worker inside a tenant's run once N tenants are done")
-    parser.add_argument("--tuned", action="store_true",
-                        help="Dagster's storage database with synchronous_commit=off (not production's default)")
+    parser.add_argument(
+        "--kill-after",
+        type=int,
+        default=0,
+        metavar="N",
+        help="batch: SIGKILL a worker inside a tenant's run once N tenants are done",
+    )
+    parser.add_argument(
+        "--tuned",
+        action="store_true",
+        help="Dagster's storage database with synchronous_commit=off (not production's default)",
+    )
     args = parser.parse_args()
 
     from backup_assets.core.settings import Settings
@@ -157,8 +166,13 @@ def main() -> int:
     if args.mode == "per_tenant":
         from backup_assets.testing.dagster_stack import DagsterStack
 
-        stack = DagsterStack(directory, active=args.tenants, suspended=0, rows=args.rows, extra_env={
-            "TENANT_BACKUP_WEEKLY_MODE": "per_tenant", "TENANT_BACKUP_CRON": "* * * * *"}).start(tuned_storage=args.tuned)
+        stack = DagsterStack(
+            directory,
+            active=args.tenants,
+            suspended=0,
+            rows=args.rows,
+            extra_env={"TENANT_BACKUP_WEEKLY_MODE": "per_tenant", "TENANT_BACKUP_CRON": "* * * * *"},
+        ).start(tuned_storage=args.tuned)
     else:
         stack = DemoStack(directory, populate=populate, server_processes=True, tuned_storage=args.tuned)
     print(f"stack with {args.tenants} tenants ready in {time.monotonic() - t0:.1f}s", file=sys.stderr)
@@ -180,8 +194,9 @@ def main() -> int:
             ends = [r.end_time for r in records if r.end_time]
             wall = max(ends) - min(starts)
             ok = sum(r.dagster_run.status.value == "SUCCESS" for r in records)
-            done_tenants = {r.dagster_run.tags.get("dagster/partition") for r in records
-                            if r.dagster_run.status.value == "SUCCESS"}
+            done_tenants = {
+                r.dagster_run.tags.get("dagster/partition") for r in records if r.dagster_run.status.value == "SUCCESS"
+            }
         cpu = _busy_cpu_s() - cpu_started
         kinds = {k: v - kinds_started.get(k, 0.0) for k, v in _cpu_by_kind().items()}
     finally:
@@ -189,15 +204,23 @@ def main() -> int:
         sampler.join()
         stack.stop()
     n = len(ids)
-    workers = f"workers: {args.workers or Settings.from_env().workers}" if args.mode == "batch" else "one process per run"
-    print(f"mode: {args.mode}, Dagster storage: {'TUNED (synchronous_commit=off)' if args.tuned else 'default settings'}")
-    print(f"tenants: {n} ({ok} runs with every asset and check passing; {len(done_tenants)} tenants backed up), {workers}")
+    workers = (
+        f"workers: {args.workers or Settings.from_env().workers}" if args.mode == "batch" else "one process per run"
+    )
+    print(
+        f"mode: {args.mode}, Dagster storage: {'TUNED (synchronous_commit=off)' if args.tuned else 'default settings'}"
+    )
+    print(
+        f"tenants: {n} ({ok} runs with every asset and check passing; {len(done_tenants)} tenants backed up), {workers}"
+    )
     if killed:
         print(f"killed with SIGKILL mid-run: the worker inside run {killed[0]}")
     print(f"wall: {wall:.1f}s, per tenant: {wall / n:.2f}s, 1,000 tenants at this rate: {wall / n * 1000 / 60:.1f} min")
-    print(f"CPU, whole machine: {cpu:.1f}s busy ({cpu / max(wall, 1e-9):.2f} of {os.cpu_count()} cores), "
-          f"{cpu / n:.2f}s per tenant; of which "
-          + ", ".join(f"{k} {v / n:.2f}s" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])))
+    print(
+        f"CPU, whole machine: {cpu:.1f}s busy ({cpu / max(wall, 1e-9):.2f} of {os.cpu_count()} cores), "
+        f"{cpu / n:.2f}s per tenant; of which "
+        + ", ".join(f"{k} {v / n:.2f}s" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1]))
+    )
     print(f"peak RSS of the process tree (PostgreSQL server excluded): {peak[0] / 1e6:.0f} MB")
     return 0 if len(done_tenants) == n else 1
 

@@ -21,7 +21,7 @@ class _Reader:
         self.data, self.pos = data, 0
 
     def take(self, n: int) -> bytes:
-        out = self.data[self.pos:self.pos + n]
+        out = self.data[self.pos : self.pos + n]
         assert len(out) == n, "truncated"
         self.pos += n
         return out
@@ -64,7 +64,7 @@ def parse(data: bytes) -> Dump:
         r.take(1 + osz)
         if desc == "TABLE DATA":
             tags[dump_id] = f"{namespace}.{tag}"
-    head = data[:r.pos]
+    head = data[: r.pos]
     blocks = []
     while r.pos < len(data):
         assert r.take(1) == b"\x01"
@@ -102,7 +102,7 @@ def per_row(data: bytes) -> list[bytes]:
 
 def fixed(size: int):
     """Chunks of `size` bytes whatever the row boundaries (rows cut across chunks)."""
-    return lambda data: [data[i:i + size] for i in range(0, len(data), size)]
+    return lambda data: [data[i : i + size] for i in range(0, len(data), size)]
 
 
 def replace_block(dump: Dump, table: str, data: bytes) -> Dump:
@@ -110,4 +110,3 @@ def replace_block(dump: Dump, table: str, data: bytes) -> Dump:
     ids = [i for i, t in dump.tags.items() if t == table]
     assert ids, table
     return Dump(dump.head, dump.int_size, [(i, data if i == ids[0] else d) for i, d in dump.blocks], dump.tags)
-

@@ -148,21 +148,34 @@ class R2Backend(Backend):
         import boto3
         from botocore.config import Config
 
-        return boto3.client("s3", endpoint_url=self.url, region_name="us-east-1", aws_access_key_id=self.server.access_key,
-                            aws_secret_access_key=self.server.secret_key,
-                            config=Config(request_checksum_calculation="when_required",
-                                          response_checksum_validation="when_required"))
+        return boto3.client(
+            "s3",
+            endpoint_url=self.url,
+            region_name="us-east-1",
+            aws_access_key_id=self.server.access_key,
+            aws_secret_access_key=self.server.secret_key,
+            config=Config(request_checksum_calculation="when_required", response_checksum_validation="when_required"),
+        )
 
     def make(self, *, bucket=None, key=None, url=None, **over):
-        kw = dict(part_size=self.part_size, multipart_threshold=self.part_size, max_attempts=2,
-                  connect_timeout=2, read_timeout=10)
+        kw = dict(
+            part_size=self.part_size,
+            multipart_threshold=self.part_size,
+            max_attempts=2,
+            connect_timeout=2,
+            read_timeout=10,
+        )
         kw.update(over)
-        return R2Location(url or self.url, key or self.server.access_key, self.server.secret_key, bucket or self.bucket, **kw)
+        return R2Location(
+            url or self.url, key or self.server.access_key, self.server.secret_key, bucket or self.bucket, **kw
+        )
 
     def writer_code(self) -> str:
-        return ("from backup_assets.core.locations.r2 import R2Location; "
-                f"loc = R2Location({self.url!r}, {self.server.access_key!r}, {self.server.secret_key!r}, {self.bucket!r}, "
-                f"part_size={self.part_size}, multipart_threshold={self.part_size})")
+        return (
+            "from backup_assets.core.locations.r2 import R2Location; "
+            f"loc = R2Location({self.url!r}, {self.server.access_key!r}, {self.server.secret_key!r}, {self.bucket!r}, "
+            f"part_size={self.part_size}, multipart_threshold={self.part_size})"
+        )
 
     def unreachable(self):
         return self.make(url=f"http://127.0.0.1:{closed_port()}")
@@ -230,19 +243,24 @@ class B2Backend(Backend):
             from b2sdk.v2 import B2Api, InMemoryAccountInfo
 
             api = B2Api(InMemoryAccountInfo())
-            api.authorize_account(realm=self.url, application_key_id=self.server.key_id,
-                                  application_key=self.server.key)
+            api.authorize_account(
+                realm=self.url, application_key_id=self.server.key_id, application_key=self.server.key
+            )
             self._bucket_api = api.get_bucket_by_name(self.bucket)
         return self._bucket_api
 
     def make(self, *, bucket=None, key=None, url=None, **over):
         kw = dict(tries=2, connect_timeout=2, read_timeout=10)
         kw.update(over)
-        return B2Location(key or self.server.key_id, self.server.key, bucket or self.bucket, realm=url or self.url, **kw)
+        return B2Location(
+            key or self.server.key_id, self.server.key, bucket or self.bucket, realm=url or self.url, **kw
+        )
 
     def writer_code(self) -> str:
-        return ("from backup_assets.core.locations.b2 import B2Location; "
-                f"loc = B2Location({self.server.key_id!r}, {self.server.key!r}, {self.bucket!r}, realm={self.url!r})")
+        return (
+            "from backup_assets.core.locations.b2 import B2Location; "
+            f"loc = B2Location({self.server.key_id!r}, {self.server.key!r}, {self.bucket!r}, realm={self.url!r})"
+        )
 
     def unreachable(self):
         return self.make(url=f"http://127.0.0.1:{closed_port()}")

@@ -26,6 +26,7 @@ TENANT = "3f1b2c4d-0000-4000-8000-00000000abcd"
 
 # ---------------------------------------------------------------- tink interop
 
+
 @pytest.fixture(scope="module")
 def tink_for():
     pytest.importorskip("tink")
@@ -114,6 +115,7 @@ def test_archive_payload_is_plain_tink(tink_for):
 
 # ---------------------------------------------------------------- streaming AEAD failures
 
+
 @pytest.fixture(scope="module")
 def stream():
     key, ad, pt = os.urandom(32), b"ad", os.urandom(3 * S)
@@ -159,11 +161,17 @@ def test_stream_failures(stream):
 
 # ---------------------------------------------------------------- archives
 
+
 def _encode(raw: bytes, kr: Keyring, tenant=TENANT, **kw):
     out = io.BytesIO()
     hdr, st = af.encode_archive(
-        io.BytesIO(raw).read, out, tenant_id=tenant, backup_id="b-1",
-        created_at="2026-11-22T03:00:00+00:00", keyring=kr, **kw,
+        io.BytesIO(raw).read,
+        out,
+        tenant_id=tenant,
+        backup_id="b-1",
+        created_at="2026-11-22T03:00:00+00:00",
+        keyring=kr,
+        **kw,
     )
     return out.getvalue(), hdr, st
 
@@ -254,7 +262,12 @@ def test_reordered_and_duplicated_segments(keyring, big):
 
 def test_bit_flips_everywhere(keyring, big):
     _, data, hdr, _ = big
-    positions = list(range(0, hdr.header_size + 40)) + [hdr.header_size + 41, len(data) // 2, len(data) - 1, len(data) - 20]
+    positions = list(range(0, hdr.header_size + 40)) + [
+        hdr.header_size + 41,
+        len(data) // 2,
+        len(data) - 1,
+        len(data) - 20,
+    ]
     for p in positions:
         flipped = data[:p] + bytes([data[p] ^ 0x10]) + data[p + 1 :]
         with pytest.raises(ArchiveError):
@@ -311,7 +324,13 @@ def test_incomplete_or_extra_zstd(keyring):
 def test_rewrap_drops_old_key_and_keeps_payload(keyring, big):
     raw, data, hdr, st = big
     new_entry = generate_entry("next")
-    both = Keyring.parse(new_entry + "," + generate_entry("unused") + ",primary:" + __import__("base64").b64encode(keyring.active.key).decode())
+    both = Keyring.parse(
+        new_entry
+        + ","
+        + generate_entry("unused")
+        + ",primary:"
+        + __import__("base64").b64encode(keyring.active.key).decode()
+    )
     out = io.BytesIO()
     new_hdr = af.rewrap_archive(io.BytesIO(data), out, keyring=both)
     rewrapped = out.getvalue()
@@ -330,13 +349,24 @@ def test_created_at_normalized_to_utc(keyring):
     import datetime as dt
 
     out = io.BytesIO()
-    hdr, _ = af.encode_archive(io.BytesIO(b"").read, out, tenant_id=TENANT, backup_id="b",
-                               created_at=dt.datetime(2026, 1, 1, 5, tzinfo=dt.timezone(dt.timedelta(hours=2))),
-                               keyring=keyring)
+    hdr, _ = af.encode_archive(
+        io.BytesIO(b"").read,
+        out,
+        tenant_id=TENANT,
+        backup_id="b",
+        created_at=dt.datetime(2026, 1, 1, 5, tzinfo=dt.timezone(dt.timedelta(hours=2))),
+        keyring=keyring,
+    )
     assert hdr.created_at == "2026-01-01T03:00:00Z"
     with pytest.raises(ArchiveError):
-        af.encode_archive(io.BytesIO(b"").read, io.BytesIO(), tenant_id=TENANT, backup_id="b",
-                          created_at="2026-01-01T00:00:00", keyring=keyring)  # naive: ambiguous
+        af.encode_archive(
+            io.BytesIO(b"").read,
+            io.BytesIO(),
+            tenant_id=TENANT,
+            backup_id="b",
+            created_at="2026-01-01T00:00:00",
+            keyring=keyring,
+        )  # naive: ambiguous
 
 
 # ---------------------------------------------------------------- bounded memory
@@ -399,7 +429,11 @@ def test_bounded_memory_200_mib(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     res = subprocess.run(
         [sys.executable, "-c", _MEMORY_PROBE, str(tmp_path / "a.tbk")],
-        capture_output=True, text=True, cwd=root, env=dict(os.environ, PYTHONPATH=root), timeout=120,
+        capture_output=True,
+        text=True,
+        cwd=root,
+        env=dict(os.environ, PYTHONPATH=root),
+        timeout=120,
     )
     assert res.returncode == 0, res.stderr
     growth = int(res.stdout.strip())

@@ -26,8 +26,14 @@ def keyring():
 @pytest.fixture(scope="module")
 def archive(keyring) -> bytes:
     out = io.BytesIO()
-    encode_archive(io.BytesIO(PAYLOAD).read, out, tenant_id=TENANT, backup_id="20261201T000000Z-00000000",
-                   created_at="2026-12-01T00:00:00Z", keyring=keyring)
+    encode_archive(
+        io.BytesIO(PAYLOAD).read,
+        out,
+        tenant_id=TENANT,
+        backup_id="20261201T000000Z-00000000",
+        created_at="2026-12-01T00:00:00Z",
+        keyring=keyring,
+    )
     return out.getvalue()
 
 

@@ -38,22 +38,28 @@ def test_hooked_b2sdk_names_exist_and_keep_their_shape():
     assert params == expected, (
         f"b2sdk {_version()}: B2Http.request() parameters are now {params}, were {expected}. "
         f"B2Location's override passes (method, url, headers, data, try_count, params, **kw) positionally: "
-        f"adapt BoundedB2Http.request in core/locations/b2.py ({UPGRADE})")
+        f"adapt BoundedB2Http.request in core/locations/b2.py ({UPGRADE})"
+    )
     for name in ("CONNECTION_TIMEOUT", "TIMEOUT", "TIMEOUT_FOR_UPLOAD", "TIMEOUT_FOR_COPY", "TRY_COUNT_DATA"):
         assert isinstance(getattr(B2Http, name, None), (int, float)), (
-            f"b2sdk {_version()}: B2Http.{name} is gone: B2Location's timeouts/retry bound no longer apply ({UPGRADE})")
+            f"b2sdk {_version()}: B2Http.{name} is gone: B2Location's timeouts/retry bound no longer apply ({UPGRADE})"
+        )
     src = inspect.getsource(B2Http.request)
     assert "self.CONNECTION_TIMEOUT" in src and "self.TIMEOUT_FOR_UPLOAD" in src, (
-        f"b2sdk {_version()}: B2Http.request() no longer reads CONNECTION_TIMEOUT / TIMEOUT_FOR_UPLOAD ({UPGRADE})")
+        f"b2sdk {_version()}: B2Http.request() no longer reads CONNECTION_TIMEOUT / TIMEOUT_FOR_UPLOAD ({UPGRADE})"
+    )
     src = inspect.getsource(B2Http.post_json_return_json)
     assert "self.TIMEOUT_FOR_COPY" in src, (
         f"b2sdk {_version()}: JSON API calls no longer use TIMEOUT_FOR_COPY as their read timeout: check "
-        f"which constant they use now and set it in BoundedB2Http ({UPGRADE})")
+        f"which constant they use now and set it in BoundedB2Http ({UPGRADE})"
+    )
     assert hasattr(B2Session, "B2HTTP_CLASS"), (
-        f"b2sdk {_version()}: B2Session.B2HTTP_CLASS is gone: the bounded B2Http is not used ({UPGRADE})")
+        f"b2sdk {_version()}: B2Session.B2HTTP_CLASS is gone: the bounded B2Http is not used ({UPGRADE})"
+    )
     assert hasattr(B2Api, "SESSION_CLASS"), f"b2sdk {_version()}: B2Api.SESSION_CLASS is gone ({UPGRADE})"
     assert isinstance(getattr(UploadManager, "MAX_UPLOAD_ATTEMPTS", None), int), (
-        f"b2sdk {_version()}: UploadManager.MAX_UPLOAD_ATTEMPTS is gone: upload retries are unbounded ({UPGRADE})")
+        f"b2sdk {_version()}: UploadManager.MAX_UPLOAD_ATTEMPTS is gone: upload retries are unbounded ({UPGRADE})"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +111,8 @@ def test_every_b2sdk_request_makes_at_most_tries_attempts(b2, tmp_path, what, ma
     assert attempts == TRIES, (
         f"b2sdk {_version()}: {what} reached the server {attempts} times, the bound is {TRIES}: "
         f"b2sdk no longer sends this call through B2Http.request() or UploadManager.MAX_UPLOAD_ATTEMPTS "
-        f"({UPGRADE})")
+        f"({UPGRADE})"
+    )
     assert time.monotonic() - start < 10
 
 
@@ -123,7 +130,8 @@ def test_read_timeout_applies_to_b2sdk_requests():
         elapsed = time.monotonic() - start
     assert elapsed < 5, (
         f"b2sdk {_version()}: a silent server took {elapsed:.1f}s with a 1 s read timeout: "
-        f"B2Http no longer takes its timeouts from CONNECTION_TIMEOUT / TIMEOUT_FOR_COPY ({UPGRADE})")
+        f"B2Http no longer takes its timeouts from CONNECTION_TIMEOUT / TIMEOUT_FOR_COPY ({UPGRADE})"
+    )
 
 
 def test_b2_location_imports_no_private_b2sdk_module():

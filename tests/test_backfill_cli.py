@@ -18,16 +18,18 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _env(sample_db, tmp_path, **extra):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TENANT_BACKUP_", "R2_", "B2_"))}
-    env.update({
-        "PYTHONPATH": str(ROOT),
-        "DAGSTER_HOME": str(tmp_path / "dagster_home"),
-        "TENANT_BACKUP_SOURCE_DSN": sample_db.backup_dsn,
-        "TENANT_BACKUP_KEYS": generate_entry("cli"),
-        "TENANT_BACKUP_LOCATIONS": "local",
-        "TENANT_BACKUP_LOCAL_DIR": str(tmp_path / "local"),
-        "TENANT_BACKUP_WORK_DIR": str(tmp_path / "work"),
-        "TENANT_BACKUP_SCRATCH_DSN": sample_db.admin_dsn,
-    })
+    env.update(
+        {
+            "PYTHONPATH": str(ROOT),
+            "DAGSTER_HOME": str(tmp_path / "dagster_home"),
+            "TENANT_BACKUP_SOURCE_DSN": sample_db.backup_dsn,
+            "TENANT_BACKUP_KEYS": generate_entry("cli"),
+            "TENANT_BACKUP_LOCATIONS": "local",
+            "TENANT_BACKUP_LOCAL_DIR": str(tmp_path / "local"),
+            "TENANT_BACKUP_WORK_DIR": str(tmp_path / "work"),
+            "TENANT_BACKUP_SCRATCH_DSN": sample_db.admin_dsn,
+        }
+    )
     env.update(extra)
     (tmp_path / "dagster_home").mkdir(exist_ok=True)
     return env
@@ -46,9 +48,25 @@ def test_dagster_asset_materialize_one_partition(sample_db, sample_tenants, tmp_
         else:
             os.environ["DAGSTER_HOME"] = saved
     result = subprocess.run(
-        [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "backup_assets.definitions",
-         "--select", "tenant_archive,local_copy", "--partition", tenant],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "dagster",
+            "asset",
+            "materialize",
+            "-m",
+            "backup_assets.definitions",
+            "--select",
+            "tenant_archive,local_copy",
+            "--partition",
+            tenant,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     refs = locations_from_env(["local"], env)["local"].list(tenant)
     assert len(refs) == 1
@@ -57,8 +75,14 @@ def test_dagster_asset_materialize_one_partition(sample_db, sample_tenants, tmp_
 
 
 def _backup(args, env):
-    return subprocess.run([sys.executable, "-m", "backup_assets.cli", "backup", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "backup_assets.cli", "backup", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_backup_refuses_bad_ids_and_unlisted_tenants(sample_db, sample_tenants, tmp_path):

@@ -50,7 +50,8 @@ def dagster_home(pg_server_dsn, tmp_path):
     home.mkdir()
     (home / "dagster.yaml").write_text(
         f'storage:\n  postgres:\n    postgres_url: "postgresql+psycopg2://postgres@/{name}?host={socket_dir}"\n'
-        "telemetry:\n  enabled: false\n")
+        "telemetry:\n  enabled: false\n"
+    )
     yield home
     _admin(pg_server_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
@@ -61,13 +62,19 @@ def _instance(home: Path) -> DagsterInstance:
 
 def _env(db, home: Path, tmp_path: Path, **extra) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TENANT_BACKUP_", "R2_", "B2_", "DAGSTER_"))}
-    env.update({
-        "PYTHONPATH": str(ROOT), "DAGSTER_HOME": str(home),
-        "TENANT_BACKUP_SOURCE_DSN": db.backup_dsn, "TENANT_BACKUP_KEYS": generate_entry("batch1"),
-        "TENANT_BACKUP_LOCATIONS": "local", "TENANT_BACKUP_LOCAL_DIR": str(tmp_path / "local"),
-        "TENANT_BACKUP_WORK_DIR": str(tmp_path / "work"), "TENANT_BACKUP_SCRATCH_DSN": db.admin_dsn,
-        "TENANT_BACKUP_RETRIES": "0",
-    })
+    env.update(
+        {
+            "PYTHONPATH": str(ROOT),
+            "DAGSTER_HOME": str(home),
+            "TENANT_BACKUP_SOURCE_DSN": db.backup_dsn,
+            "TENANT_BACKUP_KEYS": generate_entry("batch1"),
+            "TENANT_BACKUP_LOCATIONS": "local",
+            "TENANT_BACKUP_LOCAL_DIR": str(tmp_path / "local"),
+            "TENANT_BACKUP_WORK_DIR": str(tmp_path / "work"),
+            "TENANT_BACKUP_SCRATCH_DSN": db.admin_dsn,
+            "TENANT_BACKUP_RETRIES": "0",
+        }
+    )
     env.update(extra)
     return env
 
@@ -82,11 +89,19 @@ def test_a_worker_killed_mid_batch_costs_only_the_rerun_of_its_tenant(pg_server_
     try:
         tenants = [t.id for t in add_tenants(db, 32, rows=5)]
         env = _env(db, dagster_home, tmp_path)
-        proc = subprocess.Popen([sys.executable, "-m", "backup_assets.cli", "backup", "--all", "--workers", "2"],
-                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "backup_assets.cli", "backup", "--all", "--workers", "2"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         output: list[str] = []
-        readers = [threading.Thread(target=lambda s=s: output.append(s.read()), daemon=True)
-                   for s in (proc.stdout, proc.stderr)]
+        readers = [
+            threading.Thread(target=lambda s=s: output.append(s.read()), daemon=True)
+            for s in (proc.stdout, proc.stderr)
+        ]
         for reader in readers:
             reader.start()
         instance = _instance(dagster_home)
@@ -94,7 +109,9 @@ def test_a_worker_killed_mid_batch_costs_only_the_rerun_of_its_tenant(pg_server_
         deadline = time.monotonic() + 300
         while killed is None and time.monotonic() < deadline and proc.poll() is None:
             done = instance.get_runs_count(RunsFilter(job_name="tenant_backup", statuses=[DagsterRunStatus.SUCCESS]))
-            running = instance.get_run_records(RunsFilter(job_name="tenant_backup", statuses=[DagsterRunStatus.STARTED]))
+            running = instance.get_run_records(
+                RunsFilter(job_name="tenant_backup", statuses=[DagsterRunStatus.STARTED])
+            )
             if done >= 4 and running:  # mid-batch, while a worker is inside a tenant's run
                 record = running[0]
                 pid = int(record.dagster_run.tags[PROCESS_TAG].split("/")[1])
@@ -114,10 +131,15 @@ def test_a_worker_killed_mid_batch_costs_only_the_rerun_of_its_tenant(pg_server_
         # The dead worker's run: marked failed, saying why; its tenant ran again and succeeded.
         run = instance.get_run_by_id(killed.run_id)
         assert run.status == DagsterRunStatus.FAILURE
-        assert "gone" in _failure_message(instance, killed.run_id) or "died" in _failure_message(instance, killed.run_id)
+        assert "gone" in _failure_message(instance, killed.run_id) or "died" in _failure_message(
+            instance, killed.run_id
+        )
         tenant = killed.tags["dagster/partition"]
-        after = instance.get_runs(RunsFilter(job_name="tenant_backup", tags={"dagster/partition": tenant},
-                                             statuses=[DagsterRunStatus.SUCCESS]))
+        after = instance.get_runs(
+            RunsFilter(
+                job_name="tenant_backup", tags={"dagster/partition": tenant}, statuses=[DagsterRunStatus.SUCCESS]
+            )
+        )
         assert after, f"tenant {tenant} was not backed up again"
         assert not instance.get_runs(RunsFilter(job_name="tenant_backup", statuses=[DagsterRunStatus.STARTED]))
     finally:
@@ -150,9 +172,14 @@ def test_a_tenant_being_backed_up_elsewhere_is_not_backed_up_twice(pg_server_dsn
         with blocker.cursor() as cur:
             cur.execute(GATE.replace("{busy}", busy))
             cur.execute("SELECT pg_advisory_lock(4242)")  # the first backup of `busy` stays inside its dump
-        first = subprocess.Popen([sys.executable, "-m", "backup_assets.cli", "backup", "--tenant", busy,
-                                  "--workers", "1"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True)
+        first = subprocess.Popen(
+            [sys.executable, "-m", "backup_assets.cli", "backup", "--tenant", busy, "--workers", "1"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         instance = _instance(dagster_home)
         staging = tmp_path / "work" / "staging" / busy
         pending = None
@@ -166,20 +193,44 @@ def test_a_tenant_being_backed_up_elsewhere_is_not_backed_up_twice(pg_server_dsn
         assert [r.tags["dagster/partition"] for r in holder] == [busy]
 
         # A batch over every active tenant: the busy one is not started, the others are backed up.
-        batch = subprocess.run([sys.executable, "-m", "backup_assets.cli", "backup", "--all", "--workers", "1"],
-                               cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        batch = subprocess.run(
+            [sys.executable, "-m", "backup_assets.cli", "backup", "--all", "--workers", "1"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert batch.returncode == 0, batch.stdout + batch.stderr
         assert f"{busy} (in progress in run {holder[0].run_id}" in batch.stderr
         # A run started straight from Dagster (what the UI and backfills do) stops in its first step,
         # without touching the staged files of the run that has the tenant.
-        direct = subprocess.run([sys.executable, "-m", "dagster", "asset", "materialize", "-m",
-                                 "backup_assets.definitions", "--select", "tenant_archive,local_copy",
-                                 "--partition", busy], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        direct = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "dagster",
+                "asset",
+                "materialize",
+                "-m",
+                "backup_assets.definitions",
+                "--select",
+                "tenant_archive,local_copy",
+                "--partition",
+                busy,
+            ],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert direct.returncode != 0
         assert f"is being backed up by run {holder[0].run_id}" in direct.stdout + direct.stderr
         assert pending.exists(), "another run's staged file was removed"
-        stopped = [r for r in instance.get_runs(RunsFilter(tags={"dagster/partition": busy}))
-                   if r.run_id != holder[0].run_id]
+        stopped = [
+            r for r in instance.get_runs(RunsFilter(tags={"dagster/partition": busy})) if r.run_id != holder[0].run_id
+        ]
         assert stopped and all(r.tags.get(SKIPPED_TAG) == f"in-progress:{holder[0].run_id}" for r in stopped)
 
         with blocker.cursor() as cur:

@@ -20,8 +20,14 @@ def run(args, env, cwd):
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("TENANT_BACKUP_")}
     full_env["PYTHONPATH"] = str(ROOT)  # tests run from tmp dirs; the package may not be installed
     full_env.update(env)
-    return subprocess.run([sys.executable, "-m", "backup_assets.cli", *args], env=full_env, cwd=cwd,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "backup_assets.cli", *args],
+        env=full_env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -54,25 +60,31 @@ def test_export_then_decrypt_gives_a_pg_restore_readable_dump(env, active, tmp_p
     assert manifest["tenant_id"] == active.id and (tmp_path / "a.tbk").stat().st_size == manifest["archive"]["size"]
     result = run(["decrypt", "a.tbk", "--out", "a.dump", "--sha256", manifest["archive"]["sha256"]], env, tmp_path)
     assert result.returncode == 0, result.stderr
-    listing = subprocess.run([pg_program("pg_restore"), "--list", str(tmp_path / "a.dump")],
-                             capture_output=True, text=True, check=True).stdout
+    listing = subprocess.run(
+        [pg_program("pg_restore"), "--list", str(tmp_path / "a.dump")], capture_output=True, text=True, check=True
+    ).stdout
     assert "TABLE DATA public sales" in listing
 
 
-@pytest.mark.parametrize("bad", ["not-a-uuid", "x'; DROP TABLE tenants; --", "../../etc/passwd",
-                                 "00000000-0000-4000-8000-000000000000/..", ""])
+@pytest.mark.parametrize(
+    "bad",
+    ["not-a-uuid", "x'; DROP TABLE tenants; --", "../../etc/passwd", "00000000-0000-4000-8000-000000000000/..", ""],
+)
 def test_invalid_tenant_ids_are_rejected_before_use(env, tmp_path, bad):
     result = run(["export", "--tenant", bad, "--out", "x.tbk"], env, tmp_path)
     assert "invalid tenant id" in one_line_error(result)
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("keys, expected", [
-    (None, "TENANT_BACKUP_KEYS"),
-    ("", "TENANT_BACKUP_KEYS"),
-    ("k1:not-base64!!", "TENANT_BACKUP_KEYS"),
-    ("k1:c2hvcnQ=", "TENANT_BACKUP_KEYS"),
-])
+@pytest.mark.parametrize(
+    "keys, expected",
+    [
+        (None, "TENANT_BACKUP_KEYS"),
+        ("", "TENANT_BACKUP_KEYS"),
+        ("k1:not-base64!!", "TENANT_BACKUP_KEYS"),
+        ("k1:c2hvcnQ=", "TENANT_BACKUP_KEYS"),
+    ],
+)
 def test_missing_or_malformed_keyring(env, active, tmp_path, keys, expected):
     env = dict(env)
     if keys is None:
@@ -87,8 +99,10 @@ def test_missing_or_malformed_keyring(env, active, tmp_path, keys, expected):
 
 
 def test_unreachable_database(keys, active, tmp_path):
-    env = {"TENANT_BACKUP_SOURCE_DSN": "postgresql://nobody@127.0.0.1:1/none?connect_timeout=2",
-           "TENANT_BACKUP_KEYS": keys}
+    env = {
+        "TENANT_BACKUP_SOURCE_DSN": "postgresql://nobody@127.0.0.1:1/none?connect_timeout=2",
+        "TENANT_BACKUP_KEYS": keys,
+    }
     line = one_line_error(run(["export", "--tenant", active.id, "--out", "x.tbk"], env, tmp_path))
     assert "cannot connect" in line and "127.0.0.1" in line
     assert list(tmp_path.iterdir()) == []
@@ -122,4 +136,5 @@ def test_keys_generate_prints_a_usable_entry(tmp_path):
     entry = result.stdout.strip()
     assert entry.startswith("k2026:")
     from backup_assets.core.codec.keyring import Keyring
+
     assert Keyring.parse(entry).active.id == "k2026"

@@ -53,8 +53,13 @@ def test_restore_job_into_an_empty_database(env, sample_tenants, fresh_db):
     with instance_for_test() as instance, mock.patch.dict(os.environ, {"RESTORE_TARGET": target}):
         defs = _backed_up(env, instance, tenant.id)
         job = defs.resolve_job_def("restore_tenant_job")
-        config = {"ops": {"restore_tenant_op": {"config": {"tenant_id": tenant.id, "target_dsn_env": "RESTORE_TARGET",
-                                                           "dry_run": False}}}}
+        config = {
+            "ops": {
+                "restore_tenant_op": {
+                    "config": {"tenant_id": tenant.id, "target_dsn_env": "RESTORE_TARGET", "dry_run": False}
+                }
+            }
+        }
         result = job.execute_in_process(run_config=config, instance=instance)
         assert result.success
     manifest = next(iter(locations_from_env(env, ["local"])["local"].list(tenant.id)))
@@ -69,8 +74,13 @@ def test_restore_job_without_the_target_variable_fails_clearly(env, sample_tenan
     with instance_for_test() as instance:
         defs = build_definitions(Settings.from_env(env))
         job = defs.resolve_job_def("restore_tenant_job")
-        config = {"ops": {"restore_tenant_op": {"config": {"tenant_id": sample_tenants[0].id,
-                                                           "target_dsn_env": "NOT_SET_ANYWHERE"}}}}
+        config = {
+            "ops": {
+                "restore_tenant_op": {
+                    "config": {"tenant_id": sample_tenants[0].id, "target_dsn_env": "NOT_SET_ANYWHERE"}
+                }
+            }
+        }
         result = job.execute_in_process(run_config=config, instance=instance, raise_on_error=False)
         assert not result.success
         failure = next(e for e in result.all_events if e.is_step_failure)
@@ -82,10 +92,13 @@ def _put_backup(loc, tenant_id, created: datetime, tmp_path) -> str:
     data = os.urandom(1000)
     path = tmp_path / f"{backup_id}.tbk"
     path.write_bytes(data)
-    manifest = {"tenant_id": tenant_id, "backup_id": backup_id,
-                "created_at": created.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-                "archive": {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "key_id": "x"},
-                "tables": {}}
+    manifest = {
+        "tenant_id": tenant_id,
+        "backup_id": backup_id,
+        "created_at": created.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "archive": {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "key_id": "x"},
+        "tables": {},
+    }
     loc.put(tenant_id, backup_id, path, manifest)
     return backup_id
 
@@ -99,7 +112,9 @@ def test_prune_job_applies_retention(env, sample_tenants, tmp_path):
     older = _put_backup(loc, tenant, now - timedelta(days=120), tmp_path)
     recent = _put_backup(loc, tenant, now - timedelta(days=3), tmp_path)
     with instance_for_test() as instance:
-        result = build_definitions(Settings.from_env(env)).resolve_job_def("prune_job").execute_in_process(instance=instance)
+        result = (
+            build_definitions(Settings.from_env(env)).resolve_job_def("prune_job").execute_in_process(instance=instance)
+        )
         assert result.success
     assert [r.backup_id for r in loc.list(tenant)] == [recent]
     assert old != recent and older != recent
@@ -152,8 +167,11 @@ def test_weekly_batch_job_backs_up_every_active_tenant(env, sample_tenants):
         # One recorded run per tenant, besides the driver run.
         assert len(instance.get_runs()) == len(active) + 1
         tick = dt.datetime(2026, 11, 29, 3, 0, tzinfo=dt.timezone.utc)
-        request = defs.resolve_schedule_def("weekly_tenant_backup_batch").evaluate_tick(
-            build_schedule_context(instance=instance, scheduled_execution_time=tick)).run_requests[0]
+        request = (
+            defs.resolve_schedule_def("weekly_tenant_backup_batch")
+            .evaluate_tick(build_schedule_context(instance=instance, scheduled_execution_time=tick))
+            .run_requests[0]
+        )
         assert request.run_key == "weekly:2026-W48"
 
 

@@ -52,13 +52,13 @@ def locations_from_env(env, names=None):
 def _run(defs, instance: DagsterInstance, tenant_id: str):
     instance.add_dynamic_partitions("tenants", [tenant_id])
     job = defs.resolve_job_def("tenant_backup")
-    return job.execute_in_process(partition_key=tenant_id, instance=instance, raise_on_error=False,
-                                  tags={"tenant_backup/tenant": tenant_id})
+    return job.execute_in_process(
+        partition_key=tenant_id, instance=instance, raise_on_error=False, tags={"tenant_backup/tenant": tenant_id}
+    )
 
 
 def _materialized(result) -> set[str]:
-    return {e.asset_key.path[-1] for e in result.get_asset_materialization_events()
-            if e.asset_key is not None}
+    return {e.asset_key.path[-1] for e in result.get_asset_materialization_events() if e.asset_key is not None}
 
 
 def _checks(result) -> dict[tuple[str, str], bool]:
@@ -73,10 +73,14 @@ def test_partition_materialized_in_every_location_with_checks(env, sample_tenant
         assert _materialized(result) == {"tenant_archive", "local_copy", "r2_copy", "b2_copy"}
         checks = _checks(result)
         assert checks == {
-            ("tenant_archive", "isolation"): True, ("tenant_archive", "restore_drill"): True,
-            ("local_copy", "checksum"): True, ("local_copy", "integrity"): True,
-            ("r2_copy", "checksum"): True, ("r2_copy", "integrity"): True,
-            ("b2_copy", "checksum"): True, ("b2_copy", "integrity"): True,
+            ("tenant_archive", "isolation"): True,
+            ("tenant_archive", "restore_drill"): True,
+            ("local_copy", "checksum"): True,
+            ("local_copy", "integrity"): True,
+            ("r2_copy", "checksum"): True,
+            ("r2_copy", "integrity"): True,
+            ("b2_copy", "checksum"): True,
+            ("b2_copy", "integrity"): True,
         }
         # Check results are recorded for this partition.
         evaluations = result.get_asset_check_evaluations()
@@ -84,7 +88,10 @@ def test_partition_materialized_in_every_location_with_checks(env, sample_tenant
         # Each copy hashes equal to the archive the drill restored: integrity proven by that identity.
         integrity = {e.asset_key.path[-1]: e.metadata for e in evaluations if e.check_name == "integrity"}
         assert {a: m["integrity_by"].value for a, m in integrity.items()} == {
-            "local_copy": "identity", "r2_copy": "identity", "b2_copy": "identity"}
+            "local_copy": "identity",
+            "r2_copy": "identity",
+            "b2_copy": "identity",
+        }
         archive = next(e for e in result.get_asset_materialization_events() if e.asset_key.path[-1] == "tenant_archive")
         metadata = archive.materialization.metadata
         assert metadata["raw_bytes"].value > metadata["archive_bytes"].value > 0
@@ -99,8 +106,11 @@ def test_without_the_drills_record_a_copy_is_decoded(env, sample_tenants):
     from backup_assets.defs.resources import BackupResource
 
     tenant = sample_tenants[2]
-    with instance_for_test() as instance, definitions(env) as defs, \
-            mock.patch.object(BackupResource, "proven", lambda self, archive: None):
+    with (
+        instance_for_test() as instance,
+        definitions(env) as defs,
+        mock.patch.object(BackupResource, "proven", lambda self, archive: None),
+    ):
         result = _run(defs, instance, tenant.id)
         assert result.success
         integrity = [e for e in result.get_asset_check_evaluations() if e.check_name == "integrity"]
@@ -120,7 +130,8 @@ def test_a_location_never_ships_an_archive_its_checks_did_not_prove(env, sample_
         (Path(env["TENANT_BACKUP_WORK_DIR"]) / "staging" / tenant.id / "proven.json").unlink()
         before = {name: len(loc.list(tenant.id)) for name, loc in locations_from_env(env).items()}
         alone = defs.resolve_job_def("tenant_backup").execute_in_process(
-            partition_key=tenant.id, instance=instance, raise_on_error=False, asset_selection=[AssetKey("r2_copy")])
+            partition_key=tenant.id, instance=instance, raise_on_error=False, asset_selection=[AssetKey("r2_copy")]
+        )
         assert not alone.success
         failure = next(e for e in alone.all_events if e.event_type_value == "STEP_FAILURE")
         assert "not proven by its isolation check and restore drill" in failure.event_specific_data.error.message
@@ -145,9 +156,13 @@ def test_r2_down_fails_only_r2_then_rerun_fills_the_gap(env, sample_tenants, s3_
         from backup_assets.defs.automation.triggers import backup_failure_alerts
 
         failure = next(e for e in result.all_events if e.event_type == DagsterEventType.RUN_FAILURE)
-        context = build_run_status_sensor_context(sensor_name="backup_failure_alerts", dagster_event=failure,
-                                                  dagster_instance=instance, dagster_run=result.dagster_run,
-                                                  resources={"backup": defs.resources["backup"]})
+        context = build_run_status_sensor_context(
+            sensor_name="backup_failure_alerts",
+            dagster_event=failure,
+            dagster_instance=instance,
+            dagster_run=result.dagster_run,
+            resources={"backup": defs.resources["backup"]},
+        )
         backup_failure_alerts(context.for_run_failure())
         recorded = [a for a in alerts.read_alerts(Settings.from_env(env)) if a["kind"] == alerts.BACKUP_FAILURE]
         assert any(a["location"] == "r2" and a["tenant_id"] == tenant.id for a in recorded), recorded
@@ -156,8 +171,9 @@ def test_r2_down_fails_only_r2_then_rerun_fills_the_gap(env, sample_tenants, s3_
         job = defs.resolve_job_def("tenant_backup")
         from dagster import AssetKey
 
-        rerun = job.execute_in_process(partition_key=tenant.id, instance=instance,
-                                       asset_selection=[AssetKey("r2_copy")])
+        rerun = job.execute_in_process(
+            partition_key=tenant.id, instance=instance, asset_selection=[AssetKey("r2_copy")]
+        )
         assert rerun.success
     r2 = locations_from_env(env, ["r2"])["r2"].list(tenant.id)
     local = locations_from_env(env, ["local"])["local"].list(tenant.id)
@@ -170,9 +186,12 @@ def test_schedule_asks_for_every_active_tenant_and_no_other(env, sample_tenants)
         instance.add_dynamic_partitions("tenants", [t.id for t in sample_tenants])
         tick = dt.datetime(2026, 11, 29, 3, 0, tzinfo=dt.timezone.utc)  # a Sunday
         assert tick.weekday() == 6
-        context = build_schedule_context(instance=instance, scheduled_execution_time=tick,
-                                         resources={"backup": defs.resources["backup"]},
-                                         repository_def=defs.get_repository_def())
+        context = build_schedule_context(
+            instance=instance,
+            scheduled_execution_time=tick,
+            resources={"backup": defs.resources["backup"]},
+            repository_def=defs.get_repository_def(),
+        )
         weekly_tenant_backup = defs.resolve_schedule_def("weekly_tenant_backup")
         requests = list(weekly_tenant_backup.evaluate_tick(context).run_requests)
         assert sorted(r.partition_key for r in requests) == active
@@ -190,7 +209,9 @@ def test_registry_sensor_adds_and_removes_partitions(env, sample_tenants):
         result = defs.resolve_sensor_def("tenant_registry_sync")(context)
         requests = result.dynamic_partitions_requests
         added = [k for r in requests if type(r).__name__ == "AddDynamicPartitionsRequest" for k in r.partition_keys]
-        removed = [k for r in requests if type(r).__name__ == "DeleteDynamicPartitionsRequest" for k in r.partition_keys]
+        removed = [
+            k for r in requests if type(r).__name__ == "DeleteDynamicPartitionsRequest" for k in r.partition_keys
+        ]
         assert sorted(added) == active[1:]
         assert removed == [gone]
 

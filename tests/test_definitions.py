@@ -14,23 +14,36 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _env(tmp_path, **extra):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TENANT_BACKUP_", "R2_", "B2_"))}
-    env.update({
-        "PYTHONPATH": str(ROOT),
-        "DAGSTER_HOME": str(tmp_path),
-        # Loading builds clients but does no network I/O: these need not be reachable.
-        "TENANT_BACKUP_SOURCE_DSN": "postgresql://tenant_backup@127.0.0.1:1/app",
-        "TENANT_BACKUP_KEYS": generate_entry("k1"),
-        "TENANT_BACKUP_LOCAL_DIR": str(tmp_path / "local"),
-        "R2_ENDPOINT_URL": "http://127.0.0.1:1", "R2_ACCESS_KEY_ID": "a", "R2_SECRET_ACCESS_KEY": "b",
-        "R2_BUCKET": "c", "B2_APPLICATION_KEY_ID": "d", "B2_APPLICATION_KEY": "e", "B2_BUCKET": "f",
-    })
+    env.update(
+        {
+            "PYTHONPATH": str(ROOT),
+            "DAGSTER_HOME": str(tmp_path),
+            # Loading builds clients but does no network I/O: these need not be reachable.
+            "TENANT_BACKUP_SOURCE_DSN": "postgresql://tenant_backup@127.0.0.1:1/app",
+            "TENANT_BACKUP_KEYS": generate_entry("k1"),
+            "TENANT_BACKUP_LOCAL_DIR": str(tmp_path / "local"),
+            "R2_ENDPOINT_URL": "http://127.0.0.1:1",
+            "R2_ACCESS_KEY_ID": "a",
+            "R2_SECRET_ACCESS_KEY": "b",
+            "R2_BUCKET": "c",
+            "B2_APPLICATION_KEY_ID": "d",
+            "B2_APPLICATION_KEY": "e",
+            "B2_BUCKET": "f",
+        }
+    )
     env.update(extra)
     return env
 
 
 def _validate(env):
-    return subprocess.run([sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    return subprocess.run(
+        [sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
 
 
 def test_workspace_validates(tmp_path):

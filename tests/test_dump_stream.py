@@ -20,9 +20,20 @@ from backup_assets.sample.generate import TENANT_TABLES, tenant_row_counts
 
 def _pg_dump(dsn: str, settings: dict, *extra: str) -> bytes:
     session = PgSession.from_dsn(dsn, settings)
-    out = subprocess.run([pg_program("pg_dump"), "--format=custom", "--compress=0", "--enable-row-security",
-                          "--no-large-objects", *extra, f"--dbname={session.conninfo()}"],
-                         capture_output=True, env=session.child_env(), check=True)
+    out = subprocess.run(
+        [
+            pg_program("pg_dump"),
+            "--format=custom",
+            "--compress=0",
+            "--enable-row-security",
+            "--no-large-objects",
+            *extra,
+            f"--dbname={session.conninfo()}",
+        ],
+        capture_output=True,
+        env=session.child_env(),
+        check=True,
+    )
     return out.stdout
 
 
@@ -39,7 +50,7 @@ def dump(sample_db, tenant) -> bytes:
 def _read(data: bytes, size: int, values=None):
     reader = DumpStreamReader(values)
     for i in range(0, len(data), size):
-        reader.feed(data[i:i + size])
+        reader.feed(data[i : i + size])
     return reader.finish()
 
 
@@ -56,8 +67,11 @@ def test_rows_per_table_are_the_oracles_whatever_the_reads(sample_db, tenant, du
     assert all(t.ended for t in contents.tables.values())
 
 
-@pytest.mark.parametrize("chunker", [custom.per_row, custom.fixed(1), custom.fixed(3), custom.fixed(5000),
-                                     lambda data: [data]], ids=["per-row", "1", "3", "5000", "whole-block"])
+@pytest.mark.parametrize(
+    "chunker",
+    [custom.per_row, custom.fixed(1), custom.fixed(3), custom.fixed(5000), lambda data: [data]],
+    ids=["per-row", "1", "3", "5000", "whole-block"],
+)
 @pytest.mark.parametrize("check", [False, True], ids=["count", "check-rows"])
 def test_rows_and_tenant_values_whatever_the_chunking(dump, tenant, chunker, check):
     """pg_dump 18 writes a chunk per row; a chunk may as well hold many rows, or cut one: rows are
@@ -80,8 +94,9 @@ def test_a_foreign_tenant_value_is_found_wherever_the_chunks_cut_it(dump, tenant
     rows = data.split(b"\n")
     stranger = "00000000-0000-4000-8000-000000000001"
     rows[1] = rows[1].replace(tenant.id.encode(), stranger.encode(), 1)  # one row of another tenant
-    contents = _read(custom.write(custom.replace_block(parsed, table, b"\n".join(rows)), chunker), 4096,
-                     _values(tenant.id))
+    contents = _read(
+        custom.write(custom.replace_block(parsed, table, b"\n".join(rows)), chunker), 4096, _values(tenant.id)
+    )
     tally = contents.tables[table]
     assert (tally.foreign, tally.sample) == (1, stranger.encode())
     with pytest.raises(SafetyCheckFailed, match=f"{table}: 1 rows whose tenant column is not {tenant.id}"):
@@ -92,10 +107,11 @@ def test_a_chunk_too_large_to_carry_is_followed_piece_by_piece(dump, tenant):
     parsed = custom.parse(dump)
     table = "public.notifications"
     data = dict((parsed.tags[i], d) for i, d in parsed.blocks)[table]
-    body = data[:-len(COPY_END)]
+    body = data[: -len(COPY_END)]
     big = body * (1 + (9 << 20) // max(1, len(body)))  # > 4 MiB in one chunk
-    contents = _read(custom.write(custom.replace_block(parsed, table, big + COPY_END), lambda d: [d]), 1 << 20,
-                     _values(tenant.id))
+    contents = _read(
+        custom.write(custom.replace_block(parsed, table, big + COPY_END), lambda d: [d]), 1 << 20, _values(tenant.id)
+    )
     tally = contents.tables[table]
     assert tally.rows == big.count(b"\n") and tally.checked == tally.rows and tally.foreign == 0
 
@@ -104,7 +120,9 @@ def test_more_rows_in_the_dump_than_in_the_snapshot_is_refused(dump, tenant):
     contents = _read(dump, 65536)
     counts = dict(contents.rows())
     counts["public.sales"] -= 1  # the proof's session saw one row fewer than pg_dump wrote
-    with pytest.raises(SafetyCheckFailed, match=r"public\.sales: \d+ rows in the dump, \d+ of this tenant in the snapshot"):
+    with pytest.raises(
+        SafetyCheckFailed, match=r"public\.sales: \d+ rows in the dump, \d+ of this tenant in the snapshot"
+    ):
         prove_dump(counts, contents, tenant.id)
     del counts["public.sales"]
     counts.pop("public.metal_types")
@@ -134,13 +152,24 @@ def test_truncated_or_malformed_streams_are_refused(dump):
 def test_large_objects_in_a_dump_are_refused(pg_server_dsn):
     """Large objects have no tenant and no RLS: a dump that holds them cannot be proven."""
     with variant_db(pg_server_dsn) as db:
-        db.run("CREATE TABLE t (id int PRIMARY KEY); GRANT SELECT ON t TO {backup};"
-               " SELECT lo_from_bytea(0, 'blob of some tenant');"
-               " DO $$ BEGIN EXECUTE format('GRANT SELECT ON LARGE OBJECT %s TO {backup}',"
-               " (SELECT max(oid) FROM pg_largeobject_metadata)); END $$;")
+        db.run(
+            "CREATE TABLE t (id int PRIMARY KEY); GRANT SELECT ON t TO {backup};"
+            " SELECT lo_from_bytea(0, 'blob of some tenant');"
+            " DO $$ BEGIN EXECUTE format('GRANT SELECT ON LARGE OBJECT %s TO {backup}',"
+            " (SELECT max(oid) FROM pg_largeobject_metadata)); END $$;"
+        )
         session = PgSession.from_dsn(db.backup_dsn)
-        data = subprocess.run([pg_program("pg_dump"), "--format=custom", "--compress=0", "--large-objects",
-                               f"--dbname={session.conninfo()}"], capture_output=True, env=session.child_env(),
-                              check=True).stdout
+        data = subprocess.run(
+            [
+                pg_program("pg_dump"),
+                "--format=custom",
+                "--compress=0",
+                "--large-objects",
+                f"--dbname={session.conninfo()}",
+            ],
+            capture_output=True,
+            env=session.child_env(),
+            check=True,
+        ).stdout
     with pytest.raises(DumpStreamError, match="BLOB"):
         _read(data, 65536)

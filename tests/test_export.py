@@ -29,8 +29,9 @@ def _settings(dsn: str, **env) -> SourceSettings:
 
 def _data_sql(dump_path) -> str:
     """The dump's data as SQL text, for grepping canaries."""
-    out = subprocess.run([pg_program("pg_restore"), "--data-only", "-f", "-", str(dump_path)],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [pg_program("pg_restore"), "--data-only", "-f", "-", str(dump_path)], capture_output=True, text=True, check=True
+    )
     return out.stdout
 
 
@@ -77,8 +78,9 @@ def test_round_trip_restores_the_tenant_row_counts(sample_db, sample_tenants, ke
         cur.execute(f"CREATE DATABASE {target}")
     try:
         target_dsn = dsn_for(pg_server_dsn, dbname=target)
-        subprocess.run([pg_program("pg_restore"), "--exit-on-error", "-d", target_dsn, str(dump)],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [pg_program("pg_restore"), "--exit-on-error", "-d", target_dsn, str(dump)], check=True, capture_output=True
+        )
         restored = {}
         with psycopg2.connect(target_dsn) as conn, conn.cursor() as cur:
             for table in manifest["tables"]:
@@ -119,8 +121,13 @@ def test_other_schema_names_round_trip(pg_server_dsn, keyring, tmp_path):
         db.run(CRM_SCHEMA)
         settings = _settings(db.backup_dsn, **CRM_ENV)
         _, manifest, dump = _export_and_decrypt(settings, keyring, "2", tmp_path)
-        assert manifest["tables"] == {"crm.orgs": 1, "crm.accounts": 10, "crm.contacts": 10,
-                                      "crm.contact_notes": 10, "crm.countries": 2}
+        assert manifest["tables"] == {
+            "crm.orgs": 1,
+            "crm.accounts": 10,
+            "crm.contacts": 10,
+            "crm.contact_notes": 10,
+            "crm.countries": 2,
+        }
         text = _data_sql(dump)
         assert "canary-2" in text and "canary-1" not in text and "canary-3" not in text
 

@@ -12,16 +12,26 @@ from backup_assets.defs.runs.instance import EVENT_STORAGE_SCHEMA_CHECKS, RUN_ST
 
 def test_the_hooked_schema_checks_exist_and_are_answered_once():
     with instance_for_test() as instance:
-        for storage, names in ((instance.run_storage, RUN_STORAGE_SCHEMA_CHECKS),
-                               (instance.event_log_storage, EVENT_STORAGE_SCHEMA_CHECKS)):
+        for storage, names in (
+            (instance.run_storage, RUN_STORAGE_SCHEMA_CHECKS),
+            (instance.event_log_storage, EVENT_STORAGE_SCHEMA_CHECKS),
+        ):
             missing = [n for n in names if not callable(getattr(storage, n, None))]
-            assert not missing, f"Dagster {type(storage).__name__} no longer has {missing}: update defs/runs/instance.py"
-        before = (instance.run_storage.has_run_stats_index_cols(), instance.event_log_storage.has_table("event_logs"),
-                  instance.event_log_storage.has_table("no_such_table"))
+            assert not missing, (
+                f"Dagster {type(storage).__name__} no longer has {missing}: update defs/runs/instance.py"
+            )
+        before = (
+            instance.run_storage.has_run_stats_index_cols(),
+            instance.event_log_storage.has_table("event_logs"),
+            instance.event_log_storage.has_table("no_such_table"),
+        )
         tune_for_runner(instance)
         assert tune_for_runner(instance) is instance  # idempotent
-        first = (instance.run_storage.has_run_stats_index_cols(), instance.event_log_storage.has_table("event_logs"),
-                 instance.event_log_storage.has_table("no_such_table"))
+        first = (
+            instance.run_storage.has_run_stats_index_cols(),
+            instance.event_log_storage.has_table("event_logs"),
+            instance.event_log_storage.has_table("no_such_table"),
+        )
         assert first == before == (True, True, False)
         with mock.patch("sqlalchemy.inspect", side_effect=AssertionError("asked the catalog again")):
             assert instance.run_storage.has_run_stats_index_cols() is True

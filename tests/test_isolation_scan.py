@@ -16,8 +16,14 @@ def test_copy_header_with_quoted_names():
 
 def test_foreign_and_null_rows_are_flagged():
     lines = [
-        "COPY public.t (id, tenant_id, v) FROM stdin;\n", "1\tA\tx\n", "2\tB\ty\n", "3\t\\N\tz\n", "\\.\n",
-        "COPY public.lookup (code) FROM stdin;\n", "gold\n", "\\.\n",
+        "COPY public.t (id, tenant_id, v) FROM stdin;\n",
+        "1\tA\tx\n",
+        "2\tB\ty\n",
+        "3\t\\N\tz\n",
+        "\\.\n",
+        "COPY public.lookup (code) FROM stdin;\n",
+        "gold\n",
+        "\\.\n",
     ]
     report = scan_dump_lines(lines, "A", "tenant_id")
     assert report.rows == {"public.t": 3, "public.lookup": 1}
@@ -36,7 +42,8 @@ def test_real_archive_is_isolated(sample_db, sample_tenants, tmp_path):
     assert set(report.checked_tables) == set(manifest["table_kinds"]["tenant"])
     # Scanned as if it were another tenant's archive, every tenant row is foreign.
     wrong = scan_dump_lines(
-        (line for line in _dump_lines(tmp_path / "a.tbk", keyring, tenant.id)), sample_tenants[1].id, "tenant_id")
+        (line for line in _dump_lines(tmp_path / "a.tbk", keyring, tenant.id)), sample_tenants[1].id, "tenant_id"
+    )
     assert set(wrong.foreign_rows) == {t for t in report.checked_tables if report.rows[t]}
 
 
@@ -45,8 +52,10 @@ def _dump_lines(archive, keyring, tenant_id):
 
     from backup_assets.core.archive.decrypt import decrypt_to_file
     from backup_assets.core.source.pgbin import pg_program
+
     dump = archive.with_suffix(".dump")
     decrypt_to_file(archive, dump, keyring, expect_tenant_id=tenant_id)
-    out = subprocess.run([pg_program("pg_restore"), "--data-only", "-f", "-", str(dump)],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [pg_program("pg_restore"), "--data-only", "-f", "-", str(dump)], capture_output=True, text=True, check=True
+    ).stdout
     return out.splitlines(keepends=True)

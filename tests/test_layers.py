@@ -9,8 +9,16 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "backup_assets"
 # Where os.environ may be read (docs/ARCHITECTURE.md, "Configuration"): the edges, the Settings
 # parser, and the module that decides what a child process inherits.
-ENVIRON_ALLOWED = {"core/settings.py", "core/source/session.py", "cli", "demo.py", "definitions.py",
-                   "defs/operations/jobs.py", "testing", "sample"}
+ENVIRON_ALLOWED = {
+    "core/settings.py",
+    "core/source/session.py",
+    "cli",
+    "demo.py",
+    "definitions.py",
+    "defs/operations/jobs.py",
+    "testing",
+    "sample",
+}
 MAX_LINES = 500
 
 
@@ -45,9 +53,14 @@ def test_core_imports_neither_dagster_nor_the_layers_above_it():
     bad = {}
     for rel, _, tree in _modules():
         if rel.startswith("core/"):
-            hits = sorted(n for n in _imports(tree, rel)
-                          if n.split(".")[0] == "dagster" or n.startswith(("backup_assets.defs", "backup_assets.cli",
-                                                                          "backup_assets.demo", "backup_assets.testing")))
+            hits = sorted(
+                n
+                for n in _imports(tree, rel)
+                if n.split(".")[0] == "dagster"
+                or n.startswith(
+                    ("backup_assets.defs", "backup_assets.cli", "backup_assets.demo", "backup_assets.testing")
+                )
+            )
             if hits:
                 bad[rel] = hits
     assert not bad, f"core/ must not import Dagster, defs, cli, demo or the test doubles: {bad}"
@@ -58,8 +71,11 @@ def test_no_production_module_imports_the_test_doubles():
     for rel, _, tree in _modules():
         if rel.startswith(("testing/", "sample/")) or rel == "demo.py":
             continue  # the demo starts the doubles as processes; it is the one place that uses them
-        hits = sorted(n for n in _imports(tree, rel) if n.startswith("backup_assets.testing") or n.split(".")[0]
-                      in ("moto", "psutil", "pytest"))
+        hits = sorted(
+            n
+            for n in _imports(tree, rel)
+            if n.startswith("backup_assets.testing") or n.split(".")[0] in ("moto", "psutil", "pytest")
+        )
         if hits:
             bad[rel] = hits
     assert not bad, f"production modules import test doubles or test-only packages: {bad}"
@@ -71,8 +87,12 @@ def test_os_environ_is_read_only_at_the_edges():
         if _allowed(rel, ENVIRON_ALLOWED):
             continue
         for node in ast.walk(tree):
-            if (isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv")
-                    and isinstance(node.value, ast.Name) and node.value.id == "os"):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr in ("environ", "getenv")
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "os"
+            ):
                 bad.append(f"{rel}:{node.lineno}")
     assert not bad, f"os.environ read below the edges (use Settings): {bad}"
 

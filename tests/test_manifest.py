@@ -16,14 +16,29 @@ FULL = {
     "backup_id": BID,
     "created_at": "2026-11-25T03:00:00.123456Z",
     "registry_listed": True,
-    "archive": {"file": "a.tbk", "size": 1234, "sha256": "ab" * 32, "key_id": "k1", "codec": "zstd",
-                "zstd_level": 1, "cipher": "AES256_GCM_HKDF_1MB", "segment_size": 1048576},
-    "raw_size": 5000, "compressed_size": 1200, "compression_ratio": 4.167,
+    "archive": {
+        "file": "a.tbk",
+        "size": 1234,
+        "sha256": "ab" * 32,
+        "key_id": "k1",
+        "codec": "zstd",
+        "zstd_level": 1,
+        "cipher": "AES256_GCM_HKDF_1MB",
+        "segment_size": 1048576,
+    },
+    "raw_size": 5000,
+    "compressed_size": 1200,
+    "compression_ratio": 4.167,
     "tables": {"public.orders": 3, "public.metal_types": 8},
     "isolation": {"dump_rows_counted": 3, "tenant_values_checked": 0},
     "table_kinds": {"tenant": ["public.orders"], "rls_child": [], "shared": ["public.metal_types"], "excluded": []},
-    "source": {"database": "shop", "server_version": "18.0", "role": "backup", "tenant_column": "org",
-               "tenant_setting": "app.current_tenant"},
+    "source": {
+        "database": "shop",
+        "server_version": "18.0",
+        "role": "backup",
+        "tenant_column": "org",
+        "tenant_setting": "app.current_tenant",
+    },
     "pg_dump_version": "pg_dump (PostgreSQL) 18.0",
     "notes": [],
     "timings": {"preflight_s": 0.1, "dump_s": 0.2, "total_s": 0.3},
@@ -34,12 +49,15 @@ def stored(d: dict) -> bytes:
     return json.dumps(d, sort_keys=True, indent=2).encode()  # what locations have always written
 
 
-@pytest.mark.parametrize("raw", [
-    FULL,
-    {**FULL, "compression_ratio": None, "r2": {"etag": "x"}},  # null kept, a location's own field kept
-    {k: v for k, v in FULL.items() if k not in ("isolation", "registry_listed", "notes")},  # older manifests
-    {"archive": {"sha256": "cd" * 32, "size": 1}, "tables": {"orders": 3}, "note": "opaque"},  # partial
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        FULL,
+        {**FULL, "compression_ratio": None, "r2": {"etag": "x"}},  # null kept, a location's own field kept
+        {k: v for k, v in FULL.items() if k not in ("isolation", "registry_listed", "notes")},  # older manifests
+        {"archive": {"sha256": "cd" * 32, "size": 1}, "tables": {"orders": 3}, "note": "opaque"},  # partial
+    ],
+)
 def test_json_round_trips_byte_for_byte(raw):
     m = Manifest.from_json(stored(raw))
     assert m.to_dict() == raw

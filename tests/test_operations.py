@@ -64,8 +64,11 @@ def test_plan_edge_cases():
     assert "x1" not in _deleted(out)  # age unknown: never deleted on a guess
     assert _deleted(out) == {unknown[1].backup_id, unknown[2].backup_id}
     # exactly at the cutoff is expired; one second younger is kept
-    edge = [_c("t", 1), Candidate("t", "b-edge", NOW - timedelta(days=30), None),
-            Candidate("t", "b-young", NOW - timedelta(days=30) + timedelta(seconds=1), None)]
+    edge = [
+        _c("t", 1),
+        Candidate("t", "b-edge", NOW - timedelta(days=30), None),
+        Candidate("t", "b-young", NOW - timedelta(days=30) + timedelta(seconds=1), None),
+    ]
     assert _deleted(plan_prune(edge, retention_days=30, keep_min=1, now=NOW)) == {"b-edge"}
     with pytest.raises(ValueError):
         plan_prune(edge, retention_days=30, keep_min=0, now=NOW)
@@ -97,10 +100,15 @@ def env(s3_server, b2_server, tmp_path, monkeypatch):
         "TENANT_BACKUP_KEYS": OLD_KEY,
         "TENANT_BACKUP_LOCATIONS": "local,r2,b2",
         "TENANT_BACKUP_LOCAL_DIR": str(tmp_path / "local"),
-        "R2_ENDPOINT_URL": s3_server.url, "R2_ACCESS_KEY_ID": s3_server.access_key or "testing",
-        "R2_SECRET_ACCESS_KEY": s3_server.secret_key, "R2_BUCKET": bucket,
-        "B2_APPLICATION_KEY_ID": b2_server.key_id, "B2_APPLICATION_KEY": b2_server.key, "B2_BUCKET": bucket,
-        "B2_REALM": b2_server.url, "TENANT_BACKUP_STORAGE_ATTEMPTS": "1",
+        "R2_ENDPOINT_URL": s3_server.url,
+        "R2_ACCESS_KEY_ID": s3_server.access_key or "testing",
+        "R2_SECRET_ACCESS_KEY": s3_server.secret_key,
+        "R2_BUCKET": bucket,
+        "B2_APPLICATION_KEY_ID": b2_server.key_id,
+        "B2_APPLICATION_KEY": b2_server.key,
+        "B2_BUCKET": bucket,
+        "B2_REALM": b2_server.url,
+        "TENANT_BACKUP_STORAGE_ATTEMPTS": "1",
     }
     for k, v in values.items():
         monkeypatch.setenv(k, v)
@@ -122,12 +130,22 @@ def small_archive(tmp: Path, tenant: str, created: datetime, keys: str = OLD_KEY
     path = tmp / f"{bid}.tbk"
     payload = os.urandom(3000)
     with path.open("wb") as out:
-        header, stats = encode_archive(io.BytesIO(payload).read, out, tenant_id=tenant, backup_id=bid,
-                                       created_at=created, keyring=Keyring.parse(keys))
-    manifest = {"manifest_version": 1, "tenant_id": tenant, "backup_id": bid,
-                "created_at": created.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-                "archive": {"size": stats.archive_bytes, "sha256": stats.sha256, "key_id": header.key_id},
-                "tables": {"public.orders": 7, "public.items": 5}}
+        header, stats = encode_archive(
+            io.BytesIO(payload).read,
+            out,
+            tenant_id=tenant,
+            backup_id=bid,
+            created_at=created,
+            keyring=Keyring.parse(keys),
+        )
+    manifest = {
+        "manifest_version": 1,
+        "tenant_id": tenant,
+        "backup_id": bid,
+        "created_at": created.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "archive": {"size": stats.archive_bytes, "sha256": stats.sha256, "key_id": header.key_id},
+        "tables": {"public.orders": 7, "public.items": 5},
+    }
     return path, manifest
 
 
@@ -162,7 +180,12 @@ def test_list_merges_locations_newest_first(env, tmp_path, capsys, s3_server):
     assert by_id[b[1]["backup_id"]]["locations"] == ["r2", "b2"]
     row = by_id[c[1]["backup_id"]]
     assert (row["tenant_id"], row["locations"], row["size"], row["key_id"], row["total_rows"]) == (
-        t2, ["b2"], c[1]["archive"]["size"], "old1", 12)
+        t2,
+        ["b2"],
+        c[1]["archive"]["size"],
+        "old1",
+        12,
+    )
     assert row["created_at"] == c[1]["created_at"]
 
     assert run("list", "--tenant", t1, "--location", "r2") == 0
@@ -175,8 +198,11 @@ def test_list_merges_locations_newest_first(env, tmp_path, capsys, s3_server):
     s3_server.faults.set(down=True)  # one location unreachable: the others still list, exit non-zero
     assert run("list", "--json") == 8
     captured = capsys.readouterr()
-    assert {r["backup_id"] for r in json.loads(captured.out)} == {a[1]["backup_id"], b[1]["backup_id"],
-                                                                 c[1]["backup_id"]}
+    assert {r["backup_id"] for r in json.loads(captured.out)} == {
+        a[1]["backup_id"],
+        b[1]["backup_id"],
+        c[1]["backup_id"],
+    }
     assert "warning: r2: cannot list" in captured.err
     assert run("verify", "--tenant", t1) == 1
     assert "FAIL r2" in capsys.readouterr().out
@@ -210,8 +236,9 @@ def _export(sample_db, tenant_id: str, out: Path, keys: str) -> dict:
     from backup_assets.core.archive.export import ExportOptions, export_tenant
     from backup_assets.core.settings import SourceSettings
 
-    return export_tenant(SourceSettings(dsn=sample_db.backup_dsn), Keyring.parse(keys), tenant_id, out,
-                         ExportOptions(zstd_threads=0))
+    return export_tenant(
+        SourceSettings(dsn=sample_db.backup_dsn), Keyring.parse(keys), tenant_id, out, ExportOptions(zstd_threads=0)
+    )
 
 
 def test_verify_deep_and_wrong_keyring(env, tmp_path, capsys, sample_db, sample_tenants, monkeypatch):
@@ -294,8 +321,7 @@ def _payload(path: Path) -> bytes:
         return f.read()
 
 
-def test_keys_rewrap_moves_every_copy_to_the_new_key(env, tmp_path, capsys, sample_db, sample_tenants,
-                                                     monkeypatch):
+def test_keys_rewrap_moves_every_copy_to_the_new_key(env, tmp_path, capsys, sample_db, sample_tenants, monkeypatch):
     locs = Settings.from_env().locations()
     made = []
     for i, tenant in enumerate(sample_tenants[:2]):

@@ -45,15 +45,19 @@ def test_accepts_other_names_and_classifies_tables(crm):
 
 
 def test_tenant_table_without_rls_is_refused(crm):
-    crm.run("CREATE TABLE crm.invoices (id serial PRIMARY KEY, org integer NOT NULL, total numeric);"
-            "GRANT SELECT ON crm.invoices TO {backup}")
+    crm.run(
+        "CREATE TABLE crm.invoices (id serial PRIMARY KEY, org integer NOT NULL, total numeric);"
+        "GRANT SELECT ON crm.invoices TO {backup}"
+    )
     message = _refused(crm.backup_dsn)
     assert "crm.invoices" in message and "row-level security is not enabled" in message
 
 
 def test_rls_without_policy_for_the_role_is_refused(crm):
-    crm.run("CREATE TABLE crm.audit (id serial, org integer NOT NULL);"
-            "ALTER TABLE crm.audit ENABLE ROW LEVEL SECURITY; GRANT SELECT ON crm.audit TO {backup}")
+    crm.run(
+        "CREATE TABLE crm.audit (id serial, org integer NOT NULL);"
+        "ALTER TABLE crm.audit ENABLE ROW LEVEL SECURITY; GRANT SELECT ON crm.audit TO {backup}"
+    )
     message = _refused(crm.backup_dsn)
     assert "crm.audit" in message and "no SELECT policy" in message
     # The operator can exclude it explicitly.
@@ -65,8 +69,10 @@ def test_owner_without_force_is_refused_and_force_accepted(crm):
     # Dumping as the table owner: owners bypass their own policies unless RLS is forced.
     message = _refused(crm.owner_dsn)
     assert "crm.accounts" in message and "not forced" in message and crm.owner in message
-    crm.run("ALTER TABLE crm.orgs FORCE ROW LEVEL SECURITY; ALTER TABLE crm.accounts FORCE ROW LEVEL SECURITY;"
-            "ALTER TABLE crm.contacts FORCE ROW LEVEL SECURITY; ALTER TABLE crm.contact_notes FORCE ROW LEVEL SECURITY")
+    crm.run(
+        "ALTER TABLE crm.orgs FORCE ROW LEVEL SECURITY; ALTER TABLE crm.accounts FORCE ROW LEVEL SECURITY;"
+        "ALTER TABLE crm.contacts FORCE ROW LEVEL SECURITY; ALTER TABLE crm.contact_notes FORCE ROW LEVEL SECURITY"
+    )
     assert _plan(crm.owner_dsn).role == crm.owner
 
 
@@ -85,8 +91,10 @@ def test_privileged_backup_role_is_refused(pg_server_dsn, attrs, expected):
 
 
 def test_shared_table_referencing_a_tenant_table_is_refused(crm):
-    crm.run("CREATE TABLE crm.account_tags (account_id integer REFERENCES crm.accounts(id), tag text);"
-            "GRANT SELECT ON crm.account_tags TO {backup}")
+    crm.run(
+        "CREATE TABLE crm.account_tags (account_id integer REFERENCES crm.accounts(id), tag text);"
+        "GRANT SELECT ON crm.account_tags TO {backup}"
+    )
     message = _refused(crm.backup_dsn)
     assert "crm.account_tags" in message and "references tenant table crm.accounts" in message
     plan = _plan(crm.backup_dsn, TENANT_BACKUP_SHARED_TABLES="crm.account_tags")
@@ -94,11 +102,13 @@ def test_shared_table_referencing_a_tenant_table_is_refused(crm):
 
 
 def test_registry_without_rls_is_refused(crm):
-    crm.run("ALTER TABLE crm.accounts DROP CONSTRAINT accounts_org_fkey;"
-            "CREATE TABLE crm.registry (id integer PRIMARY KEY, name text);"
-            "INSERT INTO crm.registry SELECT org, title FROM crm.orgs;"
-            "ALTER TABLE crm.accounts ADD FOREIGN KEY (org) REFERENCES crm.registry(id);"
-            "GRANT SELECT ON crm.registry TO {backup}")
+    crm.run(
+        "ALTER TABLE crm.accounts DROP CONSTRAINT accounts_org_fkey;"
+        "CREATE TABLE crm.registry (id integer PRIMARY KEY, name text);"
+        "INSERT INTO crm.registry SELECT org, title FROM crm.orgs;"
+        "ALTER TABLE crm.accounts ADD FOREIGN KEY (org) REFERENCES crm.registry(id);"
+        "GRANT SELECT ON crm.registry TO {backup}"
+    )
     message = _refused(crm.backup_dsn)
     assert "crm.registry" in message and "tenant registry" in message
     plan = _plan(crm.backup_dsn, TENANT_BACKUP_EXCLUDE_TABLES="crm.registry")

@@ -67,8 +67,13 @@ def _hashes(dsn, manifest, tenant_id=None, *, column="tenant_id", filters=None) 
             elif tenant_id is not None and kind == "rls_child":
                 where = sql.SQL(filters[table])
             schema, name = table.split(".")
-            cur.execute(sql.SQL("SELECT count(*), md5(coalesce(string_agg(x::text, E'\\n' ORDER BY x::text), ''))"
-                                " FROM {} x WHERE {}").format(sql.Identifier(schema, name), where), {"t": tenant_id})
+            cur.execute(
+                sql.SQL(
+                    "SELECT count(*), md5(coalesce(string_agg(x::text, E'\\n' ORDER BY x::text), ''))"
+                    " FROM {} x WHERE {}"
+                ).format(sql.Identifier(schema, name), where),
+                {"t": tenant_id},
+            )
             out[table] = cur.fetchone()
     return out
 
@@ -89,12 +94,15 @@ def _backup(db, tenant_id, keyring, locs, tmp_path) -> dict:
 
 def _seq_state(dsn) -> dict[str, tuple[int, int | None]]:
     """sequence -> (last_value, max of its owning column) for every owned sequence of schema public."""
-    rows = _exec(dsn, """
+    rows = _exec(
+        dsn,
+        """
         SELECT s.oid::regclass::text, t.oid::regclass::text, a.attname
           FROM pg_depend d JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
           JOIN pg_class t ON t.oid = d.refobjid
           JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = d.refobjsubid
-         WHERE d.deptype IN ('a', 'i') AND d.classid = 'pg_class'::regclass""")
+         WHERE d.deptype IN ('a', 'i') AND d.classid = 'pg_class'::regclass""",
+    )
     out = {}
     for seq, table, col in rows:
         last = _exec(dsn, f"SELECT last_value FROM {seq}")[0][0]
@@ -115,8 +123,9 @@ def sample_backups(sample_db, sample_tenants, keyring, tmp_path_factory):
     return locs, {t.id: _backup(sample_db, t.id, keyring, locs, work) for t in sample_tenants}
 
 
-def test_every_sample_tenant_restores_into_an_empty_database(sample_db, sample_tenants, sample_backups, keyring,
-                                                             fresh_db):
+def test_every_sample_tenant_restores_into_an_empty_database(
+    sample_db, sample_tenants, sample_backups, keyring, fresh_db
+):
     locs, manifests = sample_backups
     for tenant in sample_tenants:
         manifest = manifests[tenant.id]
@@ -141,11 +150,17 @@ def test_dry_run_into_an_empty_database_changes_nothing(sample_tenants, sample_b
     locs, manifests = sample_backups
     tenant = sample_tenants[0]
     target = fresh_db("restore_dry")
-    result = restore_tenant(tenant.id, locations=locs, location="local", target_dsn=target, keyring=keyring,
-                            dry_run=True)
+    result = restore_tenant(
+        tenant.id, locations=locs, location="local", target_dsn=target, keyring=keyring, dry_run=True
+    )
     assert result.dry_run and result.backup_id == manifests[tenant.id]["backup_id"]
     assert {t: o.manifest_rows for t, o in result.tables.items()} == manifests[tenant.id]["tables"]
-    assert _exec(target, "SELECT count(*) FROM pg_class WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace")[0][0] == 0
+    assert (
+        _exec(target, "SELECT count(*) FROM pg_class WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace")[0][
+            0
+        ]
+        == 0
+    )
 
 
 # ------------------------------------------------------------------------------------- --replace
@@ -166,7 +181,9 @@ def live(pg_server_dsn, keyring, tmp_path_factory):
 
 def _damage(db, tenant_id):
     """Delete, update and insert rows of one tenant (children of deleted rows included)."""
-    _exec(db.admin_dsn, """
+    _exec(
+        db.admin_dsn,
+        """
         DELETE FROM sale_items WHERE sale_id IN (SELECT id FROM sales WHERE tenant_id = %(t)s ORDER BY id LIMIT 3);
         DELETE FROM loyalty_transactions WHERE sale_id IN (SELECT id FROM sales WHERE tenant_id = %(t)s ORDER BY id LIMIT 3);
         DELETE FROM sales WHERE id IN (SELECT id FROM sales WHERE tenant_id = %(t)s ORDER BY id LIMIT 3);
@@ -178,7 +195,9 @@ def _damage(db, tenant_id):
         INSERT INTO branches (tenant_id, name, opened_at) VALUES (%(t)s, 'junk branch', now());
         INSERT INTO repair_order_photos (repair_order_id, image, taken_at)
              SELECT id, '\\x00', now() FROM repair_orders WHERE tenant_id = %(t)s LIMIT 2;
-    """, {"t": tenant_id})
+    """,
+        {"t": tenant_id},
+    )
 
 
 def test_replace_restores_a_damaged_tenant_and_leaves_the_others(live, keyring):
@@ -194,8 +213,9 @@ def test_replace_restores_a_damaged_tenant_and_leaves_the_others(live, keyring):
     seqs_before = _seq_state(db.admin_dsn)
 
     # Dry run first: the plan counts what would go, and nothing changes.
-    plan = restore_tenant(victim, locations=locs, location="local", target_dsn=db.owner_dsn, keyring=keyring,
-                          replace=True, dry_run=True)
+    plan = restore_tenant(
+        victim, locations=locs, location="local", target_dsn=db.owner_dsn, keyring=keyring, replace=True, dry_run=True
+    )
     assert plan.dry_run and plan.mode == "replace"
     assert plan.tables["public.sales"].deleted == damaged["public.sales"][0]
     assert plan.tables["public.notifications"].deleted == damaged["public.notifications"][0]
@@ -205,8 +225,9 @@ def test_replace_restores_a_damaged_tenant_and_leaves_the_others(live, keyring):
     assert _hashes(db.admin_dsn, manifest, victim) == damaged
 
     # As the tables' owner (not a superuser): owners bypass their own tables' RLS unless forced.
-    result = restore_tenant(victim, locations=locs, location="local", target_dsn=db.owner_dsn, keyring=keyring,
-                            replace=True)
+    result = restore_tenant(
+        victim, locations=locs, location="local", target_dsn=db.owner_dsn, keyring=keyring, replace=True
+    )
     assert _hashes(db.admin_dsn, manifest, victim) == original
     for t in others:
         assert _hashes(db.admin_dsn, manifest, t) == others_before[t], f"tenant {t} changed"
@@ -223,8 +244,12 @@ def test_replace_restores_a_damaged_tenant_and_leaves_the_others(live, keyring):
     assert "public.notifications_id_seq" in {s for s, _, _ in result.sequences}
     assert seqs_after["sales_id_seq"][0] == seqs_before["sales_id_seq"][0]  # was ahead: untouched
     # New rows still get fresh ids.
-    _exec(db.admin_dsn, "INSERT INTO notifications (tenant_id, recipient, channel, subject, body, created_at)"
-                        " VALUES (%s, 'x', 'email', 'x', 'x', now())", (others[0],))
+    _exec(
+        db.admin_dsn,
+        "INSERT INTO notifications (tenant_id, recipient, channel, subject, body, created_at)"
+        " VALUES (%s, 'x', 'email', 'x', 'x', now())",
+        (others[0],),
+    )
     _exec(db.admin_dsn, "DELETE FROM notifications WHERE recipient = 'x' AND subject = 'x'")
 
 
@@ -232,16 +257,28 @@ def test_replace_with_a_role_under_rls_is_refused(live, keyring, pg_server_dsn):
     db, tenants, locs, manifest = live
     role = "restorer_" + secrets.token_hex(4)
     _exec(pg_server_dsn, f"CREATE ROLE {role} LOGIN NOSUPERUSER NOBYPASSRLS")
-    _exec(db.admin_dsn, f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role};"
-                        f" GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role}")
+    _exec(
+        db.admin_dsn,
+        f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}; GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role}",
+    )
     try:
         before = {t.id: _hashes(db.admin_dsn, manifest, t.id) for t in tenants}
         dsn = dsn_for(pg_server_dsn, user=role, dbname=db.dbname)
         for dry_run in (True, False):
-            with pytest.raises(RestoreRefused, match=rf"role {role} would write under row-level security on "
-                                                     r".*public\.sales.*BYPASSRLS") as err:
-                restore_tenant(tenants[0].id, locations=locs, location="local", target_dsn=dsn, keyring=keyring,
-                               replace=True, dry_run=dry_run)
+            with pytest.raises(
+                RestoreRefused,
+                match=rf"role {role} would write under row-level security on "
+                r".*public\.sales.*BYPASSRLS",
+            ) as err:
+                restore_tenant(
+                    tenants[0].id,
+                    locations=locs,
+                    location="local",
+                    target_dsn=dsn,
+                    keyring=keyring,
+                    replace=True,
+                    dry_run=dry_run,
+                )
             assert "\n" not in str(err.value) and "nothing changed" in str(err.value)
         assert {t.id: _hashes(db.admin_dsn, manifest, t.id) for t in tenants} == before
     finally:
@@ -256,13 +293,16 @@ def test_a_failure_mid_load_rolls_everything_back(live, keyring):
     # violates the primary key after the victim's rows were already deleted in the transaction.
     nid = _exec(db.admin_dsn, "SELECT max(id) FROM notifications WHERE tenant_id = %s", (victim,))[0][0]
     _exec(db.admin_dsn, "DELETE FROM notifications WHERE id = %s", (nid,))
-    _exec(db.admin_dsn, "INSERT INTO notifications (id, tenant_id, recipient, channel, subject, body, created_at)"
-                        " VALUES (%s, %s, 'clash', 'email', 'clash', 'clash', now())", (nid, other))
+    _exec(
+        db.admin_dsn,
+        "INSERT INTO notifications (id, tenant_id, recipient, channel, subject, body, created_at)"
+        " VALUES (%s, %s, 'clash', 'email', 'clash', 'clash', now())",
+        (nid, other),
+    )
     _damage(db, victim)
     before = {t.id: _hashes(db.admin_dsn, manifest, t.id) for t in tenants}
     with pytest.raises(RestoreError, match=r"rolled back, nothing changed: duplicate key value .*notifications_pkey"):
-        restore_tenant(victim, locations=locs, location="local", target_dsn=db.admin_dsn, keyring=keyring,
-                       replace=True)
+        restore_tenant(victim, locations=locs, location="local", target_dsn=db.admin_dsn, keyring=keyring, replace=True)
     assert {t.id: _hashes(db.admin_dsn, manifest, t.id) for t in tenants} == before
     _exec(db.admin_dsn, "DELETE FROM notifications WHERE id = %s", (nid,))
 
@@ -274,8 +314,15 @@ def test_replace_gives_up_on_a_locked_table(live, keyring):
         with holder.cursor() as cur:
             cur.execute("LOCK TABLE sales IN ACCESS EXCLUSIVE MODE")  # e.g. a migration in progress
         with pytest.raises(RestoreError, match=r"locked by another session \(lock timeout 300ms"):
-            restore_tenant(tenants[0].id, locations=locs, location="local", target_dsn=db.admin_dsn,
-                           keyring=keyring, replace=True, lock_timeout="300ms")
+            restore_tenant(
+                tenants[0].id,
+                locations=locs,
+                location="local",
+                target_dsn=db.admin_dsn,
+                keyring=keyring,
+                replace=True,
+                lock_timeout="300ms",
+            )
     finally:
         holder.rollback()
         holder.close()
@@ -298,20 +345,30 @@ def test_replace_on_another_schema(pg_server_dsn, keyring, tmp_path, monkeypatch
             return {t: _hashes(db.admin_dsn, manifest, t, column="org", filters=filters) for t in ("1", "2", "3")}
 
         before = state()
-        db.run("DELETE FROM crm.contact_notes WHERE contact_id IN (SELECT id FROM crm.contacts WHERE org = 1 LIMIT 3);"
-               "UPDATE crm.accounts SET label = 'damaged' WHERE org = 1;"
-               "INSERT INTO crm.contacts (org, email) VALUES (1, 'junk');"
-               "INSERT INTO crm.contact_notes (contact_id, note) SELECT id, 'junk' FROM crm.contacts WHERE email = 'junk';"
-               "UPDATE crm.orgs SET title = 'renamed since' WHERE org = 1")
+        db.run(
+            "DELETE FROM crm.contact_notes WHERE contact_id IN (SELECT id FROM crm.contacts WHERE org = 1 LIMIT 3);"
+            "UPDATE crm.accounts SET label = 'damaged' WHERE org = 1;"
+            "INSERT INTO crm.contacts (org, email) VALUES (1, 'junk');"
+            "INSERT INTO crm.contact_notes (contact_id, note) SELECT id, 'junk' FROM crm.contacts WHERE email = 'junk';"
+            "UPDATE crm.orgs SET title = 'renamed since' WHERE org = 1"
+        )
         damaged = state()
         assert damaged["1"] != before["1"]
-        result = restore_tenant("1", locations=locs, location="local", target_dsn=db.owner_dsn, keyring=keyring,
-                                replace=True, tenant_id_pattern=CRM_ENV["TENANT_BACKUP_TENANT_ID_PATTERN"])
+        result = restore_tenant(
+            "1",
+            locations=locs,
+            location="local",
+            target_dsn=db.owner_dsn,
+            keyring=keyring,
+            replace=True,
+            tenant_id_pattern=CRM_ENV["TENANT_BACKUP_TENANT_ID_PATTERN"],
+        )
         after = state()
         assert after["2"] == before["2"] and after["3"] == before["3"]
         # Every table of org 1 is back, but the registry row, which is kept as the target has it.
-        assert {t: h for t, h in after["1"].items() if t != "crm.orgs"} == \
-            {t: h for t, h in before["1"].items() if t != "crm.orgs"}
+        assert {t: h for t, h in after["1"].items() if t != "crm.orgs"} == {
+            t: h for t, h in before["1"].items() if t != "crm.orgs"
+        }
         assert after["1"]["crm.orgs"] == damaged["1"]["crm.orgs"]
         assert result.tables["crm.orgs"].kind == "registry" and result.tables["crm.countries"].action == "untouched"
         assert result.tables["crm.contact_notes"].deleted == damaged["1"]["crm.contact_notes"][0]
@@ -332,8 +389,9 @@ def _cli(argv: list[str]) -> int:
         return exc.exit_code
 
 
-def test_corrupt_local_copy_makes_auto_use_r2(sample_db, sample_tenants, keyring, tmp_path, fresh_db, monkeypatch,
-                                              capsys):
+def test_corrupt_local_copy_makes_auto_use_r2(
+    sample_db, sample_tenants, keyring, tmp_path, fresh_db, monkeypatch, capsys
+):
     tenant = sample_tenants[1]
     with S3Server() as s3:
         bucket = f"tb-{secrets.token_hex(5)}"
@@ -343,8 +401,10 @@ def test_corrupt_local_copy_makes_auto_use_r2(sample_db, sample_tenants, keyring
             "TENANT_BACKUP_LOCATIONS": "local,r2",
             "TENANT_BACKUP_LOCAL_DIR": str(tmp_path / "local"),
             "TENANT_BACKUP_WORK_DIR": str(tmp_path / "work"),
-            "R2_ENDPOINT_URL": s3.url, "R2_ACCESS_KEY_ID": s3.access_key or "testing",
-            "R2_SECRET_ACCESS_KEY": s3.secret_key, "R2_BUCKET": bucket,
+            "R2_ENDPOINT_URL": s3.url,
+            "R2_ACCESS_KEY_ID": s3.access_key or "testing",
+            "R2_SECRET_ACCESS_KEY": s3.secret_key,
+            "R2_BUCKET": bucket,
             "TENANT_BACKUP_STORAGE_ATTEMPTS": "1",
         }
         for name, value in env.items():
@@ -372,8 +432,9 @@ def test_corrupt_local_copy_makes_auto_use_r2(sample_db, sample_tenants, keyring
 
         # Both copies bad: every location named, nothing restored.
         s3.faults.set(flip=5)
-        code = _cli(["restore", "--tenant", tenant.id, "--location", "auto", "--target-dsn", fresh_db("y"),
-                     "--dry-run"])
+        code = _cli(
+            ["restore", "--tenant", tenant.id, "--location", "auto", "--target-dsn", fresh_db("y"), "--dry-run"]
+        )
         _, err = capsys.readouterr()
         s3.faults.clear()
         assert code == 8 and "no usable copy" in err.splitlines()[-1] and "r2:" in err.splitlines()[-1]
@@ -384,8 +445,17 @@ def test_cli_refuses_a_bad_tenant_id_and_hides_the_password(capsys, monkeypatch,
     monkeypatch.setenv("TENANT_BACKUP_LOCAL_DIR", str(tmp_path))
     assert _cli(["restore", "--tenant", "x'; DROP", "--location", "local", "--target-dsn", "postgresql://a@b/c"]) == 2
     assert "invalid tenant id" in capsys.readouterr().err
-    code = _cli(["restore", "--tenant", "00000000-0000-4000-8000-000000000001", "--location", "local",
-                 "--target-dsn", "postgresql://u:s3cret@127.0.0.1:1/db"])
+    code = _cli(
+        [
+            "restore",
+            "--tenant",
+            "00000000-0000-4000-8000-000000000001",
+            "--location",
+            "local",
+            "--target-dsn",
+            "postgresql://u:s3cret@127.0.0.1:1/db",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 8 and "no backup of tenant" in err and "s3cret" not in err
 
@@ -399,7 +469,10 @@ def test_lock_timeout_setting():
 
 def test_parse_copy_line():
     assert parse_copy_line('COPY public.sales (id, "Tenant Id", "we""ird") FROM stdin;') == (
-        "public", "sales", ["id", "Tenant Id", 'we"ird'])
+        "public",
+        "sales",
+        ["id", "Tenant Id", 'we"ird'],
+    )
     assert parse_copy_line('COPY "My.Schema"."t" FROM stdin;') == ("My.Schema", "t", [])
     with pytest.raises(ValueError):
         parse_copy_line("COPY public.sales (id FROM stdin;")

@@ -47,11 +47,14 @@ def _count_as_backup(db, table, tenant):
 
 
 def test_schema_tables_owner_and_rls(sample_db):
-    rows = _query(sample_db.admin_dsn, """
+    rows = _query(
+        sample_db.admin_dsn,
+        """
         SELECT n.nspname || '.' || c.relname, pg_get_userbyid(c.relowner), c.relrowsecurity, c.relforcerowsecurity,
                EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped)
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE c.relkind = 'r' AND n.nspname = 'public'""")
+        WHERE c.relkind = 'r' AND n.nspname = 'public'""",
+    )
     tables = {name: (owner, rls, force, has_tenant) for name, owner, rls, force, has_tenant in rows}
     assert set(tables) == ALL_TABLES
     assert len(TENANT_TABLES) == 16
@@ -61,19 +64,25 @@ def test_schema_tables_owner_and_rls(sample_db):
         assert rls == (name not in SHARED_TABLES), name
         assert has_tenant == (name in TENANT_TABLES), name
     # Sequences exist (serial and identity) and belong to the owner.
-    seqs = _query(sample_db.admin_dsn, "SELECT sequencename, sequenceowner FROM pg_sequences WHERE schemaname = 'public'")
+    seqs = _query(
+        sample_db.admin_dsn, "SELECT sequencename, sequenceowner FROM pg_sequences WHERE schemaname = 'public'"
+    )
     assert len(seqs) == 16 and {o for _, o in seqs} == {"app_owner"}
     # The shared lookup table references nothing; tenant tables reference it.
-    fks = _query(sample_db.admin_dsn, """
-        SELECT conrelid::regclass::text, confrelid::regclass::text FROM pg_constraint WHERE contype = 'f'""")
+    fks = _query(
+        sample_db.admin_dsn,
+        """
+        SELECT conrelid::regclass::text, confrelid::regclass::text FROM pg_constraint WHERE contype = 'f'""",
+    )
     assert not [f for f in fks if f[0] == "metal_types"]
     assert ("inventory_items", "metal_types") in fks
     assert ("sale_items", "sales") in fks and ("repair_order_photos", "repair_orders") in fks
 
 
 def test_backup_role_is_unprivileged(sample_db):
-    ((superuser, bypass),) = _query(sample_db.admin_dsn,
-                                    "SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = 'tenant_backup'")
+    ((superuser, bypass),) = _query(
+        sample_db.admin_dsn, "SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = 'tenant_backup'"
+    )
     assert (superuser, bypass) == (False, False)
     assert _query(sample_db.backup_dsn, "SELECT current_user")[0][0] == "tenant_backup"
     with pytest.raises(psycopg2.errors.InsufficientPrivilege):
@@ -90,15 +99,24 @@ def test_rls_isolates_each_tenant(sample_db, sample_tenants):
         assert expected[REGISTRY_TABLE] == 1
         # Nothing of another tenant leaks through, including the child table (via its parent).
         for table in TENANT_TABLES:
-            other = _query(sample_db.backup_dsn, f"SELECT count(*) FROM {table} WHERE tenant_id <> %s",
-                           (tenant.id,), tenant=tenant.id)[0][0]
+            other = _query(
+                sample_db.backup_dsn,
+                f"SELECT count(*) FROM {table} WHERE tenant_id <> %s",
+                (tenant.id,),
+                tenant=tenant.id,
+            )[0][0]
             assert other == 0, table
-        photos_parents = _query(sample_db.backup_dsn, """
+        photos_parents = _query(
+            sample_db.backup_dsn,
+            """
             SELECT DISTINCT r.tenant_id::text FROM repair_order_photos p
-            JOIN repair_orders r ON r.id = p.repair_order_id""", tenant=tenant.id)
+            JOIN repair_orders r ON r.id = p.repair_order_id""",
+            tenant=tenant.id,
+        )
         assert photos_parents == [(tenant.id,)]
         assert _query(sample_db.backup_dsn, "SELECT id::text, status FROM tenants", tenant=tenant.id) == [
-            (tenant.id, tenant.status)]
+            (tenant.id, tenant.status)
+        ]
     # Shared lookup data is visible whole, whatever the tenant.
     assert _count_as_backup(sample_db, "metal_types", sample_tenants[0].id) == 8
 
@@ -120,15 +138,23 @@ def test_without_tenant_setting_tenant_tables_fail_and_registry_lists_all(sample
 
 
 def test_canaries_present_and_isolated(sample_db, sample_tenants):
-    columns = [("customers", "notes"), ("notifications", "body"), ("tenant_settings", "value"),
-               ("repair_order_photos", "caption")]
+    columns = [
+        ("customers", "notes"),
+        ("notifications", "body"),
+        ("tenant_settings", "value"),
+        ("repair_order_photos", "caption"),
+    ]
     for tenant in sample_tenants:
         mine = canary_for(tenant.id)
         for table, column in columns:
-            rows = _query(sample_db.backup_dsn, f"SELECT count(*) FILTER (WHERE {column} LIKE %s), "
-                          f"count(*) FILTER (WHERE {column} LIKE 'canary-%%' AND {column} NOT LIKE %s) FROM {table}",
-                          (f"%{mine}%", f"%{mine}%"), tenant=tenant.id)
-            (hits, foreign), = rows
+            rows = _query(
+                sample_db.backup_dsn,
+                f"SELECT count(*) FILTER (WHERE {column} LIKE %s), "
+                f"count(*) FILTER (WHERE {column} LIKE 'canary-%%' AND {column} NOT LIKE %s) FROM {table}",
+                (f"%{mine}%", f"%{mine}%"),
+                tenant=tenant.id,
+            )
+            ((hits, foreign),) = rows
             assert hits > 0 and foreign == 0, (table, column)
 
 
@@ -137,14 +163,30 @@ def test_tenant_dump_under_rls_holds_only_its_canary(sample_db, sample_tenants, 
     without the setting the strict policies make the dump fail rather than come out empty."""
     tenant, others = sample_tenants[0], sample_tenants[1:]
     env = dict(os.environ, PGOPTIONS=f"-c app.current_tenant={tenant.id}")
-    dump = subprocess.run([pg_program("pg_dump"), "--enable-row-security", "-Fp", "-d", sample_db.backup_dsn],
-                          env=env, capture_output=True, check=True).stdout.decode()
+    dump = subprocess.run(
+        [pg_program("pg_dump"), "--enable-row-security", "-Fp", "-d", sample_db.backup_dsn],
+        env=env,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
     assert canary_for(tenant.id) in dump
     for other in others:
         assert other.id not in dump and canary_for(other.id) not in dump
     env.pop("PGOPTIONS")
-    failed = subprocess.run([pg_program("pg_dump"), "--enable-row-security", "-Fc", "-Z0", "-d", sample_db.backup_dsn,
-                             "-f", str(tmp_path / "x.dump")], env=env, capture_output=True)
+    failed = subprocess.run(
+        [
+            pg_program("pg_dump"),
+            "--enable-row-security",
+            "-Fc",
+            "-Z0",
+            "-d",
+            sample_db.backup_dsn,
+            "-f",
+            str(tmp_path / "x.dump"),
+        ],
+        env=env,
+        capture_output=True,
+    )
     assert failed.returncode != 0 and b"app.current_tenant" in failed.stderr
 
 
@@ -154,17 +196,24 @@ def test_generation_is_deterministic_and_large_tenant_is_sized(pg_server_dsn, tm
         db = create_sample_database(pg_server_dsn, f"{name}_{os.getpid()}")
         try:
             ids = [t.id for t in add_tenants(db, 2, rows=15, seed=7)]
-            digest = _query(db.owner_dsn, """
+            digest = _query(
+                db.owner_dsn,
+                """
                 SELECT md5(string_agg(x, '|' ORDER BY x)) FROM (
                     SELECT s::text AS x FROM sales s UNION ALL SELECT c::text FROM customers c
-                    UNION ALL SELECT p.image::text FROM repair_order_photos p) q""")[0][0]
+                    UNION ALL SELECT p.image::text FROM repair_order_photos p) q""",
+            )[0][0]
             digests.append((ids, digest))
             if name == "det_b":
                 big = add_large_tenant(db, 8)
                 env = dict(os.environ, PGOPTIONS=f"-c app.current_tenant={big.id}")
                 out = tmp_path / "big.dump"
-                subprocess.run([pg_program("pg_dump"), "--enable-row-security", "-Fc", "-Z0", "-f", str(out),
-                                "-d", db.backup_dsn], env=env, check=True, capture_output=True)
+                subprocess.run(
+                    [pg_program("pg_dump"), "--enable-row-security", "-Fc", "-Z0", "-f", str(out), "-d", db.backup_dsn],
+                    env=env,
+                    check=True,
+                    capture_output=True,
+                )
                 assert 0.8 * 8 * 2**20 <= out.stat().st_size <= 1.2 * 8 * 2**20
         finally:
             with closing(psycopg2.connect(pg_server_dsn)) as conn:
@@ -177,7 +226,8 @@ def test_fresh_db_is_empty_and_usable(fresh_db):
     dsn = fresh_db("restore_target", owner="app_owner")
     assert _query(dsn, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]
     assert _query(dsn, "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database()") == [
-        ("app_owner",)]
+        ("app_owner",)
+    ]
 
 
 def test_server_under_pytest_basetemp_is_refused(tmp_path):
@@ -191,11 +241,18 @@ def test_server_under_pytest_basetemp_is_refused(tmp_path):
 
 def test_dsn_for_rewrites_uris_and_keyword_dsns():
     base = "postgresql://postgres:@/postgres?host=/tmp/some%20dir&sslmode=disable"
-    assert dsn_for(base, user="tenant_backup", dbname="db1") == \
-        "postgresql://tenant_backup@/db1?host=/tmp/some%20dir&sslmode=disable"  # libpq: no '+' for space
+    assert (
+        dsn_for(base, user="tenant_backup", dbname="db1")
+        == "postgresql://tenant_backup@/db1?host=/tmp/some%20dir&sslmode=disable"
+    )  # libpq: no '+' for space
     pw = dsn_for(base, user="u", password="p@:/ss", dbname="d")
     assert psycopg2.extensions.parse_dsn(pw) == {
-        "user": "u", "password": "p@:/ss", "dbname": "d", "host": "/tmp/some dir", "sslmode": "disable"}
+        "user": "u",
+        "password": "p@:/ss",
+        "dbname": "d",
+        "host": "/tmp/some dir",
+        "sslmode": "disable",
+    }
     # A password is dropped when the user changes without a new one.
     assert "secret" not in dsn_for("postgresql://a:secret@h:5433/x", user="b")
     kv = dsn_for("host=/tmp dbname=x user=a password=s", user="b", dbname="y")
@@ -205,9 +262,25 @@ def test_dsn_for_rewrites_uris_and_keyword_dsns():
 def test_command_line_creates_a_database(pg_server_dsn):
     name = f"cli_sample_{os.getpid()}"
     try:
-        out = subprocess.run([sys.executable, "-m", "backup_assets.sample", "--dsn", pg_server_dsn, "--dbname", name,
-                              "--tenants", "2", "--rows", "5"], capture_output=True, text=True, check=True,
-                             cwd=REPO_ROOT).stdout  # the package is not necessarily pip-installed
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "backup_assets.sample",
+                "--dsn",
+                pg_server_dsn,
+                "--dbname",
+                name,
+                "--tenants",
+                "2",
+                "--rows",
+                "5",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=REPO_ROOT,
+        ).stdout  # the package is not necessarily pip-installed
         lines = out.splitlines()
         assert len([line for line in lines if "\tACTIVE\t" in line]) == 2
         backup_dsn = next(line.split(": ", 1)[1] for line in lines if line.startswith("backup DSN: "))

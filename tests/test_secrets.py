@@ -30,8 +30,14 @@ OUR_PREFIXES = ("TENANT_BACKUP_", "R2_", "B2_", "AWS_")
 def _cli(args, env: dict, cwd: Path, timeout: int = 300):
     full = {k: v for k, v in os.environ.items() if not k.startswith(OUR_PREFIXES + ("PG",))}
     full.update({"PYTHONPATH": str(ROOT), **env})
-    return subprocess.run([sys.executable, "-m", "backup_assets.cli", *args], env=full, cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "backup_assets.cli", *args],
+        env=full,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -44,12 +50,19 @@ def servers():
 
 def _storage_env(s3, b2, tmp_path: Path) -> dict:
     return {
-        "TENANT_BACKUP_LOCATIONS": "local,r2,b2", "TENANT_BACKUP_LOCAL_DIR": str(tmp_path / "local"),
+        "TENANT_BACKUP_LOCATIONS": "local,r2,b2",
+        "TENANT_BACKUP_LOCAL_DIR": str(tmp_path / "local"),
         "TENANT_BACKUP_WORK_DIR": str(tmp_path / "work"),
-        "R2_ENDPOINT_URL": s3.url, "R2_ACCESS_KEY_ID": s3.access_key or "testing",
-        "R2_SECRET_ACCESS_KEY": s3.secret_key, "R2_BUCKET": "sec",
-        "B2_APPLICATION_KEY_ID": b2.key_id, "B2_APPLICATION_KEY": b2.key, "B2_BUCKET": "sec", "B2_REALM": b2.url,
-        "AWS_SECRET_ACCESS_KEY": AWS_CANARY, "AWS_SESSION_TOKEN": AWS_CANARY + "-token",
+        "R2_ENDPOINT_URL": s3.url,
+        "R2_ACCESS_KEY_ID": s3.access_key or "testing",
+        "R2_SECRET_ACCESS_KEY": s3.secret_key,
+        "R2_BUCKET": "sec",
+        "B2_APPLICATION_KEY_ID": b2.key_id,
+        "B2_APPLICATION_KEY": b2.key,
+        "B2_BUCKET": "sec",
+        "B2_REALM": b2.url,
+        "AWS_SECRET_ACCESS_KEY": AWS_CANARY,
+        "AWS_SESSION_TOKEN": AWS_CANARY + "-token",
         "TENANT_BACKUP_RETRIES": "0",
     }
 
@@ -74,9 +87,14 @@ def test_no_secret_of_ours_reaches_a_postgres_child(sample_db, sample_tenants, s
     wrappers, records = _recording_bin(tmp_path)
     keys = generate_entry("sec1")
     tenant = next(t for t in sample_tenants if t.status == "ACTIVE").id
-    env = {"TENANT_BACKUP_SOURCE_DSN": sample_db.backup_dsn, "TENANT_BACKUP_KEYS": keys,
-           "TENANT_BACKUP_PG_BIN": str(wrappers), "TENANT_BACKUP_SCRATCH_DSN": sample_db.admin_dsn,
-           "DAGSTER_HOME": str(tmp_path / "dagster"), **_storage_env(s3, b2, tmp_path)}
+    env = {
+        "TENANT_BACKUP_SOURCE_DSN": sample_db.backup_dsn,
+        "TENANT_BACKUP_KEYS": keys,
+        "TENANT_BACKUP_PG_BIN": str(wrappers),
+        "TENANT_BACKUP_SCRATCH_DSN": sample_db.admin_dsn,
+        "DAGSTER_HOME": str(tmp_path / "dagster"),
+        **_storage_env(s3, b2, tmp_path),
+    }
     (tmp_path / "dagster").mkdir()
     steps = [
         ["export", "--tenant", tenant, "--out", str(tmp_path / "t.tbk")],
@@ -153,8 +171,11 @@ def test_keyring_from_an_owner_only_file(sample_db, sample_tenants, tmp_path):
     assert refused.returncode == 2 and "readable or writable by group or others" in refused.stderr
     assert "chmod 600" in refused.stderr and not (tmp_path / "b.tbk").exists()
     key_file.chmod(0o600)
-    both = _cli(["export", "--tenant", tenant, "--out", str(tmp_path / "c.tbk")],
-                {**env, "TENANT_BACKUP_KEYS": generate_entry("x")}, tmp_path)
+    both = _cli(
+        ["export", "--tenant", tenant, "--out", str(tmp_path / "c.tbk")],
+        {**env, "TENANT_BACKUP_KEYS": generate_entry("x")},
+        tmp_path,
+    )
     assert both.returncode == 2 and "keep one" in both.stderr
 
 
@@ -208,15 +229,21 @@ def _grep_tree(root: Path, needles: list[str]) -> list[str]:
 
 
 def test_no_password_or_key_in_logs_manifests_alerts_dagster_or_errors(
-        sample_db, sample_tenants, servers, tmp_path, pg_server_dsn, password_roles):
+    sample_db, sample_tenants, servers, tmp_path, pg_server_dsn, password_roles
+):
     s3, b2 = servers
     backup_role, backup_pw, target_role, target_pw = password_roles
     tenant = next(t for t in sample_tenants if t.status == "ACTIVE").id
     keys = generate_entry("grep1")
     source = dsn_for(sample_db.backup_dsn, user=backup_role, password=backup_pw)
-    env = {"TENANT_BACKUP_SOURCE_DSN": source, "TENANT_BACKUP_KEYS": keys,
-           "TENANT_BACKUP_SCRATCH_DSN": sample_db.admin_dsn, "DAGSTER_HOME": str(tmp_path / "dagster"),
-           "TENANT_BACKUP_ALERT_WEBHOOK": "", **_storage_env(s3, b2, tmp_path)}
+    env = {
+        "TENANT_BACKUP_SOURCE_DSN": source,
+        "TENANT_BACKUP_KEYS": keys,
+        "TENANT_BACKUP_SCRATCH_DSN": sample_db.admin_dsn,
+        "DAGSTER_HOME": str(tmp_path / "dagster"),
+        "TENANT_BACKUP_ALERT_WEBHOOK": "",
+        **_storage_env(s3, b2, tmp_path),
+    }
     (tmp_path / "dagster").mkdir()
     outputs = []
 
@@ -241,9 +268,11 @@ def test_no_password_or_key_in_logs_manifests_alerts_dagster_or_errors(
     run(["verify", "--tenant", tenant, "--location", "local", "--deep"], expect=1)
     # A wrong password: the error names the role and the database, never the password tried.
     wrong = "pw-canary-wrong-" + secrets.token_hex(6)
-    failed = run(["export", "--tenant", tenant, "--out", str(tmp_path / "x.tbk")],
-                 {"TENANT_BACKUP_SOURCE_DSN": dsn_for(sample_db.backup_dsn, user=backup_role, password=wrong)},
-                 expect=7)
+    failed = run(
+        ["export", "--tenant", tenant, "--out", str(tmp_path / "x.tbk")],
+        {"TENANT_BACKUP_SOURCE_DSN": dsn_for(sample_db.backup_dsn, user=backup_role, password=wrong)},
+        expect=7,
+    )
     assert "password authentication failed" in failed.stderr and wrong not in failed.stderr
 
     # The restore target's password: from a variable named on the command line, from PGPASSFILE, and
@@ -258,15 +287,28 @@ def test_no_password_or_key_in_logs_manifests_alerts_dagster_or_errors(
     bare = [dsn_for(pg_server_dsn, user=target_role, dbname=name) for name in names]
     without = run(["restore", "--tenant", tenant, "--location", "r2", "--target-dsn", bare[0]], expect=7)
     assert "no password supplied" in without.stderr or "password authentication failed" in without.stderr
-    by_variable = run(["restore", "--tenant", tenant, "--location", "r2", "--target-dsn", bare[0],
-                       "--target-password-env", "RESTORE_PW"], {"RESTORE_PW": target_pw})
+    by_variable = run(
+        [
+            "restore",
+            "--tenant",
+            tenant,
+            "--location",
+            "r2",
+            "--target-dsn",
+            bare[0],
+            "--target-password-env",
+            "RESTORE_PW",
+        ],
+        {"RESTORE_PW": target_pw},
+    )
     assert "warning" not in by_variable.stderr
     passfile = tmp_path / "pgpass"
     passfile.write_text(f"*:*:*:{target_role}:{target_pw}\n")
     passfile.chmod(0o600)
     run(["restore", "--tenant", tenant, "--location", "b2", "--target-dsn", bare[1]], {"PGPASSFILE": str(passfile)})
-    inline = run(["restore", "--tenant", tenant, "--location", "r2", "--target-dsn",
-                  dsn_for(bare[2], password=target_pw)])
+    inline = run(
+        ["restore", "--tenant", tenant, "--location", "r2", "--target-dsn", dsn_for(bare[2], password=target_pw)]
+    )
     assert "holds a password" in inline.stderr
 
     needles = [backup_pw, target_pw, wrong, keys.split(":", 1)[1], s3.secret_key, b2.key, AWS_CANARY]

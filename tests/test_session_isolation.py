@@ -50,8 +50,10 @@ INSERT INTO orders (tenant_id, item) SELECT '{B}', 'item-of-b-' || g FROM genera
 """
 # pg_dump sets synchronize_seqscans to off in its own session: under this policy pg_dump's session
 # sees every row while any other session sees its tenant's only.
-SESSION_DIFFERENCE = ("CREATE POLICY differs_between_sessions ON orders FOR SELECT"
-                      " USING (current_setting('synchronize_seqscans') = 'off')")
+SESSION_DIFFERENCE = (
+    "CREATE POLICY differs_between_sessions ON orders FOR SELECT"
+    " USING (current_setting('synchronize_seqscans') = 'off')"
+)
 
 
 @pytest.fixture
@@ -69,25 +71,39 @@ def keys() -> str:
 def _data_text(archive: Path, keys: str, tmp_path: Path) -> str:
     dump = tmp_path / "out.dump"
     decrypt_to_file(archive, dump, Keyring.parse(keys))
-    return subprocess.run([pg_program("pg_restore"), "--data-only", "-f", "-", str(dump)], capture_output=True,
-                          text=True, check=True).stdout
+    return subprocess.run(
+        [pg_program("pg_restore"), "--data-only", "-f", "-", str(dump)], capture_output=True, text=True, check=True
+    ).stdout
 
 
 def _cli(args, env: dict, cwd: Path):
     full = {k: v for k, v in os.environ.items() if not k.startswith(("TENANT_BACKUP_", "R2_", "B2_", "PG"))}
     full.update({"PYTHONPATH": str(ROOT), **env})
-    return subprocess.run([sys.executable, "-m", "backup_assets.cli", *args], env=full, cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "backup_assets.cli", *args],
+        env=full,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_control_an_inherited_pgoptions_turns_the_bypass_on_for_a_plain_pg_dump(db, tmp_path):
     """The trap is real: pg_dump run with the inherited environment dumps every tenant's rows."""
-    env = {**PgSession.from_dsn(db.backup_dsn).child_env(),
-           "PGOPTIONS": f"-c app.current_tenant={A} -c app.bypass_rls=on"}
-    dump = subprocess.run([pg_program("pg_dump"), "-Fc", "-Z0", "--enable-row-security", f"--dbname={db.backup_dsn}"],
-                          capture_output=True, env=env, check=True).stdout
-    text = subprocess.run([pg_program("pg_restore"), "--data-only", "-f", "-"], input=dump, capture_output=True,
-                          check=True).stdout.decode()
+    env = {
+        **PgSession.from_dsn(db.backup_dsn).child_env(),
+        "PGOPTIONS": f"-c app.current_tenant={A} -c app.bypass_rls=on",
+    }
+    dump = subprocess.run(
+        [pg_program("pg_dump"), "-Fc", "-Z0", "--enable-row-security", f"--dbname={db.backup_dsn}"],
+        capture_output=True,
+        env=env,
+        check=True,
+    ).stdout
+    text = subprocess.run(
+        [pg_program("pg_restore"), "--data-only", "-f", "-"], input=dump, capture_output=True, check=True
+    ).stdout.decode()
     assert "item-of-b-" in text
 
 
@@ -95,11 +111,17 @@ def test_control_an_inherited_pgoptions_turns_the_bypass_on_for_a_plain_pg_dump(
 def test_export_ignores_an_inherited_session_variable(db, keys, tmp_path, variable):
     service_file = tmp_path / "pg_service.conf"
     service_file.write_text(f"[bypass]\noptions=-c app.bypass_rls=on -c app.current_tenant={B}\n")
-    inherited = ({"PGOPTIONS": "-c app.bypass_rls=on"} if variable == "PGOPTIONS"
-                 else {"PGSERVICE": "bypass", "PGSERVICEFILE": str(service_file)})
+    inherited = (
+        {"PGOPTIONS": "-c app.bypass_rls=on"}
+        if variable == "PGOPTIONS"
+        else {"PGSERVICE": "bypass", "PGSERVICEFILE": str(service_file)}
+    )
     archive = tmp_path / "a.tbk"
-    result = _cli(["export", "--tenant", A, "--out", str(archive)],
-                  {"TENANT_BACKUP_SOURCE_DSN": db.backup_dsn, "TENANT_BACKUP_KEYS": keys, **inherited}, tmp_path)
+    result = _cli(
+        ["export", "--tenant", A, "--out", str(archive)],
+        {"TENANT_BACKUP_SOURCE_DSN": db.backup_dsn, "TENANT_BACKUP_KEYS": keys, **inherited},
+        tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert f"{variable} is set in the environment and ignored" in result.stderr
     manifest = json.loads(result.stdout)
@@ -113,16 +135,20 @@ def test_a_policy_under_which_pg_dump_sees_more_is_refused_by_the_export(db, key
     db.run(SESSION_DIFFERENCE)
     out = tmp_path / "a.tbk"
     settings = SourceSettings.from_env({"TENANT_BACKUP_SOURCE_DSN": db.backup_dsn})
-    with pytest.raises(SafetyCheckFailed,
-                       match=rf"public\.orders: {A_ROWS + B_ROWS} rows in the dump, {A_ROWS} of this tenant"):
+    with pytest.raises(
+        SafetyCheckFailed, match=rf"public\.orders: {A_ROWS + B_ROWS} rows in the dump, {A_ROWS} of this tenant"
+    ):
         export_tenant(settings, Keyring.parse(keys), A, out, ExportOptions())
     assert list(tmp_path.iterdir()) == []  # nothing written, no temporary file left
 
 
 def test_a_permissive_policy_letting_rows_through_is_refused(db, keys, tmp_path):
     db.run("CREATE POLICY everyone ON orders FOR SELECT USING (true)")
-    result = _cli(["export", "--tenant", A, "--out", str(tmp_path / "a.tbk"), "--check-rows"],
-                  {"TENANT_BACKUP_SOURCE_DSN": db.backup_dsn, "TENANT_BACKUP_KEYS": keys}, tmp_path)
+    result = _cli(
+        ["export", "--tenant", A, "--out", str(tmp_path / "a.tbk"), "--check-rows"],
+        {"TENANT_BACKUP_SOURCE_DSN": db.backup_dsn, "TENANT_BACKUP_KEYS": keys},
+        tmp_path,
+    )
     assert result.returncode == 4 and "public.orders" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "a.tbk").exists()
 
@@ -134,12 +160,20 @@ def test_backup_refuses_it_before_any_location_sees_the_archive(db, keys, tmp_pa
         b2.create_bucket("iso")
         env = {
             "DAGSTER_HOME": str(tmp_path / "dagster"),
-            "TENANT_BACKUP_SOURCE_DSN": db.backup_dsn, "TENANT_BACKUP_KEYS": keys,
-            "TENANT_BACKUP_LOCATIONS": "local,r2,b2", "TENANT_BACKUP_LOCAL_DIR": str(tmp_path / "local"),
-            "TENANT_BACKUP_WORK_DIR": str(tmp_path / "work"), "TENANT_BACKUP_SCRATCH_DSN": db.admin_dsn,
-            "R2_ENDPOINT_URL": s3.url, "R2_ACCESS_KEY_ID": s3.access_key or "testing",
-            "R2_SECRET_ACCESS_KEY": s3.secret_key, "R2_BUCKET": "iso",
-            "B2_APPLICATION_KEY_ID": b2.key_id, "B2_APPLICATION_KEY": b2.key, "B2_BUCKET": "iso", "B2_REALM": b2.url,
+            "TENANT_BACKUP_SOURCE_DSN": db.backup_dsn,
+            "TENANT_BACKUP_KEYS": keys,
+            "TENANT_BACKUP_LOCATIONS": "local,r2,b2",
+            "TENANT_BACKUP_LOCAL_DIR": str(tmp_path / "local"),
+            "TENANT_BACKUP_WORK_DIR": str(tmp_path / "work"),
+            "TENANT_BACKUP_SCRATCH_DSN": db.admin_dsn,
+            "R2_ENDPOINT_URL": s3.url,
+            "R2_ACCESS_KEY_ID": s3.access_key or "testing",
+            "R2_SECRET_ACCESS_KEY": s3.secret_key,
+            "R2_BUCKET": "iso",
+            "B2_APPLICATION_KEY_ID": b2.key_id,
+            "B2_APPLICATION_KEY": b2.key,
+            "B2_BUCKET": "iso",
+            "B2_REALM": b2.url,
             "TENANT_BACKUP_RETRIES": "0",
         }
         (tmp_path / "dagster").mkdir()

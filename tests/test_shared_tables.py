@@ -69,8 +69,12 @@ def keyring():
 def _emails(archive, keyring, tmp_path) -> set[str]:
     dump = tmp_path / "users.dump"
     decrypt_to_file(archive, dump, keyring)
-    text = subprocess.run([pg_program("pg_restore"), "--data-only", "--table=users", "-f", "-", str(dump)],
-                          capture_output=True, text=True, check=True).stdout
+    text = subprocess.run(
+        [pg_program("pg_restore"), "--data-only", "--table=users", "-f", "-", str(dump)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return {word for line in text.splitlines() for word in line.split("\t") if word.endswith("@example.com")}
 
 
@@ -100,7 +104,10 @@ def test_the_recipe_keeps_only_the_tenants_people_and_restores(db, keyring, tmp_
     target = fresh_db("shared_restore")
     result = restore_tenant(A, locations=local, location="local", target_dsn=target, keyring=keyring)
     assert {t: o.inserted for t, o in result.tables.items()} == {
-        "public.tenants": 1, "public.users": 3, "public.tenant_users": 3}
+        "public.tenants": 1,
+        "public.users": 3,
+        "public.tenant_users": 3,
+    }
     conn = psycopg2.connect(target)
     try:
         with conn.cursor() as cur:  # the foreign keys hold: every linked user came along

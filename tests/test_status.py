@@ -31,11 +31,24 @@ def _entry(tenant, location, days_old, *, sha="ab" * 32, backup=None):
 
 def test_decide_names_each_stale_missing_and_unknown_copy():
     entries = [_entry("t1", "local", 1), _entry("t1", "r2", 9), _entry("t1", "r2", 2.5), _entry("t2", "local", 10)]
-    records = {("local", "t1", entries[0].backup_id): {"sha256": "ab" * 32, "ok": True, "deep": True,
-                                                        "verified_at": "2026-12-05T12:00:00+00:00"},
-               ("r2", "t1", entries[2].backup_id): {"sha256": "cd" * 32, "ok": True}}  # other bytes: not this copy
-    report = decide(["t1", "t2", "t3"], ["local", "r2", "b2"], entries, now=NOW, max_age_days=8,
-                    unreadable={"b2": "connection refused"}, verifications=records)
+    records = {
+        ("local", "t1", entries[0].backup_id): {
+            "sha256": "ab" * 32,
+            "ok": True,
+            "deep": True,
+            "verified_at": "2026-12-05T12:00:00+00:00",
+        },
+        ("r2", "t1", entries[2].backup_id): {"sha256": "cd" * 32, "ok": True},
+    }  # other bytes: not this copy
+    report = decide(
+        ["t1", "t2", "t3"],
+        ["local", "r2", "b2"],
+        entries,
+        now=NOW,
+        max_age_days=8,
+        unreadable={"b2": "connection refused"},
+        verifications=records,
+    )
     state = {(c.tenant_id, c.location): c for c in report.copies}
     assert state[("t1", "local")].state == "ok" and state[("t1", "local")].verified == "ok"
     assert state[("t1", "r2")].state == "ok" and state[("t1", "r2")].age_days == 2.5  # the newest one counts
@@ -50,15 +63,26 @@ def test_decide_names_each_stale_missing_and_unknown_copy():
 def _cli(args, env, cwd):
     full = {k: v for k, v in os.environ.items() if not k.startswith(("TENANT_BACKUP_", "R2_", "B2_", "DAGSTER_"))}
     full.update({"PYTHONPATH": str(ROOT), **env})
-    return subprocess.run([sys.executable, "-m", "backup_assets.cli", *args], env=full, cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "backup_assets.cli", *args],
+        env=full,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.fixture
 def env(sample_db, tmp_path):
-    return {"TENANT_BACKUP_SOURCE_DSN": sample_db.backup_dsn, "TENANT_BACKUP_KEYS": generate_entry("st1"),
-            "TENANT_BACKUP_LOCATIONS": "local", "TENANT_BACKUP_LOCAL_DIR": str(tmp_path / "local"),
-            "TENANT_BACKUP_WORK_DIR": str(tmp_path / "work"), "TENANT_BACKUP_SCRATCH_DSN": sample_db.admin_dsn}
+    return {
+        "TENANT_BACKUP_SOURCE_DSN": sample_db.backup_dsn,
+        "TENANT_BACKUP_KEYS": generate_entry("st1"),
+        "TENANT_BACKUP_LOCATIONS": "local",
+        "TENANT_BACKUP_LOCAL_DIR": str(tmp_path / "local"),
+        "TENANT_BACKUP_WORK_DIR": str(tmp_path / "work"),
+        "TENANT_BACKUP_SCRATCH_DSN": sample_db.admin_dsn,
+    }
 
 
 def test_status_names_a_tenant_without_a_recent_backup_until_it_has_one(env, sample_tenants, tmp_path):

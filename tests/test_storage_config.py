@@ -14,8 +14,13 @@ from backup_assets.core.locations.r2 import R2Location
 
 FULL = {
     "TENANT_BACKUP_LOCAL_DIR": "/tmp/x",
-    "R2_ENDPOINT_URL": "http://127.0.0.1:1", "R2_ACCESS_KEY_ID": "k", "R2_SECRET_ACCESS_KEY": "s", "R2_BUCKET": "b",
-    "B2_APPLICATION_KEY_ID": "k", "B2_APPLICATION_KEY": "s", "B2_BUCKET": "b",
+    "R2_ENDPOINT_URL": "http://127.0.0.1:1",
+    "R2_ACCESS_KEY_ID": "k",
+    "R2_SECRET_ACCESS_KEY": "s",
+    "R2_BUCKET": "b",
+    "B2_APPLICATION_KEY_ID": "k",
+    "B2_APPLICATION_KEY": "s",
+    "B2_BUCKET": "b",
 }
 
 
@@ -57,13 +62,20 @@ def test_full_config_and_retention():
     assert [locs[n].retention_days for n in locs] == [30, 90, 365]
     assert isinstance(locs["r2"].inner, R2Location) and isinstance(locs["b2"].inner, B2Location)
     assert locs["b2"].inner.realm == "production"
-    assert locations_from_env(["b2"], environ=dict(FULL, B2_REALM="http://127.0.0.1:9"))["b2"].inner.realm == \
-        "http://127.0.0.1:9"
+    assert (
+        locations_from_env(["b2"], environ=dict(FULL, B2_REALM="http://127.0.0.1:9"))["b2"].inner.realm
+        == "http://127.0.0.1:9"
+    )
 
 
-@pytest.mark.parametrize("var,value", [("TENANT_BACKUP_RETENTION_LOCAL_DAYS", "x"),
-                                       ("TENANT_BACKUP_RETENTION_B2_DAYS", "0"),
-                                       ("TENANT_BACKUP_R2_PART_SIZE_MB", "4")])
+@pytest.mark.parametrize(
+    "var,value",
+    [
+        ("TENANT_BACKUP_RETENTION_LOCAL_DAYS", "x"),
+        ("TENANT_BACKUP_RETENTION_B2_DAYS", "0"),
+        ("TENANT_BACKUP_R2_PART_SIZE_MB", "4"),
+    ],
+)
 def test_malformed_numbers_are_errors(var, value):
     with pytest.raises(ConfigError, match=var):
         locations_from_env(None, environ=dict(FULL, **{var: value}))
@@ -76,10 +88,18 @@ def test_configured_locations_work_end_to_end(tmp_path):
     with S3Server() as s3, B2Server() as b2:
         s3.create_bucket("cfg-bucket")
         b2.create_bucket("cfg-bucket")
-        env = {"TENANT_BACKUP_LOCAL_DIR": str(tmp_path / "local"),
-               "R2_ENDPOINT_URL": s3.url, "R2_ACCESS_KEY_ID": s3.access_key, "R2_SECRET_ACCESS_KEY": s3.secret_key,
-               "R2_BUCKET": "cfg-bucket", "B2_REALM": b2.url, "B2_APPLICATION_KEY_ID": b2.key_id,
-               "B2_APPLICATION_KEY": b2.key, "B2_BUCKET": "cfg-bucket", "TENANT_BACKUP_STORAGE_PREFIX": "ci"}
+        env = {
+            "TENANT_BACKUP_LOCAL_DIR": str(tmp_path / "local"),
+            "R2_ENDPOINT_URL": s3.url,
+            "R2_ACCESS_KEY_ID": s3.access_key,
+            "R2_SECRET_ACCESS_KEY": s3.secret_key,
+            "R2_BUCKET": "cfg-bucket",
+            "B2_REALM": b2.url,
+            "B2_APPLICATION_KEY_ID": b2.key_id,
+            "B2_APPLICATION_KEY": b2.key,
+            "B2_BUCKET": "cfg-bucket",
+            "TENANT_BACKUP_STORAGE_PREFIX": "ci",
+        }
         arch = tmp_path / "a.tbk"
         arch.write_bytes(b"x" * 12345)
         sha, size = sha256_file(arch)

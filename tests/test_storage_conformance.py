@@ -175,8 +175,13 @@ def test_no_checksum_headers_r2_rejects(u, tmp_path, s3_server):
     # The record is not blind: a boto3 client with its default checksum setting is seen.
     import boto3
 
-    boto3.client("s3", endpoint_url=be.url, region_name="us-east-1", aws_access_key_id=s3_server.access_key,
-                 aws_secret_access_key=s3_server.secret_key).put_object(Bucket=be.bucket, Key="probe", Body=b"x")
+    boto3.client(
+        "s3",
+        endpoint_url=be.url,
+        region_name="us-east-1",
+        aws_access_key_id=s3_server.access_key,
+        aws_secret_access_key=s3_server.secret_key,
+    ).put_object(Bucket=be.bucket, Key="probe", Body=b"x")
     assert len(be.checksum_headers()["with_checksum_headers"]) > before
 
 
@@ -297,8 +302,10 @@ def test_writer_killed_mid_upload_is_not_listed_as_complete(u, tmp_path):
     be = u.backend
     t = tid()
     arch, man = make_archive(tmp_path, 192 * MiB if be.kind == "local" else 64 * MiB)
-    code = (f"import json,sys; from pathlib import Path; {be.writer_code()}; "
-            f"loc.put({t!r}, 'b1', Path({str(arch)!r}), json.loads(sys.argv[1]))")
+    code = (
+        f"import json,sys; from pathlib import Path; {be.writer_code()}; "
+        f"loc.put({t!r}, 'b1', Path({str(arch)!r}), json.loads(sys.argv[1]))"
+    )
     p = subprocess.Popen([sys.executable, "-c", code, json.dumps(man)], cwd=REPO)
 
     def mid_write() -> bool:
@@ -364,8 +371,7 @@ def _one_line(exc: BaseException) -> None:
 
 def test_missing_object_is_not_found(u):
     t = tid()
-    for call in (lambda: u.loc.stat(t, "nope"), lambda: u.loc.get_manifest(t, "nope"),
-                 lambda: u.loc.verify(t, "nope")):
+    for call in (lambda: u.loc.stat(t, "nope"), lambda: u.loc.get_manifest(t, "nope"), lambda: u.loc.verify(t, "nope")):
         start = time.monotonic()
         with pytest.raises(NotFound) as ei:
             call()
@@ -470,25 +476,49 @@ def test_prefix_is_applied(s3_server, tmp_path):
 # -- the servers from another process -----------------------------------------------------------
 @pytest.mark.parametrize("kind", ["s3", "b2"])
 def test_server_cli_and_http_fault_control(kind, tmp_path):
-    p = subprocess.Popen([sys.executable, "-m", "backup_assets.testing.servers", kind, "--bucket", "cli-bkt",
-                          "--part-size", str(5 * 1000 * 1000)] if kind == "b2" else
-                         [sys.executable, "-m", "backup_assets.testing.servers", kind, "--bucket", "cli-bkt"],
-                         cwd=REPO, stdout=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "backup_assets.testing.servers",
+            kind,
+            "--bucket",
+            "cli-bkt",
+            "--part-size",
+            str(5 * 1000 * 1000),
+        ]
+        if kind == "b2"
+        else [sys.executable, "-m", "backup_assets.testing.servers", kind, "--bucket", "cli-bkt"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         info = json.loads(p.stdout.readline())
         assert info["url"].startswith("http://127.0.0.1:")
         env = info["env"]
         if kind == "s3":
-            loc = R2Location(env["R2_ENDPOINT_URL"], env["R2_ACCESS_KEY_ID"], env["R2_SECRET_ACCESS_KEY"],
-                             env["R2_BUCKET"], max_attempts=1)
+            loc = R2Location(
+                env["R2_ENDPOINT_URL"],
+                env["R2_ACCESS_KEY_ID"],
+                env["R2_SECRET_ACCESS_KEY"],
+                env["R2_BUCKET"],
+                max_attempts=1,
+            )
         else:
-            loc = B2Location(env["B2_APPLICATION_KEY_ID"], env["B2_APPLICATION_KEY"], env["B2_BUCKET"],
-                             realm=env["B2_REALM"], tries=1)
+            loc = B2Location(
+                env["B2_APPLICATION_KEY_ID"],
+                env["B2_APPLICATION_KEY"],
+                env["B2_BUCKET"],
+                realm=env["B2_REALM"],
+                tries=1,
+            )
         loc = RetryingLocation(loc, attempts=3, base_delay=0.05)
 
         def ctl(method, body=None):
-            req = urllib.request.Request(info["url"] + "/__faults__", method=method,
-                                         data=json.dumps(body).encode() if body is not None else None)
+            req = urllib.request.Request(
+                info["url"] + "/__faults__", method=method, data=json.dumps(body).encode() if body is not None else None
+            )
             with urllib.request.urlopen(req, timeout=5) as r:
                 return json.loads(r.read())
 

@@ -178,8 +178,10 @@ def test_drill_detects_a_count_mismatch(exported, keyring, pg_server_dsn):
     altered["tables"]["public.never_restored"] = 0
     result = restore_drill(archive, altered, keyring, pg_server_dsn)
     assert not result.ok and not result.counts_match and result.isolated
-    assert result.mismatches == {"public.sales": (manifest["tables"]["public.sales"] + 1, manifest["tables"]["public.sales"]),
-                                 "public.never_restored": (0, None)}
+    assert result.mismatches == {
+        "public.sales": (manifest["tables"]["public.sales"] + 1, manifest["tables"]["public.sales"]),
+        "public.never_restored": (0, None),
+    }
     assert "public.sales: manifest" in result.message and "public.never_restored" in result.message
     assert result.dropped and result.scratch_database not in _databases(pg_server_dsn)
 
@@ -234,11 +236,21 @@ def _archive_of(db, keyring, path, *, tenant: str, tables: dict, kinds: dict, co
     session = PgSession.from_dsn(db.backup_dsn, {"acme.org": tenant})
     conninfo, env = session.conninfo(), session.child_env()
     with open(path, "wb") as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen([pg_program("pg_dump"), "--format=custom", "--compress=0", "--enable-row-security",
-                                 f"--dbname={conninfo}"], stdout=subprocess.PIPE, stderr=err, env=env)
+        proc = subprocess.Popen(
+            [pg_program("pg_dump"), "--format=custom", "--compress=0", "--enable-row-security", f"--dbname={conninfo}"],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            env=env,
+        )
         backup_id = new_backup_id()
-        header, stats = encode_archive(proc.stdout.read, out, tenant_id=tenant, backup_id=backup_id,
-                                       created_at="2026-11-25T03:00:00+00:00", keyring=keyring)
+        header, stats = encode_archive(
+            proc.stdout.read,
+            out,
+            tenant_id=tenant,
+            backup_id=backup_id,
+            created_at="2026-11-25T03:00:00+00:00",
+            keyring=keyring,
+        )
         err.seek(0)
         assert proc.wait() == 0, err.read()
     return {
@@ -254,9 +266,15 @@ def _archive_of(db, keyring, path, *, tenant: str, tables: dict, kinds: dict, co
 
 def _leaky_archive(db, keyring, path) -> dict:
     # What is really in the dump: 3 orders of tenant a, and all 9 lines (4 of a, 5 of b).
-    return _archive_of(db, keyring, path, tenant="a", column="org",
-                       tables={"shop.orders": 3, "shop.lines": 9, "shop.units": 2},
-                       kinds={"tenant": ["shop.lines", "shop.orders"], "shared": ["shop.units"]})
+    return _archive_of(
+        db,
+        keyring,
+        path,
+        tenant="a",
+        column="org",
+        tables={"shop.orders": 3, "shop.lines": 9, "shop.units": 2},
+        kinds={"tenant": ["shop.lines", "shop.orders"], "shared": ["shop.units"]},
+    )
 
 
 def test_drill_detects_foreign_rows_as_a_non_superuser(pg_server_dsn, keyring, tmp_path):
@@ -342,12 +360,21 @@ def test_drill_tampered_late_segment_commits_nothing(pg_server_dsn, keyring, tmp
     # (and started restoring) the authenticated first megabytes when the bad segment turns up. It is
     # killed inside its single transaction: the kept scratch database must hold no table at all.
     with variant_db(pg_server_dsn) as db:
-        db.run("CREATE TABLE bulk (id integer PRIMARY KEY, org text NOT NULL, payload text);"
-               "INSERT INTO bulk SELECT g, 'a', md5(g::text) || md5((g * 7)::text) FROM generate_series(1, 60000) g;"
-               "GRANT SELECT ON bulk TO {backup}")
+        db.run(
+            "CREATE TABLE bulk (id integer PRIMARY KEY, org text NOT NULL, payload text);"
+            "INSERT INTO bulk SELECT g, 'a', md5(g::text) || md5((g * 7)::text) FROM generate_series(1, 60000) g;"
+            "GRANT SELECT ON bulk TO {backup}"
+        )
         archive = tmp_path / "bulk.tbk"
-        manifest = _archive_of(db, keyring, archive, tenant="a", column="org",
-                               tables={"public.bulk": 60000}, kinds={"tenant": ["public.bulk"]})
+        manifest = _archive_of(
+            db,
+            keyring,
+            archive,
+            tenant="a",
+            column="org",
+            tables={"public.bulk": 60000},
+            kinds={"tenant": ["public.bulk"]},
+        )
     assert manifest["archive"]["size"] > 2 * (1 << 20)  # several segments
     assert restore_drill(archive, manifest, keyring, pg_server_dsn).ok
     _flip_byte(archive, manifest["archive"]["size"] - 10)
@@ -370,15 +397,18 @@ def _relations(admin_dsn, name) -> int:
     conn = psycopg2.connect(dsn_for(admin_dsn, dbname=name))
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-                        " WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%'")
+            cur.execute(
+                "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%'"
+            )
             return cur.fetchone()[0]
     finally:
         conn.close()
 
 
-def test_pool_reuses_one_database_emptied_after_every_drill(sample_db, sample_tenants, keyring, pg_server_dsn,
-                                                            tmp_path):
+def test_pool_reuses_one_database_emptied_after_every_drill(
+    sample_db, sample_tenants, keyring, pg_server_dsn, tmp_path
+):
     from backup_assets.core.checks.scratch import ScratchPool
 
     settings = SourceSettings.from_env({"TENANT_BACKUP_SOURCE_DSN": sample_db.backup_dsn})

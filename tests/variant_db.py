@@ -48,8 +48,13 @@ def variant_db(server_admin_dsn: str, *, backup_attrs: str = "NOSUPERUSER NOBYPA
     _exec(server_admin_dsn, f"CREATE DATABASE {name} OWNER {owner}")
     admin = dsn_for(server_admin_dsn, dbname=name)
     _exec(admin, f"GRANT ALL ON SCHEMA public TO {owner}")
-    db = VariantDB(admin, owner, backup, dsn_for(server_admin_dsn, user=owner, dbname=name),
-                   dsn_for(server_admin_dsn, user=backup, dbname=name))
+    db = VariantDB(
+        admin,
+        owner,
+        backup,
+        dsn_for(server_admin_dsn, user=owner, dbname=name),
+        dsn_for(server_admin_dsn, user=backup, dbname=name),
+    )
     try:
         yield db
     finally:

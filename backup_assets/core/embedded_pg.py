@@ -125,7 +125,9 @@ def dsn_for(
         if dbname is not None:
             path = "/" + quote(dbname, safe="")
         # quote_via=quote: libpq decodes %20 but not '+' (urlencode's default for spaces).
-        return urlunsplit((parts.scheme, userinfo + hostport, path, urlencode(query, safe="/", quote_via=quote), parts.fragment))
+        return urlunsplit(
+            (parts.scheme, userinfo + hostport, path, urlencode(query, safe="/", quote_via=quote), parts.fragment)
+        )
 
     from psycopg2.extensions import make_dsn, parse_dsn
 

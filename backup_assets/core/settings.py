@@ -86,15 +86,15 @@ class SourceSettings:
     def from_env(cls, env: Mapping[str, str]) -> "SourceSettings":
         dsn = env.get("TENANT_BACKUP_SOURCE_DSN", "").strip()
         if not dsn:
-            raise ConfigError("TENANT_BACKUP_SOURCE_DSN is not set (libpq URI of the source database, as the backup role)")
+            raise ConfigError(
+                "TENANT_BACKUP_SOURCE_DSN is not set (libpq URI of the source database, as the backup role)"
+            )
         column = env.get("TENANT_BACKUP_TENANT_COLUMN", "tenant_id").strip()
         if not _COLUMN_RE.fullmatch(column):
             raise ConfigError(f"TENANT_BACKUP_TENANT_COLUMN={column!r} is not a column name")
         setting = env.get("TENANT_BACKUP_TENANT_SETTING", "app.current_tenant").strip()
         if not _SETTING_RE.fullmatch(setting):
-            raise ConfigError(
-                f"TENANT_BACKUP_TENANT_SETTING={setting!r} is not a custom setting name (prefix.name)"
-            )
+            raise ConfigError(f"TENANT_BACKUP_TENANT_SETTING={setting!r} is not a custom setting name (prefix.name)")
         query = env.get("TENANT_BACKUP_TENANTS_QUERY", "").strip() or DEFAULT_TENANTS_QUERY
         timeout = int_setting(env, "TENANT_BACKUP_CONNECT_TIMEOUT", 10)
         return cls(
@@ -231,7 +231,9 @@ class Settings:
         return cls(tuple(sorted(kept.items())), process)
 
     def with_values(self, **overrides: str) -> "Settings":
-        return Settings(tuple(sorted({**dict(self.variables), **overrides}.items())), self.from_process - set(overrides))
+        return Settings(
+            tuple(sorted({**dict(self.variables), **overrides}.items())), self.from_process - set(overrides)
+        )
 
     def __repr__(self) -> str:  # values may be secrets
         return f"Settings({', '.join(k for k, _ in self.variables)})"

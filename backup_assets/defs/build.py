@@ -49,8 +49,11 @@ def build_definitions(settings: Settings | Mapping[str, str] | None = None) -> D
         assets=assets,
         asset_checks=checks,
         jobs=[tenant_backup_job, weekly_batch_job, restore_tenant_job, prune_job, verify_share_job],
-        schedules=[build_weekly_per_tenant_schedule(settings), build_weekly_batch_schedule(settings),
-                   *build_operation_schedules(settings)],
+        schedules=[
+            build_weekly_per_tenant_schedule(settings),
+            build_weekly_batch_schedule(settings),
+            *build_operation_schedules(settings),
+        ],
         sensors=[build_registry_sensor(settings), backup_failure_alerts, build_staleness_sensor(settings)],
         resources=resources,
     )

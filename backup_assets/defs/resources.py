@@ -3,7 +3,6 @@
 What passes between assets is an ArchiveHandle (path + manifest), never the archive's bytes.
 """
 
-
 import json
 import os
 from dataclasses import dataclass
@@ -124,8 +123,11 @@ class BackupResource(ConfigurableResource):
         env = settings.environ
         secret_vars = set(SECRETS.values())
         shown = {k: v for k, v in env.items() if k not in secret_vars and k != "TENANT_BACKUP_KEYS_FILE"}
-        secrets = {field: EnvVar(var) if var in settings.from_process else env[var]
-                   for field, var in SECRETS.items() if (env.get(var) or "").strip()}
+        secrets = {
+            field: EnvVar(var) if var in settings.from_process else env[var]
+            for field, var in SECRETS.items()
+            if (env.get(var) or "").strip()
+        }
         keys_file = (env.get("TENANT_BACKUP_KEYS_FILE") or "").strip() or None
         return cls(work_dir=settings.work_dir, settings=shown, master_keys_file=keys_file, **secrets)
 
@@ -174,8 +176,7 @@ class BackupResource(ConfigurableResource):
         """The restore drill restored exactly these bytes (their SHA-256), in run `run_id`."""
         path = self._proven_path(archive.tenant_id)
         temp = path.with_suffix(".tmp")
-        temp.write_text(json.dumps({"backup_id": archive.backup_id, "sha256": archive.sha256,
-                                    "run_id": run_id}))
+        temp.write_text(json.dumps({"backup_id": archive.backup_id, "sha256": archive.sha256, "run_id": run_id}))
         os.replace(temp, path)
 
     def proven(self, archive: "ArchiveHandle") -> str | None:
@@ -185,16 +186,17 @@ class BackupResource(ConfigurableResource):
     def require_proven(self, archive: "ArchiveHandle", where: str) -> None:
         """Fail closed: an archive its isolation check and restore drill did not prove is not shipped."""
         if self._proven_run(archive) is None:
-            raise TenantBackupError(f"archive {archive.backup_id} of tenant {archive.tenant_id} was not proven by its"
-                                    f" isolation check and restore drill: not shipped to {where}")
+            raise TenantBackupError(
+                f"archive {archive.backup_id} of tenant {archive.tenant_id} was not proven by its"
+                f" isolation check and restore drill: not shipped to {where}"
+            )
 
     def _proven_run(self, archive: "ArchiveHandle") -> str | None:
         try:
             record = json.loads(self._proven_path(archive.tenant_id).read_text())
         except (OSError, ValueError):
             return None
-        same = (record.get("backup_id") == archive.backup_id
-                and record.get("sha256") == archive.sha256)
+        same = record.get("backup_id") == archive.backup_id and record.get("sha256") == archive.sha256
         return record.get("run_id") if same else None
 
     def scratch_files_dir(self) -> str:
@@ -221,8 +223,11 @@ class StagingIOManager(ConfigurableIOManager):
         pointer = self._pointer(obj.tenant_id)
         pointer.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         temp = pointer.with_suffix(".tmp")
-        temp.write_text(json.dumps({"tenant_id": obj.tenant_id, "backup_id": obj.backup_id,
-                                    "path": obj.path, "manifest": obj.manifest}))
+        temp.write_text(
+            json.dumps(
+                {"tenant_id": obj.tenant_id, "backup_id": obj.backup_id, "path": obj.path, "manifest": obj.manifest}
+            )
+        )
         os.replace(temp, pointer)
 
     def load_input(self, context: InputContext) -> ArchiveHandle:
@@ -233,7 +238,8 @@ class StagingIOManager(ConfigurableIOManager):
         data = json.loads(pointer.read_text())
         if not Path(data["path"]).exists():
             raise TenantBackupError(
-                f"the staged archive {data['path']} of tenant {tenant_id} is gone: re-materialize tenant_archive")
+                f"the staged archive {data['path']} of tenant {tenant_id} is gone: re-materialize tenant_archive"
+            )
         return ArchiveHandle(data["tenant_id"], data["backup_id"], data["path"], data["manifest"])
 
 
@@ -252,14 +258,16 @@ class LocationIOManager(ConfigurableIOManager):
 
         started = time.monotonic()
         stored = self.build().put(obj.tenant_id, obj.backup_id, Path(obj.path), obj.manifest)
-        context.add_output_metadata({
-            "location": self.location,
-            "uri": MetadataValue.text(stored.uri),
-            "backup_id": obj.backup_id,
-            "stored_bytes": MetadataValue.int(stored.size),
-            "sha256": stored.sha256,
-            "upload_seconds": MetadataValue.float(round(time.monotonic() - started, 3)),
-        })
+        context.add_output_metadata(
+            {
+                "location": self.location,
+                "uri": MetadataValue.text(stored.uri),
+                "backup_id": obj.backup_id,
+                "stored_bytes": MetadataValue.int(stored.size),
+                "sha256": stored.sha256,
+                "upload_seconds": MetadataValue.float(round(time.monotonic() - started, 3)),
+            }
+        )
 
     def load_input(self, context: InputContext) -> StoredHandle:
         tenant_id = context.partition_key
@@ -268,5 +276,6 @@ class LocationIOManager(ConfigurableIOManager):
         if not refs:
             raise TenantBackupError(f"no complete backup of tenant {tenant_id} in location {self.location}")
         latest = refs[-1]
-        return StoredHandle(self.location, tenant_id, latest.backup_id, latest.uri,
-                            location.get_manifest(tenant_id, latest.backup_id))
+        return StoredHandle(
+            self.location, tenant_id, latest.backup_id, latest.uri, location.get_manifest(tenant_id, latest.backup_id)
+        )

@@ -19,8 +19,12 @@ def main(argv: list[str] | None = None) -> int:
     where.add_argument("--dsn", help="superuser libpq URI of the server")
     where.add_argument("--embedded", metavar="DIR", help="start an embedded PostgreSQL in DIR (left running)")
     ap.add_argument("--dbname", default="tenants_sample")
-    ap.add_argument("--tenants", type=int, default=None,
-                    help="number of ACTIVE tenants (default: the demo's 20 ACTIVE + 1 SUSPENDED + 1 PENDING_DELETION)")
+    ap.add_argument(
+        "--tenants",
+        type=int,
+        default=None,
+        help="number of ACTIVE tenants (default: the demo's 20 ACTIVE + 1 SUSPENDED + 1 PENDING_DELETION)",
+    )
     ap.add_argument("--rows", type=int, default=50, help="approximate sales per tenant")
     ap.add_argument("--large-mb", type=int, default=0, help="also add one tenant whose raw dump is about M MiB")
     ap.add_argument("--seed", type=int, default=0)
@@ -35,8 +39,11 @@ def main(argv: list[str] | None = None) -> int:
 
         Path(args.embedded).mkdir(parents=True, exist_ok=True)
         dsn = start_embedded(Path(args.embedded) / "pg", cleanup=None).admin_dsn()
-        print(f"embedded PostgreSQL left running; stop it with: pg_ctl -D {Path(args.embedded).resolve() / 'pg'} stop"
-              " (as user embedded_postgres when root)", file=sys.stderr)
+        print(
+            f"embedded PostgreSQL left running; stop it with: pg_ctl -D {Path(args.embedded).resolve() / 'pg'} stop"
+            " (as user embedded_postgres when root)",
+            file=sys.stderr,
+        )
     db = create_sample_database(dsn, args.dbname)
     if args.tenants is None:
         tenants = populate_default(db, rows=args.rows)

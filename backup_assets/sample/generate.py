@@ -46,9 +46,22 @@ REGISTRY_TABLE = "public.tenants"
 TENANT_TABLES = tuple(
     f"public.{t}"
     for t in (
-        "branches", "terminals", "inventory_categories", "inventory_items", "loyalty_tiers",
-        "customers", "sales", "sale_items", "loyalty_transactions", "repair_orders", "suppliers",
-        "purchase_orders", "purchase_order_items", "pricing_rules", "notifications", "tenant_settings",
+        "branches",
+        "terminals",
+        "inventory_categories",
+        "inventory_items",
+        "loyalty_tiers",
+        "customers",
+        "sales",
+        "sale_items",
+        "loyalty_transactions",
+        "repair_orders",
+        "suppliers",
+        "purchase_orders",
+        "purchase_order_items",
+        "pricing_rules",
+        "notifications",
+        "tenant_settings",
     )
 )
 # Child tables without a tenant column, filtered through their parent: table -> (fk column, parent).
@@ -121,9 +134,7 @@ def create_sample_database(
     missing, their attributes (re)asserted if present."""
     with closing(_connect(server_admin_dsn, autocommit=True)) as conn, conn.cursor() as cur:
         _ensure_role(cur, owner_role, "LOGIN NOSUPERUSER NOBYPASSRLS", owner_password)
-        _ensure_role(
-            cur, backup_role, "LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE", backup_password
-        )
+        _ensure_role(cur, backup_role, "LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE", backup_password)
         if drop_existing:
             cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
         # Owned by the owner role: it then owns schema public (pg_database_owner) and may create in it.
@@ -226,41 +237,73 @@ def _fill_sql() -> list[str]:
             SELECT tenant_id, row_number() OVER (PARTITION BY tenant_id ORDER BY id), id FROM ins"""
 
     def pick(table: str, alias: str, count: str, n: str, salt: int) -> str:
-        return (f"JOIN _m_{table} {alias} ON {alias}.tenant_id = t.id "
-                f"AND {alias}.rn = 1 + pg_temp.rnd({n}, t.seed + {salt}) % t.{count}")
+        return (
+            f"JOIN _m_{table} {alias} ON {alias}.tenant_id = t.id "
+            f"AND {alias}.rn = 1 + pg_temp.rnd({n}, t.seed + {salt}) % t.{count}"
+        )
 
     stmts: list[str] = []
-    for table in ("branches", "terminals", "inventory_categories", "inventory_items", "loyalty_tiers",
-                  "customers", "sales", "repair_orders", "suppliers", "purchase_orders"):
-        stmts.append(f"CREATE TEMP TABLE _m_{table} (tenant_id uuid, rn bigint, id bigint, "
-                     f"PRIMARY KEY (tenant_id, rn)) ON COMMIT DROP")
+    for table in (
+        "branches",
+        "terminals",
+        "inventory_categories",
+        "inventory_items",
+        "loyalty_tiers",
+        "customers",
+        "sales",
+        "repair_orders",
+        "suppliers",
+        "purchase_orders",
+    ):
+        stmts.append(
+            f"CREATE TEMP TABLE _m_{table} (tenant_id uuid, rn bigint, id bigint, "
+            f"PRIMARY KEY (tenant_id, rn)) ON COMMIT DROP"
+        )
 
-    stmts.append(mapped("branches", f"""
+    stmts.append(
+        mapped(
+            "branches",
+            f"""
         INSERT INTO branches (tenant_id, name, address, phone, opened_at, is_active)
         SELECT t.id, t.name || ' - ' || pg_temp.pick(ARRAY['Downtown','Mall','Airport','Old Town','Harbour','Station'], g, t.seed + 1) || ' ' || g,
                g || ' ' || pg_temp.pick(ARRAY['High Street','Market Square','Queen Road','Elm Avenue'], g, t.seed + 2),
                '+1-555-' || lpad((pg_temp.rnd(g, t.seed + 3) % 10000)::text, 4, '0'),
-               {ts.format(n='g', salt=4)}, g % 7 <> 0
-        FROM _gen t CROSS JOIN LATERAL generate_series(1, t.n_branches) g ORDER BY t.ord, g"""))
+               {ts.format(n="g", salt=4)}, g % 7 <> 0
+        FROM _gen t CROSS JOIN LATERAL generate_series(1, t.n_branches) g ORDER BY t.ord, g""",
+        )
+    )
 
-    stmts.append(mapped("terminals", f"""
+    stmts.append(
+        mapped(
+            "terminals",
+            f"""
         INSERT INTO terminals (tenant_id, branch_id, code, config, last_seen_at)
         SELECT t.id, b.id, 'POS-' || g,
                jsonb_build_object('printer', pg_temp.pick(ARRAY['epson-tm30','star-tsp100'], g, t.seed + 11),
                                   'drawer', g % 2 = 0, 'firmware', '2.' || (g % 9)),
-               {ts.format(n='g', salt=12)}
+               {ts.format(n="g", salt=12)}
         FROM _gen t CROSS JOIN LATERAL generate_series(1, t.n_terminals) g
         JOIN _m_branches b ON b.tenant_id = t.id AND b.rn = 1 + (g - 1) % t.n_branches
-        ORDER BY t.ord, g"""))
+        ORDER BY t.ord, g""",
+        )
+    )
 
-    stmts.append(mapped("inventory_categories", """
+    stmts.append(
+        mapped(
+            "inventory_categories",
+            """
         INSERT INTO inventory_categories (tenant_id, name, description)
         SELECT t.id, (ARRAY['Rings','Necklaces','Bracelets','Earrings','Watches','Pendants','Brooches','Anklets'])[1 + (g - 1) % 8]
                      || CASE WHEN g > 8 THEN ' ' || g ELSE '' END,
                'Category ' || g || ' of ' || t.name
-        FROM _gen t CROSS JOIN LATERAL generate_series(1, t.n_categories) g ORDER BY t.ord, g"""))
+        FROM _gen t CROSS JOIN LATERAL generate_series(1, t.n_categories) g ORDER BY t.ord, g""",
+        )
+    )
 
-    stmts.append(mapped("inventory_items", f"""
+    stmts.append(
+        mapped(
+            "inventory_items",
+            f"""
         INSERT INTO inventory_items (tenant_id, category_id, branch_id, metal_code, sku, name, description,
                                      weight_grams, cost, price, quantity, attributes, created_at)
         SELECT t.id, c.id, b.id,
@@ -276,19 +319,29 @@ def _fill_sql() -> list[str]:
                jsonb_build_object('stone', pg_temp.pick(ARRAY['diamond','ruby','sapphire','emerald','none'], g, t.seed + 28),
                                   'carat', (pg_temp.rnd(g, t.seed + 29) % 300) / 100.0,
                                   'size', 4 + pg_temp.rnd(g, t.seed + 30) % 10),
-               {ts.format(n='g', salt=31)}
+               {ts.format(n="g", salt=31)}
         FROM _gen t CROSS JOIN LATERAL generate_series(1, t.n_items) g
-        {pick('inventory_categories', 'c', 'n_categories', 'g', 32)}
-        {pick('branches', 'b', 'n_branches', 'g', 33)}
-        ORDER BY t.ord, g"""))
+        {pick("inventory_categories", "c", "n_categories", "g", 32)}
+        {pick("branches", "b", "n_branches", "g", 33)}
+        ORDER BY t.ord, g""",
+        )
+    )
 
-    stmts.append(mapped("loyalty_tiers", """
+    stmts.append(
+        mapped(
+            "loyalty_tiers",
+            """
         INSERT INTO loyalty_tiers (tenant_id, name, min_points, discount_pct)
         SELECT t.id, (ARRAY['Bronze','Silver','Gold','Platinum'])[1 + (g - 1) % 4] || CASE WHEN g > 4 THEN ' ' || g ELSE '' END,
                (g - 1) * 1000, (g - 1) * 2.5
-        FROM _gen t CROSS JOIN LATERAL generate_series(1, t.n_tiers) g ORDER BY t.ord, g"""))
+        FROM _gen t CROSS JOIN LATERAL generate_series(1, t.n_tiers) g ORDER BY t.ord, g""",
+        )
+    )
 
-    stmts.append(mapped("customers", f"""
+    stmts.append(
+        mapped(
+            "customers",
+            f"""
         INSERT INTO customers (tenant_id, tier_id, first_name, last_name, email, phone, birthday, points, notes, created_at)
         SELECT t.id, lt.id,
                pg_temp.pick(ARRAY['Ava','Noah','Mia','Liam','Zara','Omar','Priya','Chen','Lucia','Kofi','Ines','Yuki'], g, t.seed + 41),
@@ -299,13 +352,18 @@ def _fill_sql() -> list[str]:
                (pg_temp.rnd(g, t.seed + 45) % 5000)::int,
                'Prefers ' || pg_temp.pick(ARRAY['yellow gold','white gold','platinum','silver'], g, t.seed + 46)
                  || '; ring size ' || (4 + pg_temp.rnd(g, t.seed + 47) % 10) || '. ' || t.canary,
-               {ts.format(n='g', salt=48)}
+               {ts.format(n="g", salt=48)}
         FROM _gen t CROSS JOIN LATERAL generate_series(1, t.n_customers) g
-        {pick('loyalty_tiers', 'lt', 'n_tiers', 'g', 49)}
-        ORDER BY t.ord, g"""))
+        {pick("loyalty_tiers", "lt", "n_tiers", "g", 49)}
+        ORDER BY t.ord, g""",
+        )
+    )
 
     # A quarter of the sales are walk-ins without a customer (nullable FK, like real POS data).
-    stmts.append(mapped("sales", f"""
+    stmts.append(
+        mapped(
+            "sales",
+            f"""
         INSERT INTO sales (tenant_id, branch_id, terminal_id, customer_id, sale_number, subtotal, tax, total,
                            payment_method, status, created_at)
         SELECT t.id, b.id, tm.id, CASE WHEN g % 4 <> 0 THEN cu.id END,
@@ -313,13 +371,15 @@ def _fill_sql() -> list[str]:
                s.sub, round(s.sub * 0.08, 2), s.sub + round(s.sub * 0.08, 2),
                pg_temp.pick(ARRAY['card','cash','transfer','layaway'], g, t.seed + 51),
                pg_temp.pick(ARRAY['COMPLETED','COMPLETED','COMPLETED','REFUNDED','VOID'], g, t.seed + 52),
-               {ts.format(n='g', salt=53)}
+               {ts.format(n="g", salt=53)}
         FROM _gen t CROSS JOIN LATERAL generate_series(1, t.n_sales) g
         CROSS JOIN LATERAL (SELECT (pg_temp.rnd(g, t.seed + 54) % 1000000) / 100.0 AS sub) s
-        {pick('branches', 'b', 'n_branches', 'g', 55)}
-        {pick('terminals', 'tm', 'n_terminals', 'g', 56)}
-        {pick('customers', 'cu', 'n_customers', 'g', 57)}
-        ORDER BY t.ord, g"""))
+        {pick("branches", "b", "n_branches", "g", 55)}
+        {pick("terminals", "tm", "n_terminals", "g", 56)}
+        {pick("customers", "cu", "n_customers", "g", 57)}
+        ORDER BY t.ord, g""",
+        )
+    )
 
     # 1-4 lines per sale.
     stmts.append("""
@@ -340,19 +400,24 @@ def _fill_sql() -> list[str]:
         WHERE x.customer_id IS NOT NULL
         ORDER BY t.ord, s.rn""")
 
-    stmts.append(mapped("repair_orders", f"""
+    stmts.append(
+        mapped(
+            "repair_orders",
+            f"""
         INSERT INTO repair_orders (tenant_id, branch_id, customer_id, order_number, description, status,
                                    estimated_cost, received_at, due_at)
         SELECT t.id, b.id, cu.id, 'R-' || lpad(g::text, 7, '0'),
                pg_temp.lorem(g, t.seed + 71, 80, 220),
                pg_temp.pick(ARRAY['RECEIVED','IN_PROGRESS','READY','COLLECTED'], g, t.seed + 72),
                (pg_temp.rnd(g, t.seed + 73) % 50000) / 100.0,
-               {ts.format(n='g', salt=74)},
-               {ts.format(n='g', salt=74)} + interval '14 days'
+               {ts.format(n="g", salt=74)},
+               {ts.format(n="g", salt=74)} + interval '14 days'
         FROM _gen t CROSS JOIN LATERAL generate_series(1, t.n_repairs) g
-        {pick('branches', 'b', 'n_branches', 'g', 75)}
-        {pick('customers', 'cu', 'n_customers', 'g', 76)}
-        ORDER BY t.ord, g"""))
+        {pick("branches", "b", "n_branches", "g", 75)}
+        {pick("customers", "cu", "n_customers", "g", 76)}
+        ORDER BY t.ord, g""",
+        )
+    )
 
     # 1-2 photos per repair order; the image is incompressible bytes (like a JPEG), 0.5-4 KiB.
     stmts.append(f"""
@@ -361,30 +426,40 @@ def _fill_sql() -> list[str]:
                'image/jpeg',
                (SELECT string_agg(sha256(int8send(t.seed) || int8send(r.rn * 4 + k) || int4send(j)), ''::bytea)
                   FROM generate_series(1, 16 + (pg_temp.rnd(r.rn * 4 + k, t.seed + 82) % 113)::int) j),
-               {ts.format(n='r.rn * 4 + k', salt=83)}
+               {ts.format(n="r.rn * 4 + k", salt=83)}
         FROM _gen t JOIN _m_repair_orders r ON r.tenant_id = t.id
         CROSS JOIN LATERAL generate_series(1, 1 + (pg_temp.rnd(r.rn, t.seed + 84) % 2)::int) k
         ORDER BY t.ord, r.rn, k""")
 
-    stmts.append(mapped("suppliers", """
+    stmts.append(
+        mapped(
+            "suppliers",
+            """
         INSERT INTO suppliers (tenant_id, name, contact_email, phone, address, notes)
         SELECT t.id, pg_temp.pick(ARRAY['Aurum','Argent','Lumen','Gemline','Carat','Bullion'], g, t.seed + 91) || ' Supply ' || g,
                'orders' || g || '@supplier.example.com',
                '+44-20-' || lpad((pg_temp.rnd(g, t.seed + 92) % 100000000)::text, 8, '0'),
                g || ' Hatton Garden, London',
                'Net 30; minimum order ' || (pg_temp.rnd(g, t.seed + 93) % 5000) || ' GBP'
-        FROM _gen t CROSS JOIN LATERAL generate_series(1, t.n_suppliers) g ORDER BY t.ord, g"""))
+        FROM _gen t CROSS JOIN LATERAL generate_series(1, t.n_suppliers) g ORDER BY t.ord, g""",
+        )
+    )
 
-    stmts.append(mapped("purchase_orders", f"""
+    stmts.append(
+        mapped(
+            "purchase_orders",
+            f"""
         INSERT INTO purchase_orders (tenant_id, supplier_id, branch_id, po_number, status, total, ordered_at, expected_at)
         SELECT t.id, su.id, b.id, 'PO-' || lpad(g::text, 6, '0'),
                pg_temp.pick(ARRAY['DRAFT','SENT','RECEIVED','CANCELLED'], g, t.seed + 101),
                (pg_temp.rnd(g, t.seed + 102) % 10000000) / 100.0,
-               {ts.format(n='g', salt=103)}, {ts.format(n='g', salt=103)} + interval '21 days'
+               {ts.format(n="g", salt=103)}, {ts.format(n="g", salt=103)} + interval '21 days'
         FROM _gen t CROSS JOIN LATERAL generate_series(1, t.n_pos) g
-        {pick('suppliers', 'su', 'n_suppliers', 'g', 104)}
-        {pick('branches', 'b', 'n_branches', 'g', 105)}
-        ORDER BY t.ord, g"""))
+        {pick("suppliers", "su", "n_suppliers", "g", 104)}
+        {pick("branches", "b", "n_branches", "g", 105)}
+        ORDER BY t.ord, g""",
+        )
+    )
 
     stmts.append("""
         INSERT INTO purchase_order_items (tenant_id, purchase_order_id, item_id, quantity, unit_cost)
@@ -414,8 +489,8 @@ def _fill_sql() -> list[str]:
                pg_temp.pick(ARRAY['Low stock','Repair ready','Gold price update','Purchase order received','Daily summary'], g, t.seed + 132),
                'Notification ' || g || ' for ' || t.name || ': ' || pg_temp.lorem(g, t.seed + 133, 40, 160) || ' ' || t.canary,
                jsonb_build_object('ref', g, 'priority', pg_temp.rnd(g, t.seed + 134) % 3),
-               {ts.format(n='g', salt=135)},
-               CASE WHEN g % 3 <> 0 THEN {ts.format(n='g', salt=135)} + interval '2 hours' END
+               {ts.format(n="g", salt=135)},
+               CASE WHEN g % 3 <> 0 THEN {ts.format(n="g", salt=135)} + interval '2 hours' END
         FROM _gen t CROSS JOIN LATERAL generate_series(1, t.n_notifications) g
         ORDER BY t.ord, g""")
 
@@ -485,7 +560,9 @@ def _existing_tenant_count(db: SampleDatabase) -> int:
     return n
 
 
-def _new_tenants(db: SampleDatabase, count: int, status: str, seed: int, label: str = "") -> tuple[list[TenantInfo], int]:
+def _new_tenants(
+    db: SampleDatabase, count: int, status: str, seed: int, label: str = ""
+) -> tuple[list[TenantInfo], int]:
     if status not in STATUSES:
         raise ValueError(f"status must be one of {STATUSES}, not {status!r}")
     start = _existing_tenant_count(db)
@@ -499,7 +576,9 @@ def _new_tenants(db: SampleDatabase, count: int, status: str, seed: int, label: 
     return out, start
 
 
-def add_tenants(db: SampleDatabase, count: int, *, rows: int = 50, status: str = "ACTIVE", seed: int = 0) -> list[TenantInfo]:
+def add_tenants(
+    db: SampleDatabase, count: int, *, rows: int = 50, status: str = "ACTIVE", seed: int = 0
+) -> list[TenantInfo]:
     """Add `count` tenants with about `rows` sales each (other tables proportional)."""
     if count <= 0:
         return []
@@ -535,20 +614,31 @@ def list_tenants(db: SampleDatabase) -> list[TenantInfo]:
 
 
 def tenant_row_counts(db: SampleDatabase, tenant_id: str) -> dict[str, int]:
-    """"schema.table" -> number of rows belonging to `tenant_id`, counted as the owner (RLS does not
+    """ "schema.table" -> number of rows belonging to `tenant_id`, counted as the owner (RLS does not
     apply) with explicit predicates: the oracle to compare dumps and RLS views against.
     Includes the child table (through its parent) and the registry row; excludes shared tables."""
     tid = str(uuid.UUID(tenant_id))
-    parts = [sql.SQL("SELECT {}, count(*) FROM {} WHERE tenant_id = %(t)s").format(
-        sql.Literal(t), sql.Identifier(*t.split("."))) for t in TENANT_TABLES]
+    parts = [
+        sql.SQL("SELECT {}, count(*) FROM {} WHERE tenant_id = %(t)s").format(
+            sql.Literal(t), sql.Identifier(*t.split("."))
+        )
+        for t in TENANT_TABLES
+    ]
     for child, (fk, parent) in CHILD_TABLES.items():
-        parts.append(sql.SQL(
-            "SELECT {}, count(*) FROM {} c JOIN {} p ON p.id = c.{} WHERE p.tenant_id = %(t)s").format(
-            sql.Literal(child), sql.Identifier(*child.split(".")), sql.Identifier(*parent.split(".")), sql.Identifier(fk)))
-    parts.append(sql.SQL("SELECT {}, count(*) FROM {} WHERE id = %(t)s").format(
-        sql.Literal(REGISTRY_TABLE), sql.Identifier(*REGISTRY_TABLE.split("."))))
+        parts.append(
+            sql.SQL("SELECT {}, count(*) FROM {} c JOIN {} p ON p.id = c.{} WHERE p.tenant_id = %(t)s").format(
+                sql.Literal(child),
+                sql.Identifier(*child.split(".")),
+                sql.Identifier(*parent.split(".")),
+                sql.Identifier(fk),
+            )
+        )
+    parts.append(
+        sql.SQL("SELECT {}, count(*) FROM {} WHERE id = %(t)s").format(
+            sql.Literal(REGISTRY_TABLE), sql.Identifier(*REGISTRY_TABLE.split("."))
+        )
+    )
     with closing(_connect(db.owner_dsn)) as conn, conn.cursor() as cur:
         cur.execute(sql.SQL(" UNION ALL ").join(parts), {"t": tid})
         result = {name: int(n) for name, n in cur.fetchall()}
     return result
-

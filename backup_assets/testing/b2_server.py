@@ -166,15 +166,20 @@ class _Handler(BaseHTTPRequestHandler):
             return self._kill()
         if fault == "fail":
             self._read_body()
-            return self._send_error(srv.faults.status, "service_unavailable" if srv.faults.status == 503
-                                    else "internal_error", "injected fault")
+            return self._send_error(
+                srv.faults.status,
+                "service_unavailable" if srv.faults.status == 503 else "internal_error",
+                "injected fault",
+            )
         if fault == "drop" and int(self.headers.get("Content-Length") or 0) > 0:
             self.rfile.read(int(self.headers["Content-Length"]) // 2)
             return self._kill()
         try:
             if self.command == "POST" and path.startswith("/__b2up/"):
-                return self._upload(path[len("/__b2up/"):])
-            if self.command in ("GET", "HEAD") and (path.startswith("/file/") or path.endswith("b2_download_file_by_id")):
+                return self._upload(path[len("/__b2up/") :])
+            if self.command in ("GET", "HEAD") and (
+                path.startswith("/file/") or path.endswith("b2_download_file_by_id")
+            ):
                 return self._download(fault)
             m = _CALL.match(path)
             if self.command == "POST" and m:
@@ -203,24 +208,37 @@ class _Handler(BaseHTTPRequestHandler):
             res.update(apiUrl=srv.url, downloadUrl=srv.url)
             return self._send_json(200, res)
         calls = {
-            "b2_list_buckets": lambda: sim.list_buckets(api, tok, p.get("accountId"), p.get("bucketId"), p.get("bucketName")),
+            "b2_list_buckets": lambda: sim.list_buckets(
+                api, tok, p.get("accountId"), p.get("bucketId"), p.get("bucketName")
+            ),
             "b2_get_upload_url": lambda: sim.get_upload_url(api, tok, p["bucketId"]),
             "b2_get_upload_part_url": lambda: sim.get_upload_part_url(api, tok, p["fileId"]),
-            "b2_start_large_file": lambda: sim.start_large_file(api, tok, p["bucketId"], p["fileName"],
-                                                                p.get("contentType", "b2/x-auto"), p.get("fileInfo") or {}),
+            "b2_start_large_file": lambda: sim.start_large_file(
+                api, tok, p["bucketId"], p["fileName"], p.get("contentType", "b2/x-auto"), p.get("fileInfo") or {}
+            ),
             "b2_finish_large_file": lambda: sim.finish_large_file(api, tok, p["fileId"], p["partSha1Array"]),
             "b2_cancel_large_file": lambda: sim.cancel_large_file(api, tok, p["fileId"]),
-            "b2_list_file_names": lambda: sim.list_file_names(api, tok, p["bucketId"], p.get("startFileName"),
-                                                              p.get("maxFileCount"), p.get("prefix")),
-            "b2_list_file_versions": lambda: sim.list_file_versions(api, tok, p["bucketId"], p.get("startFileName"),
-                                                                    p.get("startFileId"), p.get("maxFileCount"),
-                                                                    p.get("prefix")),
+            "b2_list_file_names": lambda: sim.list_file_names(
+                api, tok, p["bucketId"], p.get("startFileName"), p.get("maxFileCount"), p.get("prefix")
+            ),
+            "b2_list_file_versions": lambda: sim.list_file_versions(
+                api,
+                tok,
+                p["bucketId"],
+                p.get("startFileName"),
+                p.get("startFileId"),
+                p.get("maxFileCount"),
+                p.get("prefix"),
+            ),
             "b2_delete_file_version": lambda: sim.delete_file_version(api, tok, p["fileId"], p["fileName"]),
             "b2_get_file_info": lambda: sim.get_file_info_by_id(api, tok, p["fileId"]),
             "b2_hide_file": lambda: sim.hide_file(api, tok, p["bucketId"], p["fileName"]),
-            "b2_list_parts": lambda: sim.list_parts(api, tok, p["fileId"], p.get("startPartNumber"), p.get("maxPartCount")),
+            "b2_list_parts": lambda: sim.list_parts(
+                api, tok, p["fileId"], p.get("startPartNumber"), p.get("maxPartCount")
+            ),
             "b2_list_unfinished_large_files": lambda: sim.list_unfinished_large_files(
-                api, tok, p["bucketId"], p.get("startFileId"), p.get("maxFileCount"), p.get("namePrefix")),
+                api, tok, p["bucketId"], p.get("startFileId"), p.get("maxFileCount"), p.get("namePrefix")
+            ),
         }
         if name not in calls:
             return self._send_error(400, "bad_request", f"{name} is not supported by this test server")
@@ -231,7 +249,7 @@ class _Handler(BaseHTTPRequestHandler):
             srv._name_large_file(res["fileId"], res["fileName"])
         if name in ("b2_get_upload_url", "b2_get_upload_part_url"):
             # Same token as the simulator issued; only the URL is moved onto this server.
-            res = dict(res, uploadUrl=srv.url + "/__b2up/" + res["uploadUrl"][len(_SIM_UPLOAD):])
+            res = dict(res, uploadUrl=srv.url + "/__b2up/" + res["uploadUrl"][len(_SIM_UPLOAD) :])
         self._send_json(200, res)
 
     def _upload(self, rest: str) -> None:
@@ -248,10 +266,22 @@ class _Handler(BaseHTTPRequestHandler):
             srv._record_part(rest.split("/")[1], part, n - (40 if sha1 == "hex_digits_at_end" else 0))
             res = self._sim(srv.sim.upload_part, sim_url, tok, part, n, sha1, io.BytesIO(data))
         else:
-            info = {k[len("X-Bz-Info-"):]: unquote(v) for k, v in self.headers.items()
-                    if k.lower().startswith("x-bz-info-")}
-            res = self._sim(srv.sim.upload_file, sim_url, tok, unquote(self.headers["X-Bz-File-Name"]), n,
-                            self.headers.get("Content-Type", "b2/x-auto"), sha1, info, io.BytesIO(data))
+            info = {
+                k[len("X-Bz-Info-") :]: unquote(v)
+                for k, v in self.headers.items()
+                if k.lower().startswith("x-bz-info-")
+            }
+            res = self._sim(
+                srv.sim.upload_file,
+                sim_url,
+                tok,
+                unquote(self.headers["X-Bz-File-Name"]),
+                n,
+                self.headers.get("Content-Type", "b2/x-auto"),
+                sha1,
+                info,
+                io.BytesIO(data),
+            )
         self._send_json(200, res)
 
     def _download(self, fault: str | None) -> None:
@@ -277,7 +307,7 @@ class _Handler(BaseHTTPRequestHandler):
             if start >= total and total:
                 return self._send_error(416, "range_not_satisfiable", "range not satisfiable")
             rng = (start, end)
-            data = data[start:end + 1]
+            data = data[start : end + 1]
             status = 206
             headers["Content-Range"] = f"bytes {start}-{end}/{total}"
         headers["content-length"] = str(len(data))
@@ -289,7 +319,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         del rng
         for off in range(0, len(data), CHUNK):
-            chunk = bytes(data[off:off + CHUNK])
+            chunk = bytes(data[off : off + CHUNK])
             if fault == "flip" and off == 0:
                 chunk = flip_byte(chunk)
             if fault == "drop":
@@ -307,9 +337,16 @@ class _HTTPServer(ThreadingHTTPServer):
 class B2Server:
     """Loopback B2 endpoint. `with B2Server() as s: s.create_bucket("b"); s.url, s.key_id, s.key`."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, key_id: str | None = None,
-                 key: str | None = None, recommended_part_size: int = 100 * 1000 * 1000,
-                 min_part_size: int = 5 * 1000 * 1000):
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        key_id: str | None = None,
+        key: str | None = None,
+        recommended_part_size: int = 100 * 1000 * 1000,
+        min_part_size: int = 5 * 1000 * 1000,
+    ):
         self.host = check_loopback(host)
         self.port = port
         self.faults = Faults()
@@ -363,8 +400,9 @@ class B2Server:
             if name in self.sim.bucket_name_to_bucket:
                 return self.sim.bucket_name_to_bucket[name].bucket_id
             auth = self.sim.authorize_account(self.url, self.key_id, self.key)
-            return self.sim.create_bucket(self.sim.API_URL, auth["authorizationToken"], self.account_id,
-                                          name, "allPrivate")["bucketId"]
+            return self.sim.create_bucket(
+                self.sim.API_URL, auth["authorizationToken"], self.account_id, name, "allPrivate"
+            )["bucketId"]
 
     def _record_part(self, file_id: str, number: int, size: int) -> None:
         with self._parts_lock:

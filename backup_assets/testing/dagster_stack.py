@@ -8,6 +8,9 @@ sends), the `dagster` and `tenant-backup` CLIs, and fault injection over the dou
     stack = DagsterStack(Path("/tmp/e2e")).start()
     stack.graphql("{ version }")
     stack.stop()
+
+Why this module is long: one class, the stack's life cycle and the GraphQL queries the tests read it
+back with; split, every e2e test would import three modules to drive one stack.
 """
 
 from __future__ import annotations
@@ -28,8 +31,12 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 LOCATION_NAME = "tenant_backup"  # workspace.yaml
 REPOSITORY_NAME = "__repository__"
 ASSETS = ("tenant_archive", "local_copy", "r2_copy", "b2_copy")
-CHECKS = {"tenant_archive": ("isolation", "restore_drill"), "local_copy": ("checksum", "integrity"),
-          "r2_copy": ("checksum", "integrity"), "b2_copy": ("checksum", "integrity")}
+CHECKS = {
+    "tenant_archive": ("isolation", "restore_drill"),
+    "local_copy": ("checksum", "integrity"),
+    "r2_copy": ("checksum", "integrity"),
+    "b2_copy": ("checksum", "integrity"),
+}
 # Runs in e2e tests execute their steps in the run worker: a process per step costs seconds of
 # start-up each on a 2-core CI machine, and the steps themselves are what is under test.
 IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
@@ -68,8 +75,15 @@ def _post_json(url: str, payload: dict | None, method: str = "POST", timeout: fl
 
 
 class DagsterStack:
-    def __init__(self, directory: Path, *, active: int = 3, suspended: int = 1, rows: int = 20,
-                 extra_env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        active: int = 3,
+        suspended: int = 1,
+        rows: int = 20,
+        extra_env: dict[str, str] | None = None,
+    ):
         self.directory = Path(directory).resolve()
         self.active, self.suspended, self.rows = active, suspended, rows
         self.extra_env = extra_env or {}
@@ -95,7 +109,8 @@ class DagsterStack:
             (self.demo.home / "dagster.yaml").write_text(instance_yaml(url, monitoring_poll_s=5, dequeue_interval_s=1))
             self.env = {
                 **self.demo.env,
-                "TENANT_BACKUP_RETRIES": "1", "TENANT_BACKUP_RETRY_DELAY_S": "0",
+                "TENANT_BACKUP_RETRIES": "1",
+                "TENANT_BACKUP_RETRY_DELAY_S": "0",
                 "TENANT_BACKUP_STORAGE_ATTEMPTS": "2",
                 "TENANT_BACKUP_WORKERS": "2",
                 "TENANT_BACKUP_REGISTRY_SYNC_S": "5",  # new tenants become partitions within seconds
@@ -103,8 +118,10 @@ class DagsterStack:
                 **self.extra_env,
             }
             os.environ.update(self.env)
-            self._spawn("webserver", [_script("dagster-webserver"), "-w", "workspace.yaml", "-h", "127.0.0.1",
-                                      "-p", str(self.port)])
+            self._spawn(
+                "webserver",
+                [_script("dagster-webserver"), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(self.port)],
+            )
             self._spawn("daemon", [_script("dagster-daemon"), "run", "-w", "workspace.yaml"])
             self._wait_ready(timeout)
         except BaseException:
@@ -115,8 +132,14 @@ class DagsterStack:
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = open(self.directory / f"{name}.log", "ab")
         # Own process group: stop() signals the whole tree (code servers, run workers), no orphans.
-        self.procs[name] = subprocess.Popen(argv, cwd=REPO_ROOT, env={**os.environ, **self.env},
-                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs[name] = subprocess.Popen(
+            argv,
+            cwd=REPO_ROOT,
+            env={**os.environ, **self.env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         log.close()
 
     def _wait_ready(self, timeout: float) -> None:
@@ -208,11 +231,13 @@ class DagsterStack:
 
     def cli(self, *argv: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
         """A command run as an operator would, with the stack's environment, from the repo root."""
-        proc = subprocess.run(list(argv), cwd=REPO_ROOT, env={**os.environ, **self.env}, capture_output=True,
-                              text=True, timeout=timeout)
+        proc = subprocess.run(
+            list(argv), cwd=REPO_ROOT, env={**os.environ, **self.env}, capture_output=True, text=True, timeout=timeout
+        )
         if check and proc.returncode != 0:
-            raise AssertionError(f"{argv} exited {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\n"
-                                 f"stderr:\n{proc.stderr[-3000:]}")
+            raise AssertionError(
+                f"{argv} exited {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+            )
         return proc
 
     # -- faults ------------------------------------------------------------------------------------
@@ -222,10 +247,14 @@ class DagsterStack:
 
     def s3_faults(self, **kw) -> dict:
         """Set faults on the S3 (R2) double; no arguments clears them. Returns the state."""
-        return _post_json(self._faults_url("s3"), kw, "POST") if kw else _post_json(self._faults_url("s3"), None, "DELETE")
+        return (
+            _post_json(self._faults_url("s3"), kw, "POST") if kw else _post_json(self._faults_url("s3"), None, "DELETE")
+        )
 
     def b2_faults(self, **kw) -> dict:
-        return _post_json(self._faults_url("b2"), kw, "POST") if kw else _post_json(self._faults_url("b2"), None, "DELETE")
+        return (
+            _post_json(self._faults_url("b2"), kw, "POST") if kw else _post_json(self._faults_url("b2"), None, "DELETE")
+        )
 
     def fault_state(self, kind: str) -> dict:
         return _post_json(self._faults_url(kind), None, "GET")
@@ -246,9 +275,16 @@ class DagsterStack:
             raise GraphQLError(f"{what}: {json.dumps(result)[:2000]}")
         return result["run"]["runId"]
 
-    def launch_run(self, job: str, *, run_config: dict | None = None, tags: dict | None = None,
-                   partition: str | None = None, assets: list[str] | None = None,
-                   asset_checks: list[tuple[str, str]] | None = None) -> str:
+    def launch_run(
+        self,
+        job: str,
+        *,
+        run_config: dict | None = None,
+        tags: dict | None = None,
+        partition: str | None = None,
+        assets: list[str] | None = None,
+        asset_checks: list[tuple[str, str]] | None = None,
+    ) -> str:
         """launchRun, as the UI's launchpad does. The QueuedRunCoordinator queues it; the daemon starts it.
         `assets` / `asset_checks` ((asset, check) pairs) run a subset of an asset job."""
         tags = dict(tags or {})
@@ -259,28 +295,43 @@ class DagsterStack:
         if assets is not None or asset_checks is not None:
             selector["assetSelection"] = [{"path": [a]} for a in assets or []]
             selector["assetCheckSelection"] = [{"assetKey": {"path": [a]}, "name": c} for a, c in asset_checks or []]
-        params = {"selector": selector, "runConfigData": run_config or {},
-                  "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in tags.items()]}}
-        data = self.graphql("""mutation($p: ExecutionParams!) { launchRun(executionParams: $p) { __typename
+        params = {
+            "selector": selector,
+            "runConfigData": run_config or {},
+            "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in tags.items()]},
+        }
+        data = self.graphql(
+            """mutation($p: ExecutionParams!) { launchRun(executionParams: $p) { __typename
             ... on LaunchRunSuccess { run { runId } } ... on PythonError { message stack }
             ... on RunConfigValidationInvalid { errors { message } } ... on InvalidSubsetError { message } } }""",
-                            {"p": params})
+            {"p": params},
+        )
         return self._launched(data["launchRun"], f"launchRun {job}")
 
     def reexecute(self, run_id: str, strategy: str = "FROM_FAILURE") -> str:
-        data = self.graphql("""mutation($p: ReexecutionParams!) { launchPipelineReexecution(reexecutionParams: $p) {
+        data = self.graphql(
+            """mutation($p: ReexecutionParams!) { launchPipelineReexecution(reexecutionParams: $p) {
             __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message stack } } }""",
-                            {"p": {"parentRunId": run_id, "strategy": strategy}})
+            {"p": {"parentRunId": run_id, "strategy": strategy}},
+        )
         return self._launched(data["launchPipelineReexecution"], f"re-execute {run_id}")
 
     def schedule_dry_run(self, schedule: str, timestamp: float | None = None) -> list[dict]:
         """The UI's "Test schedule": the schedule evaluated by the code server; its run requests."""
-        data = self.graphql("""mutation($s: ScheduleSelector!, $t: Float) { scheduleDryRun(selectorData: $s, timestamp: $t) {
+        data = self.graphql(
+            """mutation($s: ScheduleSelector!, $t: Float) { scheduleDryRun(selectorData: $s, timestamp: $t) {
             __typename ... on DryRunInstigationTick { evaluationResult { skipReason error { message }
               runRequests { runKey jobName runConfigYaml tags { key value } } } }
             ... on PythonError { message stack } } }""",
-                            {"s": {"repositoryLocationName": LOCATION_NAME, "repositoryName": REPOSITORY_NAME,
-                                   "scheduleName": schedule}, "t": timestamp or time.time()})
+            {
+                "s": {
+                    "repositoryLocationName": LOCATION_NAME,
+                    "repositoryName": REPOSITORY_NAME,
+                    "scheduleName": schedule,
+                },
+                "t": timestamp or time.time(),
+            },
+        )
         result = data["scheduleDryRun"]
         if result["__typename"] != "DryRunInstigationTick":
             raise GraphQLError(json.dumps(result)[:2000])
@@ -289,34 +340,44 @@ class DagsterStack:
             raise GraphQLError(evaluation["error"]["message"])
         return evaluation["runRequests"] or []
 
-    def launch_backfill(self, assets: list[str], partitions: list[str], *, run_config: dict | None = None,
-                        tags: dict | None = None) -> str:
+    def launch_backfill(
+        self, assets: list[str], partitions: list[str], *, run_config: dict | None = None, tags: dict | None = None
+    ) -> str:
         """launchPartitionBackfill of assets × partitions: the daemon's backfill loop launches the runs."""
-        params = {"assetSelection": [{"path": [a]} for a in assets], "partitionNames": partitions,
-                  "tags": [{"key": k, "value": v} for k, v in (tags or {}).items()]}
+        params = {
+            "assetSelection": [{"path": [a]} for a in assets],
+            "partitionNames": partitions,
+            "tags": [{"key": k, "value": v} for k, v in (tags or {}).items()],
+        }
         if run_config is not None:
             params["runConfigData"] = run_config
-        data = self.graphql("""mutation($p: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $p) {
+        data = self.graphql(
+            """mutation($p: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $p) {
             __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message stack }
             ... on PartitionSetNotFoundError { message } ... on InvalidStepError { invalidStepKey }
-            ... on InvalidOutputError { stepKey invalidOutputName } } }""", {"p": params})
+            ... on InvalidOutputError { stepKey invalidOutputName } } }""",
+            {"p": params},
+        )
         result = data["launchPartitionBackfill"]
         if result["__typename"] != "LaunchBackfillSuccess":
             raise GraphQLError(json.dumps(result)[:2000])
         return result["backfillId"]
 
     def backfill(self, backfill_id: str) -> dict:
-        return self.graphql("""query($id: String!) { partitionBackfillOrError(backfillId: $id) { __typename
+        return self.graphql(
+            """query($id: String!) { partitionBackfillOrError(backfillId: $id) { __typename
             ... on PartitionBackfill { id status runs(limit: 100) { runId status tags { key value } } } } }""",
-                            {"id": backfill_id})["partitionBackfillOrError"]
+            {"id": backfill_id},
+        )["partitionBackfillOrError"]
 
     def wait_for_backfill(self, backfill_id: str, timeout: float = 240) -> dict:
         deadline = time.monotonic() + timeout
         while True:
             bf = self.backfill(backfill_id)
             runs = bf.get("runs") or []
-            if bf.get("status") in ("COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED") \
-                    and all(r["status"] in FINISHED for r in runs):
+            if bf.get("status") in ("COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED") and all(
+                r["status"] in FINISHED for r in runs
+            ):
                 return bf
             if time.monotonic() > deadline:
                 raise TimeoutError(f"backfill {backfill_id} not done in {timeout}s: {bf}\n{self.log_tail('daemon')}")
@@ -328,12 +389,21 @@ class DagsterStack:
             flt["runIds"] = run_ids
         if job is not None:
             flt["pipelineName"] = job
-        data = self.graphql(f"""query($f: RunsFilter, $l: Int) {{ runsOrError(filter: $f, limit: $l) {{
-            __typename ... on Runs {{ results {{ {RUN_FIELDS} }} }} }} }}""", {"f": flt, "l": limit})
+        data = self.graphql(
+            f"""query($f: RunsFilter, $l: Int) {{ runsOrError(filter: $f, limit: $l) {{
+            __typename ... on Runs {{ results {{ {RUN_FIELDS} }} }} }} }}""",
+            {"f": flt, "l": limit},
+        )
         return data["runsOrError"]["results"]
 
-    def wait_for_runs(self, predicate: Callable[[list[dict]], bool] | None = None, *,
-                      run_ids: list[str] | None = None, job: str | None = None, timeout: float = 240) -> list[dict]:
+    def wait_for_runs(
+        self,
+        predicate: Callable[[list[dict]], bool] | None = None,
+        *,
+        run_ids: list[str] | None = None,
+        job: str | None = None,
+        timeout: float = 240,
+    ) -> list[dict]:
         """Poll the runs (filtered by ids or job) until predicate(runs) holds; default: all finished."""
         predicate = predicate or (lambda runs: bool(runs) and all(r["status"] in FINISHED for r in runs))
         deadline = time.monotonic() + timeout
@@ -342,8 +412,10 @@ class DagsterStack:
             if predicate(runs):
                 return runs
             if time.monotonic() > deadline:
-                raise TimeoutError(f"runs not as expected in {timeout}s: {[(r['runId'][:8], r['status']) for r in runs]}"
-                                   f"\n--- daemon log ---\n{self.log_tail('daemon')}")
+                raise TimeoutError(
+                    f"runs not as expected in {timeout}s: {[(r['runId'][:8], r['status']) for r in runs]}"
+                    f"\n--- daemon log ---\n{self.log_tail('daemon')}"
+                )
             time.sleep(1)
 
     def wait_for_run(self, run_id: str, timeout: float = 240) -> dict:
@@ -351,21 +423,28 @@ class DagsterStack:
 
     def run_steps(self, run_id: str) -> dict[str, str]:
         """step key -> status (SUCCESS, FAILED, SKIPPED, ...) of one run."""
-        data = self.graphql("""query($id: ID!) { runOrError(runId: $id) { __typename ... on Run {
-            stepStats { stepKey status } } } }""", {"id": run_id})
+        data = self.graphql(
+            """query($id: ID!) { runOrError(runId: $id) { __typename ... on Run {
+            stepStats { stepKey status } } } }""",
+            {"id": run_id},
+        )
         return {s["stepKey"]: s["status"] for s in data["runOrError"]["stepStats"]}
 
     def run_logs(self, run_id: str, limit: int = 2000) -> list[dict]:
-        data = self.graphql("""query($id: ID!, $l: Int) { logsForRun(runId: $id, limit: $l) { __typename
+        data = self.graphql(
+            """query($id: ID!, $l: Int) { logsForRun(runId: $id, limit: $l) { __typename
             ... on EventConnection { events { __typename ... on MessageEvent { message stepKey level } } } } }""",
-                            {"id": run_id, "l": limit})
+            {"id": run_id, "l": limit},
+        )
         return data["logsForRun"].get("events") or []
 
     def materializations(self, asset: str, partitions: list[str] | None = None) -> list[dict]:
         """Materialization events of an asset (optionally some partitions), newest first."""
-        data = self.graphql("""query($k: AssetKeyInput!, $p: [String!]) { assetOrError(assetKey: $k) { __typename
+        data = self.graphql(
+            """query($k: AssetKeyInput!, $p: [String!]) { assetOrError(assetKey: $k) { __typename
             ... on Asset { assetMaterializations(partitions: $p) { partition runId timestamp } } } }""",
-                            {"k": {"path": [asset]}, "p": partitions})
+            {"k": {"path": [asset]}, "p": partitions},
+        )
         result = data["assetOrError"]
         return result.get("assetMaterializations") or [] if result["__typename"] == "Asset" else []
 
@@ -377,10 +456,12 @@ class DagsterStack:
 
     def check_executions(self, asset: str, check: str, partition: str | None = None, limit: int = 100) -> list[dict]:
         """Executions of one asset check (newest first): status, partition, run and evaluation."""
-        data = self.graphql("""query($k: AssetKeyInput!, $c: String!, $p: String, $l: Int!) {
+        data = self.graphql(
+            """query($k: AssetKeyInput!, $c: String!, $p: String, $l: Int!) {
             assetCheckExecutions(assetKey: $k, checkName: $c, partition: $p, limit: $l) {
               runId status partition evaluation { success severity partition } } }""",
-                            {"k": {"path": [asset]}, "c": check, "p": partition, "l": limit})
+            {"k": {"path": [asset]}, "c": check, "p": partition, "l": limit},
+        )
         return data["assetCheckExecutions"]
 
     def latest_checks(self, partition: str) -> dict[tuple[str, str], dict]:
@@ -395,11 +476,16 @@ class DagsterStack:
 
     def add_partitions(self, tenant_ids: list[str]) -> None:
         for tenant_id in tenant_ids:
-            data = self.graphql("""mutation($r: RepositorySelector!, $n: String!, $k: String!) {
+            data = self.graphql(
+                """mutation($r: RepositorySelector!, $n: String!, $k: String!) {
                 addDynamicPartition(repositorySelector: $r, partitionsDefName: $n, partitionKey: $k) { __typename
                 ... on PythonError { message } ... on UnauthorizedError { message } } }""",
-                                {"r": {"repositoryLocationName": LOCATION_NAME, "repositoryName": REPOSITORY_NAME},
-                                 "n": "tenants", "k": tenant_id})
+                {
+                    "r": {"repositoryLocationName": LOCATION_NAME, "repositoryName": REPOSITORY_NAME},
+                    "n": "tenants",
+                    "k": tenant_id,
+                },
+            )
             kind = data["addDynamicPartition"]["__typename"]
             if kind not in ("AddDynamicPartitionSuccess", "DuplicateDynamicPartitionError"):
                 raise GraphQLError(json.dumps(data)[:2000])

@@ -25,10 +25,16 @@ _XML = "application/xml"
 
 
 def _s3_error(status: int, code: str, message: str):
-    body = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
-            f"<Message>{message}</Message></Error>").encode()
-    reason = {403: "Forbidden", 500: "Internal Server Error", 502: "Bad Gateway",
-              503: "Service Unavailable", 504: "Gateway Timeout"}.get(status, "Error")
+    body = (
+        f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>{message}</Message></Error>'
+    ).encode()
+    reason = {
+        403: "Forbidden",
+        500: "Internal Server Error",
+        502: "Bad Gateway",
+        503: "Service Unavailable",
+        504: "Gateway Timeout",
+    }.get(status, "Error")
     return f"{status} {reason}", [("Content-Type", _XML), ("Content-Length", str(len(body)))], body
 
 
@@ -78,8 +84,7 @@ class _FaultMiddleware:
             else:
                 status, payload = faults.handle_control(method, body)
             data = json.dumps(payload).encode()
-            start_response(f"{status} X", [("Content-Type", "application/json"),
-                                           ("Content-Length", str(len(data)))])
+            start_response(f"{status} X", [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
             return [data]
 
         desc = f"{method} {path}?{qs}"
@@ -104,7 +109,8 @@ class _FaultMiddleware:
             if key_id != self.server.access_key:
                 _drain(environ)
                 status, headers, body = _s3_error(
-                    403, "InvalidAccessKeyId", "The AWS Access Key Id you provided does not exist in our records.")
+                    403, "InvalidAccessKeyId", "The AWS Access Key Id you provided does not exist in our records."
+                )
                 start_response(status, headers)
                 return [body]
 
@@ -131,7 +137,6 @@ class _FaultMiddleware:
         if status.get("code", "").startswith("2"):
             self.server._record_part(upload_id, path, number, counted.n)
         return result
-
 
     def _mangle(self, fault, environ, start_response):
         captured = {}
@@ -185,8 +190,9 @@ class _CountingInput:
 class S3Server:
     """Loopback S3 endpoint. `with S3Server() as s: s.create_bucket("b"); s.url` ..."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, access_key: str | None = "testing",
-                 secret_key: str = "testing"):
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, *, access_key: str | None = "testing", secret_key: str = "testing"
+    ):
         self.host = check_loopback(host)
         self.port = port
         self.access_key = access_key
@@ -239,10 +245,14 @@ class S3Server:
         import boto3
         from botocore.config import Config
 
-        return boto3.client("s3", endpoint_url=self.url, region_name="us-east-1",
-                            aws_access_key_id=self.access_key or "testing", aws_secret_access_key=self.secret_key,
-                            config=Config(request_checksum_calculation="when_required",
-                                          response_checksum_validation="when_required"))
+        return boto3.client(
+            "s3",
+            endpoint_url=self.url,
+            region_name="us-east-1",
+            aws_access_key_id=self.access_key or "testing",
+            aws_secret_access_key=self.secret_key,
+            config=Config(request_checksum_calculation="when_required", response_checksum_validation="when_required"),
+        )
 
     def create_bucket(self, name: str) -> None:
         self.client().create_bucket(Bucket=name)
@@ -259,9 +269,14 @@ class S3Server:
     def parts(self, path_contains: str = "") -> dict[str, dict]:
         """upload id -> {"key": object key, "sizes": [...]}: what GET /__parts__ answers."""
         with self._parts_lock:
-            return {uid: {"key": rec["path"].lstrip("/").split("/", 1)[-1],
-                          "sizes": [rec["parts"][n] for n in sorted(rec["parts"])]}
-                    for uid, rec in self._parts.items() if path_contains in rec["path"]}
+            return {
+                uid: {
+                    "key": rec["path"].lstrip("/").split("/", 1)[-1],
+                    "sizes": [rec["parts"][n] for n in sorted(rec["parts"])],
+                }
+                for uid, rec in self._parts.items()
+                if path_contains in rec["path"]
+            }
 
     _CHECKSUM_HEADERS = ("HTTP_X_AMZ_SDK_CHECKSUM_ALGORITHM", "HTTP_X_AMZ_TRAILER")
 

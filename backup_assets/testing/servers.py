@@ -114,12 +114,13 @@ class Faults:
 
 def flip_byte(chunk: bytes) -> bytes:
     i = len(chunk) // 2
-    return chunk[:i] + bytes([chunk[i] ^ 0x01]) + chunk[i + 1:]
+    return chunk[:i] + bytes([chunk[i] ^ 0x01]) + chunk[i + 1 :]
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m backup_assets.testing.servers",
-                                 description="Loopback S3/B2 TEST DOUBLES with fault injection.")
+    ap = argparse.ArgumentParser(
+        prog="python -m backup_assets.testing.servers", description="Loopback S3/B2 TEST DOUBLES with fault injection."
+    )
     ap.add_argument("kind", choices=["s3", "b2"])
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0)
@@ -136,17 +137,31 @@ def main(argv: list[str] | None = None) -> int:
     if args.kind == "s3":
         from .s3_server import S3Server
 
-        server = S3Server(host=args.host, port=args.port, access_key=args.key_id or "testing",
-                          secret_key=args.key or "testing")
-        env = lambda: {"R2_ENDPOINT_URL": server.url, "R2_ACCESS_KEY_ID": server.access_key,  # noqa: E731
-                       "R2_SECRET_ACCESS_KEY": server.secret_key, "R2_BUCKET": (args.bucket or [""])[0]}
+        server = S3Server(
+            host=args.host, port=args.port, access_key=args.key_id or "testing", secret_key=args.key or "testing"
+        )
+
+        def env():
+            return {
+                "R2_ENDPOINT_URL": server.url,
+                "R2_ACCESS_KEY_ID": server.access_key,
+                "R2_SECRET_ACCESS_KEY": server.secret_key,
+                "R2_BUCKET": (args.bucket or [""])[0],
+            }
     else:
         from .b2_server import B2Server
 
         kw = {"recommended_part_size": args.part_size} if args.part_size else {}
         server = B2Server(host=args.host, port=args.port, key_id=args.key_id, key=args.key, **kw)
-        env = lambda: {"B2_REALM": server.url, "B2_APPLICATION_KEY_ID": server.key_id,  # noqa: E731
-                       "B2_APPLICATION_KEY": server.key, "B2_BUCKET": (args.bucket or [""])[0]}
+
+        def env():
+            return {
+                "B2_REALM": server.url,
+                "B2_APPLICATION_KEY_ID": server.key_id,
+                "B2_APPLICATION_KEY": server.key,
+                "B2_BUCKET": (args.bucket or [""])[0],
+            }
+
     server.start()
     for b in args.bucket:
         server.create_bucket(b)

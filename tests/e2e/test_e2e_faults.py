@@ -42,8 +42,15 @@ def test_r2_down_fails_only_r2_and_rerun_fills_the_gap(e2e_stack):
     for ok in ("tenant_archive", "local_copy", "b2_copy"):
         assert steps[ok] == "SUCCESS", steps
     # The daemon's run-failure sensor records the alert, naming the tenant and the location.
-    stack.wait_for_alert(lambda a: a["kind"] == "BACKUP_FAILURE" and a["tenant_id"] == tenant
-                         and a["location"] == "r2" and run_id in (a.get("run_url") or ""), timeout=120)
+    stack.wait_for_alert(
+        lambda a: (
+            a["kind"] == "BACKUP_FAILURE"
+            and a["tenant_id"] == tenant
+            and a["location"] == "r2"
+            and run_id in (a.get("run_url") or "")
+        ),
+        timeout=120,
+    )
     locations = stack.locations()
     backup_id = _latest(locations["local"], tenant)
     assert _latest(locations["b2"], tenant) == backup_id
@@ -73,14 +80,27 @@ def test_flipped_byte_fails_verify_alerts_and_restore_auto_uses_another_copy(e2e
 
     # The daily verify, run for the share (day) this copy falls in.
     day = verify_bucket("local", tenant, backup_id)
-    verify = stack.launch_run("verify_share_job",
-                              run_config={"ops": {"verify_share_op": {"config": {"day": day}}}, **IN_PROCESS})
+    verify = stack.launch_run(
+        "verify_share_job", run_config={"ops": {"verify_share_op": {"config": {"day": day}}}, **IN_PROCESS}
+    )
     assert stack.wait_for_run(verify)["status"] == "FAILURE"
-    stack.wait_for_alert(lambda a: a["kind"] == "INTEGRITY_FAILURE" and a["tenant_id"] == tenant
-                         and a["location"] == "local" and backup_id in a["message"], timeout=30)
+    stack.wait_for_alert(
+        lambda a: (
+            a["kind"] == "INTEGRITY_FAILURE"
+            and a["tenant_id"] == tenant
+            and a["location"] == "local"
+            and backup_id in a["message"]
+        ),
+        timeout=30,
+    )
     # The copy's own asset checks, re-run alone: checksum fails with severity ERROR.
-    check_run = stack.launch_run("tenant_backup", run_config=IN_PROCESS, partition=tenant, assets=[],
-                                 asset_checks=[("local_copy", "checksum"), ("local_copy", "integrity")])
+    check_run = stack.launch_run(
+        "tenant_backup",
+        run_config=IN_PROCESS,
+        partition=tenant,
+        assets=[],
+        asset_checks=[("local_copy", "checksum"), ("local_copy", "integrity")],
+    )
     stack.wait_for_run(check_run)
     checks = stack.latest_checks(tenant)
     checksum = checks[("local_copy", "checksum")]
@@ -94,8 +114,18 @@ def test_flipped_byte_fails_verify_alerts_and_restore_auto_uses_another_copy(e2e
     with conn.cursor() as cur:
         cur.execute(f'CREATE DATABASE "{name}"')
     conn.close()
-    proc = stack.cli(sys.executable, "-m", "backup_assets.cli", "restore", "--tenant", tenant, "--location", "auto",
-                     "--target-dsn", dsn_for(stack.admin_dsn, dbname=name))
+    proc = stack.cli(
+        sys.executable,
+        "-m",
+        "backup_assets.cli",
+        "restore",
+        "--tenant",
+        tenant,
+        "--location",
+        "auto",
+        "--target-dsn",
+        dsn_for(stack.admin_dsn, dbname=name),
+    )
     said = proc.stdout + proc.stderr
     assert "from r2" in said or "from b2" in said, said
     assert "local" in proc.stderr  # the skipped copy is named

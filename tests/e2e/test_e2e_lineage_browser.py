@@ -49,6 +49,7 @@ def _node_name(node: dict) -> str:
 
 def _edges(graph: dict) -> set[tuple[str, str]]:
     """(source, target) names from the rendered edge geometry."""
+
     def at(x, y, side):
         for node in graph["nodes"]:
             edge_x = node["x"] + (node["w"] if side == "right" else 0)
@@ -118,5 +119,6 @@ def _archive_checks(page, url: str, shot: Path) -> None:
     page.get_by_text("Passed", exact=True).first.wait_for()
     browser.dismiss_community_dialog(page, 0)
     page.screenshot(path=str(shot), full_page=True)
-    assert page.get_by_text("Succeeded", exact=True).count() == len(CHECKS["tenant_archive"]), \
-        page.inner_text("body")[:2000]
+    assert page.get_by_text("Succeeded", exact=True).count() == len(CHECKS["tenant_archive"]), page.inner_text("body")[
+        :2000
+    ]

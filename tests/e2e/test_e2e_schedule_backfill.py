@@ -79,8 +79,20 @@ def test_backfill_of_one_tenant_through_the_cli(e2e_stack):
     before = _counts(stack)
     started = time.time()
     # What an operator types: materialize one tenant's partition on the instance ($DAGSTER_HOME).
-    stack.cli(sys.executable, "-m", "dagster", "asset", "materialize", "-m", "backup_assets.definitions",
-              "--select", ",".join(ASSETS), "--partition", target, timeout=240)
+    stack.cli(
+        sys.executable,
+        "-m",
+        "dagster",
+        "asset",
+        "materialize",
+        "-m",
+        "backup_assets.definitions",
+        "--select",
+        ",".join(ASSETS),
+        "--partition",
+        target,
+        timeout=240,
+    )
     after = _counts(stack)
     for asset in ASSETS:
         assert after[asset].get(target, 0) == before[asset].get(target, 0) + 1, asset

@@ -59,11 +59,16 @@ def _stale_alerts_raised(stack):
 def test_the_daemons_tick_runs_the_batch_over_every_active_tenant(tick_stack):
     stack = tick_stack
     _stale_alerts_raised(stack)  # nothing is backed up yet: every active tenant x location is stale
-    runs = stack.wait_for_runs(lambda rs: bool(rs) and all(r["status"] in ("SUCCESS", "FAILURE") for r in rs),
-                               job="weekly_batch_job", timeout=240)
+    runs = stack.wait_for_runs(
+        lambda rs: bool(rs) and all(r["status"] in ("SUCCESS", "FAILURE") for r in rs),
+        job="weekly_batch_job",
+        timeout=240,
+    )
     assert len(runs) == 1 and runs[0]["status"] == "SUCCESS", stack.run_logs(runs[0]["runId"])[-20:]
     tags = _tags(runs[0])
-    assert tags["dagster/schedule_name"] == "weekly_tenant_backup_batch" and tags["dagster/run_key"].startswith("weekly:")
+    assert tags["dagster/schedule_name"] == "weekly_tenant_backup_batch" and tags["dagster/run_key"].startswith(
+        "weekly:"
+    )
     tenant_runs = stack.runs(job="tenant_backup")
     assert {_tags(r)["dagster/partition"] for r in tenant_runs} == set(stack.active_tenants)
     assert all(_tags(r)["tenant_backup/batch"] == runs[0]["runId"] for r in tenant_runs)
@@ -78,13 +83,18 @@ def test_the_daemons_tick_queues_one_run_per_tenant(tick_stack):
     first = stack.active_tenants[0]
     # A second backup of one tenant, queued while the tick's runs are: the queue must not run both at once.
     stack.add_partitions(stack.active_tenants)
-    extra = stack.launch_run("tenant_backup", partition=first, tags={"tenant_backup/tenant": first},
-                             run_config={"execution": {"config": {"in_process": {}}}})
+    extra = stack.launch_run(
+        "tenant_backup",
+        partition=first,
+        tags={"tenant_backup/tenant": first},
+        run_config={"execution": {"config": {"in_process": {}}}},
+    )
 
     def all_done(runs):
         scheduled = [r for r in runs if _tags(r).get("dagster/schedule_name") == "weekly_tenant_backup"]
-        return (len(scheduled) == len(stack.active_tenants)
-                and all(r["status"] in ("SUCCESS", "FAILURE", "CANCELED") for r in runs))
+        return len(scheduled) == len(stack.active_tenants) and all(
+            r["status"] in ("SUCCESS", "FAILURE", "CANCELED") for r in runs
+        )
 
     runs = stack.wait_for_runs(all_done, job="tenant_backup", timeout=420)
     scheduled = [r for r in runs if _tags(r).get("dagster/schedule_name") == "weekly_tenant_backup"]

@@ -10,8 +10,14 @@ from ..errors import ArchiveError
 from ..files import atomic_output
 
 
-def decrypt_to_file(archive: Path, out_path: Path, keyring: Keyring, *,
-                    expect_tenant_id: str | None = None, expect_sha256: str | None = None) -> ArchiveHeader:
+def decrypt_to_file(
+    archive: Path,
+    out_path: Path,
+    keyring: Keyring,
+    *,
+    expect_tenant_id: str | None = None,
+    expect_sha256: str | None = None,
+) -> ArchiveHeader:
     """Decrypt and decompress `archive` into `out_path`. Nothing appears at `out_path` unless every
     segment authenticated, the stream ended properly and (if given) the archive's SHA-256 matched."""
     archive = Path(archive)
@@ -20,5 +26,7 @@ def decrypt_to_file(archive: Path, out_path: Path, keyring: Keyring, *,
     with archive.open("rb") as source, atomic_output(Path(out_path)) as sink:
         header, stats = decode_archive(source, sink, keyring=keyring, expect_tenant_id=expect_tenant_id)
         if expect_sha256 and stats.sha256 != expect_sha256.lower():
-            raise ArchiveError(f"checksum mismatch for {archive}: SHA-256 {stats.sha256}, manifest says {expect_sha256}")
+            raise ArchiveError(
+                f"checksum mismatch for {archive}: SHA-256 {stats.sha256}, manifest says {expect_sha256}"
+            )
     return header

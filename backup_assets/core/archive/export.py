@@ -50,8 +50,9 @@ class ExportOptions:
     progress_interval: float = 2.0
 
 
-def export_tenant(settings: SourceSettings, keyring: Keyring, tenant_id: str, out_path: Path,
-                  options: ExportOptions = ExportOptions()) -> dict:
+def export_tenant(
+    settings: SourceSettings, keyring: Keyring, tenant_id: str, out_path: Path, options: ExportOptions = ExportOptions()
+) -> dict:
     """Write the tenant's archive to out_path atomically and return its manifest, as the dict
     `Manifest.to_dict()` gives (core/archive/manifest.py; `Manifest.from_dict` reads it back)."""
     tenant_id = validate_tenant_id(tenant_id, settings.tenant_id_pattern)
@@ -63,8 +64,9 @@ def export_tenant(settings: SourceSettings, keyring: Keyring, tenant_id: str, ou
     created = datetime.now(timezone.utc)
     backup_id = new_backup_id(created)
     # pg_dump and the counting connection are twins: same parameters, same options, nothing inherited.
-    session = PgSession.from_dsn(settings.dsn, {settings.tenant_setting: tenant_id},
-                                 connect_timeout=settings.connect_timeout)
+    session = PgSession.from_dsn(
+        settings.dsn, {settings.tenant_setting: tenant_id}, connect_timeout=settings.connect_timeout
+    )
     with session.connect() as conn:
         conn.set_session(isolation_level=psycopg2.extensions.ISOLATION_LEVEL_REPEATABLE_READ, readonly=True)
         with conn.cursor() as cur:
@@ -79,8 +81,9 @@ def export_tenant(settings: SourceSettings, keyring: Keyring, tenant_id: str, ou
         plan = inspect_source(conn, settings)
         for note in plan.notes:
             log.warning("%s", note)
-        reader = DumpStreamReader(tenant_values(conn, plan, tenant_id) if options.check_rows else None,
-                                  tenant_column=settings.tenant_column)
+        reader = DumpStreamReader(
+            tenant_values(conn, plan, tenant_id) if options.check_rows else None, tenant_column=settings.tenant_column
+        )
         with conn.cursor() as cur:
             cur.execute("SELECT pg_export_snapshot()")
             snapshot = cur.fetchone()[0]
@@ -93,9 +96,14 @@ def export_tenant(settings: SourceSettings, keyring: Keyring, tenant_id: str, ou
         try:
             with atomic_output(out_path) as handle:
                 header, stats = encode_archive(
-                    _with_progress(_followed(dump.read, reader), options, dump_started), handle,
-                    tenant_id=tenant_id, backup_id=backup_id, created_at=_iso(created), keyring=keyring,
-                    zstd_level=options.zstd_level, zstd_threads=options.zstd_threads,
+                    _with_progress(_followed(dump.read, reader), options, dump_started),
+                    handle,
+                    tenant_id=tenant_id,
+                    backup_id=backup_id,
+                    created_at=_iso(created),
+                    keyring=keyring,
+                    zstd_level=options.zstd_level,
+                    zstd_threads=options.zstd_threads,
                 )
                 dump.finish()
                 counts = counter.result()
@@ -115,10 +123,13 @@ def export_tenant(settings: SourceSettings, keyring: Keyring, tenant_id: str, ou
     finished = time.monotonic()
     shared = shared_tables(plan, counts)
     if shared and options.warn_shared:
-        log.warning("shared tables (no tenant column, no row-level security) are in tenant %s's archive WHOLE,"
-                    " every tenant's rows: %s; if one holds people or other tenants' data, give it a policy"
-                    " (docs/ISOLATION.md#shared-tables)", tenant_id,
-                    ", ".join(f"{name} ({rows} rows)" for name, rows in shared.items()))
+        log.warning(
+            "shared tables (no tenant column, no row-level security) are in tenant %s's archive WHOLE,"
+            " every tenant's rows: %s; if one holds people or other tenants' data, give it a policy"
+            " (docs/ISOLATION.md#shared-tables)",
+            tenant_id,
+            ", ".join(f"{name} ({rows} rows)" for name, rows in shared.items()),
+        )
 
     manifest = Manifest(
         manifest_version=MANIFEST_VERSION,
@@ -145,8 +156,9 @@ def export_tenant(settings: SourceSettings, keyring: Keyring, tenant_id: str, ou
             "dump_rows_counted": sum(contents.rows().values()),  # each equal to the snapshot's, per table
             "tenant_values_checked": sum(t.checked for t in contents.tables.values()),
         },
-        table_kinds=TableKinds(**{kind: [t.qualified for t in plan.of_kind(kind)]
-                                  for kind in (TENANT, RLS_CHILD, SHARED, EXCLUDED)}),
+        table_kinds=TableKinds(
+            **{kind: [t.qualified for t in plan.of_kind(kind)] for kind in (TENANT, RLS_CHILD, SHARED, EXCLUDED)}
+        ),
         source=_source_info(settings, plan),
         pg_dump_version=pg_dump_version(),
         notes=list(plan.notes),
@@ -157,8 +169,13 @@ def export_tenant(settings: SourceSettings, keyring: Keyring, tenant_id: str, ou
         },
         nulls=frozenset({"compression_ratio"}),  # null when nothing was compressed: written as null
     )
-    log.info("tenant %s exported: %d raw bytes -> %d archive bytes in %.2fs",
-             tenant_id, stats.raw_bytes, stats.archive_bytes, finished - started)
+    log.info(
+        "tenant %s exported: %d raw bytes -> %d archive bytes in %.2fs",
+        tenant_id,
+        stats.raw_bytes,
+        stats.archive_bytes,
+        finished - started,
+    )
     return manifest.validate().to_dict()
 
 
@@ -207,4 +224,3 @@ def _with_progress(read: Callable[[int], bytes], options: ExportOptions, started
         return chunk
 
     return reader
-

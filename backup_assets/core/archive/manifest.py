@@ -57,8 +57,10 @@ _CHECKS = {
     "object": (lambda v: isinstance(v, dict), "an object"),
     "list": (lambda v: isinstance(v, list), "a list"),
     "names": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of table names"),
-    "counts": (lambda v: isinstance(v, dict) and all(isinstance(k, str) and _is_int(n) for k, n in v.items()),
-               'an object of "schema.table": rows'),
+    "counts": (
+        lambda v: isinstance(v, dict) and all(isinstance(k, str) and _is_int(n) for k, n in v.items()),
+        'an object of "schema.table": rows',
+    ),
 }
 
 
@@ -248,20 +250,28 @@ class Manifest:
         """The manifest stored under tenant/backup describes that tenant and backup (one copied under
         another tenant's prefix would otherwise restore one tenant's data as another's)."""
         if self.tenant_id != tenant_id or self.backup_id != backup_id:
-            raise ArchiveError(f"{where + ': ' if where else ''}manifest describes tenant {self.tenant_id!r} backup"
-                               f" {self.backup_id!r}, but is stored as {tenant_id}/{backup_id}")
+            raise ArchiveError(
+                f"{where + ': ' if where else ''}manifest describes tenant {self.tenant_id!r} backup"
+                f" {self.backup_id!r}, but is stored as {tenant_id}/{backup_id}"
+            )
 
-    def validate(self, *, tenant_id: str | None = None, backup_id: str | None = None,
-                 where: str = "manifest") -> "Manifest":
+    def validate(
+        self, *, tenant_id: str | None = None, backup_id: str | None = None, where: str = "manifest"
+    ) -> "Manifest":
         """Everything a restore, verify or drill relies on, or ArchiveError naming what is wrong:
         version 1 (when given), tenant and backup ids (and equal to the ones expected, when given),
         the archive's sha256/size, the per-table rows and the table kinds. Returns self."""
         if self.manifest_version is not None and self.manifest_version != MANIFEST_VERSION:
-            raise ArchiveError(f"{where}: manifest_version {self.manifest_version} is not supported"
-                               f" (this tenant-backup reads {MANIFEST_VERSION})")
+            raise ArchiveError(
+                f"{where}: manifest_version {self.manifest_version} is not supported"
+                f" (this tenant-backup reads {MANIFEST_VERSION})"
+            )
         if tenant_id is not None or backup_id is not None:
-            self.check_identity(tenant_id if tenant_id is not None else self.tenant_id,
-                                backup_id if backup_id is not None else self.backup_id, where)
+            self.check_identity(
+                tenant_id if tenant_id is not None else self.tenant_id,
+                backup_id if backup_id is not None else self.backup_id,
+                where,
+            )
         if not self.tenant_id:
             raise ArchiveError(f"{where}: manifest lacks tenant_id")
         if not is_backup_id(self.backup_id):

@@ -86,7 +86,7 @@ class PipeSink:
             try:
                 while view:
                     n = self._pipe.write(view)
-                    view = view[n:] if n is not None else view[len(view):]
+                    view = view[n:] if n is not None else view[len(view) :]
             except (BrokenPipeError, ConnectionResetError, ValueError):  # ValueError: closed under us
                 self.closed_early = True
         return len(data)
@@ -133,10 +133,19 @@ class ArchivePipe:
     file. env: the child's environment (default child_env()). wait_timeout: seconds to wait for the
     child once its stdin is closed before it is killed (a check must never hang)."""
 
-    def __init__(self, args: Sequence[str], source: BinaryIO, keyring: Keyring, *,
-                 expect_tenant_id: str | None = None, env: dict[str, str] | None = None,
-                 stdout: int | IO = subprocess.DEVNULL, scrub: Callable[[str], str] = one_line,
-                 wait_timeout: float | None = None, name: str = "archive-pipe"):
+    def __init__(
+        self,
+        args: Sequence[str],
+        source: BinaryIO,
+        keyring: Keyring,
+        *,
+        expect_tenant_id: str | None = None,
+        env: dict[str, str] | None = None,
+        stdout: int | IO = subprocess.DEVNULL,
+        scrub: Callable[[str], str] = one_line,
+        wait_timeout: float | None = None,
+        name: str = "archive-pipe",
+    ):
         self._args = list(args)
         self._source = source
         self._keyring = keyring
@@ -158,8 +167,9 @@ class ArchivePipe:
     def __enter__(self) -> "ArchivePipe":
         self._err = tempfile.TemporaryFile()
         try:
-            self.proc = subprocess.Popen(self._args, stdin=subprocess.PIPE, stdout=self._stdout, stderr=self._err,
-                                         env=self._env, bufsize=0)
+            self.proc = subprocess.Popen(
+                self._args, stdin=subprocess.PIPE, stdout=self._stdout, stderr=self._err, env=self._env, bufsize=0
+            )
         except BaseException:
             self._err.close()
             raise
@@ -170,8 +180,9 @@ class ArchivePipe:
 
     def _feed(self) -> None:
         try:
-            self._result = decode_archive(self._source, self._sink, keyring=self._keyring,
-                                          expect_tenant_id=self._expect)
+            self._result = decode_archive(
+                self._source, self._sink, keyring=self._keyring, expect_tenant_id=self._expect
+            )
         except PipeAborted:
             self._kill()
         except BaseException as exc:  # noqa: BLE001 - reported through the outcome

@@ -98,9 +98,17 @@ def scratch_database_name(now: datetime | None = None) -> str:
     return f"{SCRATCH_PREFIX}{now:%Y%m%dt%H%M%Sz}_{secrets.token_hex(4)}"
 
 
-def restore_drill(archive_path: Path, manifest: Manifest | dict, keyring: Keyring, scratch: "str | ScratchPool", *,
-                  tenant_column: str | None = None, keep: bool = False,
-                  strategy: str | None = "WAL_LOG", connect_timeout: int = 10) -> DrillResult:
+def restore_drill(
+    archive_path: Path,
+    manifest: Manifest | dict,
+    keyring: Keyring,
+    scratch: "str | ScratchPool",
+    *,
+    tenant_column: str | None = None,
+    keep: bool = False,
+    strategy: str | None = "WAL_LOG",
+    connect_timeout: int = 10,
+) -> DrillResult:
     """Restore `archive_path` into a scratch database and check it against `manifest`.
 
     scratch: the admin DSN of the scratch server (a database is created for the drill and dropped
@@ -134,8 +142,11 @@ def restore_drill(archive_path: Path, manifest: Manifest | dict, keyring: Keyrin
             result, failures = _drill_in(scratch.admin_dsn, name, *args)
             result.timings["reused"] = float(not fresh)
         if not fresh and result.restore_failed:
-            log.warning("restore drill in reused scratch database %s failed (%s): once more in a fresh one",
-                        name, "; ".join(failures))
+            log.warning(
+                "restore drill in reused scratch database %s failed (%s): once more in a fresh one",
+                name,
+                "; ".join(failures),
+            )
             scratch.discard()
             with scratch.lease() as (name, _fresh):
                 result, failures = _drill_in(scratch.admin_dsn, name, *args)
@@ -171,12 +182,33 @@ def restore_drill(archive_path: Path, manifest: Manifest | dict, keyring: Keyrin
     return result
 
 
-def _drill_in(admin_dsn: str, name: str, archive_path, manifest, keyring, tenant_id, tables, tenant_column,
-              want_sha, want_size, connect_timeout) -> tuple[DrillResult, list[str]]:
+def _drill_in(
+    admin_dsn: str,
+    name: str,
+    archive_path,
+    manifest,
+    keyring,
+    tenant_id,
+    tables,
+    tenant_column,
+    want_sha,
+    want_size,
+    connect_timeout,
+) -> tuple[DrillResult, list[str]]:
     """Restore and check in the (empty) database `name`."""
-    result = DrillResult(ok=False, counts_match=False, isolated=False, mismatches={}, foreign_rows={},
-                         restored_tables=0, duration_s=0.0, message="", scratch_database=name,
-                         tenant_column=tenant_column, timings={})
+    result = DrillResult(
+        ok=False,
+        counts_match=False,
+        isolated=False,
+        mismatches={},
+        foreign_rows={},
+        restored_tables=0,
+        duration_s=0.0,
+        message="",
+        scratch_database=name,
+        tenant_column=tenant_column,
+        timings={},
+    )
     failures: list[str] = []
     scratch_dsn = psycopg2.extensions.make_dsn(admin_dsn, dbname=name)
     t0 = time.monotonic()
@@ -184,7 +216,9 @@ def _drill_in(admin_dsn: str, name: str, archive_path, manifest, keyring, tenant
     result.timings["restore_s"] = time.monotonic() - t0
     result.checksum_ok = sha == want_sha and size == want_size
     if not result.checksum_ok:
-        failures.append(f"checksum mismatch: SHA-256 {sha} ({size} bytes), manifest says {want_sha} ({want_size} bytes)")
+        failures.append(
+            f"checksum mismatch: SHA-256 {sha} ({size} bytes), manifest says {want_sha} ({want_size} bytes)"
+        )
     if restore_failure:
         failures.append(restore_failure)
         result.restore_failed = result.checksum_ok and restore_failure.startswith("pg_restore failed")
@@ -198,15 +232,26 @@ def _drill_in(admin_dsn: str, name: str, archive_path, manifest, keyring, tenant
     return result, failures
 
 
-def _finish(result: DrillResult, failures: list[str], started: float, tables: dict, tenant_column: str,
-            archive_path, tenant_id: str, *, keep: bool) -> DrillResult:
+def _finish(
+    result: DrillResult,
+    failures: list[str],
+    started: float,
+    tables: dict,
+    tenant_column: str,
+    archive_path,
+    tenant_id: str,
+    *,
+    keep: bool,
+) -> DrillResult:
     result.ok = not failures and result.counts_match and result.isolated and bool(result.checksum_ok)
     result.duration_s = time.monotonic() - started
     name = result.scratch_database
     if result.ok:
-        result.message = (f"ok: restored {result.restored_tables} tables into {name}"
-                          f"{' (kept)' if keep else ''}; row counts of {len(tables)} tables match the manifest;"
-                          f" no row of another tenant in column {tenant_column}")
+        result.message = (
+            f"ok: restored {result.restored_tables} tables into {name}"
+            f"{' (kept)' if keep else ''}; row counts of {len(tables)} tables match the manifest;"
+            f" no row of another tenant in column {tenant_column}"
+        )
     else:
         result.message = "; ".join(failures) or "restore drill failed"
     log.info("restore drill of %s (tenant %s): %s (%.3fs)", archive_path, tenant_id, result.message, result.duration_s)
@@ -235,8 +280,10 @@ def _create_database(admin, name: str, strategy: str | None) -> None:
         with admin.cursor() as cur:
             cur.execute(stmt)
     except psycopg2.Error as exc:
-        raise ScratchDatabaseError(f"cannot create the scratch database {name}: {one_line(exc, STDERR_LIMIT)}"
-                                   " (the scratch role needs CREATEDB)") from None
+        raise ScratchDatabaseError(
+            f"cannot create the scratch database {name}: {one_line(exc, STDERR_LIMIT)}"
+            " (the scratch role needs CREATEDB)"
+        ) from None
 
 
 def _drop_database(admin, name: str, version: int) -> None:
@@ -247,35 +294,47 @@ def _drop_database(admin, name: str, version: int) -> None:
         cur.execute(stmt)
 
 
-def _restore(archive_path: Path, keyring: Keyring, tenant_id: str,
-             scratch_dsn: str) -> tuple[bool, str, int, str | None]:
+def _restore(
+    archive_path: Path, keyring: Keyring, tenant_id: str, scratch_dsn: str
+) -> tuple[bool, str, int, str | None]:
     return stream_into_pg_restore(archive_path, keyring, tenant_id, scratch_dsn)
 
 
-def stream_into_pg_restore(archive_path: Path, keyring: Keyring, tenant_id: str, dsn: str, *,
-                           keep_owners: bool = False,
-                           synchronous_commit: str = "off") -> tuple[bool, str, int, str | None]:
+def stream_into_pg_restore(
+    archive_path: Path,
+    keyring: Keyring,
+    tenant_id: str,
+    dsn: str,
+    *,
+    keep_owners: bool = False,
+    synchronous_commit: str = "off",
+) -> tuple[bool, str, int, str | None]:
     """Stream the archive (decrypted on the fly, never on disk) into `pg_restore --single-transaction`
     on `dsn`. Returns (restored, sha256, size, failure message); a bad archive kills pg_restore before
     its transaction commits. Shared with core.restore (restore into an empty database).
 
     keep_owners: restore ownership and grants (the source's roles must exist); the drill never does."""
-    session = PgSession.from_dsn(dsn, {"synchronous_commit": synchronous_commit},
-                                 application_name="tenant-backup-restore")
+    session = PgSession.from_dsn(
+        dsn, {"synchronous_commit": synchronous_commit}, application_name="tenant-backup-restore"
+    )
     conninfo, env = session.conninfo(), session.child_env()
     args = [
         pg_program("pg_restore"),
         *(() if keep_owners else ("--no-owner", "--no-acl")),  # the source's roles need not exist on the target
-        "--no-tablespaces", "--no-security-labels",
-        "--no-publications", "--no-subscriptions",  # never wire a drill into replication
-        "--exit-on-error", "--single-transaction",
+        "--no-tablespaces",
+        "--no-security-labels",
+        "--no-publications",
+        "--no-subscriptions",  # never wire a drill into replication
+        "--exit-on-error",
+        "--single-transaction",
         f"--dbname={conninfo}",
     ]
     failure = None
     with archive_path.open("rb") as handle:
         reader = HashingReader(handle)
-        with ArchivePipe(args, reader, keyring, expect_tenant_id=tenant_id, env=env, scrub=session.scrub,
-                         name="restore-decode") as pipe:
+        with ArchivePipe(
+            args, reader, keyring, expect_tenant_id=tenant_id, env=env, scrub=session.scrub, name="restore-decode"
+        ) as pipe:
             pass  # a bad archive kills pg_restore before EOF reaches it: nothing of it may commit
         outcome = pipe.outcome
         if outcome.decode_error is not None:
@@ -301,8 +360,16 @@ SELECT n.nspname, c.relname, c.relforcerowsecurity,
 """
 
 
-def _check(result: DrillResult, failures: list[str], scratch_dsn: str, manifest: Manifest, tables: dict,
-           tenant_id: str, tenant_column: str, timeout: int) -> None:
+def _check(
+    result: DrillResult,
+    failures: list[str],
+    scratch_dsn: str,
+    manifest: Manifest,
+    tables: dict,
+    tenant_id: str,
+    tenant_column: str,
+    timeout: int,
+) -> None:
     with connect(scratch_dsn, timeout=timeout, application_name="tenant-backup-drill") as conn:
         with conn.cursor() as cur:
             # An error, never a silently filtered count, should a policy still apply.
@@ -311,7 +378,9 @@ def _check(result: DrillResult, failures: list[str], scratch_dsn: str, manifest:
             restored = cur.fetchall()
             for schema, name, forced, _ in restored:
                 if forced:  # owner-bypass needs NO FORCE; this is our own scratch copy
-                    cur.execute(sql.SQL("ALTER TABLE {} NO FORCE ROW LEVEL SECURITY").format(sql.Identifier(schema, name)))
+                    cur.execute(
+                        sql.SQL("ALTER TABLE {} NO FORCE ROW LEVEL SECURITY").format(sql.Identifier(schema, name))
+                    )
             result.restored_tables = len(restored)
 
             parts = []
@@ -319,8 +388,11 @@ def _check(result: DrillResult, failures: list[str], scratch_dsn: str, manifest:
             for schema, name, _, has_col in restored:
                 ident = sql.Identifier(schema, name)
                 if has_col:
-                    parts.append(sql.SQL("SELECT %s, count(*), count(*) FILTER (WHERE {}::text IS DISTINCT FROM %s) FROM {}")
-                                 .format(sql.Identifier(tenant_column), ident))
+                    parts.append(
+                        sql.SQL(
+                            "SELECT %s, count(*), count(*) FILTER (WHERE {}::text IS DISTINCT FROM %s) FROM {}"
+                        ).format(sql.Identifier(tenant_column), ident)
+                    )
                     params += [f"{schema}.{name}", tenant_id]
                 else:
                     parts.append(sql.SQL("SELECT %s, count(*), NULL::bigint FROM {}").format(ident))
@@ -337,8 +409,9 @@ def _check(result: DrillResult, failures: list[str], scratch_dsn: str, manifest:
             result.mismatches[table] = (expected, actual)
     result.counts_match = not result.mismatches
     if result.mismatches:
-        detail = ", ".join(f"{t}: manifest {e}, restored {'missing' if a is None else a}"
-                           for t, (e, a) in result.mismatches.items())
+        detail = ", ".join(
+            f"{t}: manifest {e}, restored {'missing' if a is None else a}" for t, (e, a) in result.mismatches.items()
+        )
         failures.append(f"row counts differ from the manifest in {len(result.mismatches)} table(s): {detail}")
 
     result.foreign_rows = {t: int(f) for t, (_, f) in sorted(counted.items()) if f}
@@ -352,8 +425,10 @@ def _check(result: DrillResult, failures: list[str], scratch_dsn: str, manifest:
         detail = ", ".join(f"{t}: {n} rows" for t, n in result.foreign_rows.items())
         failures.append(f"isolation failed: rows whose {tenant_column} is not {tenant_id} in {detail}")
     if unchecked:
-        failures.append(f"isolation not proven: tenant table(s) without column {tenant_column} after the restore: "
-                        + ", ".join(unchecked))
+        failures.append(
+            f"isolation not proven: tenant table(s) without column {tenant_column} after the restore: "
+            + ", ".join(unchecked)
+        )
     elif not with_column:
         failures.append(f"isolation not proven: no restored table has the column {tenant_column}")
 
@@ -361,8 +436,13 @@ def _check(result: DrillResult, failures: list[str], scratch_dsn: str, manifest:
 # ------------------------------------------------------------------------------------- cleanup
 
 
-def drop_stale_scratch_databases(scratch_admin_dsn: str, *, older_than: timedelta = timedelta(hours=6),
-                                 now: datetime | None = None, connect_timeout: int = 10) -> list[str]:
+def drop_stale_scratch_databases(
+    scratch_admin_dsn: str,
+    *,
+    older_than: timedelta = timedelta(hours=6),
+    now: datetime | None = None,
+    connect_timeout: int = 10,
+) -> list[str]:
     """Drop drill databases (`tb_drill_<utc>_<hex>`, lower case) older than `older_than`: leftovers of drills that
     were killed (kill -9, lost worker) before their own DROP. Returns the names dropped. Only names
     this module generates are touched."""
@@ -371,7 +451,9 @@ def drop_stale_scratch_databases(scratch_admin_dsn: str, *, older_than: timedelt
     with connect(scratch_admin_dsn, timeout=connect_timeout, application_name="tenant-backup-drill") as admin:
         admin.autocommit = True
         with admin.cursor() as cur:
-            cur.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", (SCRATCH_PREFIX.replace("_", r"\_") + "%",))
+            cur.execute(
+                "SELECT datname FROM pg_database WHERE datname LIKE %s", (SCRATCH_PREFIX.replace("_", r"\_") + "%",)
+            )
             names = [row[0] for row in cur.fetchall()]
         for name in names:
             match = _SCRATCH_RE.match(name)

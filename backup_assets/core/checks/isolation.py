@@ -68,14 +68,22 @@ def scan_dump_lines(lines, tenant_id: str, tenant_column: str) -> IsolationRepor
     return report
 
 
-def scan_archive(archive: Path, keyring: Keyring, *, tenant_id: str, tenant_column: str = "tenant_id") -> IsolationReport:
+def scan_archive(
+    archive: Path, keyring: Keyring, *, tenant_id: str, tenant_column: str = "tenant_id"
+) -> IsolationReport:
     """Decrypt `archive` and scan every COPY row; never holds more than a line in memory.
 
     An archive that fails to decode is reported by its own error (ArchiveError), whatever the scan
     of the shortened output (pg_restore is killed at once) raised."""
     with archive.open("rb") as source:
-        pipe = ArchivePipe([pg_program("pg_restore"), "--data-only", "--file=-"], source, keyring,
-                           expect_tenant_id=tenant_id, stdout=subprocess.PIPE, name="isolation-feed")
+        pipe = ArchivePipe(
+            [pg_program("pg_restore"), "--data-only", "--file=-"],
+            source,
+            keyring,
+            expect_tenant_id=tenant_id,
+            stdout=subprocess.PIPE,
+            name="isolation-feed",
+        )
         try:
             with pipe:
                 lines = (raw.decode("utf-8", "replace") for raw in pipe.stdout)

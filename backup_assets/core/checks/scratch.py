@@ -64,15 +64,23 @@ def _start_keeper(root: Path, data_dir: Path, idle_s: int | None) -> str:
     (root / _DSN_FILE).unlink(missing_ok=True)
     log_path = root / "scratch-keeper.log"
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "backup_assets.core.checks.scratch", str(data_dir), str(idle)],
-                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, env=env,
-                                start_new_session=True, cwd=str(root))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "backup_assets.core.checks.scratch", str(data_dir), str(idle)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            env=env,
+            start_new_session=True,
+            cwd=str(root),
+        )
     line = proc.stdout.readline().decode("utf-8", "replace").strip()
     proc.stdout.close()
     if not line.startswith("postgresql://"):
         proc.wait(timeout=30)
         tail = log_path.read_text(errors="replace")[-500:]
-        raise ScratchDatabaseError(f"the embedded scratch server under {data_dir} did not start: {' '.join(tail.split())}")
+        raise ScratchDatabaseError(
+            f"the embedded scratch server under {data_dir} did not start: {' '.join(tail.split())}"
+        )
     (root / _DSN_FILE).write_text(line + "\n")
     return line
 
@@ -96,8 +104,10 @@ def _keep(data_dir: Path, idle_s: int) -> int:
                 conn = psycopg2.connect(dsn, application_name="tenant-backup-scratch-keeper", connect_timeout=10)
                 try:
                     with conn.cursor() as cur:
-                        cur.execute("SELECT count(*) FROM pg_stat_activity"
-                                    " WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()")
+                        cur.execute(
+                            "SELECT count(*) FROM pg_stat_activity"
+                            " WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+                        )
                         busy = cur.fetchone()[0] > 0
                 finally:
                     conn.close()
@@ -141,8 +151,9 @@ class ScratchPool:
         from ..source.session import PgSession
 
         if self._admin is None or self._admin.closed:
-            session = PgSession.from_dsn(self.admin_dsn, application_name="tenant-backup-drill",
-                                         connect_timeout=self.connect_timeout)
+            session = PgSession.from_dsn(
+                self.admin_dsn, application_name="tenant-backup-drill", connect_timeout=self.connect_timeout
+            )
             guard = session.connect()
             self._admin = guard.__enter__()  # held for the pool's lifetime: it holds the advisory lock
             self._admin.autocommit = True
@@ -188,8 +199,9 @@ class ScratchPool:
 
         if self._db is None or self._db[1].closed or self._db[2] != name:
             self._close_db()
-            session = PgSession.from_dsn(self.admin_dsn, application_name="tenant-backup-drill",
-                                         connect_timeout=self.connect_timeout).with_database(name)
+            session = PgSession.from_dsn(
+                self.admin_dsn, application_name="tenant-backup-drill", connect_timeout=self.connect_timeout
+            ).with_database(name)
             guard = session.connect()
             conn = guard.__enter__()
             conn.autocommit = True
@@ -267,10 +279,13 @@ BEGIN
     END LOOP;
 END $$
 """
-_PUBLIC_15 = ("CREATE SCHEMA public AUTHORIZATION pg_database_owner; GRANT USAGE ON SCHEMA public TO PUBLIC;"
-              " COMMENT ON SCHEMA public IS 'standard public schema'")
-_PUBLIC_OLD = ("CREATE SCHEMA public; GRANT ALL ON SCHEMA public TO PUBLIC;"
-               " COMMENT ON SCHEMA public IS 'standard public schema'")
+_PUBLIC_15 = (
+    "CREATE SCHEMA public AUTHORIZATION pg_database_owner; GRANT USAGE ON SCHEMA public TO PUBLIC;"
+    " COMMENT ON SCHEMA public IS 'standard public schema'"
+)
+_PUBLIC_OLD = (
+    "CREATE SCHEMA public; GRANT ALL ON SCHEMA public TO PUBLIC; COMMENT ON SCHEMA public IS 'standard public schema'"
+)
 _LEFTOVERS_SQL = """
 SELECT (SELECT count(*) FROM pg_namespace WHERE nspname NOT IN ('pg_catalog', 'information_schema', 'public')
           AND nspname NOT LIKE 'pg\\_toast%' AND nspname NOT LIKE 'pg\\_temp\\_%')

@@ -88,7 +88,7 @@ def parse_toc_list(text: str) -> list[tuple[str, str]]:
 
 def _table_data_keys(entries: list[tuple[str, str]]) -> list[str]:
     """For each TABLE DATA entry: 'namespace tag owner' (owner may be absent with --no-owner dumps)."""
-    return [rest[len("TABLE DATA "):] for _, rest in entries if rest.startswith("TABLE DATA ")]
+    return [rest[len("TABLE DATA ") :] for _, rest in entries if rest.startswith("TABLE DATA ")]
 
 
 def _has_table_data(qualified: str, keys: list[str]) -> bool:
@@ -103,8 +103,9 @@ def _has_table_data(qualified: str, keys: list[str]) -> bool:
     return False
 
 
-def verify_archive(archive_path: Path, manifest: Manifest | dict, keyring: Keyring, *,
-                   deep: bool = True) -> VerifyResult:
+def verify_archive(
+    archive_path: Path, manifest: Manifest | dict, keyring: Keyring, *, deep: bool = True
+) -> VerifyResult:
     """Check the archive file against its manifest; see the module docstring.
 
     Shallow (deep=False): size and SHA-256 only (no key needed, nothing decrypted).
@@ -149,14 +150,24 @@ def verify_archive(archive_path: Path, manifest: Manifest | dict, keyring: Keyri
     if ok:
         what = "size and SHA-256 match the manifest"
         if deep:
-            what += (f"; decrypted and decompressed with key {manifest.key_id or '?'!r}; "
-                     f"pg_restore --list read {toc_entries} TOC entries, {table_data_entries} TABLE DATA")
+            what += (
+                f"; decrypted and decompressed with key {manifest.key_id or '?'!r}; "
+                f"pg_restore --list read {toc_entries} TOC entries, {table_data_entries} TABLE DATA"
+            )
         message = f"ok: {what}"
     else:
         message = "; ".join(failures)
-    result = VerifyResult(ok=ok, checks=checks, sha256=sha, size=size, toc_entries=toc_entries,
-                          table_data_entries=table_data_entries, message=message,
-                          duration_s=time.monotonic() - started, failures=failures)
+    result = VerifyResult(
+        ok=ok,
+        checks=checks,
+        sha256=sha,
+        size=size,
+        toc_entries=toc_entries,
+        table_data_entries=table_data_entries,
+        message=message,
+        duration_s=time.monotonic() - started,
+        failures=failures,
+    )
     log.info("verify %s: %s (%.3fs)", archive_path, message, result.duration_s)
     return result
 
@@ -174,8 +185,14 @@ def _deep_pass(reader: HashingReader, manifest: Manifest, keyring: Keyring) -> _
     failures: list[str] = []
     with tempfile.TemporaryFile() as out_file:
         # wait_timeout: pg_restore --list exits once its stdin is closed; never hang a check anyway.
-        with ArchivePipe([pg_program("pg_restore"), "--list"], reader, keyring, stdout=out_file,
-                         wait_timeout=60, name="verify-decode") as pipe:
+        with ArchivePipe(
+            [pg_program("pg_restore"), "--list"],
+            reader,
+            keyring,
+            stdout=out_file,
+            wait_timeout=60,
+            name="verify-decode",
+        ) as pipe:
             pass
         outcome = pipe.outcome
         if outcome.decode_error is not None:
@@ -218,6 +235,7 @@ def _deep_pass(reader: HashingReader, manifest: Manifest, keyring: Keyring) -> _
     missing = sorted(t for t in (manifest.tables or {}) if t not in excluded and not _has_table_data(t, keys))
     checks[CHECK_TABLE_DATA] = not missing
     if missing:
-        failures.append(f"no TABLE DATA entry in the archive for {len(missing)} table(s) of the manifest: "
-                        + ", ".join(missing))
+        failures.append(
+            f"no TABLE DATA entry in the archive for {len(missing)} table(s) of the manifest: " + ", ".join(missing)
+        )
     return _DeepOutcome(checks, failures, toc_entries=len(entries), table_data_entries=len(keys))

@@ -170,9 +170,7 @@ def decrypt_stream(
             nxt = b""
             last = True
         if len(cur) < TAG_SIZE:
-            raise ArchiveError(
-                f"encrypted payload truncated: segment {index} has {len(cur)} bytes, less than a tag"
-            )
+            raise ArchiveError(f"encrypted payload truncated: segment {index} has {len(cur)} bytes, less than a tag")
         nonce = _nonce(prefix, index, last)
         try:
             plain = aead.decrypt(nonce, cur, None)

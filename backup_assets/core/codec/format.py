@@ -125,7 +125,9 @@ def _parse_fixed(raw: bytes) -> dict:
     if obj["cipher"] != CIPHER:
         raise ArchiveError(f"archive header: unsupported cipher {obj['cipher']!r} (expected {CIPHER!r})")
     if type(obj["segment_size"]) is not int or obj["segment_size"] != SEGMENT_SIZE:
-        raise ArchiveError(f"archive header: unsupported segment_size {obj['segment_size']!r} (expected {SEGMENT_SIZE})")
+        raise ArchiveError(
+            f"archive header: unsupported segment_size {obj['segment_size']!r} (expected {SEGMENT_SIZE})"
+        )
     return obj
 
 
@@ -197,7 +199,9 @@ def _key_block(preamble: bytes, master: MasterKey, data_key: bytes) -> tuple[byt
 def _unwrap(header: ArchiveHeader, keyring: Keyring) -> bytes:
     master = keyring.get(header.key_id)  # ArchiveError naming the key id when absent
     try:
-        return AESGCM(master.key).decrypt(header.wrap_nonce, header.wrapped_key, _wrap_aad(header.preamble, header.key_id))
+        return AESGCM(master.key).decrypt(
+            header.wrap_nonce, header.wrapped_key, _wrap_aad(header.preamble, header.key_id)
+        )
     except InvalidTag:
         raise ArchiveError(
             f"archive header failed authentication with master key {header.key_id!r}: "
@@ -433,9 +437,7 @@ def decode_archive(
     header = _read_header(read)
     data_key = _unwrap(header, keyring)  # authenticates magic, version, fixed header, key id
     if expect_tenant_id is not None and header.tenant_id != expect_tenant_id:
-        raise ArchiveError(
-            f"archive belongs to tenant {header.tenant_id!r}, expected {expect_tenant_id!r}"
-        )
+        raise ArchiveError(f"archive belongs to tenant {header.tenant_id!r}, expected {expect_tenant_id!r}")
     counter = _CountingWriter(out)
     frame = _ZstdFrameChecker()
     # stream_writer decompresses in bounded write_size pieces; decompressobj would return a

@@ -61,8 +61,10 @@ class Keyring:
     def parse(cls, text: str | None, *, source: str = ENV_VAR) -> "Keyring":
         """`source` names where the text came from, in error messages."""
         if text is None:
-            raise ConfigError(f"{source} is not set: no key, no backup (format id:base64key, 32-byte keys;"
-                              f" or a file named by {FILE_VAR})")
+            raise ConfigError(
+                f"{source} is not set: no key, no backup (format id:base64key, 32-byte keys;"
+                f" or a file named by {FILE_VAR})"
+            )
         text = text.strip()
         if not text:
             raise ConfigError(f"{source} is empty: no key, no backup")
@@ -115,8 +117,10 @@ class Keyring:
                 if not stat.S_ISREG(mode):
                     raise ConfigError(f"{where}: not a regular file")
                 if mode & 0o077:
-                    raise ConfigError(f"{where} is readable or writable by group or others (mode {mode & 0o777:04o}):"
-                                      " refused; chmod 600 it")
+                    raise ConfigError(
+                        f"{where} is readable or writable by group or others (mode {mode & 0o777:04o}):"
+                        " refused; chmod 600 it"
+                    )
                 raw = handle.read(1 << 20)
         except FileNotFoundError:
             raise ConfigError(f"{where}: no such file") from None

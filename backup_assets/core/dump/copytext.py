@@ -34,11 +34,11 @@ def parse_copy_statement(line: str) -> tuple[str, str, list[str]]:
         raise CopyStatementError(f"not a COPY line: {line[:200]!r}")
     try:
         schema, pos = _parse_ident(text, 5)
-        if text[pos:pos + 1] != ".":
+        if text[pos : pos + 1] != ".":
             raise CopyStatementError(f"unqualified COPY target: {line[:200]!r}")
         table, pos = _parse_ident(text, pos + 1)
         columns: list[str] = []
-        rest = text[pos:len(text) - len(_FROM_STDIN)]
+        rest = text[pos : len(text) - len(_FROM_STDIN)]
         if rest.startswith(" ("):
             pos = 2
             while True:
@@ -61,5 +61,4 @@ def parse_copy_statement(line: str) -> tuple[str, str, list[str]]:
 
 def copy_text(value: str) -> bytes:
     """A value as COPY's text format writes it (backslash, tab, newline, carriage return escaped)."""
-    return (value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
-            .encode("utf-8"))
+    return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r").encode("utf-8")

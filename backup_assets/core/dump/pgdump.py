@@ -29,8 +29,9 @@ _STDERR_LIMIT = 4000
 
 @lru_cache(maxsize=None)
 def pg_dump_version() -> str:
-    out = subprocess.run([pg_program("pg_dump"), "--version"], capture_output=True, text=True, check=False,
-                         env=child_env())
+    out = subprocess.run(
+        [pg_program("pg_dump"), "--version"], capture_output=True, text=True, check=False, env=child_env()
+    )
     return out.stdout.strip()
 
 
@@ -64,8 +65,9 @@ class PgDump:
         args.append(f"--dbname={session.conninfo()}")
         self._session = session
         self._stderr = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self._stderr, env=session.child_env(),
-                                     bufsize=0)
+        self.proc = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=self._stderr, env=session.child_env(), bufsize=0
+        )
         _widen_pipe(self.proc.stdout.fileno())
 
     def read(self, size: int) -> bytes:
@@ -128,9 +130,10 @@ class RowCounter(threading.Thread):
                         # The id is cast once to the column's type (from the catalog), not the column
                         # to text per row: this scan runs beside pg_dump on the same two cores.
                         cur.execute(
-                            sql.SQL("SELECT count(*), count(*) FILTER (WHERE {col} IS DISTINCT FROM CAST(%s AS {typ}))"
-                                    " FROM {t}").format(col=sql.Identifier(self.column), typ=sql.SQL(table.tenant_type),
-                                                        t=ident),
+                            sql.SQL(
+                                "SELECT count(*), count(*) FILTER (WHERE {col} IS DISTINCT FROM CAST(%s AS {typ}))"
+                                " FROM {t}"
+                            ).format(col=sql.Identifier(self.column), typ=sql.SQL(table.tenant_type), t=ident),
                             (self.tenant_id,),
                         )
                         total, foreign = cur.fetchone()
@@ -169,8 +172,10 @@ def tenant_values(conn, plan: DumpPlan, tenant_id: str) -> dict[str, bytes]:
     with conn.cursor() as cur:
         for table in plan.of_kind(TENANT):
             if table.tenant_type not in by_type:
-                cur.execute(sql.SQL("SELECT CAST(CAST(%s AS {typ}) AS text)").format(typ=sql.SQL(table.tenant_type)),
-                            (tenant_id,))
+                cur.execute(
+                    sql.SQL("SELECT CAST(CAST(%s AS {typ}) AS text)").format(typ=sql.SQL(table.tenant_type)),
+                    (tenant_id,),
+                )
                 by_type[table.tenant_type] = copy_text(cur.fetchone()[0])
             values[table.qualified] = by_type[table.tenant_type]
     return values
@@ -200,4 +205,5 @@ def prove_dump(counts: dict[str, int], contents: DumpContents, tenant_id: str) -
         raise SafetyCheckFailed(
             f"isolation check failed: the dump pg_dump wrote is not what the proof counted as tenant {tenant_id}"
             f" ({'; '.join(problems)}); pg_dump's session saw other rows than the proof's: check the RLS policies"
-            " for settings or roles that differ between sessions. Nothing was written")
+            " for settings or roles that differ between sessions. Nothing was written"
+        )

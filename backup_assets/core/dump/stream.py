@@ -131,7 +131,7 @@ class DumpStreamReader:
                 return  # needs more
             except StopIteration:
                 pass
-            data = bytes(self._head[self._hpos:])
+            data = bytes(self._head[self._hpos :])
             self._head = bytearray()
             self._parser = None
         p = 0
@@ -156,7 +156,7 @@ class DumpStreamReader:
                 size = step + n if n <= _CARRY_LIMIT else step  # a large chunk's payload is streamed
             want = (size if size is not None else step) - len(unit)
             if want > 0:
-                unit += data[p:p + want]
+                unit += data[p : p + want]
                 p = min(len(data), p + want)
             if len(unit) < (size if size is not None else step):
                 self._carry = unit
@@ -182,7 +182,7 @@ class DumpStreamReader:
     def _take(self, n: int) -> bytes:
         if len(self._head) - self._hpos < n:
             raise _NeedMore
-        out = bytes(self._head[self._hpos:self._hpos + n])
+        out = bytes(self._head[self._hpos : self._hpos + n])
         self._hpos += n
         return out
 
@@ -209,13 +209,14 @@ class DumpStreamReader:
         magic = yield from self._read(5)
         if magic != MAGIC:
             raise DumpStreamError("pg_dump's output does not start with PGDMP: not a custom-format dump")
-        vmaj, vmin, vrev, isz, osz, fmt = (yield from self._read(6))
+        vmaj, vmin, vrev, isz, osz, fmt = yield from self._read(6)
         version = (vmaj, vmin, vrev)
         if not MIN_VERSION <= (vmaj, vmin) <= MAX_VERSION:
             raise DumpStreamError(
                 f"pg_dump wrote archive version {vmaj}.{vmin}.{vrev}; this tenant-backup follows "
                 f"{MIN_VERSION[0]}.{MIN_VERSION[1]} to {MAX_VERSION[0]}.{MAX_VERSION[1]} (pg_dump 9.0 to 18) "
-                "and cannot prove isolation on it: use a pg_dump it knows (TENANT_BACKUP_PG_BIN)")
+                "and cannot prove isolation on it: use a pg_dump it knows (TENANT_BACKUP_PG_BIN)"
+            )
         if fmt != FORMAT_CUSTOM or not 1 <= isz <= 8 or not 1 <= osz <= 16:
             raise DumpStreamError(f"unexpected pg_dump archive parameters (format {fmt}, int size {isz})")
         self._isz = isz
@@ -259,7 +260,8 @@ class DumpStreamReader:
                 raise DumpStreamError(
                     f"the dump holds a {desc} entry ({tag}): large objects and planner statistics cannot "
                     "be proven to be one tenant's (the export runs pg_dump with --no-large-objects"
-                    " and --no-statistics)")
+                    " and --no-statistics)"
+                )
             entry = TocEntry(dump_id, desc or "", namespace, tag or "", copy_stmt)
             entries.append(entry)
             self._by_id[dump_id] = entry
@@ -272,8 +274,9 @@ class DumpStreamReader:
         if entry is None:
             raise DumpStreamError(f"pg_dump wrote data for entry {dump_id}, which its table of contents lacks")
         if entry.desc != "TABLE DATA" or not entry.copy_stmt:
-            raise DumpStreamError(f"pg_dump wrote data for a {entry.desc} entry ({entry.tag}): only COPY table"
-                                  " data can be proven")
+            raise DumpStreamError(
+                f"pg_dump wrote data for a {entry.desc} entry ({entry.tag}): only COPY table data can be proven"
+            )
         table = entry.qualified
         if table in self.contents.tables:
             raise DumpStreamError(f"pg_dump wrote the data of {table} twice")
@@ -286,8 +289,9 @@ class DumpStreamReader:
             except CopyStatementError:
                 raise DumpStreamError(f"unexpected COPY statement in the dump: {entry.copy_stmt[:200]!r}") from None
             if self._tenant_column not in columns:
-                raise DumpStreamError(f"the dump's COPY of {table} has no column {self._tenant_column}:"
-                                      " its rows cannot be checked")
+                raise DumpStreamError(
+                    f"the dump's COPY of {table} has no column {self._tenant_column}: its rows cannot be checked"
+                )
             tally.tenant_index = columns.index(self._tenant_column)
             self._checker = _RowChecker(tally, value)
         self.contents.tables[table] = tally
@@ -331,8 +335,10 @@ class DumpStreamReader:
                 sign, dump_id = unpack(buf, p + 1)
                 p += 1 + step
                 if block_type != BLOCK_DATA or sign:
-                    raise DumpStreamError(f"unexpected block type {block_type} in pg_dump's data: only table"
-                                          " data can be proven (large objects are never dumped)")
+                    raise DumpStreamError(
+                        f"unexpected block type {block_type} in pg_dump's data: only table"
+                        " data can be proven (large objects are never dumped)"
+                    )
                 self._open_block(dump_id)
                 tally = self._tally
                 region, length_nl = p, 0
@@ -351,7 +357,7 @@ class DumpStreamReader:
                         tally.rows += buf.count(b"\n", region, p) - length_nl
                         region, length_nl = p, 0
                 if p != before:
-                    self._tail = buf[p - 5:p]  # the last chunk had more than 5 bytes
+                    self._tail = buf[p - 5 : p]  # the last chunk had more than 5 bytes
             if end - p < step:
                 tally.rows += buf.count(b"\n", region, p) - length_nl
                 self._carry = buf[p:]
@@ -371,7 +377,7 @@ class DumpStreamReader:
                 length_nl += buf.count(b"\n", p + 1, start)
                 if self._checker is not None:
                     self._checker.feed(buf, start, stop)
-                self._tail = (self._tail + buf[max(start, stop - 5):stop])[-5:]
+                self._tail = (self._tail + buf[max(start, stop - 5) : stop])[-5:]
                 p = stop
                 continue
             tally.rows += buf.count(b"\n", region, p) - length_nl
@@ -390,7 +396,7 @@ class DumpStreamReader:
         self._tally.rows += buf.count(b"\n", start, stop)
         if self._checker is not None:
             self._checker.feed(buf, start, stop)
-        self._tail = (self._tail + buf[max(start, stop - 5):stop])[-5:]
+        self._tail = (self._tail + buf[max(start, stop - 5) : stop])[-5:]
 
 
 class _RowChecker:
@@ -439,14 +445,14 @@ class _RowChecker:
     def _part(self, buf: bytes, start: int, stop: int) -> None:
         """Bytes of the current row (no newline among them)."""
         if len(self._head) < 3:
-            self._head += buf[start:min(stop, start + 3)]
+            self._head += buf[start : min(stop, start + 3)]
         self._length += stop - start
         pos = start
         while pos < stop and self._tabs <= self.index:
             tab = buf.find(b"\t", pos, stop)
             piece_end = stop if tab < 0 else tab
             if self._tabs == self.index and len(self._field) <= _MAX_FIELD:
-                self._field += buf[pos:piece_end][:_MAX_FIELD + 1]
+                self._field += buf[pos:piece_end][: _MAX_FIELD + 1]
             if tab < 0:
                 return
             self._tabs += 1

@@ -12,15 +12,30 @@ from .retry import RetryingLocation
 def __getattr__(name):  # lazy: boto3 / b2sdk are only imported when their location is used
     if name == "LocalLocation":
         from .local import LocalLocation
+
         return LocalLocation
     if name == "R2Location":
         from .r2 import R2Location
+
         return R2Location
     if name == "B2Location":
         from .b2 import B2Location
+
         return B2Location
     raise AttributeError(name)
 
 
-__all__ = ["ARCHIVE_NAME", "MANIFEST_NAME", "BackupRef", "Location", "StoredObject", "RetryingLocation",
-           "LocalLocation", "R2Location", "B2Location", "locations_from_env", "sha256_file", "validate_backup_id"]
+__all__ = [
+    "ARCHIVE_NAME",
+    "MANIFEST_NAME",
+    "BackupRef",
+    "Location",
+    "StoredObject",
+    "RetryingLocation",
+    "LocalLocation",
+    "R2Location",
+    "B2Location",
+    "locations_from_env",
+    "sha256_file",
+    "validate_backup_id",
+]

@@ -69,9 +69,21 @@ def _bounded_api_class(tries: int, connect_timeout: float, read_timeout: float):
 class B2Location(ObjectLocation):
     name = "b2"
 
-    def __init__(self, key_id: str, key: str, bucket: str, *, realm: str = "production", prefix: str = "",
-                 retention_days: int = 365, part_size: int | None = None, upload_workers: int = 4,
-                 tries: int = 3, connect_timeout: float = 5, read_timeout: float = 60):
+    def __init__(
+        self,
+        key_id: str,
+        key: str,
+        bucket: str,
+        *,
+        realm: str = "production",
+        prefix: str = "",
+        retention_days: int = 365,
+        part_size: int | None = None,
+        upload_workers: int = 4,
+        tries: int = 3,
+        connect_timeout: float = 5,
+        read_timeout: float = 60,
+    ):
         super().__init__(prefix=prefix, retention_days=retention_days)
         self.bucket_name = bucket
         self.realm = realm or "production"
@@ -97,8 +109,7 @@ class B2Location(ObjectLocation):
         if self._bucket is None:
             from b2sdk.v2 import InMemoryAccountInfo
 
-            api = self._api_cls(InMemoryAccountInfo(), max_upload_workers=self._upload_workers,
-                                max_download_workers=2)
+            api = self._api_cls(InMemoryAccountInfo(), max_upload_workers=self._upload_workers, max_download_workers=2)
             api.services.upload_manager.MAX_UPLOAD_ATTEMPTS = self._tries  # each with HTTP try_count 1
             try:
                 api.authorize_account(realm=self.realm, application_key_id=self._key_id, application_key=self._key)
@@ -120,7 +131,8 @@ class B2Location(ObjectLocation):
             return NotFound(f"{what}: not found")
         if isinstance(exc, (e.Unauthorized, e.AccessDenied)):
             return PermanentStorageError(
-                f"b2: credentials rejected by {self.realm}: check B2_APPLICATION_KEY_ID / B2_APPLICATION_KEY")
+                f"b2: credentials rejected by {self.realm}: check B2_APPLICATION_KEY_ID / B2_APPLICATION_KEY"
+            )
         if isinstance(exc, (e.ChecksumMismatch, e.FileSha1Mismatch, e.TruncatedOutput)):
             return CorruptObject(f"{what}: {exc}")
         if isinstance(exc, e.MaxRetriesExceeded):
@@ -130,8 +142,18 @@ class B2Location(ObjectLocation):
             return TransientStorageError(_line(f"{what}: large-file upload failed ({exc})"))
         if isinstance(exc, e.B2ConnectionError):
             return TransientStorageError(f"b2: cannot connect to {self.realm}")
-        if isinstance(exc, (e.ServiceError, e.TooManyRequests, e.RequestTimeout, e.B2RequestTimeout,
-                            e.UnknownError, e.ConnectionReset, e.PartSha1Mismatch)):
+        if isinstance(
+            exc,
+            (
+                e.ServiceError,
+                e.TooManyRequests,
+                e.RequestTimeout,
+                e.B2RequestTimeout,
+                e.UnknownError,
+                e.ConnectionReset,
+                e.PartSha1Mismatch,
+            ),
+        ):
             return TransientStorageError(_line(f"{what}: {exc}"))
         try:
             import requests
@@ -156,8 +178,15 @@ class B2Location(ObjectLocation):
     def _put_file(self, key: str, path: Path, size: int, sha256: str) -> None:
         b = self._b()
         kw = {"min_part_size": self.part_size} if self.part_size else {}
-        self._run(key, b.upload_local_file, str(path), key, content_type="application/octet-stream",
-                  file_info={SHA256_INFO: sha256}, **kw)
+        self._run(
+            key,
+            b.upload_local_file,
+            str(path),
+            key,
+            content_type="application/octet-stream",
+            file_info={SHA256_INFO: sha256},
+            **kw,
+        )
         # Older versions of this name (an earlier put of the same backup id) must not linger.
         self._delete_versions(key, keep_newest=True)
 

@@ -300,7 +300,11 @@ class ObjectLocation(Location):
         return value
 
     def _stream_checked(self, tenant_id: str, backup_id: str, sink, *, known_complete: bool = False) -> StoredObject:
-        st = self._stat_archive(validate_tenant_id(tenant_id, self.tenant_id_pattern), backup_id) if known_complete else self.stat(tenant_id, backup_id)
+        st = (
+            self._stat_archive(validate_tenant_id(tenant_id, self.tenant_id_pattern), backup_id)
+            if known_complete
+            else self.stat(tenant_id, backup_id)
+        )
         h = hashlib.sha256()
         n = 0
         for chunk in self._iter_chunks(self.archive_key(st.tenant_id, backup_id)):
@@ -337,11 +341,13 @@ class ObjectLocation(Location):
         return self._stream_checked(tenant_id, backup_id, None, known_complete=known_complete)
 
     def list(self, tenant_id: str | None = None) -> list[BackupRef]:
-        prefix = self._root() + (validate_tenant_id(tenant_id, self.tenant_id_pattern) + "/" if tenant_id is not None else "")
+        prefix = self._root() + (
+            validate_tenant_id(tenant_id, self.tenant_id_pattern) + "/" if tenant_id is not None else ""
+        )
         out = []
         root = self._root()
         for key, mtime in self._list(prefix):
-            parts = key[len(root):].split("/")
+            parts = key[len(root) :].split("/")
             if len(parts) != 3 or parts[2] != MANIFEST_NAME:
                 continue
             t, b = parts[0], parts[1]
@@ -370,7 +376,11 @@ class ObjectLocation(Location):
     def get_verified(self, tenant_id: str, backup_id: str) -> dict | None:
         """The copy's verification record, or None (never verified, or an unreadable record)."""
         try:
-            value = json.loads(self._get_bytes(self._dir(validate_tenant_id(tenant_id, self.tenant_id_pattern), backup_id) + VERIFIED_NAME))
+            value = json.loads(
+                self._get_bytes(
+                    self._dir(validate_tenant_id(tenant_id, self.tenant_id_pattern), backup_id) + VERIFIED_NAME
+                )
+            )
         except (NotFound, ValueError):
             return None
         return value if isinstance(value, dict) else None

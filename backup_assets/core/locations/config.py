@@ -32,8 +32,9 @@ def location_names(environ: Mapping[str, str]) -> list[str]:
     return names
 
 
-def locations_from_env(names: list[str] | None, environ: Mapping[str, str], *,
-                       retry: bool = True) -> dict[str, Location]:
+def locations_from_env(
+    names: list[str] | None, environ: Mapping[str, str], *, retry: bool = True
+) -> dict[str, Location]:
     """name -> Location (wrapped in RetryingLocation unless retry=False), in the order listed.
 
     Optional tuning variables: TENANT_BACKUP_STORAGE_PREFIX (key prefix in every location),
@@ -51,8 +52,7 @@ def locations_from_env(names: list[str] | None, environ: Mapping[str, str], *,
         raise ConfigError(f"storage location(s) listed twice: {', '.join(sorted(dupes))}")
     missing = [var for n in names for var in REQUIRED[n] if not environ.get(var, "").strip()]
     if missing:
-        raise ConfigError(f"missing configuration for storage location(s) {', '.join(names)}: "
-                          f"set {', '.join(missing)}")
+        raise ConfigError(f"missing configuration for storage location(s) {', '.join(names)}: set {', '.join(missing)}")
 
     prefix = environ.get("TENANT_BACKUP_STORAGE_PREFIX", "").strip()
     pattern = environ.get("TENANT_BACKUP_TENANT_ID_PATTERN") or None
@@ -64,25 +64,38 @@ def locations_from_env(names: list[str] | None, environ: Mapping[str, str], *,
         if n == "local":
             from .local import LocalLocation
 
-            loc: Location = LocalLocation(environ["TENANT_BACKUP_LOCAL_DIR"].strip(), prefix=prefix,
-                                          retention_days=days)
+            loc: Location = LocalLocation(
+                environ["TENANT_BACKUP_LOCAL_DIR"].strip(), prefix=prefix, retention_days=days
+            )
         elif n == "r2":
             from .r2 import R2Location
 
             part = int_setting(environ, "TENANT_BACKUP_R2_PART_SIZE_MB", 16, minimum=5) * mib
-            loc = R2Location(environ["R2_ENDPOINT_URL"].strip(), environ["R2_ACCESS_KEY_ID"].strip(),
-                             environ["R2_SECRET_ACCESS_KEY"].strip(), environ["R2_BUCKET"].strip(),
-                             prefix=prefix, retention_days=days, part_size=part,
-                             multipart_threshold=int_setting(environ, "TENANT_BACKUP_R2_MULTIPART_THRESHOLD_MB", 64,
-                                                      minimum=5) * mib,
-                             concurrency=int_setting(environ, "TENANT_BACKUP_R2_CONCURRENCY", 2))
+            loc = R2Location(
+                environ["R2_ENDPOINT_URL"].strip(),
+                environ["R2_ACCESS_KEY_ID"].strip(),
+                environ["R2_SECRET_ACCESS_KEY"].strip(),
+                environ["R2_BUCKET"].strip(),
+                prefix=prefix,
+                retention_days=days,
+                part_size=part,
+                multipart_threshold=int_setting(environ, "TENANT_BACKUP_R2_MULTIPART_THRESHOLD_MB", 64, minimum=5)
+                * mib,
+                concurrency=int_setting(environ, "TENANT_BACKUP_R2_CONCURRENCY", 2),
+            )
         else:
             from .b2 import B2Location
 
             part_mb = int_setting(environ, "TENANT_BACKUP_B2_PART_SIZE_MB", 0, minimum=0)
-            loc = B2Location(environ["B2_APPLICATION_KEY_ID"].strip(), environ["B2_APPLICATION_KEY"].strip(),
-                             environ["B2_BUCKET"].strip(), realm=environ.get("B2_REALM", "").strip() or "production",
-                             prefix=prefix, retention_days=days, part_size=part_mb * mib or None)
+            loc = B2Location(
+                environ["B2_APPLICATION_KEY_ID"].strip(),
+                environ["B2_APPLICATION_KEY"].strip(),
+                environ["B2_BUCKET"].strip(),
+                realm=environ.get("B2_REALM", "").strip() or "production",
+                prefix=prefix,
+                retention_days=days,
+                part_size=part_mb * mib or None,
+            )
         loc.tenant_id_pattern = pattern
         out[n] = RetryingLocation(loc, attempts=attempts) if retry else loc
     return out

@@ -37,11 +37,30 @@ DEFAULT_PART = 16 * MiB
 DEFAULT_THRESHOLD = 64 * MiB
 
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
-_TRANSIENT = {"500", "502", "503", "504", "InternalError", "ServiceUnavailable", "SlowDown",
-              "RequestTimeout", "RequestTimeTooSkewed", "Throttling", "ThrottlingException",
-              "PreconditionFailed", "412"}  # 412: the object changed under a ranged download: read again
-_AUTH = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "Unauthorized",
-         "InvalidToken", "ExpiredToken"}
+_TRANSIENT = {
+    "500",
+    "502",
+    "503",
+    "504",
+    "InternalError",
+    "ServiceUnavailable",
+    "SlowDown",
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+    "Throttling",
+    "ThrottlingException",
+    "PreconditionFailed",
+    "412",
+}  # 412: the object changed under a ranged download: read again
+_AUTH = {
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "AccessDenied",
+    "403",
+    "Unauthorized",
+    "InvalidToken",
+    "ExpiredToken",
+}
 
 Progress = Callable[[str, int], None]  # (key, bytes since the last call; negative when a part is re-sent)
 
@@ -49,11 +68,24 @@ Progress = Callable[[str, int], None]  # (key, bytes since the last call; negati
 class R2Location(ObjectLocation):
     name = "r2"
 
-    def __init__(self, endpoint_url: str, access_key_id: str, secret_access_key: str, bucket: str, *,
-                 prefix: str = "", retention_days: int = 365, part_size: int = DEFAULT_PART,
-                 multipart_threshold: int = DEFAULT_THRESHOLD, concurrency: int = 4,
-                 connect_timeout: float = 5, read_timeout: float = 60, max_attempts: int = 3,
-                 region: str = "auto", progress: Progress | None = None):
+    def __init__(
+        self,
+        endpoint_url: str,
+        access_key_id: str,
+        secret_access_key: str,
+        bucket: str,
+        *,
+        prefix: str = "",
+        retention_days: int = 365,
+        part_size: int = DEFAULT_PART,
+        multipart_threshold: int = DEFAULT_THRESHOLD,
+        concurrency: int = 4,
+        connect_timeout: float = 5,
+        read_timeout: float = 60,
+        max_attempts: int = 3,
+        region: str = "auto",
+        progress: Progress | None = None,
+    ):
         super().__init__(prefix=prefix, retention_days=retention_days)
         if not MIN_PART <= part_size <= MAX_PART:
             raise StorageError(f"r2: part size {part_size} outside R2's 5 MiB..5 GiB")
@@ -75,8 +107,13 @@ class R2Location(ObjectLocation):
             s3={"addressing_style": "path"},
         )
         self._s3 = boto3.session.Session().client(
-            "s3", endpoint_url=self.endpoint_url, region_name=region, aws_access_key_id=access_key_id,
-            aws_secret_access_key=secret_access_key, config=cfg)
+            "s3",
+            endpoint_url=self.endpoint_url,
+            region_name=region,
+            aws_access_key_id=access_key_id,
+            aws_secret_access_key=secret_access_key,
+            config=cfg,
+        )
         from boto3.s3.transfer import TransferConfig
 
         self.progress = progress
@@ -114,7 +151,8 @@ class R2Location(ObjectLocation):
                 return NotFound(f"{what}: not found")
             if code in _AUTH:
                 return PermanentStorageError(
-                    f"r2: credentials rejected by {self.endpoint_url} ({code}): check R2_ACCESS_KEY_ID / R2_SECRET_ACCESS_KEY")
+                    f"r2: credentials rejected by {self.endpoint_url} ({code}): check R2_ACCESS_KEY_ID / R2_SECRET_ACCESS_KEY"
+                )
             if code in _TRANSIENT or status >= 500 or status == 429:
                 return TransientStorageError(f"{what}: server error {code or status}")
             msg = " ".join(str(exc.response.get("Error", {}).get("Message", "")).split())
@@ -123,8 +161,18 @@ class R2Location(ObjectLocation):
             return PermanentStorageError("r2: no credentials: set R2_ACCESS_KEY_ID and R2_SECRET_ACCESS_KEY")
         if isinstance(exc, (bx.EndpointConnectionError, bx.ConnectTimeoutError)):
             return TransientStorageError(f"r2: cannot connect to {self.endpoint_url}")
-        if isinstance(exc, (bx.ReadTimeoutError, bx.ConnectionClosedError, bx.ResponseStreamingError,
-                            bx.IncompleteReadError, bx.HTTPClientError, ConnectionError, TimeoutError)):
+        if isinstance(
+            exc,
+            (
+                bx.ReadTimeoutError,
+                bx.ConnectionClosedError,
+                bx.ResponseStreamingError,
+                bx.IncompleteReadError,
+                bx.HTTPClientError,
+                ConnectionError,
+                TimeoutError,
+            ),
+        ):
             return TransientStorageError(f"{what}: connection to {self.endpoint_url} failed ({type(exc).__name__})")
         if isinstance(exc, StorageError):
             return exc
@@ -153,7 +201,8 @@ class R2Location(ObjectLocation):
             err = self._err(exc, None)
             if isinstance(err, NotFound):
                 raise PermanentStorageError(
-                    f"r2: bucket {self.bucket!r} does not exist at {self.endpoint_url}") from None
+                    f"r2: bucket {self.bucket!r} does not exist at {self.endpoint_url}"
+                ) from None
             raise err from None
 
     # -- primitives --------------------------------------------------------------------------------
@@ -167,9 +216,13 @@ class R2Location(ObjectLocation):
         # Below the threshold one PutObject, above it a multipart upload; either way streamed from the
         # file. s3transfer aborts a multipart upload that fails; a killed process leaves one behind,
         # which never looks complete (no manifest) and which delete() (or R2's expiry) removes.
-        self._call(key, lambda Bucket, **kw: self._s3.upload_file(str(path), Bucket, key, **kw),
-                   ExtraArgs={"Metadata": {"sha256": sha256}, "ContentType": "application/octet-stream"},
-                   Config=self._transfer, Callback=self._callback(key))
+        self._call(
+            key,
+            lambda Bucket, **kw: self._s3.upload_file(str(path), Bucket, key, **kw),
+            ExtraArgs={"Metadata": {"sha256": sha256}, "ContentType": "application/octet-stream"},
+            Config=self._transfer,
+            Callback=self._callback(key),
+        )
 
     def _put_bytes(self, key: str, data: bytes) -> None:
         self._call(key, self._s3.put_object, Key=key, Body=data, ContentType="application/json")

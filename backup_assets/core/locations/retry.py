@@ -19,8 +19,9 @@ log = logging.getLogger(__name__)
 
 
 class RetryingLocation(Location):
-    def __init__(self, inner: Location, *, attempts: int = 3, base_delay: float = 0.5, max_delay: float = 4.0,
-                 sleep=time.sleep):
+    def __init__(
+        self, inner: Location, *, attempts: int = 3, base_delay: float = 0.5, max_delay: float = 4.0, sleep=time.sleep
+    ):
         if attempts < 1:
             raise ValueError("attempts must be >= 1")
         self.inner = inner
@@ -53,8 +54,15 @@ class RetryingLocation(Location):
                     ) from None
                 # Full jitter: concurrent tenants hitting the same outage do not retry in lockstep.
                 delay = random.uniform(0, min(self.max_delay, self.base_delay * 2 ** (attempt - 1)))
-                log.warning("%s: %s failed (%s); retry %d/%d in %.1fs", self.inner.name, op, exc,
-                            attempt, self.attempts - 1, delay)
+                log.warning(
+                    "%s: %s failed (%s); retry %d/%d in %.1fs",
+                    self.inner.name,
+                    op,
+                    exc,
+                    attempt,
+                    self.attempts - 1,
+                    delay,
+                )
                 self._sleep(delay)
         raise AssertionError("unreachable")
 

@@ -21,7 +21,9 @@ log = logging.getLogger("tenant_backup.alerts")
 
 BACKUP_FAILURE = "BACKUP_FAILURE"
 INTEGRITY_FAILURE = "INTEGRITY_FAILURE"
-STALE_BACKUP = "STALE_BACKUP"  # a tenant has no backup younger than the max age in a location (core/maintenance/status.py)
+STALE_BACKUP = (
+    "STALE_BACKUP"  # a tenant has no backup younger than the max age in a location (core/maintenance/status.py)
+)
 
 
 @dataclass(frozen=True)
@@ -40,8 +42,15 @@ def emit(alert: Alert, settings: "Settings") -> None:
     explicitly set work directory; TENANT_BACKUP_ALERT_WEBHOOK). Never raises: alerting must not
     mask the failure."""
     record = asdict(alert)
-    log.error("%s [%s] tenant=%s location=%s: %s %s", alert.kind, alert.severity, alert.tenant_id,
-              alert.location, alert.message, alert.run_url or "")
+    log.error(
+        "%s [%s] tenant=%s location=%s: %s %s",
+        alert.kind,
+        alert.severity,
+        alert.tenant_id,
+        alert.location,
+        alert.message,
+        alert.run_url or "",
+    )
     path = Path(settings.alerts_file) if settings.alerts_file else None
     if path is not None:
         try:
@@ -52,8 +61,9 @@ def emit(alert: Alert, settings: "Settings") -> None:
             log.warning("could not append the alert to %s: %s", path, exc)
     webhook = settings.alert_webhook
     if webhook:
-        request = urllib.request.Request(webhook, data=json.dumps(record).encode(), method="POST",
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            webhook, data=json.dumps(record).encode(), method="POST", headers={"Content-Type": "application/json"}
+        )
         try:
             with urllib.request.urlopen(request, timeout=5) as response:
                 response.read()

@@ -77,9 +77,15 @@ class CatalogEntry:
         return None
 
     def as_dict(self) -> dict:
-        return {"tenant_id": self.tenant_id, "backup_id": self.backup_id, "created_at": self.created_at,
-                "locations": self.locations, "size": self.size, "key_id": self.key_id,
-                "total_rows": self.total_rows}
+        return {
+            "tenant_id": self.tenant_id,
+            "backup_id": self.backup_id,
+            "created_at": self.created_at,
+            "locations": self.locations,
+            "size": self.size,
+            "key_id": self.key_id,
+            "total_rows": self.total_rows,
+        }
 
 
 @dataclass
@@ -88,8 +94,9 @@ class CollectError:
     message: str
 
 
-def collect(locations: dict[str, Location], tenant_id: str | None = None
-            ) -> tuple[list[CatalogEntry], list[CollectError]]:
+def collect(
+    locations: dict[str, Location], tenant_id: str | None = None
+) -> tuple[list[CatalogEntry], list[CollectError]]:
     """Every complete backup in `locations`, one entry per (tenant, backup), newest first.
 
     A location that cannot be listed, or a manifest that cannot be read, is returned as an error and
@@ -172,8 +179,15 @@ class CopyCheck:
     message: str  # one line: "ok: ..." or why the copy failed
 
 
-def verify_copy(loc: Location, tenant_id: str, backup_id: str, *, keyring: Keyring | None = None,
-                deep: bool = False, work_dir: Path | None = None) -> CopyCheck:
+def verify_copy(
+    loc: Location,
+    tenant_id: str,
+    backup_id: str,
+    *,
+    keyring: Keyring | None = None,
+    deep: bool = False,
+    work_dir: Path | None = None,
+) -> CopyCheck:
     """Check one stored copy; never raises for a bad copy (the result says why), only for usage errors.
 
     Checksum: the manifest's sha256/size equal the stored object's metadata, and every stored byte
@@ -190,13 +204,19 @@ def verify_copy(loc: Location, tenant_id: str, backup_id: str, *, keyring: Keyri
         want_sha, want_size = manifest.checksum()
         st = loc.stat(tenant_id, backup_id)
         if (st.sha256.lower(), st.size) != (want_sha, want_size):
-            return CopyCheck(name, tenant_id, backup_id, False,
-                             f"stored object's metadata ({st.size} bytes, sha256 {st.sha256[:16]}…) differs from "
-                             f"the manifest ({want_size} bytes, sha256 {want_sha[:16]}…)")
+            return CopyCheck(
+                name,
+                tenant_id,
+                backup_id,
+                False,
+                f"stored object's metadata ({st.size} bytes, sha256 {st.sha256[:16]}…) differs from "
+                f"the manifest ({want_size} bytes, sha256 {want_sha[:16]}…)",
+            )
         if not deep:
             loc.verify(tenant_id, backup_id)
-            return CopyCheck(name, tenant_id, backup_id, True,
-                             f"ok: {want_size} bytes re-read, SHA-256 matches the manifest")
+            return CopyCheck(
+                name, tenant_id, backup_id, True, f"ok: {want_size} bytes re-read, SHA-256 matches the manifest"
+            )
         with tempfile.TemporaryDirectory(prefix="tb-verify-", dir=work_dir) as tmp:
             path = Path(tmp) / "archive.tbk"
             loc.get(tenant_id, backup_id, path)
@@ -207,11 +227,13 @@ def verify_copy(loc: Location, tenant_id: str, backup_id: str, *, keyring: Keyri
             # tenant column carries this tenant's id, and the rows add up to the manifest's.
             report = scan_archive(path, keyring, tenant_id=tenant_id, tenant_column=manifest.tenant_column)
         if not report.isolated:
-            return CopyCheck(name, tenant_id, backup_id, False,
-                             f"rows of other tenants in the archive: {report.foreign_rows}")
+            return CopyCheck(
+                name, tenant_id, backup_id, False, f"rows of other tenants in the archive: {report.foreign_rows}"
+            )
         if report.rows != manifest.tables:
             return CopyCheck(name, tenant_id, backup_id, False, "rows in the archive differ from the manifest's")
-        return CopyCheck(name, tenant_id, backup_id, True,
-                         f"{result.message}; isolated: {sum(report.rows.values())} rows scanned")
+        return CopyCheck(
+            name, tenant_id, backup_id, True, f"{result.message}; isolated: {sum(report.rows.values())} rows scanned"
+        )
     except TenantBackupError as exc:
         return CopyCheck(name, tenant_id, backup_id, False, str(exc))

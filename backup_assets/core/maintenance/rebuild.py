@@ -33,8 +33,9 @@ class RebuildOutcome:
     message: str
 
 
-def _copy_one(target: Location, sources: list[tuple[Location, dict]], tenant_id: str, backup_id: str,
-              work_dir: Path | None) -> str:
+def _copy_one(
+    target: Location, sources: list[tuple[Location, dict]], tenant_id: str, backup_id: str, work_dir: Path | None
+) -> str:
     problems = []
     for src, raw in sources:
         try:
@@ -56,17 +57,28 @@ def _copy_one(target: Location, sources: list[tuple[Location, dict]], tenant_id:
     raise ArchiveError("no source copy could be copied: " + "; ".join(problems))
 
 
-def rebuild_location(target: Location, sources: dict[str, Location], *, keep_min: int,
-                     now: datetime | None = None, dry_run: bool = False, repair: bool = False,
-                     work_dir: Path | None = None,
-                     progress: Callable[[RebuildOutcome], None] | None = None) -> tuple[list[RebuildOutcome], list[str]]:
+def rebuild_location(
+    target: Location,
+    sources: dict[str, Location],
+    *,
+    keep_min: int,
+    now: datetime | None = None,
+    dry_run: bool = False,
+    repair: bool = False,
+    work_dir: Path | None = None,
+    progress: Callable[[RebuildOutcome], None] | None = None,
+) -> tuple[list[RebuildOutcome], list[str]]:
     """(outcomes, errors reading the locations). Never deletes anything from the target."""
     now = now or datetime.now(timezone.utc)
     sources = {n: loc for n, loc in sources.items() if n != target.name}
     entries, errors = collect({target.name: target, **sources})
     errors = [f"{e.location}: {e.message}" for e in errors]
-    decisions = plan_prune([Candidate(e.tenant_id, e.backup_id, parse_created_at(e.created_at)) for e in entries],
-                           retention_days=target.retention_days, keep_min=keep_min, now=now)
+    decisions = plan_prune(
+        [Candidate(e.tenant_id, e.backup_id, parse_created_at(e.created_at)) for e in entries],
+        retention_days=target.retention_days,
+        keep_min=keep_min,
+        now=now,
+    )
     wanted = {(d.tenant_id, d.backup_id) for d in decisions if not d.delete}
     outcomes: list[RebuildOutcome] = []
     for e in entries:
@@ -87,8 +99,9 @@ def rebuild_location(target: Location, sources: dict[str, Location], *, keep_min
             o = RebuildOutcome(e.tenant_id, e.backup_id, "would copy", f"from {held[0][0].name}")
         else:
             try:
-                o = RebuildOutcome(e.tenant_id, e.backup_id, "copied",
-                                   _copy_one(target, held, e.tenant_id, e.backup_id, work_dir))
+                o = RebuildOutcome(
+                    e.tenant_id, e.backup_id, "copied", _copy_one(target, held, e.tenant_id, e.backup_id, work_dir)
+                )
             except TenantBackupError as exc:
                 o = RebuildOutcome(e.tenant_id, e.backup_id, "failed", str(exc))
         outcomes.append(o)

@@ -49,8 +49,7 @@ def _newest_first(items: Iterable[Candidate]) -> list[Candidate]:
     return sorted(items, key=lambda c: (c.created_at or floor, c.backup_id), reverse=True)
 
 
-def plan_prune(candidates: Iterable[Candidate], *, retention_days: int, keep_min: int,
-               now: datetime) -> list[Decision]:
+def plan_prune(candidates: Iterable[Candidate], *, retention_days: int, keep_min: int, now: datetime) -> list[Decision]:
     """One Decision per candidate (newest first within each tenant). Pure: no I/O, no clock."""
     if keep_min < 1:
         raise ValueError("keep_min must be >= 1")
@@ -98,8 +97,14 @@ def _checksum_ok(loc: Location, tenant_id: str, backup_id: str) -> bool:
     return check.ok
 
 
-def prune_location(loc: Location, *, keep_min: int, now: datetime | None = None, dry_run: bool = False,
-                   on_delete: Callable[[str, Decision], None] | None = None) -> PruneReport:
+def prune_location(
+    loc: Location,
+    *,
+    keep_min: int,
+    now: datetime | None = None,
+    dry_run: bool = False,
+    on_delete: Callable[[str, Decision], None] | None = None,
+) -> PruneReport:
     """Read the location's manifests, decide with plan_prune, delete (unless dry_run).
 
     Copies are only re-read (checksum) for tenants that have something to delete, newest first until

@@ -46,8 +46,13 @@ def _put_back(loc: Location, tenant_id: str, backup_id: str, path: Path, manifes
         raise ArchiveError(f"{st.uri}: stored object is not the re-wrapped archive")
 
 
-def rewrap_locations(locations: dict[str, Location], keyring: Keyring, *, work_dir: Path | None = None,
-                     progress: Callable[[RewrapOutcome], None] | None = None) -> list[RewrapOutcome]:
+def rewrap_locations(
+    locations: dict[str, Location],
+    keyring: Keyring,
+    *,
+    work_dir: Path | None = None,
+    progress: Callable[[RewrapOutcome], None] | None = None,
+) -> list[RewrapOutcome]:
     active = keyring.active
     only_active = Keyring([active])  # the proof that the old key is no longer needed
     outcomes: list[RewrapOutcome] = []
@@ -76,8 +81,11 @@ def rewrap_locations(locations: dict[str, Location], keyring: Keyring, *, work_d
                 report(RewrapOutcome(name, ref.tenant_id, ref.backup_id, "failed", f"cannot read manifest: {exc}"))
                 continue
             if manifest.key_id == active.id:
-                report(RewrapOutcome(name, ref.tenant_id, ref.backup_id, "skipped",
-                                     f"already under the active key {active.id!r}"))
+                report(
+                    RewrapOutcome(
+                        name, ref.tenant_id, ref.backup_id, "skipped", f"already under the active key {active.id!r}"
+                    )
+                )
                 continue
             todo.setdefault((ref.tenant_id, ref.backup_id), []).append((loc, manifest))
 
@@ -90,6 +98,7 @@ def rewrap_locations(locations: dict[str, Location], keyring: Keyring, *, work_d
             except TenantBackupError as exc:
                 report(RewrapOutcome(loc.name, tenant_id, backup_id, "failed", str(exc)))
                 continue
+
             # Other copies with the same bytes take the same re-wrapped file (no second download).
             def same_bytes(m: Manifest, old_sha: str = old_sha) -> bool:
                 return m.archive is not None and str(m.archive.sha256 or "").lower() == old_sha
@@ -108,20 +117,35 @@ def rewrap_locations(locations: dict[str, Location], keyring: Keyring, *, work_d
                     new_fields = {"size": new_size, "sha256": new_sha, "key_id": active.id}
                     check = verify_archive(new_path, manifest.with_archive(**new_fields), only_active, deep=True)
                     if not check.ok:
-                        raise ArchiveError(f"re-wrapped archive does not verify with only key {active.id!r}: "
-                                           f"{check.message}")
+                        raise ArchiveError(
+                            f"re-wrapped archive does not verify with only key {active.id!r}: {check.message}"
+                        )
                     for tloc, tmanifest in targets:
                         new_manifest = tmanifest.with_archive(**new_fields)
                         try:
                             _put_back(tloc, tenant_id, backup_id, new_path, new_manifest)
                         except TenantBackupError as exc:
-                            report(RewrapOutcome(tloc.name, tenant_id, backup_id, "failed",
-                                                 f"storing the re-wrapped archive failed: {exc}"
-                                                 + _restore_original(tloc, tenant_id, backup_id, old_path, tmanifest)))
+                            report(
+                                RewrapOutcome(
+                                    tloc.name,
+                                    tenant_id,
+                                    backup_id,
+                                    "failed",
+                                    f"storing the re-wrapped archive failed: {exc}"
+                                    + _restore_original(tloc, tenant_id, backup_id, old_path, tmanifest),
+                                )
+                            )
                             continue
-                        report(RewrapOutcome(tloc.name, tenant_id, backup_id, "rewrapped",
-                                             f"key {tmanifest.key_id!r} -> {active.id!r}, verified with only "
-                                             f"{active.id!r}; sha256 {new_sha[:16]}…"))
+                        report(
+                            RewrapOutcome(
+                                tloc.name,
+                                tenant_id,
+                                backup_id,
+                                "rewrapped",
+                                f"key {tmanifest.key_id!r} -> {active.id!r}, verified with only "
+                                f"{active.id!r}; sha256 {new_sha[:16]}…",
+                            )
+                        )
             except TenantBackupError as exc:
                 for tloc, _ in targets:
                     report(RewrapOutcome(tloc.name, tenant_id, backup_id, "failed", str(exc)))
@@ -147,5 +171,6 @@ def _restore_original(loc: Location, tenant_id: str, backup_id: str, old_path: P
         loc.put(tenant_id, backup_id, old_path, manifest.to_dict())
         return "; the original copy was put back (still under the old key)"
     except TenantBackupError as exc:
-        return (f"; putting the original back failed too ({exc}): rebuild this copy from another location"
-                " (docs/RUNBOOK.md)")
+        return (
+            f"; putting the original back failed too ({exc}): rebuild this copy from another location (docs/RUNBOOK.md)"
+        )

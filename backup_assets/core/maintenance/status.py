@@ -32,16 +32,26 @@ DEFAULT_MAX_AGE_DAYS = 8.0
 # ------------------------------------------------------------------------------------ verification
 
 
-def verification_record(check: CopyCheck, *, sha256: str | None, deep: bool, by: str,
-                        now: datetime | None = None) -> dict:
+def verification_record(
+    check: CopyCheck, *, sha256: str | None, deep: bool, by: str, now: datetime | None = None
+) -> dict:
     at = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
-    return {"tenant_id": check.tenant_id, "backup_id": check.backup_id, "location": check.location,
-            "sha256": sha256, "ok": check.ok, "deep": deep, "by": by, "message": check.message,
-            "verified_at": at.isoformat(timespec="seconds")}
+    return {
+        "tenant_id": check.tenant_id,
+        "backup_id": check.backup_id,
+        "location": check.location,
+        "sha256": sha256,
+        "ok": check.ok,
+        "deep": deep,
+        "by": by,
+        "message": check.message,
+        "verified_at": at.isoformat(timespec="seconds"),
+    }
 
 
-def record_verification(loc: Location, check: CopyCheck, *, sha256: str | None = None, deep: bool, by: str,
-                        known_complete: bool = False) -> bool:
+def record_verification(
+    loc: Location, check: CopyCheck, *, sha256: str | None = None, deep: bool, by: str, known_complete: bool = False
+) -> bool:
     """Store the outcome of a copy's verification beside it. Never raises: a record that cannot be
     written only makes `status` show the copy as unverified. Returns whether it was written."""
     put = loc.put_verified
@@ -49,12 +59,17 @@ def record_verification(loc: Location, check: CopyCheck, *, sha256: str | None =
         if sha256 is None:  # the bytes the check compared against: the manifest's
             archive = loc.get_manifest(check.tenant_id, check.backup_id).get("archive")
             sha256 = archive.get("sha256") if isinstance(archive, dict) else None
-        put(check.tenant_id, check.backup_id, verification_record(check, sha256=sha256, deep=deep, by=by),
-            known_complete=known_complete)
+        put(
+            check.tenant_id,
+            check.backup_id,
+            verification_record(check, sha256=sha256, deep=deep, by=by),
+            known_complete=known_complete,
+        )
         return True
     except TenantBackupError as exc:
-        log.warning("%s: could not record the verification of %s/%s: %s", check.location, check.tenant_id,
-                    check.backup_id, exc)
+        log.warning(
+            "%s: could not record the verification of %s/%s: %s", check.location, check.tenant_id, check.backup_id, exc
+        )
         return False
 
 
@@ -100,16 +115,24 @@ class StatusReport:
 
     def stale_line(self) -> str:
         """One line naming every stale tenant × location (what the CLI prints on stderr)."""
-        names = ", ".join(f"{c.tenant_id}@{c.location}" + (f" ({c.tenant_name})" if c.tenant_name else "")
-                          for c in self.stale)
-        return (f"{len(self.stale)} tenant × location without a backup younger than {self.max_age_days:g} days: "
-                f"{names}")
+        names = ", ".join(
+            f"{c.tenant_id}@{c.location}" + (f" ({c.tenant_name})" if c.tenant_name else "") for c in self.stale
+        )
+        return f"{len(self.stale)} tenant × location without a backup younger than {self.max_age_days:g} days: {names}"
 
     def as_dict(self) -> dict:
-        return {"max_age_days": self.max_age_days, "now": self.now, "locations": self.locations,
-                "tenants": self.tenants, "tenant_names": self.names, "stale": len(self.stale), "unknown": len(self.unknown),
-                "unreadable_locations": self.unreadable, "warnings": self.warnings,
-                "copies": [c.as_dict() for c in self.copies]}
+        return {
+            "max_age_days": self.max_age_days,
+            "now": self.now,
+            "locations": self.locations,
+            "tenants": self.tenants,
+            "tenant_names": self.names,
+            "stale": len(self.stale),
+            "unknown": len(self.unknown),
+            "unreadable_locations": self.unreadable,
+            "warnings": self.warnings,
+            "copies": [c.as_dict() for c in self.copies],
+        }
 
 
 def _verification(record: dict | None, manifest: dict) -> tuple[str, str | None, bool | None]:
@@ -122,10 +145,18 @@ def _verification(record: dict | None, manifest: dict) -> tuple[str, str | None,
     return ("ok" if record.get("ok") is True else "failed"), record.get("verified_at"), bool(record.get("deep"))
 
 
-def decide(tenants: Iterable[str], locations: Iterable[str], entries: list[CatalogEntry], *, now: datetime,
-           max_age_days: float, unreadable: Mapping[str, str] | None = None, warnings: Iterable[str] = (),
-           verifications: Mapping[tuple[str, str, str], dict] | None = None,
-           names: Mapping[str, str] | None = None) -> StatusReport:
+def decide(
+    tenants: Iterable[str],
+    locations: Iterable[str],
+    entries: list[CatalogEntry],
+    *,
+    now: datetime,
+    max_age_days: float,
+    unreadable: Mapping[str, str] | None = None,
+    warnings: Iterable[str] = (),
+    verifications: Mapping[tuple[str, str, str], dict] | None = None,
+    names: Mapping[str, str] | None = None,
+) -> StatusReport:
     """The pure rule. `entries`: the newest complete backup per tenant and location (one manifest
     each); `unreadable`: location -> why it could not be listed (its tenants are unknown there);
     `verifications`: (location, tenant, backup) -> its verified.json record; `names`: tenant ->
@@ -151,10 +182,20 @@ def decide(tenants: Iterable[str], locations: Iterable[str], entries: list[Catal
                 continue
             created = parse_created_at(entry.created_at)
             age = (now - created).total_seconds() / 86400 if created is not None else None
-            verified, verified_at, deep = _verification(verifications.get((name, tenant, entry.backup_id)),
-                                                        entry.manifests[name])
-            status = CopyStatus(tenant, name, "ok", entry.backup_id, entry.created_at,
-                                round(age, 3) if age is not None else None, verified, verified_at, deep)
+            verified, verified_at, deep = _verification(
+                verifications.get((name, tenant, entry.backup_id)), entry.manifests[name]
+            )
+            status = CopyStatus(
+                tenant,
+                name,
+                "ok",
+                entry.backup_id,
+                entry.created_at,
+                round(age, 3) if age is not None else None,
+                verified,
+                verified_at,
+                deep,
+            )
             if age is None:  # no trustworthy time: it cannot prove freshness
                 status.state, status.reason = "stale", f"backup {entry.backup_id} has no valid created_at"
             elif age >= max_age_days:
@@ -163,15 +204,29 @@ def decide(tenants: Iterable[str], locations: Iterable[str], entries: list[Catal
     names = {t: n for t, n in (names or {}).items() if t in tenants and n}
     for status in copies:
         status.tenant_name = names.get(status.tenant_id)
-    return StatusReport(max_age_days, now.astimezone(timezone.utc).isoformat(timespec="seconds"), locations,
-                        tenants, copies, unreadable, list(warnings), names)
+    return StatusReport(
+        max_age_days,
+        now.astimezone(timezone.utc).isoformat(timespec="seconds"),
+        locations,
+        tenants,
+        copies,
+        unreadable,
+        list(warnings),
+        names,
+    )
 
 
 # ------------------------------------------------------------------------------------------ gather
 
 
-def gather(tenants: Iterable[str], locations: Mapping[str, Location], *, max_age_days: float,
-           now: datetime | None = None, names: Mapping[str, str] | None = None) -> StatusReport:
+def gather(
+    tenants: Iterable[str],
+    locations: Mapping[str, Location],
+    *,
+    max_age_days: float,
+    now: datetime | None = None,
+    names: Mapping[str, str] | None = None,
+) -> StatusReport:
     """One listing per location, then for each tenant only its newest backup there: its manifest and
     its verification record (a thousand tenants cost a listing and two small reads each)."""
     tenants = sorted(set(tenants))
@@ -205,6 +260,14 @@ def gather(tenants: Iterable[str], locations: Mapping[str, Location], *, max_age
                 continue
             if record is not None:
                 verifications[(name, tenant_id, backup_id)] = record
-    return decide(tenants, list(locations), entries, now=now or datetime.now(timezone.utc),
-                  max_age_days=max_age_days, unreadable=unreadable, warnings=warnings,
-                  verifications=verifications, names=names)
+    return decide(
+        tenants,
+        list(locations),
+        entries,
+        now=now or datetime.now(timezone.utc),
+        max_age_days=max_age_days,
+        unreadable=unreadable,
+        warnings=warnings,
+        verifications=verifications,
+        names=names,
+    )

@@ -42,5 +42,13 @@ from .result import RestoreResult, TableOutcome
 from .run import restore_tenant
 from .select import AUTO_ORDER, SourceCopy, fetch_backup
 
-__all__ = ["AUTO_ORDER", "DEFAULT_LOCK_TIMEOUT", "LOCK_TIMEOUT_ENV", "RestoreResult", "SourceCopy", "TableOutcome",
-           "fetch_backup", "restore_tenant"]
+__all__ = [
+    "AUTO_ORDER",
+    "DEFAULT_LOCK_TIMEOUT",
+    "LOCK_TIMEOUT_ENV",
+    "RestoreResult",
+    "SourceCopy",
+    "TableOutcome",
+    "fetch_backup",
+    "restore_tenant",
+]

@@ -27,13 +27,24 @@ def _dump_schemas(manifest: Manifest) -> set[str]:
     return schemas
 
 
-def into_empty(conn, copy: SourceCopy, keyring: Keyring, result: RestoreResult, target_dsn: str,
-                keep_owners: bool, dry_run: bool, report: Report) -> None:
+def into_empty(
+    conn,
+    copy: SourceCopy,
+    keyring: Keyring,
+    result: RestoreResult,
+    target_dsn: str,
+    keep_owners: bool,
+    dry_run: bool,
+    report: Report,
+) -> None:
     schemas = sorted(_dump_schemas(copy.manifest))
     with conn.cursor() as cur:
-        cur.execute("""
+        cur.execute(
+            """
             SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE c.relkind IN ('r', 'p') AND n.nspname = ANY(%s) ORDER BY 1""", (schemas,))
+             WHERE c.relkind IN ('r', 'p') AND n.nspname = ANY(%s) ORDER BY 1""",
+            (schemas,),
+        )
         existing = [row[0] for row in cur.fetchall()]
     conn.rollback()
     if existing:
@@ -41,14 +52,16 @@ def into_empty(conn, copy: SourceCopy, keyring: Keyring, result: RestoreResult, 
         raise RestoreRefused(
             f"target {result.target} is not empty: {len(existing)} table(s) already in schema(s) "
             f"{', '.join(schemas)} ({shown}); restore into an empty database, or use --replace to "
-            "replace this tenant's rows in a live database")
+            "replace this tenant's rows in a live database"
+        )
     for outcome in result.tables.values():
         outcome.action = "create and load"
     if dry_run:
         return
     t0 = time.monotonic()
-    restored, _sha, _size, failure = stream_into_pg_restore(copy.archive_path, keyring, copy.tenant_id, target_dsn,
-                                                            keep_owners=keep_owners, synchronous_commit="on")
+    restored, _sha, _size, failure = stream_into_pg_restore(
+        copy.archive_path, keyring, copy.tenant_id, target_dsn, keep_owners=keep_owners, synchronous_commit="on"
+    )
     result.timings["restore_s"] = time.monotonic() - t0
     if not restored:
         raise RestoreError(f"restore into {result.target} failed, its single transaction rolled back: {failure}")
@@ -67,8 +80,9 @@ def into_empty(conn, copy: SourceCopy, keyring: Keyring, result: RestoreResult, 
         if outcome.inserted != outcome.manifest_rows:
             mismatches.append(f"{table}: manifest {outcome.manifest_rows}, restored {outcome.inserted}")
     if mismatches:
-        raise RestoreError(f"restored into {result.target} but row counts differ from the manifest: "
-                           + "; ".join(mismatches))
+        raise RestoreError(
+            f"restored into {result.target} but row counts differ from the manifest: " + "; ".join(mismatches)
+        )
 
 
 def _count_tables(conn, tables: list[str]) -> tuple[dict[str, int], str | None]:
@@ -92,7 +106,10 @@ def _count_tables(conn, tables: list[str]) -> tuple[dict[str, int], str | None]:
 def _ident(table: str, cur) -> sql.Composable | None:
     """sql for a manifest name "schema.table", resolved against the catalog (names may hold dots);
     None when no such table exists."""
-    cur.execute("""SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                    WHERE n.nspname || '.' || c.relname = %s AND c.relkind IN ('r', 'p')""", (table,))
+    cur.execute(
+        """SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                    WHERE n.nspname || '.' || c.relname = %s AND c.relkind IN ('r', 'p')""",
+        (table,),
+    )
     row = cur.fetchone()
     return None if row is None else sql.Identifier(*row)

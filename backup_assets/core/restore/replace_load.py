@@ -42,8 +42,16 @@ SELECT quote_ident(n.nspname) || '.' || quote_ident(s.relname), a.attname
 """
 
 
-def replace_rows(conn, copy: SourceCopy, keyring: Keyring, result: RestoreResult, column: str, lock_timeout: str,
-             dry_run: bool, report: Report) -> None:
+def replace_rows(
+    conn,
+    copy: SourceCopy,
+    keyring: Keyring,
+    result: RestoreResult,
+    column: str,
+    lock_timeout: str,
+    dry_run: bool,
+    report: Report,
+) -> None:
     plan = plan_replace(conn, copy.manifest, copy.tenant_id, column, result)
     conn.rollback()
     for table in plan.order:
@@ -66,7 +74,9 @@ def replace_rows(conn, copy: SourceCopy, keyring: Keyring, result: RestoreResult
                     if table.oid in plan.registry:
                         result.tables[table.qualified].deleted = 0
                         continue
-                    cur.execute(sql.SQL("SELECT count(*) FROM {} t WHERE {}").format(table.ident, plan.predicates[table.oid]))
+                    cur.execute(
+                        sql.SQL("SELECT count(*) FROM {} t WHERE {}").format(table.ident, plan.predicates[table.oid])
+                    )
                     result.tables[table.qualified].deleted = cur.fetchone()[0]
                 conn.rollback()
                 return
@@ -74,8 +84,9 @@ def replace_rows(conn, copy: SourceCopy, keyring: Keyring, result: RestoreResult
             t0 = time.monotonic()
             # All locks first: a busy table fails fast (lock_timeout) before any work is done.
             # ROW EXCLUSIVE is what DELETE/INSERT take anyway: other tenants keep writing.
-            cur.execute(sql.SQL("LOCK TABLE {} IN ROW EXCLUSIVE MODE").format(
-                sql.SQL(", ").join(t.ident for t in plan.order)))
+            cur.execute(
+                sql.SQL("LOCK TABLE {} IN ROW EXCLUSIVE MODE").format(sql.SQL(", ").join(t.ident for t in plan.order))
+            )
             loaded = _load_temp_tables(cur, copy, keyring, plan)
             result.timings["load_s"] = time.monotonic() - t0
 
@@ -99,11 +110,13 @@ def replace_rows(conn, copy: SourceCopy, keyring: Keyring, result: RestoreResult
                     temp_ident, columns, copied = temp
                     cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
                     stmt = sql.SQL("INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM {} s").format(
-                        table.ident, cols, cols, temp_ident)
+                        table.ident, cols, cols, temp_ident
+                    )
                     if table.oid in plan.registry:
                         key = sql.Identifier(plan.registry[table.oid])
                         stmt += sql.SQL(" WHERE NOT EXISTS (SELECT 1 FROM {} r WHERE r.{} = s.{})").format(
-                            table.ident, key, key)
+                            table.ident, key, key
+                        )
                     cur.execute(stmt)
                     outcome.inserted = cur.rowcount
                     if copied != outcome.manifest_rows:
@@ -121,8 +134,10 @@ def replace_rows(conn, copy: SourceCopy, keyring: Keyring, result: RestoreResult
     except psycopg2.Error as exc:
         _rollback(conn)
         if isinstance(exc, psycopg2.errors.LockNotAvailable):
-            raise RestoreError(f"--replace rolled back, nothing changed: a table is locked by another session "
-                               f"(lock timeout {lock_timeout}, {LOCK_TIMEOUT_ENV}): {pg_message(exc)}") from None
+            raise RestoreError(
+                f"--replace rolled back, nothing changed: a table is locked by another session "
+                f"(lock timeout {lock_timeout}, {LOCK_TIMEOUT_ENV}): {pg_message(exc)}"
+            ) from None
         raise RestoreError(f"--replace rolled back, nothing changed: {pg_message(exc)}") from None
     except BaseException as exc:
         _rollback(conn)
@@ -153,10 +168,14 @@ def _advance_sequences(cur, tables: list[Table]) -> list[tuple[str, int, int]]:
                 continue
             # One statement: read the sequence and move it only forward (nextval would give last_value
             # itself when is_called is false, hence the -1).
-            cur.execute(sql.SQL(
-                "SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END, "
-                "CASE WHEN %s > (CASE WHEN is_called THEN last_value ELSE last_value - 1 END) "
-                "THEN setval(%s::regclass, %s, true) END FROM {}").format(sql.SQL(seq)), (top, seq, top))
+            cur.execute(
+                sql.SQL(
+                    "SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END, "
+                    "CASE WHEN %s > (CASE WHEN is_called THEN last_value ELSE last_value - 1 END) "
+                    "THEN setval(%s::regclass, %s, true) END FROM {}"
+                ).format(sql.SQL(seq)),
+                (top, seq, top),
+            )
             before, after = cur.fetchone()
             if after is not None:
                 moved.append((seq, int(before), int(after)))
@@ -172,8 +191,9 @@ def _load_temp_tables(cur, copy: SourceCopy, keyring: Keyring, plan: Plan) -> di
     args = [pg_program("pg_restore"), "--data-only", "--no-owner", "--no-acl", "-f", "-"]
     loaded: dict[str, tuple] = {}
     with open(copy.archive_path, "rb") as handle:
-        pipe = ArchivePipe(args, handle, keyring, expect_tenant_id=copy.tenant_id, stdout=subprocess.PIPE,
-                           name="restore-decode")
+        pipe = ArchivePipe(
+            args, handle, keyring, expect_tenant_id=copy.tenant_id, stdout=subprocess.PIPE, name="restore-decode"
+        )
         try:
             with pipe:
                 _copy_blocks(cur, ScriptReader(pipe.stdout), plan, loaded)
@@ -221,7 +241,8 @@ def _copy_blocks(cur, reader: ScriptReader, plan: Plan, loaded: dict[str, tuple]
         temp = sql.Identifier(f"tb_restore_{n}")
         cur.execute(sql.SQL("CREATE TEMPORARY TABLE {} (LIKE {}) ON COMMIT DROP").format(temp, table.ident))
         cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
-        cur.copy_expert(sql.SQL("COPY {} ({}) FROM STDIN").format(temp, cols).as_string(cur.connection),
-                        block, size=CHUNK)
+        cur.copy_expert(
+            sql.SQL("COPY {} ({}) FROM STDIN").format(temp, cols).as_string(cur.connection), block, size=CHUNK
+        )
         loaded[qualified] = (temp, columns, cur.rowcount)
         current = None

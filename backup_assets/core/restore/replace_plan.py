@@ -69,7 +69,6 @@ SELECT con.conrelid, con.confrelid,
 """
 
 
-
 @dataclass
 class Plan:
     order: list[Table]  # touched tables, parents first
@@ -98,12 +97,15 @@ def plan_replace(conn, manifest: Manifest, tenant_id: str, column: str, result: 
         problems.append(f"table(s) of the backup missing in the target: {', '.join(missing)}")
     touched = {by_name[name].oid: by_name[name] for name in wanted if name in by_name}
 
-    filtered = [t.qualified for t in touched.values() if t.rls and not (is_super or bypass or (t.owner and not t.force))]
+    filtered = [
+        t.qualified for t in touched.values() if t.rls and not (is_super or bypass or (t.owner and not t.force))
+    ]
     if filtered:
         problems.append(
             f"role {role} would write under row-level security on {', '.join(sorted(filtered))}: --replace needs "
             "a superuser, a BYPASSRLS role, or the tables' owner without FORCE ROW LEVEL SECURITY "
-            "(COPY FROM is refused under RLS and policies would filter the delete)")
+            "(COPY FROM is refused under RLS and policies would filter the delete)"
+        )
     no_priv = [t.qualified for t in touched.values() if not (t.can_select and t.can_insert and t.can_delete)]
     if no_priv:
         problems.append(f"role {role} lacks SELECT/INSERT/DELETE on {', '.join(sorted(no_priv))}")
@@ -113,8 +115,14 @@ def plan_replace(conn, manifest: Manifest, tenant_id: str, column: str, result: 
     for fk in fkeys:
         child = touched.get(fk.child)
         parent = touched.get(fk.parent)
-        if (child and parent and child.tenant_type and fk.child_cols == [column] and len(fk.parent_cols) == 1
-                and kinds.get(parent.qualified) in ("rls_child", "tenant")):
+        if (
+            child
+            and parent
+            and child.tenant_type
+            and fk.child_cols == [column]
+            and len(fk.parent_cols) == 1
+            and kinds.get(parent.qualified) in ("rls_child", "tenant")
+        ):
             registry[parent.oid] = fk.parent_cols[0]
 
     literal = sql.Literal(tenant_id)
@@ -137,9 +145,13 @@ def plan_replace(conn, manifest: Manifest, tenant_id: str, column: str, result: 
                 continue
             join = sql.SQL(" AND ").join(
                 sql.SQL("{}.{} = {}.{}").format(sql.Identifier(inner_alias), sql.Identifier(pc), a, sql.Identifier(cc))
-                for pc, cc in zip(fk.parent_cols, fk.child_cols, strict=True))
-            ors.append(sql.SQL("EXISTS (SELECT 1 FROM {} {} WHERE {} AND {})").format(
-                touched[fk.parent].ident, sql.Identifier(inner_alias), join, inner))
+                for pc, cc in zip(fk.parent_cols, fk.child_cols, strict=True)
+            )
+            ors.append(
+                sql.SQL("EXISTS (SELECT 1 FROM {} {} WHERE {} AND {})").format(
+                    touched[fk.parent].ident, sql.Identifier(inner_alias), join, inner
+                )
+            )
         if not ors:
             return None
         return sql.SQL("({})").format(sql.SQL(" OR ").join(ors))
@@ -154,30 +166,45 @@ def plan_replace(conn, manifest: Manifest, tenant_id: str, column: str, result: 
     if unscoped:
         problems.append(
             f"cannot tell this tenant's rows in {', '.join(sorted(unscoped))}: no tenant column and no foreign key "
-            "to a table of the tenant")
+            "to a table of the tenant"
+        )
 
     # A table the backup does not hold, referencing one it replaces: deleting parents would cascade
     # into (or null out) rows nobody restores. NO ACTION/RESTRICT is left to fail (and roll back).
-    cascading = sorted({f"{tables[fk.child].qualified} -> {touched[fk.parent].qualified}" for fk in fkeys
-                        if fk.parent in touched and fk.child not in touched and fk.child in tables
-                        and fk.on_delete in ("c", "n", "d")})
+    cascading = sorted(
+        {
+            f"{tables[fk.child].qualified} -> {touched[fk.parent].qualified}"
+            for fk in fkeys
+            if fk.parent in touched
+            and fk.child not in touched
+            and fk.child in tables
+            and fk.on_delete in ("c", "n", "d")
+        }
+    )
     if cascading:
-        problems.append("table(s) outside the backup reference tables it replaces with ON DELETE CASCADE/SET NULL/"
-                        "SET DEFAULT (their rows would change and not come back): " + ", ".join(cascading))
+        problems.append(
+            "table(s) outside the backup reference tables it replaces with ON DELETE CASCADE/SET NULL/"
+            "SET DEFAULT (their rows would change and not come back): " + ", ".join(cascading)
+        )
     if problems:
         raise RestoreRefused("--replace refused, nothing changed: " + "; ".join(problems))
 
-    extra = sorted(t.qualified for t in tables.values()
-                   if t.tenant_type and t.qualified not in kinds and t.oid not in touched)
+    extra = sorted(
+        t.qualified for t in tables.values() if t.tenant_type and t.qualified not in kinds and t.oid not in touched
+    )
     if extra:
-        result.warnings.append(f"table(s) with column {column} not in the backup are left as they are: {', '.join(extra)}")
+        result.warnings.append(
+            f"table(s) with column {column} not in the backup are left as they are: {', '.join(extra)}"
+        )
 
     return Plan(_parents_first(touched, fkeys, result), registry, predicates, by_name)
 
 
 def _parents_first(touched: dict[int, Table], fkeys: list[FKey], result: RestoreResult) -> list[Table]:
-    parents = {oid: {fk.parent for fk in fkeys if fk.child == oid and fk.parent in touched and fk.parent != oid}
-               for oid in touched}
+    parents = {
+        oid: {fk.parent for fk in fkeys if fk.child == oid and fk.parent in touched and fk.parent != oid}
+        for oid in touched
+    }
     order: list[Table] = []
     done: set[int] = set()
     pending = sorted(touched, key=lambda o: touched[o].qualified)
@@ -191,4 +218,3 @@ def _parents_first(touched: dict[int, Table], fkeys: list[FKey], result: Restore
             done.add(oid)
         pending = [o for o in pending if o not in done]
     return order
-

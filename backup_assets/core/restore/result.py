@@ -38,15 +38,19 @@ class RestoreResult:
 
     def as_dict(self) -> dict:
         return {
-            "tenant_id": self.tenant_id, "mode": self.mode, "dry_run": self.dry_run,
-            "location": self.location, "backup_id": self.backup_id, "uri": self.uri, "target": self.target,
+            "tenant_id": self.tenant_id,
+            "mode": self.mode,
+            "dry_run": self.dry_run,
+            "location": self.location,
+            "backup_id": self.backup_id,
+            "uri": self.uri,
+            "target": self.target,
             "tables": {t: vars(o) for t, o in self.tables.items()},
             "skipped": [list(s) for s in self.skipped],
             "sequences": [list(s) for s in self.sequences],
             "warnings": list(self.warnings),
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
         }
-
 
 
 def pg_message(exc: psycopg2.Error) -> str:

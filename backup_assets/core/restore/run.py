@@ -23,11 +23,23 @@ from .select import fetch_backup
 log = logging.getLogger(__name__)
 
 
-def restore_tenant(tenant_id: str, *, locations: Mapping[str, Location], location: str, target_dsn: str,
-                   keyring: Keyring, backup: str | None = "latest", replace: bool = False,
-                   dry_run: bool = False, lock_timeout: str = DEFAULT_LOCK_TIMEOUT,
-                   keep_owners: bool = False, work_dir: Path | None = None, connect_timeout: int = 10,
-                   tenant_id_pattern: str | None = None, report: Report = log.info) -> RestoreResult:
+def restore_tenant(
+    tenant_id: str,
+    *,
+    locations: Mapping[str, Location],
+    location: str,
+    target_dsn: str,
+    keyring: Keyring,
+    backup: str | None = "latest",
+    replace: bool = False,
+    dry_run: bool = False,
+    lock_timeout: str = DEFAULT_LOCK_TIMEOUT,
+    keep_owners: bool = False,
+    work_dir: Path | None = None,
+    connect_timeout: int = 10,
+    tenant_id_pattern: str | None = None,
+    report: Report = log.info,
+) -> RestoreResult:
     """Restore `tenant_id` from `location` ("auto" or a name) into `target_dsn`; see the module docstring.
 
     Raises TenantBackupError subclasses: RestoreRefused before anything is written, RestoreError
@@ -47,8 +59,18 @@ def restore_tenant(tenant_id: str, *, locations: Mapping[str, Location], locatio
         timings["fetch_s"] = time.monotonic() - t0
         report(f"using location {copy.location}: backup {copy.backup_id} of tenant {tenant_id} ({copy.uri})")
         manifest = copy.manifest
-        result = RestoreResult(tenant_id, "replace" if replace else "empty", dry_run, copy.location,
-                               copy.backup_id, copy.uri, target, {}, copy.skipped, timings=timings)
+        result = RestoreResult(
+            tenant_id,
+            "replace" if replace else "empty",
+            dry_run,
+            copy.location,
+            copy.backup_id,
+            copy.uri,
+            target,
+            {},
+            copy.skipped,
+            timings=timings,
+        )
         kinds = manifest.kinds.kind_of()
         for table, rows in sorted(manifest.tables.items()):
             result.tables[table] = TableOutcome(kinds.get(table, "shared"), int(rows))

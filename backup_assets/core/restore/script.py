@@ -33,7 +33,7 @@ class ScriptReader:
         while True:
             i = self._buf.find(b"\n")
             if i >= 0:
-                line, self._buf = self._buf[:i], self._buf[i + 1:]
+                line, self._buf = self._buf[:i], self._buf[i + 1 :]
                 return line
             if not self._fill():
                 if self._buf:
@@ -63,12 +63,12 @@ class CopyBlock:
                 break
             i = r._buf.find(b"\n\\.\n")
             if i >= 0:
-                out, r._buf = r._buf[:i + 1], r._buf[i + 1:]
+                out, r._buf = r._buf[: i + 1], r._buf[i + 1 :]
                 self.bytes += len(out)
                 return out
             k = r._buf.rfind(b"\n")
             if k >= 0 and (len(r._buf) >= CHUNK or r._eof):
-                out, r._buf = r._buf[:k + 1], r._buf[k + 1:]
+                out, r._buf = r._buf[: k + 1], r._buf[k + 1 :]
                 self.bytes += len(out)
                 return out
             if not r._fill() and r._eof and r._buf.rfind(b"\n") < 0:
@@ -81,4 +81,3 @@ class CopyBlock:
 
 
 DATA_COMMENT = re.compile(r"-- Data for Name: (.*); Type: TABLE DATA; Schema: (.*); Owner: ")
-

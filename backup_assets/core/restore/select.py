@@ -41,8 +41,15 @@ def _pick_backup_id(loc: Location, tenant_id: str, backup: str | None) -> str:
     return validate_backup_id(backup)
 
 
-def fetch_backup(locations: Mapping[str, Location], tenant_id: str, location: str, backup: str | None,
-                 keyring: Keyring, work_dir: Path, report: Report = log.info) -> SourceCopy:
+def fetch_backup(
+    locations: Mapping[str, Location],
+    tenant_id: str,
+    location: str,
+    backup: str | None,
+    keyring: Keyring,
+    work_dir: Path,
+    report: Report = log.info,
+) -> SourceCopy:
     """Download and verify one copy of a backup into work_dir; see the module docstring for "auto".
 
     A named location that fails raises its error (NotFound, CorruptObject, ArchiveError, ...);
@@ -53,8 +60,9 @@ def fetch_backup(locations: Mapping[str, Location], tenant_id: str, location: st
             raise ConfigError("no storage location configured (TENANT_BACKUP_LOCATIONS)")
     else:
         if location not in locations:
-            raise ConfigError(f"storage location {location!r} is not configured "
-                              f"(configured: {', '.join(locations) or 'none'})")
+            raise ConfigError(
+                f"storage location {location!r} is not configured (configured: {', '.join(locations) or 'none'})"
+            )
         names = [location]
     skipped: list[tuple[str, str]] = []
     for name in names:
@@ -80,5 +88,7 @@ def fetch_backup(locations: Mapping[str, Location], tenant_id: str, location: st
             report(f"skipping location {name}: {reason}")
             continue
         return SourceCopy(name, tenant_id, backup_id, uri, manifest, dest, skipped)
-    raise NotFound(f"no usable copy of tenant {tenant_id}'s backup {backup or 'latest'} in "
-                   + "; ".join(f"{n}: {why}" for n, why in skipped))
+    raise NotFound(
+        f"no usable copy of tenant {tenant_id}'s backup {backup or 'latest'} in "
+        + "; ".join(f"{n}: {why}" for n, why in skipped)
+    )

@@ -90,7 +90,9 @@ def inspect_source(conn, settings: SourceSettings) -> DumpPlan:
         role, is_super, bypass, server_version, database = cur.fetchone()
         problems: list[str] = []
         if is_super:
-            problems.append(f"role {role} is a superuser: superusers bypass row-level security; use a dedicated backup role")
+            problems.append(
+                f"role {role} is a superuser: superusers bypass row-level security; use a dedicated backup role"
+            )
         if bypass:
             problems.append(f"role {role} has BYPASSRLS: it sees every tenant's rows; use a role without it")
         if problems:
@@ -118,9 +120,13 @@ def inspect_source(conn, settings: SourceSettings) -> DumpPlan:
             tenant_oids.add(oid)
             tenant_attnum[oid] = attnum
             if qualified in shared_declared:
-                problems.append(f"table {qualified} has the tenant column {settings.tenant_column}: it cannot be declared shared")
+                problems.append(
+                    f"table {qualified} has the tenant column {settings.tenant_column}: it cannot be declared shared"
+                )
             if not rls:
-                problems.append(f"table {qualified} has the tenant column {settings.tenant_column} but row-level security is not enabled")
+                problems.append(
+                    f"table {qualified} has the tenant column {settings.tenant_column} but row-level security is not enabled"
+                )
                 continue
         if rls:
             rls_oids.add(oid)
@@ -157,7 +163,10 @@ def inspect_source(conn, settings: SourceSettings) -> DumpPlan:
             tables.append(TableInfo(schema, name, SHARED))
 
     known = {t.qualified for t in tables}
-    for declared, variable in ((shared_declared, "TENANT_BACKUP_SHARED_TABLES"), (excluded, "TENANT_BACKUP_EXCLUDE_TABLES")):
+    for declared, variable in (
+        (shared_declared, "TENANT_BACKUP_SHARED_TABLES"),
+        (excluded, "TENANT_BACKUP_EXCLUDE_TABLES"),
+    ):
         for missing in sorted(declared - known):
             problems.append(f"{variable} names {missing}, which is not a table in database {database}")
 
@@ -167,8 +176,14 @@ def inspect_source(conn, settings: SourceSettings) -> DumpPlan:
     notes = []
     if large_objects:
         notes.append(f"{large_objects} large objects are not backed up: they have no tenant and no row-level security")
-    return DumpPlan(role=role, server_version=server_version, database=database, tables=tuple(tables),
-                    large_objects=large_objects, notes=tuple(notes))
+    return DumpPlan(
+        role=role,
+        server_version=server_version,
+        database=database,
+        tables=tuple(tables),
+        large_objects=large_objects,
+        notes=tuple(notes),
+    )
 
 
 def _unsafe_shared_reason(oid, fkeys, protected, tenant_attnum, by_oid, column) -> str | None:

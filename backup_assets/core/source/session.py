@@ -37,21 +37,54 @@ log = logging.getLogger(__name__)
 # libpq variables that change which server, database or role a connection reaches, or what its
 # session sees (https://www.postgresql.org/docs/current/libpq-envars.html). Never honoured.
 SESSION_VARS = (
-    "PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGOPTIONS", "PGAPPNAME",
-    "PGSERVICE", "PGSERVICEFILE", "PGSYSCONFDIR", "PGTARGETSESSIONATTRS", "PGLOADBALANCEHOSTS",
-    "PGCLIENTENCODING", "PGDATESTYLE", "PGTZ", "PGGEQO", "PGMINPROTOCOLVERSION", "PGMAXPROTOCOLVERSION",
+    "PGHOST",
+    "PGHOSTADDR",
+    "PGPORT",
+    "PGDATABASE",
+    "PGUSER",
+    "PGOPTIONS",
+    "PGAPPNAME",
+    "PGSERVICE",
+    "PGSERVICEFILE",
+    "PGSYSCONFDIR",
+    "PGTARGETSESSIONATTRS",
+    "PGLOADBALANCEHOSTS",
+    "PGCLIENTENCODING",
+    "PGDATESTYLE",
+    "PGTZ",
+    "PGGEQO",
+    "PGMINPROTOCOLVERSION",
+    "PGMAXPROTOCOLVERSION",
     "PGLOCALEDIR",
 )
 # libpq variables that only authenticate or secure the transport: honoured, and passed to children.
 AUTH_VARS = (
-    "PGPASSWORD", "PGPASSFILE", "PGSSLMODE", "PGREQUIRESSL", "PGSSLNEGOTIATION", "PGSSLCOMPRESSION",
-    "PGSSLCERT", "PGSSLKEY", "PGSSLCERTMODE", "PGSSLROOTCERT", "PGSSLCRL", "PGSSLCRLDIR", "PGSSLSNI",
-    "PGSSLMINPROTOCOLVERSION", "PGSSLMAXPROTOCOLVERSION", "PGREQUIREPEER", "PGREQUIREAUTH",
-    "PGCHANNELBINDING", "PGGSSENCMODE", "PGGSSLIB", "PGGSSDELEGATION", "PGKRBSRVNAME", "PGCONNECT_TIMEOUT",
+    "PGPASSWORD",
+    "PGPASSFILE",
+    "PGSSLMODE",
+    "PGREQUIRESSL",
+    "PGSSLNEGOTIATION",
+    "PGSSLCOMPRESSION",
+    "PGSSLCERT",
+    "PGSSLKEY",
+    "PGSSLCERTMODE",
+    "PGSSLROOTCERT",
+    "PGSSLCRL",
+    "PGSSLCRLDIR",
+    "PGSSLSNI",
+    "PGSSLMINPROTOCOLVERSION",
+    "PGSSLMAXPROTOCOLVERSION",
+    "PGREQUIREPEER",
+    "PGREQUIREAUTH",
+    "PGCHANNELBINDING",
+    "PGGSSENCMODE",
+    "PGGSSLIB",
+    "PGGSSDELEGATION",
+    "PGKRBSRVNAME",
+    "PGCONNECT_TIMEOUT",
 )
 # What any program needs to run at all, and what only changes its messages' language.
-BASE_VARS = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP",
-             "SYSTEMROOT")
+BASE_VARS = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP", "SYSTEMROOT")
 
 _warned: set[str] = set()
 
@@ -66,8 +99,11 @@ def guard_process_environment(environ=None) -> list[str]:
         del env[name]
         if name not in _warned:
             _warned.add(name)
-            log.warning("%s is set in the environment and ignored: tenant-backup connects with the"
-                        " parameters of its DSN settings only (a libpq variable would change the session)", name)
+            log.warning(
+                "%s is set in the environment and ignored: tenant-backup connects with the"
+                " parameters of its DSN settings only (a libpq variable would change the session)",
+                name,
+            )
     return removed
 
 
@@ -111,8 +147,15 @@ class PgSession:
     password: str | None = field(default=None, repr=False)
 
     @classmethod
-    def from_dsn(cls, dsn: str, settings: Mapping[str, str] | None = None, *, password: str | None = None,
-                 application_name: str = "tenant-backup", connect_timeout: int = 10) -> "PgSession":
+    def from_dsn(
+        cls,
+        dsn: str,
+        settings: Mapping[str, str] | None = None,
+        *,
+        password: str | None = None,
+        application_name: str = "tenant-backup",
+        connect_timeout: int = 10,
+    ) -> "PgSession":
         """`password` (e.g. from a variable named on the command line) is used when the DSN has none.
         application_name and connect_timeout apply unless the DSN sets them."""
         params = parse_dsn(dsn)
@@ -185,8 +228,9 @@ def child_env(environ: Mapping[str, str] | None = None, extra: tuple[str, ...] =
 
 
 @contextmanager
-def connect(dsn: str, *, timeout: int = 10, settings: Mapping[str, str] | None = None,
-            application_name: str = "tenant-backup") -> Iterator[psycopg2.extensions.connection]:
+def connect(
+    dsn: str, *, timeout: int = 10, settings: Mapping[str, str] | None = None, application_name: str = "tenant-backup"
+) -> Iterator[psycopg2.extensions.connection]:
     session = PgSession.from_dsn(dsn, settings, application_name=application_name, connect_timeout=timeout)
     with session.connect() as conn:
         yield conn

@@ -33,7 +33,7 @@ def clean_name(value) -> str | None:
     text = "".join(ch if unicodedata.category(ch)[0] != "C" else " " for ch in str(value))
     text = " ".join(text.split())
     if len(text) > NAME_MAX:
-        text = text[:NAME_MAX - 1].rstrip() + "…"
+        text = text[: NAME_MAX - 1].rstrip() + "…"
     return text or None
 
 
@@ -65,8 +65,9 @@ def _records(rows, pattern: str | None) -> list[TenantRecord]:
         except InvalidTenantId as exc:
             log.warning("registry returned an invalid tenant id, skipped: %s", exc)
             continue
-        record = TenantRecord(tenant_id, clean_name(row[1]) if len(row) > 1 else None,
-                              clean_name(row[2]) if len(row) > 2 else None)
+        record = TenantRecord(
+            tenant_id, clean_name(row[1]) if len(row) > 1 else None, clean_name(row[2]) if len(row) > 2 else None
+        )
         if tenant_id not in found or (found[tenant_id].name is None and record.name is not None):
             found[tenant_id] = record
     return [found[t] for t in sorted(found)]
@@ -126,8 +127,9 @@ def is_listed(settings: SourceSettings, tenant_id: str) -> bool:
     with connect(settings.registry_dsn, timeout=settings.connect_timeout) as conn:
         try:
             with conn.cursor() as cur:
-                cur.execute(f"SELECT EXISTS (SELECT 1 FROM ({query}) AS registry(tenant_id) WHERE {compare})",
-                            (tenant_id,))
+                cur.execute(
+                    f"SELECT EXISTS (SELECT 1 FROM ({query}) AS registry(tenant_id) WHERE {compare})", (tenant_id,)
+                )
                 return bool(cur.fetchone()[0])
         except psycopg2.Error as exc:
             reason = " ".join(str(exc).split())

@@ -26,15 +26,18 @@ def build_staleness_sensor(settings: Settings):
         minimum_interval_seconds=settings.stale_check_s,
         default_status=DefaultSensorStatus.RUNNING,
         description="STALE_BACKUP alert for each active tenant × location whose newest backup is older than "
-                    "TENANT_BACKUP_MAX_AGE_DAYS (8), or missing; read from the locations alone (log, alerts file, "
-                    "webhook).",
+        "TENANT_BACKUP_MAX_AGE_DAYS (8), or missing; read from the locations alone (log, alerts file, "
+        "webhook).",
     )(stale_backup_alerts)
 
 
 def stale_backup_alerts(context: SensorEvaluationContext, backup: BackupResource):
     settings = backup.get_settings()
-    report = gather(list_tenants(settings.source), {n: backup.location(n) for n in settings.location_names},
-                    max_age_days=settings.max_age_days)
+    report = gather(
+        list_tenants(settings.source),
+        {n: backup.location(n) for n in settings.location_names},
+        max_age_days=settings.max_age_days,
+    )
     alerted = json.loads(context.cursor) if context.cursor else {}
     now_stale: dict[str, str] = {}
     new = 0
@@ -44,20 +47,37 @@ def stale_backup_alerts(context: SensorEvaluationContext, backup: BackupResource
         now_stale[key] = "unreadable"
         if alerted.get(key) != "unreadable":
             new += 1
-            alerts.emit(alerts.Alert(alerts.STALE_BACKUP, "critical", None, name,
-                                     f"location {name} could not be listed: backup age unknown for "
-                                     f"{len(report.tenants)} tenants ({message})"), settings)
+            alerts.emit(
+                alerts.Alert(
+                    alerts.STALE_BACKUP,
+                    "critical",
+                    None,
+                    name,
+                    f"location {name} could not be listed: backup age unknown for "
+                    f"{len(report.tenants)} tenants ({message})",
+                ),
+                settings,
+            )
     for copy in report.stale:
         key = f"{copy.tenant_id}@{copy.location}"
         now_stale[key] = copy.backup_id or ""
         if key in alerted and alerted[key] == now_stale[key]:
             continue  # alerted on this very state at the previous evaluation
         new += 1
-        alerts.emit(alerts.Alert(alerts.STALE_BACKUP, "critical", copy.tenant_id, copy.location,
-                                 f"no backup younger than {report.max_age_days:g} days: {copy.reason}",
-                                 f"{base}/assets/tenant_archive?view=partitions&partition={copy.tenant_id}"),
-                    settings)
-    summary = (f"{len(report.stale)} stale tenant × location of {len(report.copies)}, "
-               f"{len(report.unreadable)} locations unreadable; {new} new alerts")
+        alerts.emit(
+            alerts.Alert(
+                alerts.STALE_BACKUP,
+                "critical",
+                copy.tenant_id,
+                copy.location,
+                f"no backup younger than {report.max_age_days:g} days: {copy.reason}",
+                f"{base}/assets/tenant_archive?view=partitions&partition={copy.tenant_id}",
+            ),
+            settings,
+        )
+    summary = (
+        f"{len(report.stale)} stale tenant × location of {len(report.copies)}, "
+        f"{len(report.unreadable)} locations unreadable; {new} new alerts"
+    )
     context.log.info(summary)
     return SensorResult(skip_reason=SkipReason(summary), cursor=json.dumps(now_stale, sort_keys=True))

@@ -53,7 +53,7 @@ def build_weekly_per_tenant_schedule(settings: Settings):
         job=tenant_backup_job,
         default_status=weekly_status(settings, "per_tenant"),
         description="Every active tenant (registry ∩ partitions), one run each, once per ISO week "
-                    "(running when TENANT_BACKUP_WEEKLY_MODE=per_tenant).",
+        "(running when TENANT_BACKUP_WEEKLY_MODE=per_tenant).",
     )(weekly_tenant_backup)
 
 
@@ -63,13 +63,19 @@ def weekly_tenant_backup(context: ScheduleEvaluationContext, backup: BackupResou
     missing = sorted(active - known)
     if missing:
         # Schedules cannot add partitions; the registry sensor will, and the next tick covers them.
-        context.log.warning(f"{len(missing)} active tenants are not partitions yet (registry sensor pending): "
-                            + ", ".join(missing[:20]))
+        context.log.warning(
+            f"{len(missing)} active tenants are not partitions yet (registry sensor pending): "
+            + ", ".join(missing[:20])
+        )
     week = week_of(context.scheduled_execution_time)
     for tenant_id in sorted(active & known):
         # Steps in the run's own process: a process per step costs seconds each, per tenant, per week.
-        yield RunRequest(run_key=f"{tenant_id}:{week}", partition_key=tenant_id, tags={TENANT_TAG: tenant_id},
-                         run_config={"execution": {"config": {"in_process": {}}}})
+        yield RunRequest(
+            run_key=f"{tenant_id}:{week}",
+            partition_key=tenant_id,
+            tags={TENANT_TAG: tenant_id},
+            run_config={"execution": {"config": {"in_process": {}}}},
+        )
 
 
 def build_registry_sensor(settings: Settings):
@@ -78,7 +84,7 @@ def build_registry_sensor(settings: Settings):
         minimum_interval_seconds=settings.registry_sync_s,
         default_status=DefaultSensorStatus.RUNNING,
         description="Adds a partition for each tenant the registry query returns and removes those it no "
-                    "longer returns. Backups already stored are never deleted here.",
+        "longer returns. Backups already stored are never deleted here.",
     )(tenant_registry_sync)
 
 
@@ -124,11 +130,28 @@ def backup_failure_alerts(context: RunFailureSensorContext, backup: BackupResour
     base = settings.ui_url
     failures = context.get_step_failure_events()
     if not failures:
-        alerts.emit(alerts.Alert(alerts.BACKUP_FAILURE, "critical", tenant_id, None,
-                                 context.failure_event.message or "run failed", f"{base}/runs/{run.run_id}"),
-                    settings)
+        alerts.emit(
+            alerts.Alert(
+                alerts.BACKUP_FAILURE,
+                "critical",
+                tenant_id,
+                None,
+                context.failure_event.message or "run failed",
+                f"{base}/runs/{run.run_id}",
+            ),
+            settings,
+        )
     for event in failures:
         error = event.event_specific_data.error if event.event_specific_data else None
         message = error.message.strip().splitlines()[0] if error and error.message else "step failed"
-        alerts.emit(alerts.Alert(alerts.BACKUP_FAILURE, "critical", tenant_id, _location_of(event.step_key or ""),
-                                 f"{event.step_key}: {message}", f"{base}/runs/{run.run_id}"), settings)
+        alerts.emit(
+            alerts.Alert(
+                alerts.BACKUP_FAILURE,
+                "critical",
+                tenant_id,
+                _location_of(event.step_key or ""),
+                f"{event.step_key}: {message}",
+                f"{base}/runs/{run.run_id}",
+            ),
+            settings,
+        )

@@ -27,12 +27,23 @@ def back_up_active_tenants(context: OpExecutionContext, backup: BackupResource) 
 
     def progress(index, total, outcome):
         if not outcome.ok or index % 50 == 0 or index == total:
-            state = ("ok" if outcome.ok else f"SKIPPED {outcome.skipped}" if outcome.skipped
-                     else "FAILED " + (outcome.error or "a check failed"))
+            state = (
+                "ok"
+                if outcome.ok
+                else f"SKIPPED {outcome.skipped}"
+                if outcome.skipped
+                else "FAILED " + (outcome.error or "a check failed")
+            )
             context.log.info(f"[{index}/{total}] {outcome.tenant_id}: {state}")
 
-    result = back_up_tenants(build_definitions(settings), context.instance, active, progress=progress,
-                             settings=settings, batch_id=context.run_id)
+    result = back_up_tenants(
+        build_definitions(settings),
+        context.instance,
+        active,
+        progress=progress,
+        settings=settings,
+        batch_id=context.run_id,
+    )
     done = sum(o.ok for o in result.outcomes)
     context.log.info(f"{done}/{len(result.outcomes)} tenants backed up with every check passing")
     if result.skipped:
@@ -58,5 +69,5 @@ def build_weekly_batch_schedule(settings: Settings):
         job=weekly_batch_job,
         default_status=weekly_status(settings, "batch"),
         description="Every active tenant through one driver run, once per ISO week "
-                    "(running when TENANT_BACKUP_WEEKLY_MODE=batch, the default).",
+        "(running when TENANT_BACKUP_WEEKLY_MODE=batch, the default).",
     )(weekly_tenant_backup_batch)

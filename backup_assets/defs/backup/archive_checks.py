@@ -19,34 +19,73 @@ ARCHIVE_ASSET = "tenant_archive"
 def archive_check_specs() -> list[AssetCheckSpec]:
     with partitioned_checks_preview():
         return [
-            AssetCheckSpec("isolation", asset=ARCHIVE_ASSET, partitions_def=tenants_partitions, blocking=True,
-                           description="Restored into a scratch database, every row of every table with the tenant "
-                                       "column is this tenant's."),
-            AssetCheckSpec("restore_drill", asset=ARCHIVE_ASSET, partitions_def=tenants_partitions, blocking=True,
-                           description="Restored into a scratch database (TENANT_BACKUP_SCRATCH_DSN or an embedded "
-                                       "server), the row counts equal the manifest's and no other tenant's row is there."),
+            AssetCheckSpec(
+                "isolation",
+                asset=ARCHIVE_ASSET,
+                partitions_def=tenants_partitions,
+                blocking=True,
+                description="Restored into a scratch database, every row of every table with the tenant "
+                "column is this tenant's.",
+            ),
+            AssetCheckSpec(
+                "restore_drill",
+                asset=ARCHIVE_ASSET,
+                partitions_def=tenants_partitions,
+                blocking=True,
+                description="Restored into a scratch database (TENANT_BACKUP_SCRATCH_DSN or an embedded "
+                "server), the row counts equal the manifest's and no other tenant's row is there.",
+            ),
         ]
 
 
 def archive_check_results(context, archive, backup) -> tuple[list, bool]:
     """(the two check results, whether both passed) for the staged archive `archive`."""
     settings = backup.source_settings()
-    common = {"asset": ARCHIVE_ASSET, "tenant_id": archive.tenant_id, "location": None,
-              "settings": backup.get_settings()}
+    common = {
+        "asset": ARCHIVE_ASSET,
+        "tenant_id": archive.tenant_id,
+        "location": None,
+        "settings": backup.get_settings(),
+    }
     try:
-        result = restore_drill(Path(archive.path), archive.manifest, backup.keyring(), backup.scratch_pool(),
-                               tenant_column=settings.tenant_column)
+        result = restore_drill(
+            Path(archive.path),
+            archive.manifest,
+            backup.keyring(),
+            backup.scratch_pool(),
+            tenant_column=settings.tenant_column,
+        )
     except TenantBackupError as exc:  # the drill could not run (scratch server down...): not proven
-        return [check_result(context, check="isolation", passed=False, message=f"not checked: {exc}", metadata={},
-                             **common),
-                check_result(context, check="restore_drill", passed=False, message=str(exc), metadata={},
-                             **common)], False
-    isolation = ("no row of another tenant in any table with the tenant column" if result.isolated
-                 else f"rows of other tenants: {result.foreign_rows}")
-    return [check_result(context, check="isolation", passed=result.isolated, message=isolation,
-                         metadata={"foreign_rows": MetadataValue.int(sum(result.foreign_rows.values()))}, **common),
-            check_result(context, check="restore_drill", passed=result.ok, message=result.message,
-                         metadata={"restored_tables": MetadataValue.int(result.restored_tables),
-                                   "sha256": archive.sha256,
-                                   "drill_seconds": MetadataValue.float(round(result.duration_s, 3))}, **common)
-            ], result.ok and result.isolated
+        return [
+            check_result(
+                context, check="isolation", passed=False, message=f"not checked: {exc}", metadata={}, **common
+            ),
+            check_result(context, check="restore_drill", passed=False, message=str(exc), metadata={}, **common),
+        ], False
+    isolation = (
+        "no row of another tenant in any table with the tenant column"
+        if result.isolated
+        else f"rows of other tenants: {result.foreign_rows}"
+    )
+    return [
+        check_result(
+            context,
+            check="isolation",
+            passed=result.isolated,
+            message=isolation,
+            metadata={"foreign_rows": MetadataValue.int(sum(result.foreign_rows.values()))},
+            **common,
+        ),
+        check_result(
+            context,
+            check="restore_drill",
+            passed=result.ok,
+            message=result.message,
+            metadata={
+                "restored_tables": MetadataValue.int(result.restored_tables),
+                "sha256": archive.sha256,
+                "drill_seconds": MetadataValue.float(round(result.duration_s, 3)),
+            },
+            **common,
+        ),
+    ], result.ok and result.isolated

@@ -5,7 +5,6 @@ location fails, retries and is backfilled alone. The archive's isolation check a
 in its own step (defs/backup/archive_checks.py); a location ships only an archive they proved.
 """
 
-
 import os
 
 from dagster import (
@@ -91,14 +90,19 @@ def build_archive_asset(settings: Settings) -> AssetsDefinition:
         kinds={"postgres"},
         check_specs=archive_check_specs(),
         description="One tenant's rows: pg_dump under row-level security → zstd → AES-256-GCM → SHA-256, "
-                    "staged on local disk, then restored into a scratch database (isolation, restore drill). "
-                    "The handle (path + manifest) is what flows downstream.",
+        "staged on local disk, then restored into a scratch database (isolation, restore drill). "
+        "The handle (path + manifest) is what flows downstream.",
     )
     def tenant_archive(context: AssetExecutionContext, backup: BackupResource):
         tenant_id = context.partition_key
         try:  # first of all: is another live run backing this tenant up?
-            claim_tenant(context.instance, context.run.run_id, tenant_id, log=context.log.warning,
-                         timeout_s=backup.get_settings().run_timeout_s)
+            claim_tenant(
+                context.instance,
+                context.run.run_id,
+                tenant_id,
+                log=context.log.warning,
+                timeout_s=backup.get_settings().run_timeout_s,
+            )
         except TenantBusy as exc:
             raise Failure(str(exc), allow_retries=False) from None
         out_dir = backup.staging_dir(tenant_id)
@@ -106,12 +110,21 @@ def build_archive_asset(settings: Settings) -> AssetsDefinition:
         pending = out_dir / f"{PENDING}{context.run.run_id}.tbk"
         # A tenant the registry no longer returns is refused unless the run says --force.
         force = context.run.tags.get(FORCE_TAG) == "true"
-        exported = Manifest.from_dict(export_tenant(backup.source_settings(), backup.keyring(), tenant_id, pending,
-                                                    ExportOptions(force=force, warn_shared=False)))
+        exported = Manifest.from_dict(
+            export_tenant(
+                backup.source_settings(),
+                backup.keyring(),
+                tenant_id,
+                pending,
+                ExportOptions(force=force, warn_shared=False),
+            )
+        )
         shared = shared_rows(exported)
         if shared:
-            context.log.warning("shared tables in this archive WHOLE (no tenant column, no row-level security): "
-                                + ", ".join(f"{name} ({rows} rows)" for name, rows in shared.items()))
+            context.log.warning(
+                "shared tables in this archive WHOLE (no tenant column, no row-level security): "
+                + ", ".join(f"{name} ({rows} rows)" for name, rows in shared.items())
+            )
         name = record_tenant_name(context, backup.source_settings(), tenant_id)
         final = out_dir / f"{exported.backup_id}.tbk"
         os.replace(pending, final)
@@ -121,9 +134,11 @@ def build_archive_asset(settings: Settings) -> AssetsDefinition:
         yield from results
         if not proven:  # not materialized: nothing to ship, and nothing a later run could pick up
             final.unlink(missing_ok=True)
-            raise Failure(f"archive {handle.backup_id} of tenant {tenant_id} failed its checks, not shipped: "
-                          + "; ".join(str(r.metadata["message"].value) for r in results if not r.passed),
-                          allow_retries=False)
+            raise Failure(
+                f"archive {handle.backup_id} of tenant {tenant_id} failed its checks, not shipped: "
+                + "; ".join(str(r.metadata["message"].value) for r in results if not r.passed),
+                allow_retries=False,
+            )
         backup.record_proven(handle, context.run.run_id)
         _prune_staging(out_dir, keep=final)
         yield Output(handle, metadata={**archive_metadata(manifest), **({"tenant_name": name} if name else {})})
@@ -139,7 +154,7 @@ def _remove_leftovers(directory, context) -> None:
     only when whole). claim_tenant made this the tenant's only live run; a file whose run is still
     executing is kept all the same."""
     for leftover in [*directory.glob(f"{PENDING}*"), *directory.glob(f"*{TEMP_MARK}*")]:
-        owner = leftover.name[len(PENDING):].split(".", 1)[0] if leftover.name.startswith(PENDING) else None
+        owner = leftover.name[len(PENDING) :].split(".", 1)[0] if leftover.name.startswith(PENDING) else None
         if owner and owner != context.run.run_id:
             run = context.instance.get_run_by_id(owner)
             if run is not None and run.status in (DagsterRunStatus.STARTING, DagsterRunStatus.STARTED):
@@ -167,7 +182,7 @@ def build_location_asset(location: str, settings: Settings) -> AssetsDefinition:
         retry_policy=retry_policy(settings),
         kinds={"local" if location == "local" else "s3" if location == "r2" else "backblaze"},
         description=f"The tenant's archive and manifest stored in the {location} location "
-                    f"(its IO manager writes it; retention per TENANT_BACKUP_RETENTION_{location.upper()}_DAYS).",
+        f"(its IO manager writes it; retention per TENANT_BACKUP_RETENTION_{location.upper()}_DAYS).",
     )
     def copy(archive: ArchiveHandle, backup: BackupResource) -> ArchiveHandle:
         try:  # fail closed: e.g. an archive staged by a run whose checks did not pass

@@ -17,13 +17,37 @@ def partitioned_checks_preview():
         yield
 
 
-def check_result(context, *, asset: str, check: str, passed: bool, tenant_id: str, location: str | None,
-                 message: str, metadata: dict, settings: Settings) -> AssetCheckResult:
+def check_result(
+    context,
+    *,
+    asset: str,
+    check: str,
+    passed: bool,
+    tenant_id: str,
+    location: str | None,
+    message: str,
+    metadata: dict,
+    settings: Settings,
+) -> AssetCheckResult:
     if not passed:
-        alerts.emit(alerts.Alert(alerts.INTEGRITY_FAILURE, "critical", tenant_id, location,
-                                 f"{asset}.{check}: {message}", run_url(settings, context.run.run_id)), settings)
-    return AssetCheckResult(asset_key=AssetKey(asset), check_name=check, passed=passed,
-                            severity=AssetCheckSeverity.ERROR, metadata={"message": message, **metadata})
+        alerts.emit(
+            alerts.Alert(
+                alerts.INTEGRITY_FAILURE,
+                "critical",
+                tenant_id,
+                location,
+                f"{asset}.{check}: {message}",
+                run_url(settings, context.run.run_id),
+            ),
+            settings,
+        )
+    return AssetCheckResult(
+        asset_key=AssetKey(asset),
+        check_name=check,
+        passed=passed,
+        severity=AssetCheckSeverity.ERROR,
+        metadata={"message": message, **metadata},
+    )
 
 
 def run_url(settings: Settings, run_id: str) -> str:

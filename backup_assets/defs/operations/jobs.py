@@ -34,7 +34,8 @@ class RestoreConfig(Config):
     backup_id: str = Field("latest", description="a backup id, or latest")
     target_dsn_env: str = Field(
         "TENANT_BACKUP_RESTORE_TARGET_DSN",
-        description="name of the environment variable holding the target database's DSN (kept out of run config)")
+        description="name of the environment variable holding the target database's DSN (kept out of run config)",
+    )
     replace: bool = Field(False, description="restore into a live database, replacing only this tenant's rows")
     dry_run: bool = Field(True, description="print the plan and change nothing (set false to restore)")
 
@@ -46,15 +47,25 @@ def restore_tenant_op(context: OpExecutionContext, config: RestoreConfig, backup
     if not target:
         raise Failure(f"{config.target_dsn_env} is not set: it must hold the target database's DSN")
     settings = backup.get_settings()
-    result = restore_tenant(config.tenant_id, locations={n: backup.location(n) for n in settings.location_names},
-                            location=config.location, target_dsn=target, keyring=backup.keyring(),
-                            backup=config.backup_id, replace=config.replace, dry_run=config.dry_run,
-                            lock_timeout=settings.restore_lock_timeout, tenant_id_pattern=settings.tenant_id_pattern,
-                            report=context.log.info)
+    result = restore_tenant(
+        config.tenant_id,
+        locations={n: backup.location(n) for n in settings.location_names},
+        location=config.location,
+        target_dsn=target,
+        keyring=backup.keyring(),
+        backup=config.backup_id,
+        replace=config.replace,
+        dry_run=config.dry_run,
+        lock_timeout=settings.restore_lock_timeout,
+        tenant_id_pattern=settings.tenant_id_pattern,
+        report=context.log.info,
+    )
     for table, outcome in sorted(result.tables.items()):
         context.log.info(f"{table}: {vars(outcome)}")
-    context.log.info(f"{'planned' if result.dry_run else 'restored'} tenant {result.tenant_id} from "
-                     f"{result.location} backup {result.backup_id} into {result.target}")
+    context.log.info(
+        f"{'planned' if result.dry_run else 'restored'} tenant {result.tenant_id} from "
+        f"{result.location} backup {result.backup_id} into {result.target}"
+    )
 
 
 @job(description="Restore one tenant (config: tenant, location, backup, target DSN variable, replace, dry run).")
@@ -62,14 +73,17 @@ def restore_tenant_job():
     restore_tenant_op()
 
 
-@op(description="Delete backups past each location's retention; never a tenant's newest verified one, "
-                "at least TENANT_BACKUP_KEEP_MIN per tenant.")
+@op(
+    description="Delete backups past each location's retention; never a tenant's newest verified one, "
+    "at least TENANT_BACKUP_KEEP_MIN per tenant."
+)
 def prune_op(context: OpExecutionContext, backup: BackupResource) -> None:
     keep_min = backup.get_settings().keep_min
     failed = []
     for name in backup.location_names():
-        report = prune_location(backup.location(name), keep_min=keep_min,
-                                on_delete=lambda loc, d: context.log.info(f"{loc}: deleted {d}"))
+        report = prune_location(
+            backup.location(name), keep_min=keep_min, on_delete=lambda loc, d: context.log.info(f"{loc}: deleted {d}")
+        )
         context.log.info(f"{name}: {len(report.deleted)} backups deleted, {len(report.errors)} errors")
         failed += [f"{name}: {e}" for e in report.errors]
     if failed:
@@ -91,9 +105,11 @@ class VerifyShareConfig(Config):
     day: int = Field(-1, description=f"which share to re-read, 0..{VERIFY_CYCLE_DAYS - 1}; -1 = today's")
 
 
-@op(description=f"Re-read today's share (1/{VERIFY_CYCLE_DAYS}) of every location's copies: checksum, "
-                "decrypt, decompress, pg_restore --list. Failures raise INTEGRITY_FAILURE alerts.",
-    out=Out(None))
+@op(
+    description=f"Re-read today's share (1/{VERIFY_CYCLE_DAYS}) of every location's copies: checksum, "
+    "decrypt, decompress, pg_restore --list. Failures raise INTEGRITY_FAILURE alerts.",
+    out=Out(None),
+)
 def verify_share_op(context: OpExecutionContext, config: VerifyShareConfig, backup: BackupResource) -> None:
     today = config.day if config.day >= 0 else date.today().toordinal() % VERIFY_CYCLE_DAYS
     keyring = backup.keyring()
@@ -104,18 +120,29 @@ def verify_share_op(context: OpExecutionContext, config: VerifyShareConfig, back
         for ref in loc.list():
             if verify_bucket(name, ref.tenant_id, ref.backup_id) != today:
                 continue
-            result = verify_copy(loc, ref.tenant_id, ref.backup_id, keyring=keyring, deep=True,
-                                 work_dir=backup.scratch_files_dir())
+            result = verify_copy(
+                loc, ref.tenant_id, ref.backup_id, keyring=keyring, deep=True, work_dir=backup.scratch_files_dir()
+            )
             record_verification(loc, result, deep=True, by="verify_share_job")  # read by `status`
             checked += 1
             if not result.ok:
                 failures.append(result)
-                alerts.emit(alerts.Alert(alerts.INTEGRITY_FAILURE, "critical", ref.tenant_id, name,
-                                         f"scheduled verify of {ref.backup_id}: {result.message}"), settings)
+                alerts.emit(
+                    alerts.Alert(
+                        alerts.INTEGRITY_FAILURE,
+                        "critical",
+                        ref.tenant_id,
+                        name,
+                        f"scheduled verify of {ref.backup_id}: {result.message}",
+                    ),
+                    settings,
+                )
     context.log.info(f"{checked} copies re-read today (day {today} of {VERIFY_CYCLE_DAYS}), {len(failures)} failed")
     if failures:
-        raise Failure(f"{len(failures)} stored copies failed verification: "
-                      + "; ".join(f"{f.location} {f.tenant_id}/{f.backup_id}: {f.message}" for f in failures[:5]))
+        raise Failure(
+            f"{len(failures)} stored copies failed verification: "
+            + "; ".join(f"{f.location} {f.tenant_id}/{f.backup_id}: {f.message}" for f in failures[:5])
+        )
 
 
 @job(description=f"Re-check a rotating share of the stored copies, so each is re-read every {VERIFY_CYCLE_DAYS} days.")
@@ -129,7 +156,16 @@ def _daily(context: ScheduleEvaluationContext):
 
 def build_operation_schedules(settings: Settings) -> list:
     """daily_prune (TENANT_BACKUP_PRUNE_CRON) and daily_verify (TENANT_BACKUP_VERIFY_CRON)."""
-    return [schedule(name=name, job=job_def, cron_schedule=cron, execution_timezone=settings.timezone,
-                     default_status=DefaultScheduleStatus.RUNNING)(_daily)
-            for name, job_def, cron in (("daily_prune", prune_job, settings.prune_cron),
-                                        ("daily_verify", verify_share_job, settings.verify_cron))]
+    return [
+        schedule(
+            name=name,
+            job=job_def,
+            cron_schedule=cron,
+            execution_timezone=settings.timezone,
+            default_status=DefaultScheduleStatus.RUNNING,
+        )(_daily)
+        for name, job_def, cron in (
+            ("daily_prune", prune_job, settings.prune_cron),
+            ("daily_verify", verify_share_job, settings.verify_cron),
+        )
+    ]

@@ -56,17 +56,29 @@ class BatchResult:
     def failure_line(self) -> str:
         """One line naming every tenant that failed (no traceback)."""
         failed = self.failed
-        return (f"{len(failed)} of {len(self.outcomes)} tenant backups failed: "
-                + ", ".join(f"{o.tenant_id} ({o.error or 'a check failed'})" for o in failed))
+        return f"{len(failed)} of {len(self.outcomes)} tenant backups failed: " + ", ".join(
+            f"{o.tenant_id} ({o.error or 'a check failed'})" for o in failed
+        )
 
     def skipped_line(self) -> str:
-        return (f"{len(self.skipped)} tenants not started, another live run is backing them up: "
-                + ", ".join(f"{o.tenant_id} ({o.skipped})" for o in self.skipped))
+        return f"{len(self.skipped)} tenants not started, another live run is backing them up: " + ", ".join(
+            f"{o.tenant_id} ({o.skipped})" for o in self.skipped
+        )
 
 
-def back_up_tenants(defs, instance: DagsterInstance, tenant_ids: list[str], *, settings: Settings,
-                    force: bool = False, progress=None, log_level: str = "WARNING", workers: int | None = None,
-                    batch_id: str | None = None, scheduler: str | None = None) -> BatchResult:
+def back_up_tenants(
+    defs,
+    instance: DagsterInstance,
+    tenant_ids: list[str],
+    *,
+    settings: Settings,
+    force: bool = False,
+    progress=None,
+    log_level: str = "WARNING",
+    workers: int | None = None,
+    batch_id: str | None = None,
+    scheduler: str | None = None,
+) -> BatchResult:
     """Back up every tenant (partitions are added first); outcomes in the order of tenant_ids.
 
     workers (default TENANT_BACKUP_WORKERS: cores + 1, as a backup waits on the database and the
@@ -84,18 +96,45 @@ def back_up_tenants(defs, instance: DagsterInstance, tenant_ids: list[str], *, s
         instance = runner_instance(instance)
         outcomes = {}
         for index, tenant_id in enumerate(tenant_ids, 1):
-            outcomes[tenant_id] = back_up_one(defs, instance, tenant_id, force=force, batch_id=batch_id,
-                                              log_level=log_level, timeout_s=settings.run_timeout_s)
+            outcomes[tenant_id] = back_up_one(
+                defs,
+                instance,
+                tenant_id,
+                force=force,
+                batch_id=batch_id,
+                log_level=log_level,
+                timeout_s=settings.run_timeout_s,
+            )
             if progress:
                 progress(index, len(tenant_ids), outcomes[tenant_id])
         return BatchResult([outcomes[t] for t in tenant_ids])
-    return BatchResult(_on_dask(instance, tenant_ids, force=force, progress=progress, log_level=log_level,
-                                workers=workers, batch_id=batch_id, scheduler=scheduler, settings=settings))
+    return BatchResult(
+        _on_dask(
+            instance,
+            tenant_ids,
+            force=force,
+            progress=progress,
+            log_level=log_level,
+            workers=workers,
+            batch_id=batch_id,
+            scheduler=scheduler,
+            settings=settings,
+        )
+    )
 
 
-def back_up_one(defs, instance: DagsterInstance, tenant_id: str, *, force: bool, batch_id: str,
-                log_level: str = "WARNING", worker: str | None = None, live_workers=None,
-                timeout_s: int = DEFAULT_RUN_TIMEOUT_S) -> TenantOutcome:
+def back_up_one(
+    defs,
+    instance: DagsterInstance,
+    tenant_id: str,
+    *,
+    force: bool,
+    batch_id: str,
+    log_level: str = "WARNING",
+    worker: str | None = None,
+    live_workers=None,
+    timeout_s: int = DEFAULT_RUN_TIMEOUT_S,
+) -> TenantOutcome:
     """One tenant's run, unless another live run has the tenant (then: skipped, naming it)."""
     holder = live_holder(instance, tenant_id, live_workers=live_workers, log=log.warning, timeout_s=timeout_s)
     if holder is not None:
@@ -112,33 +151,56 @@ def back_up_one(defs, instance: DagsterInstance, tenant_id: str, *, force: bool,
 # ------------------------------------------------------------------------------------------- Dask
 
 
-def _on_dask(instance, tenant_ids, *, force, progress, log_level, workers, batch_id, scheduler,
-             settings: Settings) -> list[TenantOutcome]:
+def _on_dask(
+    instance, tenant_ids, *, force, progress, log_level, workers, batch_id, scheduler, settings: Settings
+) -> list[TenantOutcome]:
     import dask
     from distributed import Client, KilledWorker, LocalCluster, as_completed
 
     losses = settings.worker_loss_retries
     outcomes: dict[str, TenantOutcome] = {}
     with dask.config.set({"distributed.scheduler.allowed-failures": losses}):
-        cluster = None if scheduler else LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                                      dashboard_address=None, silence_logs=logging.ERROR)
+        cluster = (
+            None
+            if scheduler
+            else LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                silence_logs=logging.ERROR,
+            )
+        )
         try:
             with Client(scheduler or cluster, timeout="60s") as client:
                 keys = [f"backup-{batch_id}-{t}" for t in tenant_ids]
-                futures = client.map(run_in_worker, tenant_ids, key=keys, pure=False, force=force,
-                                     batch_id=batch_id, log_level=log_level, instance_ref=instance.get_ref(),
-                                     settings=settings)
+                futures = client.map(
+                    run_in_worker,
+                    tenant_ids,
+                    key=keys,
+                    pure=False,
+                    force=force,
+                    batch_id=batch_id,
+                    log_level=log_level,
+                    instance_ref=instance.get_ref(),
+                    settings=settings,
+                )
                 by_key = dict(zip(keys, tenant_ids, strict=True))
                 for index, future in enumerate(as_completed(futures), 1):
                     tenant_id = by_key[future.key]
                     try:
                         outcome = future.result()
                     except KilledWorker:
-                        outcome = TenantOutcome(tenant_id, "", error=f"its worker died {losses} times while backing"
-                                                " it up (killed, out of memory?): given up")
+                        outcome = TenantOutcome(
+                            tenant_id,
+                            "",
+                            error=f"its worker died {losses} times while backing"
+                            " it up (killed, out of memory?): given up",
+                        )
                     except Exception as exc:  # noqa: BLE001 - reported for this tenant, the batch goes on
-                        outcome = TenantOutcome(tenant_id, "", error=" ".join(str(exc).split())[:500]
-                                                or type(exc).__name__)
+                        outcome = TenantOutcome(
+                            tenant_id, "", error=" ".join(str(exc).split())[:500] or type(exc).__name__
+                        )
                     outcomes[tenant_id] = outcome
                     if progress:
                         progress(index, len(tenant_ids), outcome)
@@ -163,8 +225,9 @@ def _sweep(instance, tenant_ids, batch_id) -> None:
 _worker_state: dict = {}
 
 
-def run_in_worker(tenant_id: str, *, force: bool, batch_id: str, log_level: str, instance_ref,
-                  settings: Settings) -> TenantOutcome:
+def run_in_worker(
+    tenant_id: str, *, force: bool, batch_id: str, log_level: str, instance_ref, settings: Settings
+) -> TenantOutcome:
     """The Dask task (importable, so workers on other machines can run it). `instance_ref`: the
     driver's instance, which the workers share (its storage is PostgreSQL in production);
     `settings`: the driver's (a worker reads no configuration of its own)."""
@@ -183,6 +246,14 @@ def run_in_worker(tenant_id: str, *, force: bool, batch_id: str, log_level: str,
     live_workers = None
     if any(r.dagster_run.tags.get(BATCH_TAG) == batch_id for r in records):  # a retry after a worker died
         live_workers = set(get_client().scheduler_info(n_workers=-1)["workers"])
-    return back_up_one(_worker_state["defs"], instance, tenant_id, force=force, batch_id=batch_id,
-                       log_level=log_level, worker=get_worker().address, live_workers=live_workers,
-                       timeout_s=settings.run_timeout_s)
+    return back_up_one(
+        _worker_state["defs"],
+        instance,
+        tenant_id,
+        force=force,
+        batch_id=batch_id,
+        log_level=log_level,
+        worker=get_worker().address,
+        live_workers=live_workers,
+        timeout_s=settings.run_timeout_s,
+    )

@@ -61,8 +61,14 @@ def _process_gone(identity: str) -> str | None:
 DEFAULT_RUN_TIMEOUT_S = 6 * 3600  # TENANT_BACKUP_RUN_TIMEOUT_S (Settings.run_timeout_s)
 
 
-def orphan_reason(record, *, live_workers: set[str] | None = None, live_batches: set[str] | None = None,
-                  now: float | None = None, timeout_s: int = DEFAULT_RUN_TIMEOUT_S) -> str | None:
+def orphan_reason(
+    record,
+    *,
+    live_workers: set[str] | None = None,
+    live_batches: set[str] | None = None,
+    now: float | None = None,
+    timeout_s: int = DEFAULT_RUN_TIMEOUT_S,
+) -> str | None:
     """Why an executing run is in fact dead, or None if it may be alive."""
     tags = record.dagster_run.tags
     if tags.get(PROCESS_TAG):
@@ -103,9 +109,16 @@ class Holder:
         return f"run {self.run_id} (started {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(self.since))} UTC)"
 
 
-def live_holder(instance: DagsterInstance, tenant_id: str, *, exclude: str | None = None,
-                live_workers: set[str] | None = None, live_batches: set[str] | None = None, log=None,
-                timeout_s: int = DEFAULT_RUN_TIMEOUT_S) -> Holder | None:
+def live_holder(
+    instance: DagsterInstance,
+    tenant_id: str,
+    *,
+    exclude: str | None = None,
+    live_workers: set[str] | None = None,
+    live_batches: set[str] | None = None,
+    log=None,
+    timeout_s: int = DEFAULT_RUN_TIMEOUT_S,
+) -> Holder | None:
     """The oldest live run executing this tenant's backup (orphans are marked failed on the way)."""
     live = []
     for record in executing_runs(instance, tenant_id):
@@ -130,8 +143,9 @@ class TenantBusy(Exception):
     """Another live run has the tenant: this one stops before touching anything."""
 
 
-def claim_tenant(instance: DagsterInstance, run_id: str, tenant_id: str, *, log=None,
-                 timeout_s: int = DEFAULT_RUN_TIMEOUT_S) -> None:
+def claim_tenant(
+    instance: DagsterInstance, run_id: str, tenant_id: str, *, log=None, timeout_s: int = DEFAULT_RUN_TIMEOUT_S
+) -> None:
     """Called first in every tenant_backup run: returns if this run is the tenant's only live run or
     the oldest of them; otherwise tags it skipped and raises TenantBusy naming the holder."""
     mine = instance.get_run_record_by_id(run_id)
@@ -151,5 +165,7 @@ def claim_tenant(instance: DagsterInstance, run_id: str, tenant_id: str, *, log=
         holder = min(older, key=_order)
         instance.add_run_tags(run_id, {SKIPPED_TAG: f"in-progress:{holder.dagster_run.run_id}"})
         since = holder.start_time or holder.create_timestamp.timestamp()
-        raise TenantBusy(f"tenant {tenant_id} is being backed up by {Holder(holder.dagster_run.run_id, since).describe()}:"
-                         " this run stops without touching anything")
+        raise TenantBusy(
+            f"tenant {tenant_id} is being backed up by {Holder(holder.dagster_run.run_id, since).describe()}:"
+            " this run stops without touching anything"
+        )

@@ -23,8 +23,12 @@ class TenantOutcome:
 
     @property
     def ok(self) -> bool:
-        return (not self.skipped and all(v == "ok" for v in self.steps.values()) and all(self.checks.values())
-                and not self.error)
+        return (
+            not self.skipped
+            and all(v == "ok" for v in self.steps.values())
+            and all(self.checks.values())
+            and not self.error
+        )
 
     @property
     def failed(self) -> bool:
@@ -39,15 +43,27 @@ def job_assets(defs) -> list[str]:
     return [name for name in order if name in names]
 
 
-def run_tenant(defs, instance: DagsterInstance, tenant_id: str, *, force: bool = False,
-               log_level: str = "WARNING", tags: dict[str, str] | None = None) -> TenantOutcome:
+def run_tenant(
+    defs,
+    instance: DagsterInstance,
+    tenant_id: str,
+    *,
+    force: bool = False,
+    log_level: str = "WARNING",
+    tags: dict[str, str] | None = None,
+) -> TenantOutcome:
     """One run of the tenant_backup job for one tenant partition, summarized."""
     job = defs.resolve_job_def(JOB_NAME)
     tags = {**(tags or {}), TENANT_TAG: tenant_id}
     if force:
         tags[FORCE_TAG] = "true"
-    result = job.execute_in_process(partition_key=tenant_id, instance=instance, raise_on_error=False, tags=tags,
-                                    run_config={"loggers": {"console": {"config": {"log_level": log_level}}}})
+    result = job.execute_in_process(
+        partition_key=tenant_id,
+        instance=instance,
+        raise_on_error=False,
+        tags=tags,
+        run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+    )
     outcome = TenantOutcome(tenant_id, result.run_id)
     failed = {e.step_key for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE}
     done = {e.asset_key.path[-1] for e in result.get_asset_materialization_events() if e.asset_key}
@@ -66,19 +82,3 @@ def run_tenant(defs, instance: DagsterInstance, tenant_id: str, *, force: bool =
             outcome.error = error.message.strip().splitlines()[0] if error and error.message else "step failed"
             break
     return outcome
-
-
-def format_table(outcomes: list[TenantOutcome], assets: list[str]) -> str:
-    """tenant × asset (with its checks) table, one line per tenant."""
-    lines = [f"{'tenant':36}  " + "  ".join(f"{a:>16}" for a in assets) + "  result"]
-    for outcome in outcomes:
-        cells = []
-        for asset_name in assets:
-            checks = [ok for key, ok in outcome.checks.items() if key.startswith(asset_name + ":")]
-            state = outcome.steps.get(asset_name, "-")
-            if checks:
-                state += f" {sum(checks)}/{len(checks)}✓"
-            cells.append(f"{state:>16}")
-        result = "OK" if outcome.ok else f"SKIPPED {outcome.skipped}" if outcome.skipped else f"FAILED {outcome.error}"
-        lines.append(f"{outcome.tenant_id:36}  " + "  ".join(cells) + "  " + result)
-    return "\n".join(lines)

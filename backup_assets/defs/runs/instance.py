@@ -25,8 +25,14 @@ from dagster import DagsterInstance
 from dagster._core.instance.ref import InstanceRef
 from dagster._serdes import ConfigurableClassData
 
-RUN_STORAGE_SCHEMA_CHECKS = ("has_run_stats_index_cols", "has_bulk_actions_selector_cols", "has_backfill_id_column",
-                             "has_bulk_action_job_name_column", "has_backfill_tags_table", "has_built_index")
+RUN_STORAGE_SCHEMA_CHECKS = (
+    "has_run_stats_index_cols",
+    "has_bulk_actions_selector_cols",
+    "has_backfill_id_column",
+    "has_bulk_action_job_name_column",
+    "has_backfill_tags_table",
+    "has_built_index",
+)
 EVENT_STORAGE_SCHEMA_CHECKS = ("has_table", "has_asset_key_col", "has_secondary_index")
 _TUNED = "_tenant_backup_tuned"
 NO_COMPUTE_LOGS = ConfigurableClassData("dagster._core.storage.noop_compute_log_manager", "NoOpComputeLogManager", "{}")
@@ -48,8 +54,10 @@ def tune_for_runner(instance: DagsterInstance) -> DagsterInstance:
     if instance.is_ephemeral or getattr(instance, _TUNED, False):
         return instance
     instance.optimize_for_webserver(statement_timeout=300_000, pool_recycle=3600, max_overflow=4)
-    for storage, names in ((instance.run_storage, RUN_STORAGE_SCHEMA_CHECKS),
-                           (instance.event_log_storage, EVENT_STORAGE_SCHEMA_CHECKS)):
+    for storage, names in (
+        (instance.run_storage, RUN_STORAGE_SCHEMA_CHECKS),
+        (instance.event_log_storage, EVENT_STORAGE_SCHEMA_CHECKS),
+    ):
         for name in names:
             method = getattr(storage, name, None)
             if callable(method):
