@@ -18,7 +18,7 @@ from functools import lru_cache
 import psycopg2
 from psycopg2 import sql
 
-from ..errors import DumpFailed, SafetyCheckFailed
+from ..errors import DumpFailed, SafetyCheckFailed, one_line
 from ..source.pgbin import pg_program
 from ..source.preflight import EXCLUDED, RLS_CHILD, SHARED, TENANT, DumpPlan
 from ..source.session import PgSession, child_env
@@ -152,8 +152,7 @@ class RowCounter(threading.Thread):
         self.join()
         if self.error is not None:
             if isinstance(self.error, psycopg2.Error):
-                reason = " ".join(str(self.error).split())
-                raise DumpFailed(f"counting rows failed: {reason}")
+                raise DumpFailed(f"counting rows failed: {one_line(self.error)}")
             raise self.error
         if self.leaks:
             detail = ", ".join(f"{name}: {n} rows" for name, n in sorted(self.leaks.items()))

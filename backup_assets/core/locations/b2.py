@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..errors import CorruptObject, NotFound, PermanentStorageError, StorageError, TransientStorageError
+from ..errors import CorruptObject, NotFound, PermanentStorageError, StorageError, TransientStorageError, one_line
 from .base import CHUNK, ObjectLocation
 
 SHA256_INFO = "sha256"
@@ -35,7 +35,7 @@ SHA256_INFO = "sha256"
 
 def _line(msg: str) -> str:
     """User-facing errors are one line (b2sdk joins retried exceptions with newlines)."""
-    return " ".join(msg.split())
+    return one_line(msg)
 
 
 def _bounded_api_class(tries: int, connect_timeout: float, read_timeout: float):

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 
-from ..errors import NotFound, PermanentStorageError, StorageError, TransientStorageError
+from ..errors import NotFound, PermanentStorageError, StorageError, TransientStorageError, one_line
 from .base import CHUNK, ObjectLocation
 
 MiB = 1024 * 1024
@@ -155,7 +155,7 @@ class R2Location(ObjectLocation):
                 )
             if code in _TRANSIENT or status >= 500 or status == 429:
                 return TransientStorageError(f"{what}: server error {code or status}")
-            msg = " ".join(str(exc.response.get("Error", {}).get("Message", "")).split())
+            msg = one_line(exc.response.get("Error", {}).get("Message", ""))
             return PermanentStorageError(f"{what}: {code or status}: {msg}")
         if isinstance(exc, (bx.NoCredentialsError, bx.PartialCredentialsError)):
             return PermanentStorageError("r2: no credentials: set R2_ACCESS_KEY_ID and R2_SECRET_ACCESS_KEY")
@@ -183,7 +183,7 @@ class R2Location(ObjectLocation):
                 return TransientStorageError(f"{what}: connection failed ({type(exc).__name__})")
         except ImportError:  # pragma: no cover
             pass
-        return PermanentStorageError(" ".join(f"{what}: {type(exc).__name__}: {exc}".split()))
+        return PermanentStorageError(one_line(f"{what}: {type(exc).__name__}: {exc}"))
 
     def _call(self, key: str | None, fn, **kw):
         try:

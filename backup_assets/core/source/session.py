@@ -30,7 +30,7 @@ from typing import Iterator, Mapping
 import psycopg2
 import psycopg2.extensions
 
-from ..errors import ConfigError, DatabaseUnreachable
+from ..errors import ConfigError, DatabaseUnreachable, one_line
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ class PgSession:
 
     def scrub(self, text: str) -> str:
         """One line, the password (if any) replaced: for messages quoting libpq or a child."""
-        line = " ".join(text.split())
+        line = one_line(text)
         return line.replace(self.password, "***") if self.password else line
 
     def describe(self) -> str:

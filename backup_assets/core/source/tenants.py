@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import psycopg2
 
-from ..errors import ConfigError, InvalidTenantId, UnknownTenant
+from ..errors import ConfigError, InvalidTenantId, UnknownTenant, one_line
 from ..settings import SourceSettings
 from .session import connect
 from .tenant_ids import validate_tenant_id
@@ -31,7 +31,7 @@ def clean_name(value) -> str | None:
     if value is None:
         return None
     text = "".join(ch if unicodedata.category(ch)[0] != "C" else " " for ch in str(value))
-    text = " ".join(text.split())
+    text = one_line(text)
     if len(text) > NAME_MAX:
         text = text[: NAME_MAX - 1].rstrip() + "…"
     return text or None
@@ -86,8 +86,7 @@ def read_registry(settings: SourceSettings) -> list[TenantRecord]:
                 cur.execute(settings.tenants_query)
                 rows = cur.fetchall()
         except psycopg2.Error as exc:
-            reason = " ".join(str(exc).split())
-            raise ConfigError(f"TENANT_BACKUP_TENANTS_QUERY failed: {reason}") from None
+            raise ConfigError(f"TENANT_BACKUP_TENANTS_QUERY failed: {one_line(exc)}") from None
     return _records(rows, settings.tenant_id_pattern)
 
 
@@ -101,25 +100,10 @@ def tenant_names(settings: SourceSettings) -> dict[str, str]:
     return {r.id: r.name for r in read_registry(settings) if r.name}
 
 
-def tenant_name(settings: SourceSettings, tenant_id: str) -> str | None:
-    """One tenant's display name (None when the query has no name column or does not return it),
-    without fetching the whole registry."""
-    query = settings.tenants_query.strip().rstrip(";")
-    compare = "registry.tenant_id::text = %s" if settings.tenant_id_pattern else "lower(registry.tenant_id::text) = %s"
-    with connect(settings.registry_dsn, timeout=settings.connect_timeout) as conn:
-        try:
-            with conn.cursor() as cur:
-                cur.execute(f"SELECT * FROM ({query}) AS registry(tenant_id) WHERE {compare} LIMIT 1", (tenant_id,))
-                row = cur.fetchone()
-        except psycopg2.Error as exc:
-            reason = " ".join(str(exc).split())
-            raise ConfigError(f"TENANT_BACKUP_TENANTS_QUERY failed: {reason}") from None
-    return clean_name(row[1]) if row is not None and len(row) > 1 else None
-
-
-def is_listed(settings: SourceSettings, tenant_id: str) -> bool:
-    """Whether the registry query returns this tenant, without fetching the whole registry (the
-    weekly run asks once per tenant: thousands of tenants must not mean millions of rows)."""
+def registry_row(settings: SourceSettings, tenant_id: str) -> tuple | None:
+    """The registry query's row for this tenant (id[, name[, status]]), or None when it does not return
+    it — without fetching the whole registry (the weekly run asks once per tenant: thousands of
+    tenants must not mean millions of rows)."""
     query = settings.tenants_query.strip().rstrip(";")
     # The alias names the query's first column whatever it is called; UUIDs compare case-blind,
     # as validate_tenant_id canonicalizes them.
@@ -127,13 +111,21 @@ def is_listed(settings: SourceSettings, tenant_id: str) -> bool:
     with connect(settings.registry_dsn, timeout=settings.connect_timeout) as conn:
         try:
             with conn.cursor() as cur:
-                cur.execute(
-                    f"SELECT EXISTS (SELECT 1 FROM ({query}) AS registry(tenant_id) WHERE {compare})", (tenant_id,)
-                )
-                return bool(cur.fetchone()[0])
+                cur.execute(f"SELECT * FROM ({query}) AS registry(tenant_id) WHERE {compare} LIMIT 1", (tenant_id,))
+                return cur.fetchone()
         except psycopg2.Error as exc:
-            reason = " ".join(str(exc).split())
-            raise ConfigError(f"TENANT_BACKUP_TENANTS_QUERY failed: {reason}") from None
+            raise ConfigError(f"TENANT_BACKUP_TENANTS_QUERY failed: {one_line(exc)}") from None
+
+
+def tenant_name(settings: SourceSettings, tenant_id: str) -> str | None:
+    """One tenant's display name (None when the query has no name column or does not return it)."""
+    row = registry_row(settings, tenant_id)
+    return clean_name(row[1]) if row is not None and len(row) > 1 else None
+
+
+def is_listed(settings: SourceSettings, tenant_id: str) -> bool:
+    """Whether the registry query returns this tenant."""
+    return registry_row(settings, tenant_id) is not None
 
 
 def require_known_tenant(settings: SourceSettings, tenant_id: str, *, force: bool = False) -> bool:
