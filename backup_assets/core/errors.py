@@ -1,10 +1,14 @@
-"""Error classes. Every failure a user can cause or meet is one of these, with a one-line message."""
+"""Error classes. Every failure a user can cause or meet is one of these, with a one-line message.
+
+`transient` says whether trying again later can help (a server down, a network hiccup): the Dagster
+steps retry those (TENANT_BACKUP_RETRIES) and fail every other one at once, naming it."""
 
 
 class TenantBackupError(Exception):
     """Base class: the CLI prints str(err) on one line and exits non-zero."""
 
     exit_code = 1
+    transient = False  # permanent unless a subclass says otherwise: retrying cannot help
 
 
 class ConfigError(TenantBackupError):
@@ -47,6 +51,7 @@ class DatabaseUnreachable(TenantBackupError):
     """The database cannot be connected to."""
 
     exit_code = 7
+    transient = True
 
 
 class StorageError(TenantBackupError):
@@ -62,9 +67,17 @@ class NotFound(StorageError):
 class TransientStorageError(StorageError):
     """Timeouts, connection resets, 5xx, throttling: the retry wrapper retries these (bounded)."""
 
+    transient = True
+
 
 class PermanentStorageError(StorageError):
     """Wrong credentials, missing bucket, refused request: retrying cannot help."""
+
+
+class LocalWriteError(PermanentStorageError):
+    """Writing a file on this machine failed in a way retrying cannot fix (no space left on device,
+    quota exceeded, read-only file system, permission denied): the staging archive in the work
+    directory, a local location's copy. The message is `<reason>: <path>` (core/files.py)."""
 
 
 class CorruptObject(StorageError):
@@ -89,7 +102,33 @@ class RestoreRefused(RestoreError):
     write under row-level security, schema that does not match the backup, ..."""
 
 
+def is_transient(exc: BaseException) -> bool:
+    """Whether trying again later can help: True for the transient classes above only."""
+    return bool(getattr(exc, "transient", False)) and isinstance(exc, TenantBackupError)
+
+
 def one_line(text: object, limit: int | None = None) -> str:
     """`text` (or str(an exception)) on one line, runs of whitespace as one space; at most `limit` characters."""
     line = " ".join(str(text).split())
     return line if limit is None else line[:limit]
+
+
+def first_line(text: object, limit: int | None = 500) -> str:
+    """The first non-blank line of `text` (or str(an exception)), whitespace collapsed: what a
+    failure is reported as when the message carries a child's stderr (`pg_dump failed (exit 1):
+    pg_dump: error: …` and then pg_dump's hints)."""
+    for line in str(text).splitlines():
+        if line.strip():
+            return one_line(line, limit)
+    return ""
+
+
+def first_error(text: str) -> str:
+    """A client program's stderr with its first error line first (the cause), the rest after it:
+    `pg_restore: error: ...` rather than the warnings or progress lines printed before it."""
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        lowered = line.lower()
+        if "error" in lowered or "fatal" in lowered or "unrecognized" in lowered or "invalid" in lowered:
+            return " ".join([line, *lines[:i], *lines[i + 1 :]])
+    return " ".join(lines)

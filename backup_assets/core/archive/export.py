@@ -19,11 +19,12 @@ import psycopg2
 
 from ..codec.format import encode_archive
 from ..codec.keyring import Keyring
-from ..dump.pgdump import PgDump, RowCounter, pg_dump_version, prove_dump, tenant_values
+from ..dump.pgdump import PgDump, RowCounter, prove_dump, tenant_values
 from ..dump.stream import DumpStreamReader
 from ..errors import DumpFailed, SafetyCheckFailed, one_line
 from ..files import atomic_output, check_output_path
 from ..settings import SourceSettings
+from ..source import pgbin
 from ..source.preflight import EXCLUDED, RLS_CHILD, SHARED, TENANT, DumpPlan, inspect_source
 from ..source.session import PgSession
 from ..source.tenant_ids import validate_tenant_id
@@ -68,6 +69,8 @@ def export_tenant(
         settings.dsn, {settings.tenant_setting: tenant_id}, connect_timeout=settings.connect_timeout
     )
     with session.connect() as conn:
+        # A pg_dump of this server's major or newer, or one line saying which to install: before any work.
+        clients = pgbin.for_dump(conn.server_version)
         conn.set_session(isolation_level=psycopg2.extensions.ISOLATION_LEVEL_REPEATABLE_READ, readonly=True)
         with conn.cursor() as cur:
             # The setting must reach the session as passed (a pooler may drop startup options).
@@ -90,7 +93,9 @@ def export_tenant(
         preflight_s = time.monotonic() - started
 
         dump_started = time.monotonic()
-        dump = PgDump(session, snapshot=snapshot, plan=plan, lock_wait_timeout=settings.lock_wait_timeout)
+        dump = PgDump(
+            session, clients=clients, snapshot=snapshot, plan=plan, lock_wait_timeout=settings.lock_wait_timeout
+        )
         counter = RowCounter(conn, plan, tenant_column=settings.tenant_column, tenant_id=tenant_id)
         counter.start()
         try:
@@ -160,7 +165,7 @@ def export_tenant(
             **{kind: [t.qualified for t in plan.of_kind(kind)] for kind in (TENANT, RLS_CHILD, SHARED, EXCLUDED)}
         ),
         source=_source_info(settings, plan),
-        pg_dump_version=pg_dump_version(),
+        pg_dump_version=f"pg_dump (PostgreSQL) {clients.version}",
         notes=list(plan.notes),
         timings={
             "preflight_s": round(preflight_s, 3),

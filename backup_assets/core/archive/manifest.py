@@ -196,6 +196,9 @@ class Manifest:
     pg_dump_version: str | None = _json("str")
     notes: list | None = _json("list")
     timings: dict | None = _json("object")  # preflight_s, dump_s, total_s
+    # The restore drill that proved the archive: server_major (the scratch server's), source_major,
+    # matches_source (false: proved on another major than the source's), ok (core/checks/drill.py).
+    drill: dict | None = _json("object")
     extra: dict = field(default_factory=dict)  # fields of others (a location's own), kept as they are
     nulls: frozenset = frozenset()  # known fields read as null (written back as null)
 

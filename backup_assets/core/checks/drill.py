@@ -6,7 +6,7 @@
     no row whose tenant column is not the tenant                (isolated)
     DROP DATABASE ... WITH (FORCE)                              (always, unless keep=True)
 
-pg_restore restores a custom-format archive from a pipe (checked with pg_restore 18; our archives
+pg_restore (chosen for the scratch server's major: core/archive/into_server.py) restores a custom-format archive from a pipe (checked with pg_restore 18; our archives
 are written by pg_dump to a pipe, so they carry no data offsets and pg_restore reads them in order
 anyway). No temporary file: the decrypted dump never touches the disk. Every byte pg_restore sees
 has been authenticated; if a later segment fails, pg_restore is killed and its single transaction
@@ -39,12 +39,13 @@ import psycopg2
 import psycopg2.extensions
 from psycopg2 import sql
 
+from ..archive.into_server import stream_into_pg_restore
 from ..archive.manifest import DEFAULT_TENANT_COLUMN, Manifest
-from ..archive.pipe import STDERR_LIMIT, ArchivePipe, HashingReader
+from ..archive.pipe import STDERR_LIMIT
 from ..codec.keyring import Keyring
 from ..errors import ArchiveError, ScratchDatabaseError, one_line
-from ..source.pgbin import pg_program
-from ..source.session import PgSession, connect
+from ..source.pgbin import major_of
+from ..source.session import connect
 
 if TYPE_CHECKING:
     from .scratch import ScratchPool
@@ -72,6 +73,34 @@ class DrillResult:
     tenant_column: str = DEFAULT_TENANT_COLUMN
     timings: dict[str, float] = field(default_factory=dict)  # create_s, restore_s, check_s, drop_s
     restore_failed: bool = False  # pg_restore itself failed on good bytes (not the archive's fault?)
+    server_major: int | None = None  # the scratch server's PostgreSQL major: what the drill proved
+    source_major: int | None = None  # the source's, from the manifest
+
+    @property
+    def matches_source(self) -> bool | None:
+        """Whether the drill proved a restore into the source's own major (None: source unknown)."""
+        if self.source_major is None or self.server_major is None:
+            return None
+        return self.server_major == self.source_major
+
+    def major_note(self) -> str:
+        """'' when the drill ran on the source's major; otherwise what it did prove, and how to fix it."""
+        if self.matches_source is not False:
+            return ""
+        return (
+            f"proved on a PostgreSQL {self.server_major} scratch server, not the source's {self.source_major}:"
+            f" give the drill a {self.source_major} server (TENANT_BACKUP_SCRATCH_DSN or"
+            " TENANT_BACKUP_SCRATCH_PG_BIN; docs/COMPATIBILITY.md)"
+        )
+
+    def drill_record(self) -> dict:
+        """What the manifest records of the drill (Manifest.drill)."""
+        return {
+            "server_major": self.server_major,
+            "source_major": self.source_major,
+            "matches_source": self.matches_source,
+            "ok": self.ok,
+        }
 
     def as_metadata(self) -> dict:
         """Flat JSON-able dict (for Dagster check metadata, logs, the CLI)."""
@@ -86,6 +115,9 @@ class DrillResult:
             "scratch_database": self.scratch_database,
             "dropped": self.dropped,
             "message": self.message,
+            "drill_server_major": self.server_major,
+            "source_major": self.source_major,
+            "drill_matches_source": self.matches_source,
             "duration_s": round(self.duration_s, 3),
             **{k: round(v, 3) for k, v in self.timings.items()},
         }
@@ -139,7 +171,7 @@ def restore_drill(
 
     if not isinstance(scratch, str):  # a pool
         with scratch.lease() as (name, fresh):
-            result, failures = _drill_in(scratch.admin_dsn, name, *args)
+            result, failures = _drill_in(scratch.admin_dsn, name, scratch.server_version(), *args)
             result.timings["reused"] = float(not fresh)
         if not fresh and result.restore_failed:
             log.warning(
@@ -149,7 +181,7 @@ def restore_drill(
             )
             scratch.discard()
             with scratch.lease() as (name, _fresh):
-                result, failures = _drill_in(scratch.admin_dsn, name, *args)
+                result, failures = _drill_in(scratch.admin_dsn, name, scratch.server_version(), *args)
         result.dropped = True  # emptied: nothing of the tenant stays
         return _finish(result, failures, started, tables, tenant_column, archive_path, tenant_id, keep=False)
 
@@ -160,7 +192,7 @@ def restore_drill(
         created_s = time.monotonic() - t0
         drop_failure = None
         try:
-            result, failures = _drill_in(scratch, name, *args)
+            result, failures = _drill_in(scratch, name, admin.server_version, *args)
         finally:
             if keep:
                 log.info("restore drill: scratch database %s kept", name)
@@ -185,6 +217,7 @@ def restore_drill(
 def _drill_in(
     admin_dsn: str,
     name: str,
+    server_version: int,
     archive_path,
     manifest,
     keyring,
@@ -208,11 +241,20 @@ def _drill_in(
         scratch_database=name,
         tenant_column=tenant_column,
         timings={},
+        server_major=major_of(server_version),
+        source_major=major_of((manifest.source or {}).get("server_version")),
     )
     failures: list[str] = []
     scratch_dsn = psycopg2.extensions.make_dsn(admin_dsn, dbname=name)
     t0 = time.monotonic()
-    restored, sha, size, restore_failure = _restore(archive_path, keyring, tenant_id, scratch_dsn)
+    restored, sha, size, restore_failure = stream_into_pg_restore(
+        archive_path,
+        keyring,
+        tenant_id,
+        scratch_dsn,
+        target_version=server_version,
+        dump_version=manifest.pg_dump_version,
+    )
     result.timings["restore_s"] = time.monotonic() - t0
     result.checksum_ok = sha == want_sha and size == want_size
     if not result.checksum_ok:
@@ -249,9 +291,12 @@ def _finish(
     if result.ok:
         result.message = (
             f"ok: restored {result.restored_tables} tables into {name}"
-            f"{' (kept)' if keep else ''}; row counts of {len(tables)} tables match the manifest;"
+            f" on PostgreSQL {result.server_major}{' (kept)' if keep else ''};"
+            f" row counts of {len(tables)} tables match the manifest;"
             f" no row of another tenant in column {tenant_column}"
         )
+        if result.major_note():
+            result.message += "; " + result.major_note()
     else:
         result.message = "; ".join(failures) or "restore drill failed"
     log.info("restore drill of %s (tenant %s): %s (%.3fs)", archive_path, tenant_id, result.message, result.duration_s)
@@ -292,59 +337,6 @@ def _drop_database(admin, name: str, version: int) -> None:
         stmt += sql.SQL(" WITH (FORCE)")
     with admin.cursor() as cur:
         cur.execute(stmt)
-
-
-def _restore(
-    archive_path: Path, keyring: Keyring, tenant_id: str, scratch_dsn: str
-) -> tuple[bool, str, int, str | None]:
-    return stream_into_pg_restore(archive_path, keyring, tenant_id, scratch_dsn)
-
-
-def stream_into_pg_restore(
-    archive_path: Path,
-    keyring: Keyring,
-    tenant_id: str,
-    dsn: str,
-    *,
-    keep_owners: bool = False,
-    synchronous_commit: str = "off",
-) -> tuple[bool, str, int, str | None]:
-    """Stream the archive (decrypted on the fly, never on disk) into `pg_restore --single-transaction`
-    on `dsn`. Returns (restored, sha256, size, failure message); a bad archive kills pg_restore before
-    its transaction commits. Shared with core.restore (restore into an empty database).
-
-    keep_owners: restore ownership and grants (the source's roles must exist); the drill never does."""
-    session = PgSession.from_dsn(
-        dsn, {"synchronous_commit": synchronous_commit}, application_name="tenant-backup-restore"
-    )
-    conninfo, env = session.conninfo(), session.child_env()
-    args = [
-        pg_program("pg_restore"),
-        *(() if keep_owners else ("--no-owner", "--no-acl")),  # the source's roles need not exist on the target
-        "--no-tablespaces",
-        "--no-security-labels",
-        "--no-publications",
-        "--no-subscriptions",  # never wire a drill into replication
-        "--exit-on-error",
-        "--single-transaction",
-        f"--dbname={conninfo}",
-    ]
-    failure = None
-    with archive_path.open("rb") as handle:
-        reader = HashingReader(handle)
-        with ArchivePipe(
-            args, reader, keyring, expect_tenant_id=tenant_id, env=env, scrub=session.scrub, name="restore-decode"
-        ) as pipe:
-            pass  # a bad archive kills pg_restore before EOF reaches it: nothing of it may commit
-        outcome = pipe.outcome
-        if outcome.decode_error is not None:
-            if not isinstance(outcome.decode_error, ArchiveError):
-                raise outcome.decode_error
-            failure = f"archive rejected (nothing restored): {outcome.decode_error}"
-        elif outcome.code != 0:
-            failure = outcome.child_failure("pg_restore")
-        reader.drain()
-    return failure is None, reader.hexdigest(), reader.count, failure
 
 
 _TABLES_SQL = """

@@ -13,7 +13,7 @@ from ..archive.pipe import ArchivePipe
 from ..codec.keyring import Keyring
 from ..dump.copytext import CopyStatementError, parse_copy_statement
 from ..errors import ArchiveError
-from ..source.pgbin import pg_program
+from ..source.pgbin import for_archive
 
 _NULL = "\\N"
 
@@ -69,15 +69,21 @@ def scan_dump_lines(lines, tenant_id: str, tenant_column: str) -> IsolationRepor
 
 
 def scan_archive(
-    archive: Path, keyring: Keyring, *, tenant_id: str, tenant_column: str = "tenant_id"
+    archive: Path,
+    keyring: Keyring,
+    *,
+    tenant_id: str,
+    tenant_column: str = "tenant_id",
+    dump_version: str | None = None,
 ) -> IsolationReport:
     """Decrypt `archive` and scan every COPY row; never holds more than a line in memory.
 
     An archive that fails to decode is reported by its own error (ArchiveError), whatever the scan
-    of the shortened output (pg_restore is killed at once) raised."""
+    of the shortened output (pg_restore is killed at once) raised. dump_version: the pg_dump that wrote
+    it (the manifest's), so that a pg_restore that reads it is chosen."""
     with archive.open("rb") as source:
         pipe = ArchivePipe(
-            [pg_program("pg_restore"), "--data-only", "--file=-"],
+            [for_archive(dump_version).program("pg_restore"), "--data-only", "--file=-"],
             source,
             keyring,
             expect_tenant_id=tenant_id,

@@ -160,6 +160,10 @@ class ScratchPool:
             self._guard = guard
         return self._admin
 
+    def server_version(self) -> int:
+        """The scratch server's server_version_num (e.g. 150018)."""
+        return self._admin_conn().server_version
+
     def lease(self):
         """Context manager: (database name, fresh) for one drill; emptied when the drill is done."""
         return _Lease(self)

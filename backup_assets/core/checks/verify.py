@@ -29,7 +29,7 @@ from ..archive.pipe import ArchivePipe, HashingReader
 from ..codec.keyring import Keyring
 from ..errors import ArchiveError
 from ..files import sha256_file
-from ..source.pgbin import pg_program
+from ..source.pgbin import for_archive
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ def _deep_pass(reader: HashingReader, manifest: Manifest, keyring: Keyring) -> _
     with tempfile.TemporaryFile() as out_file:
         # wait_timeout: pg_restore --list exits once its stdin is closed; never hang a check anyway.
         with ArchivePipe(
-            [pg_program("pg_restore"), "--list"],
+            [for_archive(manifest.pg_dump_version).program("pg_restore"), "--list"],
             reader,
             keyring,
             stdout=out_file,

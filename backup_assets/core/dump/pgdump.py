@@ -9,55 +9,55 @@ not this tenant aborts the dump.
 
 from __future__ import annotations
 
-import re
 import subprocess
 import tempfile
 import threading
-from functools import lru_cache
 
 import psycopg2
 from psycopg2 import sql
 
-from ..errors import DumpFailed, SafetyCheckFailed, one_line
-from ..source.pgbin import pg_program
+from ..errors import DumpFailed, SafetyCheckFailed, first_error, one_line
+from ..source.pgbin import PgClients
 from ..source.preflight import EXCLUDED, RLS_CHILD, SHARED, TENANT, DumpPlan
-from ..source.session import PgSession, child_env
+from ..source.session import PgSession
 from .stream import DumpContents, copy_text
 
 _STDERR_LIMIT = 4000
 
 
-@lru_cache(maxsize=None)
-def pg_dump_version() -> str:
-    out = subprocess.run(
-        [pg_program("pg_dump"), "--version"], capture_output=True, text=True, check=False, env=child_env()
-    )
-    return out.stdout.strip()
-
-
-def pg_dump_major() -> int:
-    match = re.search(r"(\d+)(?:\.\d+)*", pg_dump_version())
-    return int(match.group(1)) if match else 0
+def dump_options(major: int) -> list[str]:
+    """What keeps other tenants' bytes out of the dump, spelled for pg_dump `major` (13-18)."""
+    # Large objects have no tenant and no RLS: they would leak every tenant's blobs. Before 16 the
+    # option is --no-blobs (since 10); 16 renamed it --no-large-objects.
+    options = ["--no-large-objects" if major >= 16 else "--no-blobs"]
+    if major >= 18:
+        # Planner statistics hold other tenants' most common values: never dumped, whatever this
+        # pg_dump's default (the stream reader refuses them too). Before 18 pg_dump has none to dump.
+        options.append("--no-statistics")
+    return options
 
 
 class PgDump:
     """A running `pg_dump -Fc -Z0 --enable-row-security` as `session` (the tenant setting in its
     options, nothing inherited); read() streams it."""
 
-    def __init__(self, session: PgSession, *, snapshot: str | None, plan: DumpPlan, lock_wait_timeout: str = "60s"):
+    def __init__(
+        self,
+        session: PgSession,
+        *,
+        clients: PgClients,
+        snapshot: str | None,
+        plan: DumpPlan,
+        lock_wait_timeout: str = "60s",
+    ):
         args = [
-            pg_program("pg_dump"),
+            clients.program("pg_dump"),
             "--format=custom",
             "--compress=0",  # we compress once, faster, in the stream
             "--enable-row-security",
-            # large objects have no tenant and no RLS: they would leak every tenant's blobs
-            "--no-large-objects",
+            *dump_options(clients.major),
             f"--lock-wait-timeout={lock_wait_timeout}",
         ]
-        if pg_dump_major() >= 18:
-            # Planner statistics hold other tenants' most common values: never dumped, whatever
-            # this pg_dump's default (the stream reader refuses them too).
-            args.append("--no-statistics")
         if snapshot:
             args.append(f"--snapshot={snapshot}")
         for table in plan.of_kind(EXCLUDED):
@@ -82,9 +82,10 @@ class PgDump:
         self._stderr.close()
 
     def stderr(self) -> str:
+        """pg_dump's first error line (then the rest), scrubbed of the password, on one line."""
         self._stderr.seek(0)
         text = self._stderr.read(_STDERR_LIMIT).decode("utf-8", "replace")
-        return self._session.scrub(text)
+        return self._session.scrub(first_error(text))
 
     def kill(self) -> None:
         if self.proc.poll() is None:

@@ -225,7 +225,13 @@ def verify_copy(
                 return CopyCheck(name, tenant_id, backup_id, False, result.message)
             # Deep also proves isolation on the archive itself: every COPY row of a table with the
             # tenant column carries this tenant's id, and the rows add up to the manifest's.
-            report = scan_archive(path, keyring, tenant_id=tenant_id, tenant_column=manifest.tenant_column)
+            report = scan_archive(
+                path,
+                keyring,
+                tenant_id=tenant_id,
+                tenant_column=manifest.tenant_column,
+                dump_version=manifest.pg_dump_version,
+            )
         if not report.isolated:
             return CopyCheck(
                 name, tenant_id, backup_id, False, f"rows of other tenants in the archive: {report.foreign_rows}"

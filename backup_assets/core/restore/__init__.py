@@ -11,7 +11,7 @@ Works from the locations alone (archive + manifest), never from Dagster's databa
                     match its manifest (verify_archive, deep) is skipped and the next one tried
     empty target    refuse if a table already exists in one of the dump's schemas; stream the
                     archive (decrypted on the fly) into `pg_restore --single-transaction`
-                    (checks.drill.stream_into_pg_restore); check the row counts against the manifest
+                    (archive.into_server.stream_into_pg_restore); check the row counts against the manifest
     replace         ONE transaction with a lock timeout on a live database holding other tenants:
                     pg_restore --data-only -f - of the stream is parsed and every COPY block of a
                     tenant / rls_child table is loaded into a temporary table; then this tenant's

@@ -1,6 +1,6 @@
 """Restore into an empty database: refuse if a table already exists in one of the dump's schemas,
 stream the archive (decrypted on the fly) into `pg_restore --single-transaction`
-(checks.drill.stream_into_pg_restore), then check the row counts against the manifest."""
+(archive.into_server.stream_into_pg_restore), then check the row counts against the manifest."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import time
 import psycopg2
 from psycopg2 import sql
 
+from ..archive.into_server import stream_into_pg_restore
 from ..archive.manifest import Manifest
-from ..checks.drill import stream_into_pg_restore
 from ..codec.keyring import Keyring
 from ..errors import RestoreError, RestoreRefused
 from .result import Report, RestoreResult, pg_message
@@ -60,7 +60,14 @@ def into_empty(
         return
     t0 = time.monotonic()
     restored, _sha, _size, failure = stream_into_pg_restore(
-        copy.archive_path, keyring, copy.tenant_id, target_dsn, keep_owners=keep_owners, synchronous_commit="on"
+        copy.archive_path,
+        keyring,
+        copy.tenant_id,
+        target_dsn,
+        target_version=conn.server_version,
+        dump_version=copy.manifest.pg_dump_version,
+        keep_owners=keep_owners,
+        synchronous_commit="on",
     )
     result.timings["restore_s"] = time.monotonic() - t0
     if not restored:

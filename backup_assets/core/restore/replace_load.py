@@ -17,7 +17,7 @@ from ..archive.pipe import ArchivePipe
 from ..codec.keyring import Keyring
 from ..dump.copytext import CopyStatementError, parse_copy_statement
 from ..errors import ArchiveError, RestoreError, TenantBackupError
-from ..source.pgbin import pg_program
+from ..source.pgbin import for_archive
 from .replace_plan import Plan, Table, plan_replace
 from .result import Report, RestoreResult, pg_message
 from .script import CHUNK, DATA_COMMENT, ScriptReader
@@ -188,7 +188,14 @@ def _load_temp_tables(cur, copy: SourceCopy, keyring: Keyring, plan: Plan) -> di
 
     A decoding failure kills pg_restore (ArchivePipe): the script ends early, and the archive's error
     is the one reported, whatever reading the truncated script raised."""
-    args = [pg_program("pg_restore"), "--data-only", "--no-owner", "--no-acl", "-f", "-"]
+    args = [
+        for_archive(copy.manifest.pg_dump_version).program("pg_restore"),
+        "--data-only",
+        "--no-owner",
+        "--no-acl",
+        "-f",
+        "-",
+    ]
     loaded: dict[str, tuple] = {}
     with open(copy.archive_path, "rb") as handle:
         pipe = ArchivePipe(
