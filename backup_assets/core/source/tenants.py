@@ -8,10 +8,12 @@ required: `SELECT id FROM my_tenants` works; whatever the query names its column
 from __future__ import annotations
 
 import logging
+import re
 import unicodedata
 from dataclasses import dataclass
 
 import psycopg2
+from psycopg2 import sql
 
 from ..errors import ConfigError, InvalidTenantId, UnknownTenant, one_line
 from ..settings import SourceSettings
@@ -83,7 +85,7 @@ def read_registry(settings: SourceSettings) -> list[TenantRecord]:
     with connect(settings.registry_dsn, timeout=settings.connect_timeout) as conn:
         try:
             with conn.cursor() as cur:
-                cur.execute(settings.tenants_query)
+                cur.execute(query_body(settings.tenants_query))  # as written: no parameters, no `%` read
                 rows = cur.fetchall()
         except psycopg2.Error as exc:
             raise ConfigError(f"TENANT_BACKUP_TENANTS_QUERY failed: {one_line(exc)}") from None
@@ -100,18 +102,104 @@ def tenant_names(settings: SourceSettings) -> dict[str, str]:
     return {r.id: r.name for r in read_registry(settings) if r.name}
 
 
+def query_body(query: str) -> str:
+    """The operator's registry query as one SELECT that can be wrapped: comments and whitespace after
+    its last token and one trailing `;` dropped; ConfigError if it holds more than one statement.
+
+    Reads SQL as PostgreSQL does: '…' strings (with '' inside; E'…' with backslash escapes), "…"
+    identifiers, $tag$…$tag$ bodies, `--` comments to the end of the line, nested /* */ comments;
+    a `;` inside any of these is not a statement's end."""
+    i, n = 0, len(query)
+    end = 0  # just after the last character that is not a comment or whitespace
+    cut = None  # where a `;` outside strings and comments was seen
+    while i < n:
+        ch = query[i]
+        if ch in " \t\r\n\f":
+            i += 1
+            continue
+        if query.startswith("--", i):
+            newline = query.find("\n", i)
+            i = n if newline < 0 else newline + 1
+            continue
+        if query.startswith("/*", i):
+            depth, i = 1, i + 2
+            while i < n and depth:
+                if query.startswith("/*", i):
+                    depth, i = depth + 1, i + 2
+                elif query.startswith("*/", i):
+                    depth, i = depth - 1, i + 2
+                else:
+                    i += 1
+            if depth:
+                raise ConfigError("TENANT_BACKUP_TENANTS_QUERY: a /* comment is not closed")
+            continue
+        if cut is not None:
+            raise ConfigError(
+                "TENANT_BACKUP_TENANTS_QUERY holds more than one statement: give one SELECT (a trailing ; is fine)"
+            )
+        if ch == ";":
+            cut = i
+            i += 1
+            continue
+        if ch == "'":
+            escapes = i > 0 and query[i - 1] in "eE" and (i < 2 or not (query[i - 2].isalnum() or query[i - 2] == "_"))
+            i += 1
+            while i < n:
+                if escapes and query[i] == "\\":
+                    i += 2
+                elif query[i] == "'":
+                    if query.startswith("''", i):
+                        i += 2
+                        continue
+                    break
+                else:
+                    i += 1
+            if i >= n:
+                raise ConfigError("TENANT_BACKUP_TENANTS_QUERY: a quoted string is not closed")
+        elif ch == '"':
+            close = query.find('"', i + 1)
+            while close >= 0 and query.startswith('""', close):
+                close = query.find('"', close + 2)
+            if close < 0:
+                raise ConfigError('TENANT_BACKUP_TENANTS_QUERY: a "quoted" name is not closed')
+            i = close
+        elif ch == "$" and (match := _DOLLAR_TAG.match(query, i)) and not (i and _IDENT_CHAR.match(query[i - 1])):
+            close = query.find(match.group(0), match.end())
+            if close < 0:
+                raise ConfigError(f"TENANT_BACKUP_TENANTS_QUERY: {match.group(0)} string is not closed")
+            i = close + len(match.group(0)) - 1
+        i += 1
+        end = i
+    body = query[:end]
+    if not body.strip():
+        raise ConfigError("TENANT_BACKUP_TENANTS_QUERY is empty")
+    return body
+
+
+_DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_\x80-\U0010ffff]*)?\$")
+_IDENT_CHAR = re.compile(r"[A-Za-z0-9_$\x80-\U0010ffff]")
+
+
 def registry_row(settings: SourceSettings, tenant_id: str) -> tuple | None:
     """The registry query's row for this tenant (id[, name[, status]]), or None when it does not return
     it — without fetching the whole registry (the weekly run asks once per tenant: thousands of
-    tenants must not mean millions of rows)."""
-    query = settings.tenants_query.strip().rstrip(";")
+    tenants must not mean millions of rows).
+
+    The operator's SQL runs as written: it is wrapped as a sub-query and sent with no client-side
+    parameters at all (psycopg2 only reads `%` as a placeholder when parameters are passed, so a
+    `LIKE 'Silver%'` stays what it says); the tenant id goes in as a quoted literal (sql.Literal) in
+    our own part of the statement, and the sub-query ends on a new line, so a `--` comment at its end
+    cannot swallow what follows."""
     # The alias names the query's first column whatever it is called; UUIDs compare case-blind,
     # as validate_tenant_id canonicalizes them.
-    compare = "registry.tenant_id::text = %s" if settings.tenant_id_pattern else "lower(registry.tenant_id::text) = %s"
+    column = sql.SQL("registry.tenant_id::text" if settings.tenant_id_pattern else "lower(registry.tenant_id::text)")
+    statement = sql.SQL("SELECT * FROM ({query}\n) AS registry(tenant_id) WHERE {column} = {tenant} LIMIT 1").format(
+        query=sql.SQL(query_body(settings.tenants_query)), column=column, tenant=sql.Literal(tenant_id)
+    )
     with connect(settings.registry_dsn, timeout=settings.connect_timeout) as conn:
         try:
             with conn.cursor() as cur:
-                cur.execute(f"SELECT * FROM ({query}) AS registry(tenant_id) WHERE {compare} LIMIT 1", (tenant_id,))
+                cur.execute(statement)  # no parameters: nothing of the operator's text is interpolated
                 return cur.fetchone()
         except psycopg2.Error as exc:
             raise ConfigError(f"TENANT_BACKUP_TENANTS_QUERY failed: {one_line(exc)}") from None
