@@ -137,6 +137,8 @@ def cmd_status(args, out) -> int:
         table(rows, out)
         if not report.tenants:
             out.note("(the registry returns no tenant)")
+    for c in report.drilled_elsewhere:  # proven, but not on the version it would be restored into
+        out.warn(f"tenant-backup: warning: {c.tenant_id}@{c.location}: {c.drill_note} (docs/COMPATIBILITY.md)")
     for name, message in report.unreadable.items():  # never hidden: its tenants are unknown there
         out.warn(f"tenant-backup: error: location {name} could not be listed: {message}")
     if report.stale:

@@ -169,6 +169,7 @@ class Settings:
     restore_lock_timeout: str = field(init=False)
     scratch_dsn: str | None = field(init=False)
     scratch_idle_s: int = field(init=False)
+    scratch_pg_bin: tuple[str, ...] = field(init=False)  # server programs for a scratch server of the source's major
     workers: int = field(init=False)
     dask_scheduler: str | None = field(init=False)
     worker_loss_retries: int = field(init=False)
@@ -210,6 +211,9 @@ class Settings:
             "restore_lock_timeout": _duration_setting(env, "TENANT_BACKUP_RESTORE_LOCK_TIMEOUT", "10s"),
             "scratch_dsn": scratch,
             "scratch_idle_s": int_setting(env, "TENANT_BACKUP_SCRATCH_IDLE_S", 600),
+            "scratch_pg_bin": tuple(
+                d for d in (_optional(env, "TENANT_BACKUP_SCRATCH_PG_BIN") or "").split(os.pathsep) if d
+            ),
             "workers": int_setting(env, "TENANT_BACKUP_WORKERS", (os.cpu_count() or 1) + 1),
             "dask_scheduler": _optional(env, "TENANT_BACKUP_DASK_SCHEDULER"),
             "worker_loss_retries": int_setting(env, "TENANT_BACKUP_WORKER_LOSS_RETRIES", 3, minimum=1),

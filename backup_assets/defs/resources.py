@@ -25,6 +25,7 @@ from ..core.codec.keyring import Keyring
 from ..core.errors import TenantBackupError
 from ..core.locations import Location
 from ..core.settings import Settings, SourceSettings
+from .failures import permanent_failures
 
 
 @dataclass(frozen=True)
@@ -155,19 +156,23 @@ class BackupResource(ConfigurableResource):
     def location_names(self) -> list[str]:
         return self.get_settings().location_names
 
-    def scratch_admin_dsn(self) -> str:
+    def scratch_admin_dsn(self, major: int | None = None) -> str:
         """Where restore drills create their scratch databases: TENANT_BACKUP_SCRATCH_DSN (a role that
-        may CREATE DATABASE), else an embedded PostgreSQL kept under the work directory."""
+        may CREATE DATABASE), else an embedded PostgreSQL kept under the work directory, of the
+        source's `major` where its server programs are installed (docs/COMPATIBILITY.md)."""
         settings = self.get_settings()
         if settings.scratch_dsn:
             return settings.scratch_dsn
         from ..core.checks.scratch import embedded_scratch_dsn
 
-        return embedded_scratch_dsn(self.work_dir, idle_s=settings.scratch_idle_s)
+        return embedded_scratch_dsn(
+            self.work_dir, idle_s=settings.scratch_idle_s, major=major, server_dirs=settings.scratch_pg_bin
+        )
 
-    def scratch_pool(self):
-        """This process's pool of scratch databases on the scratch server (core/checks/scratch.py)."""
-        return _scratch_pool(self.scratch_admin_dsn())
+    def scratch_pool(self, major: int | None = None):
+        """This process's pool of scratch databases on the scratch server for a source of PostgreSQL
+        `major` (core/checks/scratch.py)."""
+        return _scratch_pool(self.scratch_admin_dsn(major))
 
     def _proven_path(self, tenant_id: str) -> Path:
         return self.staging_dir(tenant_id) / "proven.json"
@@ -221,17 +226,21 @@ class StagingIOManager(ConfigurableIOManager):
 
     def handle_output(self, context: OutputContext, obj: ArchiveHandle) -> None:
         pointer = self._pointer(obj.tenant_id)
-        pointer.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         temp = pointer.with_suffix(".tmp")
-        temp.write_text(
-            json.dumps(
-                {"tenant_id": obj.tenant_id, "backup_id": obj.backup_id, "path": obj.path, "manifest": obj.manifest}
+        with permanent_failures(temp):  # a full or read-only work directory: not retried
+            pointer.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            temp.write_text(
+                json.dumps(
+                    {"tenant_id": obj.tenant_id, "backup_id": obj.backup_id, "path": obj.path, "manifest": obj.manifest}
+                )
             )
-        )
-        os.replace(temp, pointer)
+            os.replace(temp, pointer)
 
     def load_input(self, context: InputContext) -> ArchiveHandle:
-        tenant_id = context.partition_key
+        with permanent_failures():  # nothing staged: a retry minutes later finds nothing either
+            return self._load(context.partition_key)
+
+    def _load(self, tenant_id: str) -> ArchiveHandle:
         pointer = self._pointer(tenant_id)
         if not pointer.exists():
             raise TenantBackupError(f"no staged archive for tenant {tenant_id}: materialize tenant_archive first")
@@ -257,7 +266,14 @@ class LocationIOManager(ConfigurableIOManager):
         import time
 
         started = time.monotonic()
-        stored = self.build().put(obj.tenant_id, obj.backup_id, Path(obj.path), obj.manifest)
+        # A permanent storage error (configuration, credentials, missing bucket) fails the step at once;
+        # a transient one is retried. The local location writes files on this machine: a full,
+        # read-only or forbidden disk is permanent too, named with the copy's path.
+        with permanent_failures(local_files=False):
+            location = self.build()
+            destination = _local_path(location.uri(obj.tenant_id, obj.backup_id))
+        with permanent_failures(destination, local_files=self.location == "local"):
+            stored = location.put(obj.tenant_id, obj.backup_id, Path(obj.path), obj.manifest)
         context.add_output_metadata(
             {
                 "location": self.location,
@@ -270,7 +286,10 @@ class LocationIOManager(ConfigurableIOManager):
         )
 
     def load_input(self, context: InputContext) -> StoredHandle:
-        tenant_id = context.partition_key
+        with permanent_failures(local_files=False):
+            return self._load(context.partition_key)
+
+    def _load(self, tenant_id: str) -> StoredHandle:
         location = self.build()
         refs = location.list(tenant_id)
         if not refs:
@@ -279,3 +298,11 @@ class LocationIOManager(ConfigurableIOManager):
         return StoredHandle(
             self.location, tenant_id, latest.backup_id, latest.uri, location.get_manifest(tenant_id, latest.backup_id)
         )
+
+
+def _local_path(uri: str) -> str:
+    """/path/to/file for a file:// URI (the local location's); any other URI as it is."""
+    from urllib.parse import unquote, urlsplit
+
+    parts = urlsplit(uri)
+    return unquote(parts.path) if parts.scheme == "file" else uri

