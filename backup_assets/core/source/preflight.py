@@ -62,8 +62,13 @@ SELECT c.oid, n.nspname, c.relname, c.relrowsecurity, c.relforcerowsecurity,
           WHERE p.polrelid = c.oid AND p.polpermissive AND p.polcmd IN ('r', '*')
             AND (p.polroles = '{0}'::oid[]
                  OR EXISTS (SELECT 1 FROM unnest(p.polroles) r WHERE pg_has_role(current_user, r, 'USAGE')))
-       ) AS has_select_policy
+       ) AS has_select_policy,
+       i.inhparent::regclass::text AS partition_of,
+       (SELECT pg_get_expr(p.polqual, p.polrelid) FROM pg_policy p
+         WHERE p.polrelid = i.inhparent AND p.polcmd IN ('r', '*') AND p.polqual IS NOT NULL
+         ORDER BY p.polname LIMIT 1) AS parent_policy
   FROM pg_class c
+  LEFT JOIN pg_inherits i ON c.relispartition AND i.inhrelid = c.oid
   JOIN pg_namespace n ON n.oid = c.relnamespace
   LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = %(column)s AND a.attnum > 0 AND NOT a.attisdropped
  WHERE c.relkind = 'r'
@@ -111,7 +116,7 @@ def inspect_source(conn, settings: SourceSettings) -> DumpPlan:
     tenant_oids: set[int] = set()
     rls_oids: set[int] = set()
     tenant_attnum: dict[int, int] = {}
-    for oid, schema, name, rls, force, owner, acts_as_owner, attnum, _type, has_policy in rows:
+    for oid, schema, name, rls, force, owner, acts_as_owner, attnum, _type, has_policy, parent, qual in rows:
         qualified = f"{schema}.{name}"
         by_oid[oid] = (schema, name)
         if qualified in excluded:
@@ -126,6 +131,7 @@ def inspect_source(conn, settings: SourceSettings) -> DumpPlan:
             if not rls:
                 problems.append(
                     f"table {qualified} has the tenant column {settings.tenant_column} but row-level security is not enabled"
+                    + (_partition_advice(schema, name, parent, qual) if parent else "")
                 )
                 continue
         if rls:
@@ -143,7 +149,7 @@ def inspect_source(conn, settings: SourceSettings) -> DumpPlan:
 
     protected = tenant_oids | rls_oids
     tables: list[TableInfo] = []
-    for oid, schema, name, _rls, _force, _owner, _acts, _attnum, tenant_type, _policy in rows:
+    for oid, schema, name, _rls, _force, _owner, _acts, _attnum, tenant_type, *_ in rows:
         qualified = f"{schema}.{name}"
         if qualified in excluded:
             tables.append(TableInfo(schema, name, EXCLUDED))
@@ -183,6 +189,18 @@ def inspect_source(conn, settings: SourceSettings) -> DumpPlan:
         tables=tuple(tables),
         large_objects=large_objects,
         notes=tuple(notes),
+    )
+
+
+def _partition_advice(schema: str, name: str, parent: str, qual: str | None) -> str:
+    """What to run when a partition lacks the row-level security its parent has: pg_dump reads each
+    partition's rows from the partition itself, where the parent's policies do not apply."""
+    table = '"{}"."{}"'.format(schema.replace('"', '""'), name.replace('"', '""'))
+    policy = f"CREATE POLICY tenant_isolation ON {table} USING ({qual or '<the parent policy expression>'});"
+    return (
+        f" (it is a partition of {parent}: the parent's row-level security does not apply when pg_dump reads"
+        f" the partition; enable it and the policy on every partition: ALTER TABLE {table} ENABLE ROW LEVEL"
+        f" SECURITY; {policy})"
     )
 
 
