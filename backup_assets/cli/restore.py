@@ -179,6 +179,7 @@ def cmd_restore(args, out) -> int:
             lock_timeout=lock_timeout,
             keep_owners=args.keep_owners,
             work_dir=work_dir,
+            tenant_id_pattern=settings.tenant_id_pattern,  # non-UUID tenant ids restore too
             report=say,
         )
     if out.json:
