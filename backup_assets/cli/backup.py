@@ -22,7 +22,7 @@ def outcome_dict(outcome, labels: Labels) -> dict:
         "run_id": outcome.run_id or None,
         "steps": dict(outcome.steps),
         "checks": dict(outcome.checks),
-        "error": outcome.error or None,
+        "error": (outcome.reason if outcome.failed else outcome.error) or None,
         "skipped": outcome.skipped or None,
         "shared_tables": dict(outcome.shared),
     }
@@ -58,7 +58,7 @@ def tenant_table(outcomes, assets: list[str], labels: Labels) -> str:
             if checks:
                 state += f" {sum(checks)}/{len(checks)}✓"
             cells.append(f"{state:>16}")
-        result = "OK" if outcome.ok else f"SKIPPED {outcome.skipped}" if outcome.skipped else f"FAILED {outcome.error}"
+        result = "OK" if outcome.ok else f"SKIPPED {outcome.skipped}" if outcome.skipped else f"FAILED {outcome.reason}"
         lines.append(f"{name:{width}}  " + "  ".join(cells) + "  " + result)
     return "\n".join(lines)
 
@@ -86,9 +86,7 @@ def run_batch(
                 if outcome.ok
                 else f"SKIPPED ({outcome.skipped})"
                 if outcome.skipped
-                else f"FAILED ({outcome.error})"
-                if outcome.error
-                else "FAILED (check)"
+                else f"FAILED ({outcome.reason})"
             )
             if not bar.on or not outcome.ok:  # on a terminal the bar says the rest
                 bar.log(f"  [{index}/{total}] {labels.label(outcome.tenant_id)}: {state}")

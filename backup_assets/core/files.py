@@ -1,8 +1,9 @@
 """File helpers: write-then-rename (a failure never leaves a file that looks complete under the final
-name), fsync of a directory, SHA-256 of a file."""
+name), fsync of a directory, SHA-256 of a file; an OS error that retrying cannot fix, as one line."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import secrets
@@ -10,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from .errors import TenantBackupError
+from .errors import LocalWriteError, TenantBackupError
 
 TEMP_MARK = ".tmp-"
 CHUNK = 1 << 20  # streaming buffer: memory use does not grow with the file
@@ -71,3 +72,56 @@ def atomic_output(path: Path, mode: int = 0o600) -> Iterator[BinaryIO]:
         except FileNotFoundError:
             pass
         raise
+
+
+# Errors of writing a local file that stay until someone acts (frees space, remounts, fixes modes):
+# retrying the step minutes later cannot help. EIO, EAGAIN, EINTR and the like are not here.
+PERMANENT_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in (
+        "ENOSPC",  # no space left on device
+        "EDQUOT",  # disk quota exceeded
+        "EROFS",  # read-only file system
+        "EACCES",  # permission denied
+        "EPERM",  # operation not permitted
+        "EFBIG",  # file too large
+        "ENAMETOOLONG",
+        "ENOTDIR",
+        "EISDIR",
+    )
+    if hasattr(errno, name)
+)
+
+
+def os_error_line(exc: OSError, path: object = None) -> str:
+    """`no space left on device: /path/to/file`: the OS's reason, then the file (the error's own
+    filename, else `path`)."""
+    reason = exc.strerror or (os.strerror(exc.errno) if exc.errno else str(exc))
+    reason = reason[:1].lower() + reason[1:]
+    where = exc.filename if exc.filename is not None else path
+    return f"{reason}: {os.fsdecode(where)}" if where is not None else reason
+
+
+def permanent_os_error(exc: BaseException) -> OSError | None:
+    """The OSError with a permanent errno (PERMANENT_ERRNOS) that `exc` is or was raised from or while
+    handling (its __cause__ / __context__ chain: a storage error raised `from None` still keeps the
+    OSError as its context), or None."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in PERMANENT_ERRNOS:
+            return current
+        todo += [e for e in (current.__cause__, current.__context__) if e is not None]
+    return None
+
+
+def local_write_error(exc: BaseException, path: object = None) -> LocalWriteError | None:
+    """LocalWriteError(`<reason>: <file>`) when `exc` comes from an OS error retrying cannot fix
+    (permanent_os_error); `path`: the file being written, when the OS error does not name it (a
+    failed write() names no file). None otherwise."""
+    cause = permanent_os_error(exc)
+    return LocalWriteError(os_error_line(cause, path)) if cause is not None else None

@@ -14,6 +14,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..errors import first_line
+
 if TYPE_CHECKING:
     from ..settings import Settings
 
@@ -35,6 +37,12 @@ class Alert:
     message: str
     run_url: str | None = None
     at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+
+def backup_failure(tenant_id: str | None, location: str | None, message: str, run_url: str | None) -> Alert:
+    """A BACKUP_FAILURE alert: `message` names what failed, on one line (its first line; a child
+    program's stderr or a traceback never spills into the alert)."""
+    return Alert(BACKUP_FAILURE, "critical", tenant_id, location, first_line(message, 1000) or "backup failed", run_url)
 
 
 def emit(alert: Alert, settings: "Settings") -> None:

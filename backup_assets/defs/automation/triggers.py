@@ -23,6 +23,7 @@ from ...core.settings import Settings
 from ...core.source.tenants import list_tenants
 from ..backup.assets import GROUP
 from ..backup.partitions import TENANTS, tenants_partitions
+from ..failures import step_failure_line
 from ..resources import BackupResource
 from ..runs.guard import JOB_NAME, SKIPPED_TAG, TENANT_TAG
 
@@ -30,6 +31,9 @@ tenant_backup_job = define_asset_job(
     JOB_NAME,
     selection=AssetSelection.groups(GROUP),  # the assets with their checks
     description="Back up one tenant: archive, every configured location, every check.",
+    # The daemon's run retries (dagster.yaml run_retries) are for a run whose process died: a failed
+    # step already had the retries its error allows (none for a permanent one, defs/failures.py).
+    tags={"dagster/retry_on_asset_or_op_failure": "false"},
 )
 
 
@@ -131,26 +135,18 @@ def backup_failure_alerts(context: RunFailureSensorContext, backup: BackupResour
     failures = context.get_step_failure_events()
     if not failures:
         alerts.emit(
-            alerts.Alert(
-                alerts.BACKUP_FAILURE,
-                "critical",
-                tenant_id,
-                None,
-                context.failure_event.message or "run failed",
-                f"{base}/runs/{run.run_id}",
+            alerts.backup_failure(
+                tenant_id, None, step_failure_line(context.failure_event), f"{base}/runs/{run.run_id}"
             ),
             settings,
         )
     for event in failures:
-        error = event.event_specific_data.error if event.event_specific_data else None
-        message = error.message.strip().splitlines()[0] if error and error.message else "step failed"
+        # What failed, one line: the error under Dagster's retry wrapper, not "Exceeded max_retries of N".
         alerts.emit(
-            alerts.Alert(
-                alerts.BACKUP_FAILURE,
-                "critical",
+            alerts.backup_failure(
                 tenant_id,
                 _location_of(event.step_key or ""),
-                f"{event.step_key}: {message}",
+                f"{event.step_key}: {step_failure_line(event)}",
                 f"{base}/runs/{run.run_id}",
             ),
             settings,

@@ -8,6 +8,7 @@ from dagster import Failure, OpExecutionContext, RunRequest, ScheduleEvaluationC
 from ...core.settings import Settings
 from ...core.source.tenants import list_tenants
 from ..backup.partitions import TENANTS
+from ..failures import permanent_failures
 from ..resources import BackupResource
 from ..runs.batch import back_up_tenants
 from .triggers import week_of, weekly_status
@@ -17,8 +18,9 @@ from .triggers import week_of, weekly_status
 def back_up_active_tenants(context: OpExecutionContext, backup: BackupResource) -> None:
     from ..build import build_definitions
 
-    settings = backup.get_settings()
-    active = list_tenants(settings.source)
+    with permanent_failures(local_files=False):  # a configuration or registry error, named
+        settings = backup.get_settings()
+        active = list_tenants(settings.source)
     known = set(context.instance.get_dynamic_partitions(TENANTS))
     new = [t for t in active if t not in known]
     if new:  # an op may add partitions (a schedule may not): the registry sensor's job, done early
@@ -28,11 +30,7 @@ def back_up_active_tenants(context: OpExecutionContext, backup: BackupResource) 
     def progress(index, total, outcome):
         if not outcome.ok or index % 50 == 0 or index == total:
             state = (
-                "ok"
-                if outcome.ok
-                else f"SKIPPED {outcome.skipped}"
-                if outcome.skipped
-                else "FAILED " + (outcome.error or "a check failed")
+                "ok" if outcome.ok else f"SKIPPED {outcome.skipped}" if outcome.skipped else f"FAILED {outcome.reason}"
             )
             context.log.info(f"[{index}/{total}] {outcome.tenant_id}: {state}")
 
@@ -48,8 +46,8 @@ def back_up_active_tenants(context: OpExecutionContext, backup: BackupResource) 
     context.log.info(f"{done}/{len(result.outcomes)} tenants backed up with every check passing")
     if result.skipped:
         context.log.warning(result.skipped_line())
-    if result.failed:
-        raise Failure(result.failure_line())
+    if result.failed:  # each tenant's own run was already retried as its errors allowed
+        raise Failure(result.failure_line(), allow_retries=False)
 
 
 @job(description="The weekly backup of every active tenant in one driver run (see TENANT_BACKUP_WEEKLY_MODE).")

@@ -5,6 +5,7 @@ location fails, retries and is backfilled alone. The archive's isolation check a
 in its own step (defs/backup/archive_checks.py); a location ships only an archive they proved.
 """
 
+import dataclasses
 import os
 
 from dagster import (
@@ -25,6 +26,7 @@ from ...core.archive.manifest import Manifest
 from ...core.errors import TenantBackupError
 from ...core.files import TEMP_MARK
 from ...core.settings import Settings
+from ..failures import permanent_failures
 from ..resources import ArchiveHandle, BackupResource
 from ..runs.guard import TenantBusy, claim_tenant
 from .archive_checks import ARCHIVE_ASSET, archive_check_results, archive_check_specs
@@ -51,7 +53,9 @@ def record_tenant_name(context, source_settings, tenant_id: str) -> str | None:
 
 
 def retry_policy(settings: Settings) -> RetryPolicy:
-    """TENANT_BACKUP_RETRIES (default 3) retries, TENANT_BACKUP_RETRY_DELAY_S (default 300) apart."""
+    """TENANT_BACKUP_RETRIES (default 3) retries, TENANT_BACKUP_RETRY_DELAY_S (default 300) apart: for
+    transient errors only (the database or a storage unreachable); the steps fail a permanent one at
+    once (defs/failures.py)."""
     return RetryPolicy(max_retries=settings.retries, delay=settings.retry_delay_s, backoff=Backoff.LINEAR)
 
 
@@ -105,20 +109,24 @@ def build_archive_asset(settings: Settings) -> AssetsDefinition:
             )
         except TenantBusy as exc:
             raise Failure(str(exc), allow_retries=False) from None
-        out_dir = backup.staging_dir(tenant_id)
-        _remove_leftovers(out_dir, context)
+        with permanent_failures(backup.work_dir):
+            out_dir = backup.staging_dir(tenant_id)
+            _remove_leftovers(out_dir, context)
         pending = out_dir / f"{PENDING}{context.run.run_id}.tbk"
         # A tenant the registry no longer returns is refused unless the run says --force.
         force = context.run.tags.get(FORCE_TAG) == "true"
-        exported = Manifest.from_dict(
-            export_tenant(
-                backup.source_settings(),
-                backup.keyring(),
-                tenant_id,
-                pending,
-                ExportOptions(force=force, warn_shared=False),
+        # A permanent error (configuration, refused tenant, isolation, pg_dump's own error, a full or
+        # read-only work directory) fails the step at once, naming it; a transient one is retried.
+        with permanent_failures(pending):
+            exported = Manifest.from_dict(
+                export_tenant(
+                    backup.source_settings(),
+                    backup.keyring(),
+                    tenant_id,
+                    pending,
+                    ExportOptions(force=force, warn_shared=False),
+                )
             )
-        )
         shared = shared_rows(exported)
         if shared:
             context.log.warning(
@@ -127,10 +135,14 @@ def build_archive_asset(settings: Settings) -> AssetsDefinition:
             )
         name = record_tenant_name(context, backup.source_settings(), tenant_id)
         final = out_dir / f"{exported.backup_id}.tbk"
-        os.replace(pending, final)
+        with permanent_failures(final):
+            os.replace(pending, final)
         manifest = exported.with_archive(file=final.name)
         handle = ArchiveHandle(tenant_id, manifest.backup_id, str(final), manifest.to_dict())
-        results, proven = archive_check_results(context, handle, backup)
+        results, proven, drill = archive_check_results(context, handle, backup)
+        if drill is not None:  # stored with every copy: which PostgreSQL major the restore was proven on
+            manifest = dataclasses.replace(manifest, drill=drill)
+            handle = ArchiveHandle(tenant_id, manifest.backup_id, str(final), manifest.to_dict())
         yield from results
         if not proven:  # not materialized: nothing to ship, and nothing a later run could pick up
             final.unlink(missing_ok=True)
@@ -139,8 +151,9 @@ def build_archive_asset(settings: Settings) -> AssetsDefinition:
                 + "; ".join(str(r.metadata["message"].value) for r in results if not r.passed),
                 allow_retries=False,
             )
-        backup.record_proven(handle, context.run.run_id)
-        _prune_staging(out_dir, keep=final)
+        with permanent_failures(out_dir):
+            backup.record_proven(handle, context.run.run_id)
+            _prune_staging(out_dir, keep=final)
         yield Output(handle, metadata={**archive_metadata(manifest), **({"tenant_name": name} if name else {})})
 
     return tenant_archive

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from dagster import DagsterInstance
 
-from ...core.errors import one_line
+from ...core.errors import first_line
 from ...core.settings import Settings
 from ..backup.partitions import TENANTS
 from .guard import (
@@ -55,10 +55,10 @@ class BatchResult:
         return [o for o in self.outcomes if o.skipped]
 
     def failure_line(self) -> str:
-        """One line naming every tenant that failed (no traceback)."""
+        """One line naming every tenant that failed and what failed (no traceback, no retry wrapper)."""
         failed = self.failed
         return f"{len(failed)} of {len(self.outcomes)} tenant backups failed: " + ", ".join(
-            f"{o.tenant_id} ({o.error or 'a check failed'})" for o in failed
+            f"{o.tenant_id} ({o.reason})" for o in failed
         )
 
     def skipped_line(self) -> str:
@@ -146,7 +146,7 @@ def back_up_one(
     try:
         return run_tenant(defs, instance, tenant_id, force=force, log_level=log_level, tags=tags)
     except Exception as exc:  # a crash of the run machinery itself: reported for this tenant
-        return TenantOutcome(tenant_id, "", error=one_line(exc, 500) or type(exc).__name__)
+        return TenantOutcome(tenant_id, "", error=first_line(exc) or type(exc).__name__)
 
 
 # ------------------------------------------------------------------------------------------- Dask
@@ -199,7 +199,7 @@ def _on_dask(
                             " it up (killed, out of memory?): given up",
                         )
                     except Exception as exc:  # noqa: BLE001 - reported for this tenant, the batch goes on
-                        outcome = TenantOutcome(tenant_id, "", error=one_line(exc, 500) or type(exc).__name__)
+                        outcome = TenantOutcome(tenant_id, "", error=first_line(exc) or type(exc).__name__)
                     outcomes[tenant_id] = outcome
                     if progress:
                         progress(index, len(tenant_ids), outcome)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from dagster import DagsterEventType, DagsterInstance
 
 from ..backup.assets import FORCE_TAG
+from ..failures import step_failure_line
 from .guard import JOB_NAME, TENANT_TAG
 
 
@@ -33,6 +34,18 @@ class TenantOutcome:
     @property
     def failed(self) -> bool:
         return not self.ok and not self.skipped
+
+    @property
+    def reason(self) -> str:
+        """Why a failed tenant failed, on one line: its first failed step's error (what failed, not
+        Dagster's retry wrapper), else the checks that did not pass, else the steps that did not run."""
+        if self.error:
+            return self.error
+        checks = [name for name, passed in self.checks.items() if not passed]
+        if checks:
+            return "check failed: " + ", ".join(checks)
+        steps = [name for name, state in self.steps.items() if state != "ok"]
+        return "not materialized: " + ", ".join(steps) if steps else "failed"
 
 
 def job_assets(defs) -> list[str]:
@@ -76,9 +89,12 @@ def run_tenant(
             outcome.shared = dict(shared.value)
     for evaluation in result.get_asset_check_evaluations():
         outcome.checks[f"{evaluation.asset_key.path[-1]}:{evaluation.check_name}"] = evaluation.passed
-    for event in result.all_events:
-        if event.event_type == DagsterEventType.STEP_FAILURE:
-            error = event.event_specific_data.error if event.event_specific_data else None
-            outcome.error = error.message.strip().splitlines()[0] if error and error.message else "step failed"
-            break
+    # The first failed step's error, as the one line that says what failed: the cause under Dagster's
+    # retry wrapper ("Exceeded max_retries of N"), never the wrapper itself (defs/failures.py).
+    failures = [e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE]
+    if failures:
+        outcome.error = step_failure_line(failures[0])
+    elif not result.success:  # the run failed outside any step (resources, the executor)
+        failure = next((e for e in result.all_events if e.event_type == DagsterEventType.RUN_FAILURE), None)
+        outcome.error = step_failure_line(failure) if failure is not None else "run failed"
     return outcome
