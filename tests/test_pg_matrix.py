@@ -52,12 +52,14 @@ GRANT SELECT ON ALL TABLES IN SCHEMA crm TO {backup};
 TENANT, OTHERS = "1", ("2", "3")
 
 # (server major, client programs): "own" = the server's own client programs, "newest" = the wheel's 18,
-# "all" = every client directory here (then the server's own major, else the lowest newer one is chosen).
+# "all" = every client directory here (then the server's own major, else the lowest newer one is chosen),
+# "auto" = TENANT_BACKUP_PG_BIN unset: found where distributions install them (Debian's 15 here).
 CELLS = [
     (13, "newest"),
     (14, "all"),
     (15, "own"),
     (15, "newest"),
+    (15, "auto"),
     (16, "own"),
     (16, "newest"),
     (17, "newest"),
@@ -71,6 +73,8 @@ def _client_dirs(major: int, mode: str) -> str:
         return str(dirs[major])
     if mode == "newest":
         return str(dirs[max(dirs)])
+    if mode == "auto":
+        return ""
     return os.pathsep.join(str(d) for _, d in sorted(dirs.items()))
 
 
@@ -172,14 +176,18 @@ def test_backup_prove_restore(pg_servers, work_root, major, mode):  # noqa: F811
         assert manifest["source"]["server_version"].startswith(f"{major}.")
         dumped_by = int(manifest["pg_dump_version"].split(")")[1].split(".")[0])
         assert dumped_by == (
-            major if mode == "own" else 18 if mode == "newest" else min(m for m in client_bin_dirs() if m >= major)
+            major
+            if mode in ("own", "auto")
+            else 18
+            if mode == "newest"
+            else min(m for m in client_bin_dirs() if m >= major)
         )
         assert set(manifest["tables"]) >= {"crm.events_2025", "crm.events_2026", "crm.accounts"}
         assert manifest["tables"]["crm.events_2025"] + manifest["tables"]["crm.events_2026"] == 20
         _ok(_cli(env, "decrypt", str(out), "--out", str(work_root / "t1.dump")))
         script = subprocess.run(
             [
-                str(Path(clients.split(os.pathsep)[-1]) / "pg_restore"),
+                str(Path((clients or str(client_bin_dirs()[18])).split(os.pathsep)[-1]) / "pg_restore"),
                 "--data-only",
                 "-f",
                 "-",
