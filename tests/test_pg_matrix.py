@@ -22,6 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import psutil
 import psycopg2
 import pytest
 from pg_matrix import pg_servers  # noqa: F401
@@ -129,6 +130,11 @@ def work_root():
     root = Path(tempfile.mkdtemp(prefix="tb-matrix-"))
     root.chmod(0o711)
     yield root
+    # A drill's scratch keeper (started under the work dir) outlives the command: stop it and its server.
+    keepers = [p for p in psutil.process_iter(["cmdline"]) if str(root) in " ".join(p.info["cmdline"] or [])]
+    for keeper in keepers:
+        keeper.terminate()
+    psutil.wait_procs(keepers, timeout=30)
     shutil.rmtree(root, ignore_errors=True)
 
 
