@@ -21,14 +21,24 @@ from urllib.parse import parse_qs, urlsplit
 
 import psycopg2
 import pytest
-from dagster import DagsterEventType, DagsterInstance, RunsFilter, build_run_status_sensor_context
+from dagster import (
+    DagsterEventType,
+    DagsterInstance,
+    RunsFilter,
+    build_run_status_sensor_context,
+    instance_for_test,
+)
 from dagster._core.instance.ref import InstanceRef
+from dagster_env import backup_environment
 
 from backup_assets.core.codec.keyring import generate_entry
 from backup_assets.core.maintenance import alerts
 from backup_assets.core.settings import Settings
 from backup_assets.core.source.pgbin import pg_program
+from backup_assets.defs.failures import step_failure_line
 from backup_assets.defs.runs.guard import TENANT_TAG
+from backup_assets.testing.b2_server import B2Server
+from backup_assets.testing.s3_server import S3Server
 
 warnings.filterwarnings("ignore", category=Warning, module="dagster")
 
@@ -269,3 +279,41 @@ def test_a_full_disk_is_named_and_not_retried(sample_db, sample_tenants, tmp_pat
     if full == "local location":  # the archive itself was made, proven and staged: only the copy failed
         assert _attempts(instance, run.run_id, "tenant_archive") == (1, 0)
         assert "ok" in row.split("FAILED")[0]
+
+
+def test_a_transient_error_is_retried_and_keeps_its_message(sample_db, sample_tenants, tmp_path, pg_server_dsn):
+    """R2 down through the weekly batch job: each tenant's r2_copy is retried (TENANT_BACKUP_RETRIES=1)
+    and then reported by what failed, with the retries it had, not as "Exceeded max_retries of 1"."""
+    from backup_assets.defs.build import build_definitions
+
+    active = sorted(t.id for t in sample_tenants if t.status == "ACTIVE")
+    with S3Server() as s3_server, B2Server() as b2_server, instance_for_test() as instance:
+        env = backup_environment(sample_db, s3_server, b2_server, tmp_path, pg_server_dsn)
+        defs = build_definitions(Settings.from_env({**env, "TENANT_BACKUP_WORKERS": "1"}))
+        s3_server.faults.set(down=True)
+        try:
+            result = defs.resolve_job_def("weekly_batch_job").execute_in_process(
+                instance=instance, raise_on_error=False
+            )
+        finally:
+            s3_server.faults.clear()
+        assert not result.success
+        failure = next(e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE)
+        line = step_failure_line(failure)
+        assert line.startswith(f"{len(active)} of {len(active)} tenant backups failed: "), line
+        assert WRAPPER not in line and "\n" not in line and "r2: put failed" in line, line
+        message = failure.event_specific_data.error.message  # the whole line (error_line shortens it)
+        assert all(f"{t} (r2: put failed" in message for t in active) and WRAPPER not in message, message
+        assert message.count("(after 1 retries)") == len(active), message
+        for tenant_id in active:
+            run = _tenant_run(instance, tenant_id)
+            assert _attempts(instance, run.run_id, "r2_copy") == (2, 1)  # retried: transient
+            assert _attempts(instance, run.run_id, "local_copy") == (1, 0)
+            step = next(
+                r.dagster_event
+                for r in instance.all_logs(run.run_id, of_type=DagsterEventType.STEP_FAILURE)
+                if r.dagster_event.step_key == "r2_copy"
+            )
+            assert WRAPPER in step.event_specific_data.error.message  # Dagster's own wrapper, underneath
+            assert step_failure_line(step).startswith("r2: put failed after 2 attempts: r2://")
+            assert step_failure_line(step).endswith("(after 1 retries)")
