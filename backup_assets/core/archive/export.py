@@ -117,11 +117,13 @@ def export_tenant(
                 prove_dump(counts, contents, tenant_id)
         except BaseException as exc:
             dump.kill()
-            if counter.is_alive():
+            cancelled = counter.is_alive()
+            if cancelled:
                 conn.cancel()  # stop a long count before the connection closes under it
             counter.join(timeout=10)
-            if isinstance(exc, DumpFailed) and isinstance(counter.error, psycopg2.Error):
-                # The count failed first and aborted the snapshot's transaction; its error is the cause.
+            # A count that failed on its own (not by our cancel) aborted the snapshot's transaction first:
+            # its error is the cause. One we cancelled would hide pg_dump's own message.
+            if isinstance(exc, DumpFailed) and isinstance(counter.error, psycopg2.Error) and not cancelled:
                 raise DumpFailed(f"reading as tenant {tenant_id} failed: {one_line(counter.error)}") from None
             raise
         conn.rollback()
