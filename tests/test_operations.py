@@ -252,10 +252,12 @@ def test_verify_deep_and_wrong_keyring(env, tmp_path, capsys, sample_db, sample_
     assert out.count("pg_restore --list read") == 3, out
 
     monkeypatch.setenv("TENANT_BACKUP_KEYS", generate_entry("old1"))  # same id, different key
-    assert run("verify", "--tenant", t, "--deep", "--location", "b2") == 1
+    # The manifest is authenticated first (its seal, under 'old1'): refused with the archive-error code,
+    # deep or not.
+    assert run("verify", "--tenant", t, "--deep", "--location", "b2") == 6
     line = capsys.readouterr().out.strip()
-    assert line.startswith("FAIL b2") and "decrypt failed" in line and "old1" in line
-    assert run("verify", "--tenant", t, "--location", "b2") == 0  # the checksum alone still passes
+    assert line.startswith("FAIL b2") and "fails authentication" in line and "old1" in line
+    assert run("verify", "--tenant", t, "--location", "b2") == 6
 
 
 def test_prune_keeps_newest_and_keep_min_removes_expired_everywhere(env, tmp_path, capsys, b2_server):

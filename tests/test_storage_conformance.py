@@ -25,10 +25,10 @@ import pytest
 
 from backup_assets.core.errors import (
     CorruptObject,
+    InvalidBackupId,
     InvalidTenantId,
     NotFound,
     PermanentStorageError,
-    StorageError,
     TransientStorageError,
 )
 from backup_assets.core.locations import RetryingLocation, sha256_file
@@ -384,7 +384,7 @@ def test_invalid_ids_are_refused_before_io(u, tmp_path):
     with pytest.raises(InvalidTenantId):
         u.loc.put("../etc", "b1", arch, man)
     for bad in ("../x", "a/b", "", ".hidden", "a..b", "x" * 200):
-        with pytest.raises(StorageError):
+        with pytest.raises(InvalidBackupId):  # bad input (exit code 2), not a storage failure
             u.loc.put(tid(), bad, arch, man)
     assert u.loc.list() == []
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from ..core.errors import NotFound, StorageError
 from ._command import arg, command
 from ._progress import Counter
-from .ops import locations_for
+from .ops import locations_for, work_dir_of
 
 # ---------------------------------------------------------------------------------------------- prune
 
@@ -27,6 +27,7 @@ def cmd_prune(args, out) -> int:
     from ..core.maintenance.retention import prune_location
 
     keep_min = out.settings.keep_min
+    keyring = out.settings.keyring()  # every manifest is authenticated before its age is believed
     locations = locations_for(out, args.location)
     verb = "would delete" if args.dry_run else "deleted"
     doc = {"dry_run": bool(args.dry_run), "keep_min": keep_min, "locations": {}}
@@ -37,11 +38,17 @@ def cmd_prune(args, out) -> int:
     def on_delete(location, d):
         out.text(f"{verb} {location:5} {d.tenant_id} {d.backup_id} (created {stamp(d.created_at) or '?'}: {d.reason})")
 
-    failed = False
+    failed = refused = False
     for name, loc in locations.items():
-        entry = doc["locations"][name] = {"retention_days": loc.retention_days, "deleted": [], "kept": 0, "errors": []}
+        entry = doc["locations"][name] = {
+            "retention_days": loc.retention_days,
+            "deleted": [],
+            "kept": 0,
+            "errors": [],
+            "refused": [],
+        }
         try:
-            report = prune_location(loc, keep_min=keep_min, dry_run=args.dry_run, on_delete=on_delete)
+            report = prune_location(loc, keyring=keyring, keep_min=keep_min, dry_run=args.dry_run, on_delete=on_delete)
         except StorageError as exc:  # this location unreachable: the others are still pruned
             out.warn(f"FAIL {name:5} prune: {exc}")
             entry["errors"].append(str(exc))
@@ -49,11 +56,17 @@ def cmd_prune(args, out) -> int:
             continue
         for err in report.errors:
             out.warn(f"FAIL {name:5} {err}")
-        failed |= bool(report.errors)
+        for line in report.refused:
+            out.warn(f"tenant-backup: error: {name}: {line}")
+        for line in report.warnings:
+            out.warn(f"tenant-backup: warning: {name}: {line}")
+        failed |= bool(report.errors or report.refused)
+        refused |= bool(report.refused)
         kept = sum(1 for d in report.decisions if not d.delete)
         entry.update(
             kept=kept,
             errors=list(report.errors),
+            refused=list(report.refused),
             deleted=[
                 {
                     "tenant_id": d.tenant_id,
@@ -70,7 +83,7 @@ def cmd_prune(args, out) -> int:
         )
     doc["ok"] = not failed
     out.emit(doc)
-    return 1 if failed else 0
+    return 6 if refused else 1 if failed else 0
 
 
 # -------------------------------------------------------------------------------------------- rebuild
@@ -108,7 +121,14 @@ def cmd_rebuild(args, out) -> int:
             out.text(f"{o.status:10} {target.name:5} {o.tenant_id} {o.backup_id}: {o.message}")
 
         outcomes, errors = rebuild_location(
-            target, sources, keep_min=keep_min, dry_run=args.dry_run, repair=args.repair, progress=progress
+            target,
+            sources,
+            keyring=out.settings.keyring(),
+            keep_min=keep_min,
+            dry_run=args.dry_run,
+            repair=args.repair,
+            work_dir=work_dir_of(out),
+            progress=progress,
         )
     for err in errors:
         out.warn(f"tenant-backup: warning: {err}")
@@ -136,7 +156,7 @@ def cmd_rebuild(args, out) -> int:
             ],
         }
     )
-    return 1 if failed or errors else 0
+    return 6 if any(o.refused for o in outcomes) else 1 if failed or errors else 0
 
 
 # ---------------------------------------------------------------------------------------- keys rewrap
@@ -170,11 +190,12 @@ def cmd_keys_rewrap(args, out) -> int:
             if o.status != "skipped" or args.verbose_skips:
                 out.text(f"{o.status:9} {o.location:5} {o.tenant_id} {o.backup_id}: {o.message}")
 
-        outcomes = rewrap_locations(locations, keyring, progress=progress)
-    counts = {s: sum(1 for o in outcomes if o.status == s) for s in ("rewrapped", "skipped", "failed")}
+        outcomes = rewrap_locations(locations, keyring, work_dir=work_dir_of(out), progress=progress)
+    counts = {s: sum(1 for o in outcomes if o.status == s) for s in ("rewrapped", "sealed", "skipped", "failed")}
+    sealed = f"{counts['sealed']} manifests sealed, " if counts["sealed"] else ""
     out.text(
-        f"{counts['rewrapped']} re-wrapped, {counts['skipped']} already under {keyring.active.id!r}, "
-        f"{counts['failed']} failed"
+        f"{counts['rewrapped']} re-wrapped, {sealed}{counts['skipped']} already under {keyring.active.id!r},"
+        f" {counts['failed']} failed"
     )
     out.emit(
         {
@@ -194,4 +215,4 @@ def cmd_keys_rewrap(args, out) -> int:
             ],
         }
     )
-    return 1 if counts["failed"] else 0
+    return 6 if any(o.refused for o in outcomes) else 1 if counts["failed"] else 0

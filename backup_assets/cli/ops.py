@@ -35,10 +35,11 @@ def size_text(value) -> str:
     return "/".join(str(v) for v in value) if isinstance(value, list) else "?"
 
 
-def work_dir_of(out):
-    work_dir = out.settings.get("TENANT_BACKUP_WORK_DIR").strip() or None  # unset: the system's temp dir
-    if work_dir:
-        os.makedirs(work_dir, mode=0o700, exist_ok=True)
+def work_dir_of(out) -> str:
+    """TENANT_BACKUP_WORK_DIR (default $TMPDIR/tenant-backup-work), made owner-only if new: where a
+    command stages downloads (each in its own owner-only folder, removed when done)."""
+    work_dir = out.settings.work_dir
+    os.makedirs(work_dir, mode=0o700, exist_ok=True)
     return work_dir
 
 
@@ -110,7 +111,13 @@ def cmd_status(args, out) -> int:
         raise ConfigError(f"--max-age must be > 0 days, got {max_age:g}")
     records = read_registry(out.settings.source)  # the registry says who must have backups
     names = {r.id: r.name for r in records if r.name}
-    report = gather([r.id for r in records], locations_for(out, args.location), max_age_days=max_age, names=names)
+    report = gather(
+        [r.id for r in records],
+        locations_for(out, args.location),
+        keyring=out.settings.keyring(),  # every manifest is authenticated before its age is believed
+        max_age_days=max_age,
+        names=names,
+    )
     for w in report.warnings:
         out.warn(f"tenant-backup: warning: {w}")
     if out.json:
@@ -141,8 +148,13 @@ def cmd_status(args, out) -> int:
         out.warn(f"tenant-backup: warning: {c.tenant_id}@{c.location}: {c.drill_note} (docs/COMPATIBILITY.md)")
     for name, message in report.unreadable.items():  # never hidden: its tenants are unknown there
         out.warn(f"tenant-backup: error: location {name} could not be listed: {message}")
+    for line in report.refused:
+        out.warn(f"tenant-backup: error: {line}")
     if report.stale:
         out.warn(f"tenant-backup: stale: {report.stale_line()}")
+    if report.refused:
+        return 6  # a manifest failed authentication: the archive-error code, above staleness
+    if report.stale:
         return 1
     return 8 if report.unreadable else 0
 
@@ -176,9 +188,17 @@ def cmd_status(args, out) -> int:
             action="store_true",
             help="also download, decrypt, decompress, pg_restore --list, and check every row is this tenant's",
         ),
+        arg(
+            "--seal",
+            action="store_true",
+            help="with --deep: seal a manifest written before manifests were sealed, once its copy passed"
+            " (docs/MANIFEST.md)",
+        ),
     ],
 )
 def cmd_verify(args, out) -> int:
+    if args.seal and not args.deep:
+        raise ConfigError("--seal needs --deep: a manifest is sealed only after its copy passed a deep verify")
     if args.all:
         return _verify_all(args, out)
     if args.subset:
@@ -188,8 +208,11 @@ def cmd_verify(args, out) -> int:
     from ..core.maintenance.status import record_verification
 
     tenant = tenant_arg(out, args.tenant)
+    if args.backup != "latest":
+        validate_backup_id(args.backup)  # bad input (exit code 2) before any location is read
     locations = locations_for(out, args.location)
-    keyring = out.settings.keyring() if args.deep else None
+    keyring = out.settings.keyring()  # manifests are authenticated before use, deep or not
+    work_dir = work_dir_of(out)
     entries, errors = collect(locations, tenant)
     for e in errors:
         out.warn(f"tenant-backup: warning: {e.location}: {e.message}")
@@ -208,6 +231,7 @@ def cmd_verify(args, out) -> int:
     created = parse_created_at(entry.created_at)
     now = datetime.now(timezone.utc)
     failed = bool(errors)
+    refused = False
     unreadable = {e.location: e.message for e in errors}
     copies = []
 
@@ -229,8 +253,11 @@ def cmd_verify(args, out) -> int:
                 failed = True
                 line("missing", name, "missing: no complete copy in this location")
             continue
-        check = verify_copy(loc, tenant, entry.backup_id, keyring=keyring, deep=args.deep)
+        check = verify_copy(
+            loc, tenant, entry.backup_id, keyring=keyring, deep=args.deep, work_dir=work_dir, seal=args.seal
+        )
         failed |= not check.ok
+        refused |= check.refused
         # Beside the copy, for `status` (readable without Dagster); never fails the verify itself.
         record_verification(
             loc,
@@ -251,7 +278,7 @@ def cmd_verify(args, out) -> int:
             "copies": copies,
         }
     )
-    return 1 if failed else 0
+    return 6 if refused else 1 if failed else 0
 
 
 def _verify_all(args, out) -> int:
@@ -265,7 +292,7 @@ def _verify_all(args, out) -> int:
         raise ConfigError("--backup needs --tenant (--all re-reads every stored backup)")
     share, shares = parse_subset(args.subset) if args.subset else (0, 1)
     locations = locations_for(out, args.location)
-    keyring = out.settings.keyring() if args.deep else None
+    keyring = out.settings.keyring()  # manifests are authenticated before use, deep or not
     work_dir = work_dir_of(out)
     selected, unreadable, listed = [], {}, 0
     for name, loc in locations.items():
@@ -286,7 +313,9 @@ def _verify_all(args, out) -> int:
     results = []
     with Counter(out, "verifying", total=len(selected), unit="copies") as bar:
         for name, loc, ref in selected:
-            check = verify_copy(loc, ref.tenant_id, ref.backup_id, keyring=keyring, deep=args.deep, work_dir=work_dir)
+            check = verify_copy(
+                loc, ref.tenant_id, ref.backup_id, keyring=keyring, deep=args.deep, work_dir=work_dir, seal=args.seal
+            )
             record_verification(loc, check, deep=args.deep, by=by)  # read by `status`
             results.append(check)
             bar.advance(check.ok)
@@ -336,4 +365,4 @@ def _verify_all(args, out) -> int:
             f"tenant-backup: error: {len(bad)} of {len(results)} copies failed verification: "
             + "; ".join(f"{c.location}/{c.tenant_id}/{c.backup_id} ({c.message})" for c in bad)
         )
-    return 1 if bad or unreadable else 0
+    return 6 if any(c.refused for c in bad) else 1 if bad or unreadable else 0

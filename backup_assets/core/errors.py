@@ -23,6 +23,13 @@ class InvalidTenantId(TenantBackupError):
     exit_code = 2
 
 
+class InvalidBackupId(TenantBackupError):
+    """A backup id that is not one a location accepts (`..`, a path separator, ...); refused before
+    any use, as bad input (not a storage failure)."""
+
+    exit_code = 2
+
+
 class UnknownTenant(TenantBackupError):
     """The tenant registry does not return this tenant (and --force was not given)."""
 
@@ -45,6 +52,11 @@ class ArchiveError(TenantBackupError):
     """An archive is malformed, truncated, tampered with, or cannot be decrypted with the keyring."""
 
     exit_code = 6
+
+
+class ManifestNotAuthentic(ArchiveError):
+    """A manifest whose seal does not verify under the keyring: a sealed field was edited, or it was
+    sealed with a key the keyring lacks (core/archive/seal.py). Refused before any use."""
 
 
 class DatabaseUnreachable(TenantBackupError):

@@ -183,7 +183,7 @@ def export_tenant(
         stats.archive_bytes,
         finished - started,
     )
-    return manifest.validate().to_dict()
+    return manifest.validate().with_seal(keyring).to_dict()  # sealed: docs/MANIFEST.md, "The seal"
 
 
 def shared_tables(plan: DumpPlan, counts: dict[str, int]) -> dict[str, int]:

@@ -199,6 +199,8 @@ class Manifest:
     # The restore drill that proved the archive: server_major (the scratch server's), source_major,
     # matches_source (false: proved on another major than the source's), ok (core/checks/drill.py).
     drill: dict | None = _json("object")
+    # alg, key_id, mac, version: the HMAC over the fields readers act on (core/archive/seal.py).
+    seal: dict | None = _json("object")
     extra: dict = field(default_factory=dict)  # fields of others (a location's own), kept as they are
     nulls: frozenset = frozenset()  # known fields read as null (written back as null)
 
@@ -286,6 +288,31 @@ class Manifest:
         if self.tables is None or self.table_kinds is None:
             raise ArchiveError(f"{where}: manifest lacks tables/table_kinds (not a tenant-backup manifest?)")
         return self
+
+    # -- the seal (core/archive/seal.py, docs/MANIFEST.md) ----------------------------------------
+
+    def with_seal(self, keyring) -> "Manifest":
+        """A copy sealed with the master key that wraps the archive's data key (archive.key_id, which
+        `keyring` must hold): what export, `keys rewrap` and `verify --seal` store."""
+        from .seal import seal_manifest
+
+        new = copy.deepcopy(self)
+        new.seal = seal_manifest(new, keyring)
+        new.nulls = new.nulls - {"seal"}
+        return new
+
+    def verify_seal(self, keyring, *, where: str = "manifest") -> bool:
+        """Before any use: True when sealed and the seal verifies; False when the manifest has no seal
+        (written before manifests were sealed: warn, and never trust it for restore --replace);
+        ManifestNotAuthentic (an ArchiveError, exit code 6) when a sealed field was edited or the seal
+        is not one this keyring can check."""
+        from .seal import check_seal
+
+        return check_seal(self, keyring, where=where)
+
+    @property
+    def is_sealed(self) -> bool:
+        return self.seal is not None
 
     # -- convenient views ----------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ import logging
 import tempfile
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 from ..archive.manifest import Manifest
@@ -36,9 +37,9 @@ log = logging.getLogger(__name__)
 # Names of the entries in VerifyResult.checks, in the order they run.
 CHECK_CHECKSUM = "checksum"  # size and SHA-256 of the file equal the manifest's
 CHECK_DECRYPT = "decrypt"  # every segment authenticated with the keyring, the zstd frame is complete
-CHECK_HEADER = "header"  # the authenticated header names the manifest's tenant, backup and key; raw size matches
+CHECK_HEADER = "header"  # the authenticated header names the manifest's tenant, backup, key, time; raw size
 CHECK_TOC = "toc"  # pg_restore --list read the decoded stream and exited 0
-CHECK_TABLE_DATA = "table_data"  # every table of the manifest (but excluded ones) has a TABLE DATA entry
+CHECK_TABLE_DATA = "table_data"  # the TABLE DATA entries are exactly the manifest's tables (but excluded ones)
 
 
 @dataclass
@@ -110,9 +111,10 @@ def verify_archive(
 
     Shallow (deep=False): size and SHA-256 only (no key needed, nothing decrypted).
     Deep: also decrypt and decompress the whole archive with `keyring`, check the authenticated
-    header against the manifest (tenant id, backup id, key id) and the decoded size against
-    manifest.raw_size, run `pg_restore --list` on the stream, and require a TABLE DATA entry for
-    every table in manifest.tables (but those listed under table_kinds.excluded).
+    header against the manifest (tenant id, backup id, key id, created_at) and the decoded size
+    against manifest.raw_size, run `pg_restore --list` on the stream, and require a TABLE DATA entry
+    for every table in manifest.tables (but those listed under table_kinds.excluded) and none for a
+    table it does not list: a restore loads exactly the manifest's tables.
     """
     started = time.monotonic()
     archive_path = Path(archive_path)
@@ -130,7 +132,7 @@ def verify_archive(
     else:
         with archive_path.open("rb") as handle:
             reader = HashingReader(handle)
-            outcome = _deep_pass(reader, manifest, keyring)
+            outcome = _deep_pass(reader, manifest, keyring, archive_path.parent)
             reader.drain()  # after a decode failure: finish the checksum over the whole file
         sha, size = reader.hexdigest(), reader.count
         checks.update(outcome.checks)
@@ -180,10 +182,11 @@ class _DeepOutcome:
     table_data_entries: int | None = None
 
 
-def _deep_pass(reader: HashingReader, manifest: Manifest, keyring: Keyring) -> _DeepOutcome:
+def _deep_pass(reader: HashingReader, manifest: Manifest, keyring: Keyring, scratch_dir: Path) -> _DeepOutcome:
     checks: dict[str, bool] = {}
     failures: list[str] = []
-    with tempfile.TemporaryFile() as out_file:
+    # Beside the archive (the work directory it was staged in), not the system's temp directory.
+    with tempfile.TemporaryFile(dir=scratch_dir) as out_file:
         # wait_timeout: pg_restore --list exits once its stdin is closed; never hang a check anyway.
         with ArchivePipe(
             [for_archive(manifest.pg_dump_version).program("pg_restore"), "--list"],
@@ -212,6 +215,8 @@ def _deep_pass(reader: HashingReader, manifest: Manifest, keyring: Keyring) -> _
         ):
             if got != want:
                 header_failures.append(f"{label} {got!r}, manifest says {want!r}")
+        if manifest.created_at is not None and _instant(header.created_at) != _instant(manifest.created_at):
+            header_failures.append(f"created at {header.created_at!r}, manifest says {manifest.created_at!r}")
         raw_size = manifest.raw_size
         if raw_size is not None and raw_size != stats.raw_bytes:
             header_failures.append(f"decoded dump is {stats.raw_bytes} bytes, manifest says raw_size {raw_size}")
@@ -233,9 +238,26 @@ def _deep_pass(reader: HashingReader, manifest: Manifest, keyring: Keyring) -> _
         failures.append("pg_restore --list printed no TOC entries")
     excluded = set(manifest.kinds.of("excluded"))
     missing = sorted(t for t in (manifest.tables or {}) if t not in excluded and not _has_table_data(t, keys))
-    checks[CHECK_TABLE_DATA] = not missing
+    # And nothing more: table data the manifest does not list would be restored unaccounted for.
+    listed = list(manifest.tables or {})
+    unlisted = sorted(k for k in keys if not any(_has_table_data(t, [k]) for t in listed))
+    checks[CHECK_TABLE_DATA] = not missing and not unlisted
     if missing:
         failures.append(
             f"no TABLE DATA entry in the archive for {len(missing)} table(s) of the manifest: " + ", ".join(missing)
         )
+    if unlisted:
+        failures.append(
+            f"the archive holds table data the manifest does not list ({len(unlisted)}): "
+            + ", ".join(" ".join(k.split(" ")[:2]) for k in unlisted)
+        )
     return _DeepOutcome(checks, failures, toc_entries=len(entries), table_data_entries=len(keys))
+
+
+def _instant(value: str | None) -> datetime | None:
+    """An ISO-8601 UTC time (`…Z`) as an aware datetime; None when it is not one."""
+    try:
+        moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)

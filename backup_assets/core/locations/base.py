@@ -25,6 +25,9 @@ Contract of the public methods (Location):
 - verify(tenant_id, backup_id, *, known_complete=False) -> StoredObject: like get() but discards the
     bytes. known_complete: the caller has just read the manifest (saves a request per copy check).
 - get_manifest(tenant_id, backup_id) -> dict: NotFound if absent.
+- put_manifest(tenant_id, backup_id, manifest): replace the manifest of a complete backup (NotFound
+    otherwise) whose archive.sha256/size are the stored object's (PermanentStorageError otherwise):
+    re-sealing (`verify --seal`, core/maintenance/sealing.py) rewrites the manifest, never the archive.
 - stat(tenant_id, backup_id) -> StoredObject: size and SHA-256 from stored metadata, no download.
     NotFound unless the backup is complete (manifest present).
 - list(tenant_id=None) -> list[BackupRef]: complete backups only (manifest present), sorted.
@@ -38,7 +41,7 @@ Contract of the public methods (Location):
     the backup is complete (not asked again when known_complete);
     get_verified returns None when there is none (or it is not a JSON object). delete removes it.
 Ids are validated before any path or key is built: tenant ids with validate_tenant_id, backup ids
-with BACKUP_ID_RE.
+with BACKUP_ID_RE (InvalidBackupId, exit code 2).
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ from datetime import datetime
 from pathlib import Path
 
 from ..archive.manifest import BACKUP_ID_RE, Manifest
-from ..errors import ArchiveError, CorruptObject, NotFound, PermanentStorageError, StorageError
+from ..errors import ArchiveError, CorruptObject, InvalidBackupId, NotFound, PermanentStorageError, StorageError
 from ..files import sha256_file  # noqa: F401 - re-exported (core.locations.sha256_file)
 from ..source.tenant_ids import validate_tenant_id
 
@@ -68,8 +71,9 @@ CHUNK = 1024 * 1024  # streaming buffer: memory use does not grow with the archi
 
 
 def validate_backup_id(raw: str) -> str:
+    """The id as given, or InvalidBackupId (bad input, exit code 2: not a storage failure)."""
     if not isinstance(raw, str) or not BACKUP_ID_RE.fullmatch(raw) or ".." in raw:
-        raise StorageError(f"invalid backup id {raw!r}: expected [A-Za-z0-9][A-Za-z0-9._-]{{0,127}}")
+        raise InvalidBackupId(f"invalid backup id {raw!r}: expected [A-Za-z0-9][A-Za-z0-9._-]{{0,127}} without '..'")
     return raw
 
 
@@ -145,6 +149,9 @@ class Location(ABC):
 
     @abstractmethod
     def get_manifest(self, tenant_id: str, backup_id: str) -> dict: ...
+
+    @abstractmethod
+    def put_manifest(self, tenant_id: str, backup_id: str, manifest: dict) -> None: ...
 
     @abstractmethod
     def stat(self, tenant_id: str, backup_id: str) -> StoredObject: ...
@@ -298,6 +305,17 @@ class ObjectLocation(Location):
         if not isinstance(value, dict):
             raise CorruptObject(f"{self._key_uri(mkey)} is not a JSON object")
         return value
+
+    def put_manifest(self, tenant_id: str, backup_id: str, manifest: dict) -> None:
+        tenant_id = validate_tenant_id(tenant_id, self.tenant_id_pattern)
+        try:
+            data = Manifest.coerce(manifest).to_json().encode()
+        except ArchiveError as exc:
+            raise PermanentStorageError(f"not a manifest: {exc}") from None
+        st = self.stat(tenant_id, backup_id)  # NotFound unless complete
+        if (st.sha256.lower(), st.size) != _expected_from_manifest(Manifest.coerce(manifest).to_dict()):
+            raise PermanentStorageError(f"{st.uri}: the manifest does not describe the stored archive: not stored")
+        self._put_bytes(self.manifest_key(tenant_id, backup_id), data)
 
     def _stream_checked(self, tenant_id: str, backup_id: str, sink, *, known_complete: bool = False) -> StoredObject:
         st = (

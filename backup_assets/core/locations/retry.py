@@ -78,6 +78,9 @@ class RetryingLocation(Location):
     def get_manifest(self, tenant_id: str, backup_id: str) -> dict:
         return self._call("get_manifest", tenant_id, backup_id)
 
+    def put_manifest(self, tenant_id: str, backup_id: str, manifest: dict) -> None:
+        return self._call("put_manifest", tenant_id, backup_id, manifest)
+
     def stat(self, tenant_id: str, backup_id: str) -> StoredObject:
         return self._call("stat", tenant_id, backup_id)
 

@@ -17,10 +17,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..archive.manifest import Manifest
+from ..archive.seal import UNSEALED_HINT, read_manifest
 from ..checks.isolation import scan_archive
 from ..checks.verify import verify_archive
 from ..codec.keyring import Keyring
-from ..errors import NotFound, TenantBackupError
+from ..errors import ArchiveError, NotFound, TenantBackupError
 from ..locations import Location
 
 log = logging.getLogger(__name__)
@@ -177,6 +178,10 @@ class CopyCheck:
     backup_id: str
     ok: bool
     message: str  # one line: "ok: ..." or why the copy failed
+    # The manifest was refused before any use (its seal does not verify, or it is not this backup's
+    # manifest): an ArchiveError, exit code 6 for the commands.
+    refused: bool = False
+    sealed: bool | None = None  # None: the manifest could not be read
 
 
 def verify_copy(
@@ -184,62 +189,93 @@ def verify_copy(
     tenant_id: str,
     backup_id: str,
     *,
-    keyring: Keyring | None = None,
+    keyring: Keyring,
     deep: bool = False,
     work_dir: Path | None = None,
+    seal: bool = False,
 ) -> CopyCheck:
     """Check one stored copy; never raises for a bad copy (the result says why), only for usage errors.
 
+    First the manifest, before any use: its seal verifies under `keyring` (core/archive/seal.py) and
+    it describes this backup; refused (CopyCheck.refused) otherwise. A manifest without a seal (written
+    before manifests were sealed) is checked with a warning in the message.
     Checksum: the manifest's sha256/size equal the stored object's metadata, and every stored byte
-    re-hashes to it (Location.verify). Deep: download (re-hashed on the way) to a temporary file and
-    run verify_archive(deep=True): decrypt with `keyring`, decompress, pg_restore --list, TOC vs manifest;
-    then scan every COPY row (isolation.scan_archive): no other tenant's row, row counts = manifest's.
+    re-hashes to it (Location.verify). Deep: download (re-hashed on the way) to a temporary directory
+    under `work_dir` (owner-only, removed after) and run verify_archive(deep=True): decrypt with
+    `keyring`, decompress, pg_restore --list, header and TOC vs manifest; then scan every COPY row
+    (isolation.scan_archive): no other tenant's row, row counts = manifest's, and the tables carrying
+    the tenant column are exactly the manifest's tenant tables (a tenant_column that names no column
+    checks nothing, so it fails). `seal`: after a deep check that passed, seal an unsealed manifest
+    (Location.put_manifest) with the key that wraps the archive's data key.
     """
-    if deep and keyring is None:
-        raise ValueError("deep verification needs a keyring")
+    if seal and not deep:
+        raise ValueError("sealing a manifest needs a deep verification first")
     name = loc.name
     try:
-        manifest = Manifest.from_dict(loc.get_manifest(tenant_id, backup_id))
-        manifest.check_identity(tenant_id, backup_id)
+        manifest, sealed = read_manifest(loc, tenant_id, backup_id, keyring)
+    except ArchiveError as exc:
+        return CopyCheck(name, tenant_id, backup_id, False, str(exc), refused=True)
+    except TenantBackupError as exc:
+        return CopyCheck(name, tenant_id, backup_id, False, str(exc))
+    warning = "" if sealed else "; WARNING: manifest not sealed, " + UNSEALED_HINT
+
+    def result(ok: bool, message: str) -> CopyCheck:
+        return CopyCheck(name, tenant_id, backup_id, ok, message + warning, sealed=sealed)
+
+    try:
         want_sha, want_size = manifest.checksum()
         st = loc.stat(tenant_id, backup_id)
         if (st.sha256.lower(), st.size) != (want_sha, want_size):
-            return CopyCheck(
-                name,
-                tenant_id,
-                backup_id,
+            return result(
                 False,
                 f"stored object's metadata ({st.size} bytes, sha256 {st.sha256[:16]}…) differs from "
                 f"the manifest ({want_size} bytes, sha256 {want_sha[:16]}…)",
             )
         if not deep:
             loc.verify(tenant_id, backup_id)
-            return CopyCheck(
-                name, tenant_id, backup_id, True, f"ok: {want_size} bytes re-read, SHA-256 matches the manifest"
-            )
+            return result(True, f"ok: {want_size} bytes re-read, SHA-256 matches the manifest")
         with tempfile.TemporaryDirectory(prefix="tb-verify-", dir=work_dir) as tmp:
             path = Path(tmp) / "archive.tbk"
             loc.get(tenant_id, backup_id, path)
-            result = verify_archive(path, manifest, keyring, deep=True)
-            if not result.ok:
-                return CopyCheck(name, tenant_id, backup_id, False, result.message)
+            checked = verify_archive(path, manifest, keyring, deep=True)
+            if not checked.ok:
+                return result(False, checked.message)
             # Deep also proves isolation on the archive itself: every COPY row of a table with the
             # tenant column carries this tenant's id, and the rows add up to the manifest's.
-            report = scan_archive(
-                path,
-                keyring,
-                tenant_id=tenant_id,
-                tenant_column=manifest.tenant_column,
-                dump_version=manifest.pg_dump_version,
-            )
-        if not report.isolated:
-            return CopyCheck(
-                name, tenant_id, backup_id, False, f"rows of other tenants in the archive: {report.foreign_rows}"
-            )
-        if report.rows != manifest.tables:
-            return CopyCheck(name, tenant_id, backup_id, False, "rows in the archive differ from the manifest's")
-        return CopyCheck(
-            name, tenant_id, backup_id, True, f"{result.message}; isolated: {sum(report.rows.values())} rows scanned"
-        )
+            failure, rows = scan_against_manifest(path, manifest, keyring)
+        if failure:
+            return result(False, failure)
+        message = f"{checked.message}; isolated: {rows} rows scanned"
+        if seal and not sealed:
+            loc.put_manifest(tenant_id, backup_id, manifest.with_seal(keyring).to_dict())
+            sealed, warning = True, ""
+            message += f"; manifest sealed with key {manifest.key_id!r}"
+        return result(True, message)
     except TenantBackupError as exc:
-        return CopyCheck(name, tenant_id, backup_id, False, str(exc))
+        return result(False, str(exc))
+
+
+def scan_against_manifest(path: Path, manifest: Manifest, keyring: Keyring) -> tuple[str | None, int]:
+    """(why the archive's rows contradict the manifest, or None; rows scanned): every COPY row of a
+    table with the tenant column is the manifest's tenant's, each table's rows equal the manifest's
+    count, and the tables carrying manifest.tenant_column are exactly its tenant tables (a column that
+    names nothing would check nothing)."""
+    report = scan_archive(
+        path,
+        keyring,
+        tenant_id=manifest.tenant_id,
+        tenant_column=manifest.tenant_column,
+        dump_version=manifest.pg_dump_version,
+    )
+    if not report.isolated:
+        return f"rows of other tenants in the archive: {report.foreign_rows}", 0
+    if report.rows != manifest.tables:
+        return "rows in the archive differ from the manifest's", 0
+    tenant_tables, with_column = set(manifest.kinds.of("tenant")), set(report.checked_tables)
+    if tenant_tables != with_column:
+        return (
+            f"the tables with the tenant column {manifest.tenant_column!r} in the archive"
+            f" ({', '.join(sorted(with_column)) or 'none'}) are not the manifest's tenant tables"
+            f" ({', '.join(sorted(tenant_tables)) or 'none'})"
+        ), 0
+    return None, sum(report.rows.values())

@@ -6,7 +6,9 @@ location holds, with the target's retention_days and KEEP_MIN), so a rebuilt loc
 against the source's stored metadata), check it against the source's manifest, put it into the target
 with that manifest (archive first, manifest last), re-read it there. A source copy that fails is
 skipped for the next source. With repair=True, copies the target already holds are re-read first and
-a damaged one is replaced.
+a damaged one is replaced. A source manifest is authenticated before it is copied (its seal,
+core/archive/seal.py): one that fails is never copied (the copy is refused, exit code 6, unless
+another source's passes); one without a seal is copied as it is, with a warning in the outcome.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..archive.manifest import Manifest
-from ..errors import ArchiveError, TenantBackupError
+from ..archive.seal import UNSEALED_HINT
+from ..codec.keyring import Keyring
+from ..errors import ArchiveError, ManifestNotAuthentic, TenantBackupError
 from ..files import sha256_file
 from ..locations import Location
-from .catalog import collect, parse_created_at
+from .catalog import collect, parse_created_at, verify_copy
 from .retention import Candidate, plan_prune
 
 
@@ -31,15 +35,27 @@ class RebuildOutcome:
     backup_id: str
     status: str  # "copied", "would copy", "failed"
     message: str
+    refused: bool = False  # a source manifest failed authentication and no other source could be copied
 
 
 def _copy_one(
-    target: Location, sources: list[tuple[Location, dict]], tenant_id: str, backup_id: str, work_dir: Path | None
+    target: Location,
+    sources: list[tuple[Location, dict]],
+    tenant_id: str,
+    backup_id: str,
+    work_dir: Path | None,
+    keyring: Keyring,
 ) -> str:
     problems = []
+    refused = False
     for src, raw in sources:
         try:
             manifest = Manifest.from_dict(raw)
+            try:
+                sealed = manifest.verify_seal(keyring, where=src.uri(tenant_id, backup_id))
+            except ManifestNotAuthentic:
+                refused = True
+                raise
             manifest.check_identity(tenant_id, backup_id)
             sha, size = manifest.checksum()
             with tempfile.TemporaryDirectory(prefix="tb-rebuild-", dir=work_dir) as tmp:
@@ -51,16 +67,18 @@ def _copy_one(
             st = target.verify(tenant_id, backup_id)
             if (st.sha256.lower(), st.size) != (sha, size):
                 raise ArchiveError(f"{st.uri}: stored object is not the copied archive")
-            return f"from {src.name}, {size} bytes, sha256 {sha[:16]}…"
+            note = "" if sealed else f"; WARNING: manifest not sealed, {UNSEALED_HINT}"
+            return f"from {src.name}, {size} bytes, sha256 {sha[:16]}…{note}"
         except TenantBackupError as exc:
             problems.append(f"{src.name}: {exc}")
-    raise ArchiveError("no source copy could be copied: " + "; ".join(problems))
+    raise (ManifestNotAuthentic if refused else ArchiveError)("no source copy could be copied: " + "; ".join(problems))
 
 
 def rebuild_location(
     target: Location,
     sources: dict[str, Location],
     *,
+    keyring: Keyring,
     keep_min: int,
     now: datetime | None = None,
     dry_run: bool = False,
@@ -87,11 +105,8 @@ def rebuild_location(
         if target.name in e.manifests:
             if not repair:
                 continue
-            try:
-                target.verify(e.tenant_id, e.backup_id)
-                continue
-            except TenantBackupError:
-                pass  # damaged in the target: replaced below
+            if verify_copy(target, e.tenant_id, e.backup_id, keyring=keyring).ok:
+                continue  # else damaged, or its manifest fails authentication: replaced below
         held = [(sources[n], m) for n, m in e.manifests.items() if n in sources]
         if not held:
             o = RebuildOutcome(e.tenant_id, e.backup_id, "failed", "no other location holds it")
@@ -100,10 +115,15 @@ def rebuild_location(
         else:
             try:
                 o = RebuildOutcome(
-                    e.tenant_id, e.backup_id, "copied", _copy_one(target, held, e.tenant_id, e.backup_id, work_dir)
+                    e.tenant_id,
+                    e.backup_id,
+                    "copied",
+                    _copy_one(target, held, e.tenant_id, e.backup_id, work_dir, keyring),
                 )
             except TenantBackupError as exc:
-                o = RebuildOutcome(e.tenant_id, e.backup_id, "failed", str(exc))
+                o = RebuildOutcome(
+                    e.tenant_id, e.backup_id, "failed", str(exc), refused=isinstance(exc, ManifestNotAuthentic)
+                )
         outcomes.append(o)
         if progress is not None:
             progress(o)

@@ -7,17 +7,22 @@ Rules, per location and per tenant (ages from the manifest's created_at):
 - the KEEP_MIN newest backups are kept, whatever their age;
 - a backup whose age is unknown (created_at missing or malformed) is kept: never delete on a guess;
 - everything else is deleted.
+Manifests are authenticated before any use (their seal, core/archive/seal.py): when one of a tenant's
+manifests in a location fails, nothing of that tenant is deleted there (its ages and the newest
+verified backup cannot be trusted), and the report names it (`refused`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
-from ..archive.manifest import Manifest
-from ..errors import NotFound, TenantBackupError
+from ..archive.seal import read_manifest, unsealed_warning
+from ..codec.keyring import Keyring
+from ..errors import ArchiveError, NotFound, TenantBackupError
 from ..locations import Location
 from .catalog import parse_created_at, verify_copy
 
@@ -87,11 +92,13 @@ class PruneReport:
     deleted: list[Decision]
     errors: list[str]  # one line each; the other deletions went on
     dry_run: bool
+    refused: list[str] = field(default_factory=list)  # manifests that failed authentication (exit code 6)
+    warnings: list[str] = field(default_factory=list)  # manifests without a seal, one line each
 
 
-def _checksum_ok(loc: Location, tenant_id: str, backup_id: str) -> bool:
-    """The copy verifies: manifest vs stored metadata, and every stored byte re-hashed."""
-    check = verify_copy(loc, tenant_id, backup_id)
+def _checksum_ok(loc: Location, tenant_id: str, backup_id: str, keyring: Keyring) -> bool:
+    """The copy verifies: its manifest authenticated, vs stored metadata, every stored byte re-hashed."""
+    check = verify_copy(loc, tenant_id, backup_id, keyring=keyring)
     if not check.ok:
         log.warning("%s: %s/%s does not verify: %s", loc.name, tenant_id, backup_id, check.message)
     return check.ok
@@ -100,6 +107,7 @@ def _checksum_ok(loc: Location, tenant_id: str, backup_id: str) -> bool:
 def prune_location(
     loc: Location,
     *,
+    keyring: Keyring,
     keep_min: int,
     now: datetime | None = None,
     dry_run: bool = False,
@@ -112,19 +120,37 @@ def prune_location(
     """
     now = now or datetime.now(timezone.utc)
     errors: list[str] = []
+    refused: list[str] = []
+    warnings: list[str] = []
+    held: set[str] = set()  # tenants with a manifest that failed authentication: nothing of them deleted
     candidates: list[Candidate] = []
     for ref in loc.list():
         try:
-            manifest = Manifest.from_dict(loc.get_manifest(ref.tenant_id, ref.backup_id))
+            manifest, sealed = read_manifest(loc, ref.tenant_id, ref.backup_id, keyring)
             created = parse_created_at(manifest.created_at)
+            if not sealed:
+                warnings.append(unsealed_warning(f"{ref.tenant_id}/{ref.backup_id}"))
         except NotFound:
             continue
+        except ArchiveError as exc:
+            refused.append(f"{exc}; nothing of tenant {ref.tenant_id} is deleted in {loc.name}")
+            held.add(ref.tenant_id)
+            created = None
         except TenantBackupError as exc:
             errors.append(f"{ref.tenant_id}/{ref.backup_id}: cannot read manifest, kept: {exc}")
             created = None  # unknown age: plan_prune keeps it
         candidates.append(Candidate(ref.tenant_id, ref.backup_id, created))
 
-    decisions = plan_prune(candidates, retention_days=loc.retention_days, keep_min=keep_min, now=now)
+    def plan(items: list[Candidate]) -> list[Decision]:
+        decided = plan_prune(items, retention_days=loc.retention_days, keep_min=keep_min, now=now)
+        return [
+            dataclasses.replace(d, delete=False, reason="kept: a manifest of this tenant fails authentication")
+            if d.delete and d.tenant_id in held
+            else d
+            for d in decided
+        ]
+
+    decisions = plan(candidates)
     pending = {d.tenant_id for d in decisions if d.delete}
     if pending:
         checked: list[Candidate] = []
@@ -136,12 +162,12 @@ def prune_location(
                     if found:
                         checked.append(c)
                         continue
-                    ok = _checksum_ok(loc, c.tenant_id, c.backup_id)
+                    ok = _checksum_ok(loc, c.tenant_id, c.backup_id, keyring)
                     found = ok
                     checked.append(Candidate(c.tenant_id, c.backup_id, c.created_at, ok))
             else:
                 checked.extend(ordered)
-        decisions = plan_prune(checked, retention_days=loc.retention_days, keep_min=keep_min, now=now)
+        decisions = plan(checked)
 
     deleted: list[Decision] = []
     for d in decisions:
@@ -156,4 +182,4 @@ def prune_location(
         deleted.append(d)
         if on_delete is not None:
             on_delete(loc.name, d)
-    return PruneReport(loc.name, decisions, deleted, errors, dry_run)
+    return PruneReport(loc.name, decisions, deleted, errors, dry_run, refused, warnings)

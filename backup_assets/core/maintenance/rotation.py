@@ -7,6 +7,13 @@ archive first, the manifest last: Location.put) and re-read the stored object (i
 to the verified file's SHA-256). The same re-wrapped file goes to every location whose copy was
 byte-identical, so the copies stay identical. Backups whose manifest already names the active key
 are skipped, so a second run does nothing. A failed backup is reported and the others go on.
+
+Manifests are authenticated first (their seal, core/archive/seal.py): one that fails is refused
+("failed", refused) and its archive left as it is. The re-written manifest is sealed with the active
+key. A manifest without a seal (written before manifests were sealed) is sealed only after the full
+deep proof of `verify --deep` (catalog.scan_against_manifest: the archive's rows against the
+manifest's tables, counts and tenant column): under an old key as part of its re-wrap, under the
+active key alone ("sealed", the archive untouched).
 """
 
 from __future__ import annotations
@@ -18,12 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..archive.manifest import Manifest
+from ..archive.seal import read_manifest
 from ..checks.verify import verify_archive
 from ..codec.format import rewrap_archive
 from ..codec.keyring import Keyring
 from ..errors import ArchiveError, NotFound, TenantBackupError
 from ..files import sha256_file
 from ..locations import Location
+from .catalog import scan_against_manifest, verify_copy
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +42,9 @@ class RewrapOutcome:
     location: str
     tenant_id: str
     backup_id: str
-    status: str  # "rewrapped", "skipped" (already under the active key) or "failed"
+    status: str  # "rewrapped", "sealed" (manifest sealed, archive untouched), "skipped" or "failed"
     message: str
+    refused: bool = False  # the manifest failed authentication (exit code 6)
 
 
 def _put_back(loc: Location, tenant_id: str, backup_id: str, path: Path, manifest: Manifest) -> None:
@@ -66,6 +76,7 @@ def rewrap_locations(
 
     # (tenant, backup) -> [(location, manifest)] of the copies still under an old key.
     todo: dict[tuple[str, str], list[tuple[Location, Manifest]]] = {}
+    unsealed: set[tuple[str, str, str]] = set()  # (location, tenant, backup) of manifests without a seal
     for name, loc in locations.items():
         try:
             refs = loc.list()
@@ -74,11 +85,33 @@ def rewrap_locations(
             continue
         for ref in refs:
             try:
-                manifest = Manifest.from_dict(loc.get_manifest(ref.tenant_id, ref.backup_id))
+                manifest, sealed = read_manifest(loc, ref.tenant_id, ref.backup_id, keyring)
             except NotFound:
+                continue
+            except ArchiveError as exc:
+                report(RewrapOutcome(name, ref.tenant_id, ref.backup_id, "failed", str(exc), refused=True))
                 continue
             except TenantBackupError as exc:
                 report(RewrapOutcome(name, ref.tenant_id, ref.backup_id, "failed", f"cannot read manifest: {exc}"))
+                continue
+            if not sealed:
+                unsealed.add((name, ref.tenant_id, ref.backup_id))
+            if manifest.key_id == active.id and not sealed:
+                check = verify_copy(
+                    loc, ref.tenant_id, ref.backup_id, keyring=keyring, deep=True, work_dir=work_dir, seal=True
+                )
+                report(
+                    RewrapOutcome(
+                        name,
+                        ref.tenant_id,
+                        ref.backup_id,
+                        "sealed" if check.ok else "failed",
+                        f"manifest sealed with the active key {active.id!r} after a deep verify"
+                        if check.ok
+                        else f"not sealed: {check.message}",
+                        refused=check.refused,
+                    )
+                )
                 continue
             if manifest.key_id == active.id:
                 report(
@@ -121,7 +154,13 @@ def rewrap_locations(
                             f"re-wrapped archive does not verify with only key {active.id!r}: {check.message}"
                         )
                     for tloc, tmanifest in targets:
-                        new_manifest = tmanifest.with_archive(**new_fields)
+                        new_manifest = tmanifest.with_archive(**new_fields).with_seal(only_active)
+                        if (tloc.name, tenant_id, backup_id) in unsealed:
+                            # Never seal what was not proven: the archive's rows against its tables.
+                            failure, _rows = scan_against_manifest(new_path, new_manifest, only_active)
+                            if failure:
+                                report(RewrapOutcome(tloc.name, tenant_id, backup_id, "failed", failure))
+                                continue
                         try:
                             _put_back(tloc, tenant_id, backup_id, new_path, new_manifest)
                         except TenantBackupError as exc:

@@ -20,7 +20,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Iterable, Mapping
 
-from ..errors import TenantBackupError
+from ..archive.seal import read_manifest, unsealed_warning
+from ..codec.keyring import Keyring
+from ..errors import ArchiveError, TenantBackupError
 from ..locations import Location
 from .catalog import CatalogEntry, CopyCheck, parse_created_at
 
@@ -106,6 +108,9 @@ class StatusReport:
     unreadable: dict[str, str]  # location -> why it could not be listed
     warnings: list[str]  # single manifests that could not be read
     names: dict[str, str] = field(default_factory=dict)  # tenant -> display name (registry's 2nd column)
+    # Newest manifests that failed authentication (core/archive/seal.py), one line each: those copies
+    # count as no backup (stale), and the command exits with the archive-error code (6).
+    refused: list[str] = field(default_factory=list)
 
     @property
     def stale(self) -> list[CopyStatus]:
@@ -138,6 +143,7 @@ class StatusReport:
             "unknown": len(self.unknown),
             "unreadable_locations": self.unreadable,
             "warnings": self.warnings,
+            "refused": self.refused,
             "copies": [c.as_dict() for c in self.copies],
         }
 
@@ -171,6 +177,7 @@ def decide(
     warnings: Iterable[str] = (),
     verifications: Mapping[tuple[str, str, str], dict] | None = None,
     names: Mapping[str, str] | None = None,
+    refused: Mapping[tuple[str, str], str] | None = None,
 ) -> StatusReport:
     """The pure rule. `entries`: the newest complete backup per tenant and location (one manifest
     each); `unreadable`: location -> why it could not be listed (its tenants are unknown there);
@@ -192,6 +199,9 @@ def decide(
                 copies.append(CopyStatus(tenant, name, "unknown", reason=f"location not listable: {unreadable[name]}"))
                 continue
             entry = newest.get((tenant, name))
+            if entry is None and (tenant, name) in (refused or {}):
+                copies.append(CopyStatus(tenant, name, "stale", reason=(refused or {})[(tenant, name)]))
+                continue
             if entry is None:
                 copies.append(CopyStatus(tenant, name, "stale", reason="no complete backup in this location"))
                 continue
@@ -229,6 +239,7 @@ def decide(
         unreadable,
         list(warnings),
         names,
+        sorted((refused or {}).values()),
     )
 
 
@@ -239,18 +250,22 @@ def gather(
     tenants: Iterable[str],
     locations: Mapping[str, Location],
     *,
+    keyring: Keyring,
     max_age_days: float,
     now: datetime | None = None,
     names: Mapping[str, str] | None = None,
 ) -> StatusReport:
-    """One listing per location, then for each tenant only its newest backup there: its manifest and
-    its verification record (a thousand tenants cost a listing and two small reads each)."""
+    """One listing per location, then for each tenant only its newest backup there: its manifest,
+    authenticated under `keyring` before any use (core/archive/seal.py), and its verification record
+    (a thousand tenants cost a listing and two small reads each). A newest manifest that fails
+    authentication counts as no backup there (stale) and is named in `refused`."""
     tenants = sorted(set(tenants))
     wanted = set(tenants)
     entries: list[CatalogEntry] = []
     unreadable: dict[str, str] = {}
     warnings: list[str] = []
     verifications: dict[tuple[str, str, str], dict] = {}
+    refused: dict[tuple[str, str], str] = {}
     for name, loc in locations.items():
         try:
             refs = loc.list()
@@ -263,11 +278,17 @@ def gather(
                 newest[ref.tenant_id] = ref.backup_id
         for tenant_id, backup_id in sorted(newest.items()):
             try:
-                manifest = loc.get_manifest(tenant_id, backup_id)
+                authentic, sealed = read_manifest(loc, tenant_id, backup_id, keyring)
+            except ArchiveError as exc:  # edited, or not this backup's: no backup there, and said so
+                refused[(tenant_id, name)] = f"newest backup {backup_id}: {exc}"
+                continue
             except TenantBackupError as exc:  # counted as no backup there: stale, so somebody looks
                 warnings.append(f"{name}: {tenant_id}/{backup_id}: cannot read manifest: {exc}")
                 continue
-            created = manifest.get("created_at") if isinstance(manifest.get("created_at"), str) else None
+            if not sealed:
+                warnings.append(unsealed_warning(f"{name}: {tenant_id}/{backup_id}"))
+            manifest = authentic.to_dict()
+            created = authentic.created_at
             entries.append(CatalogEntry(tenant_id, backup_id, created, {name: manifest}))
             try:
                 record = loc.get_verified(tenant_id, backup_id)
@@ -286,4 +307,5 @@ def gather(
         warnings=warnings,
         verifications=verifications,
         names=names,
+        refused=refused,
     )

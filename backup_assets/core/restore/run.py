@@ -55,7 +55,7 @@ def restore_tenant(
     os.chmod(work, 0o700)
     try:
         t0 = time.monotonic()
-        copy = fetch_backup(locations, tenant_id, location, backup, keyring, work, report)
+        copy = fetch_backup(locations, tenant_id, location, backup, keyring, work, report, require_seal=replace)
         timings["fetch_s"] = time.monotonic() - t0
         report(f"using location {copy.location}: backup {copy.backup_id} of tenant {tenant_id} ({copy.uri})")
         manifest = copy.manifest

@@ -1,6 +1,11 @@
 """Choosing the copy to restore from: a named location, or "auto" (local, then r2, then b2, those
 configured); a copy that is missing, fails its stored checksum (CorruptObject) or does not decrypt
-and match its manifest (verify_archive, deep) is skipped and the next one tried."""
+and match its manifest (verify_archive, deep) is skipped and the next one tried.
+
+The manifest is authenticated before any use (its seal, core/archive/seal.py): one that fails is
+refused (ManifestNotAuthentic, exit code 6; "auto" skips that copy); one without a seal (written
+before manifests were sealed) is used with a warning, or refused when the caller requires a seal
+(restore --replace: its DELETE conditions and row counts come from the manifest)."""
 
 from __future__ import annotations
 
@@ -10,9 +15,10 @@ from pathlib import Path
 from typing import Mapping
 
 from ..archive.manifest import Manifest
+from ..archive.seal import UNSEALED_HINT, read_manifest, unsealed_warning
 from ..checks.verify import verify_archive
 from ..codec.keyring import Keyring
-from ..errors import ArchiveError, ConfigError, NotFound, StorageError, one_line
+from ..errors import ArchiveError, ConfigError, ManifestNotAuthentic, NotFound, StorageError, one_line
 from ..locations.base import Location, validate_backup_id
 from .result import Report
 
@@ -49,11 +55,15 @@ def fetch_backup(
     keyring: Keyring,
     work_dir: Path,
     report: Report = log.info,
+    *,
+    require_seal: bool = False,
 ) -> SourceCopy:
     """Download and verify one copy of a backup into work_dir; see the module docstring for "auto".
 
     A named location that fails raises its error (NotFound, CorruptObject, ArchiveError, ...);
-    "auto" raises NotFound naming every location tried and why it was skipped."""
+    "auto" raises NotFound naming every location tried and why it was skipped (ManifestNotAuthentic
+    when a manifest failed authentication there, so that the exit code says so).
+    require_seal: refuse a manifest without a seal."""
     if location == "auto":
         names = [n for n in AUTO_ORDER if n in locations]
         if not names:
@@ -64,15 +74,26 @@ def fetch_backup(
                 f"storage location {location!r} is not configured (configured: {', '.join(locations) or 'none'})"
             )
         names = [location]
+    if backup not in (None, "", "latest"):
+        validate_backup_id(backup)  # bad input before any location is asked (exit code 2)
     skipped: list[tuple[str, str]] = []
+    refused = False
     for name in names:
         loc = locations[name]
         dest = work_dir / f"{name}.tbk"
         try:
             backup_id = _pick_backup_id(loc, tenant_id, backup)
             uri = loc.uri(tenant_id, backup_id)
-            manifest = Manifest.from_dict(loc.get_manifest(tenant_id, backup_id))
+            manifest, sealed = read_manifest(loc, tenant_id, backup_id, keyring)  # before any use
             manifest.validate(tenant_id=tenant_id, backup_id=backup_id, where=uri)
+            if not sealed and require_seal:
+                raise ManifestNotAuthentic(
+                    f"{uri}: manifest is not sealed (written before tenant-backup authenticated its manifests):"
+                    f" restore --replace does not act on an unauthenticated manifest; {UNSEALED_HINT}"
+                    " (or restore into an empty database)"
+                )
+            if not sealed:
+                report(f"warning: {unsealed_warning(uri)}")
             loc.get(tenant_id, backup_id, dest)  # re-hashed: CorruptObject if the stored bytes changed
             # The stored checksum proves the bytes are the ones uploaded; this proves they decrypt
             # with our keyring and are the manifest's archive (a copy can be consistent but wrong).
@@ -83,12 +104,13 @@ def fetch_backup(
             dest.unlink(missing_ok=True)
             if location != "auto":
                 raise
+            refused |= isinstance(exc, ManifestNotAuthentic)
             reason = one_line(exc)
             skipped.append((name, reason))
             report(f"skipping location {name}: {reason}")
             continue
         return SourceCopy(name, tenant_id, backup_id, uri, manifest, dest, skipped)
-    raise NotFound(
+    raise (ManifestNotAuthentic if refused else NotFound)(
         f"no usable copy of tenant {tenant_id}'s backup {backup or 'latest'} in "
         + "; ".join(f"{n}: {why}" for n, why in skipped)
     )

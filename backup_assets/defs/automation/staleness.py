@@ -36,6 +36,7 @@ def stale_backup_alerts(context: SensorEvaluationContext, backup: BackupResource
     report = gather(
         list_tenants(settings.source),
         {n: backup.location(n) for n in settings.location_names},
+        keyring=backup.keyring(),  # a manifest that fails authentication counts as no backup (stale)
         max_age_days=settings.max_age_days,
     )
     alerted = json.loads(context.cursor) if context.cursor else {}

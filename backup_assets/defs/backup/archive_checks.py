@@ -53,6 +53,7 @@ def archive_check_results(context, archive, backup) -> tuple[list, bool, dict | 
     }
     source_major = major_of((Manifest.coerce(archive.manifest).source or {}).get("server_version"))
     try:
+        Manifest.coerce(archive.manifest).verify_seal(backup.keyring(), where=f"archive {archive.backup_id}")
         result = restore_drill(
             Path(archive.path),
             archive.manifest,

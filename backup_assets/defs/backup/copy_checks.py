@@ -20,6 +20,7 @@ from dagster import (
 )
 
 from ...core.archive.manifest import Manifest
+from ...core.archive.seal import unsealed_warning
 from ...core.checks.verify import VerifyResult, verify_archive
 from ...core.errors import TenantBackupError
 from ...core.maintenance.catalog import CopyCheck
@@ -73,6 +74,9 @@ def _location_checks(location: str) -> list[AssetChecksDefinition]:
         unreadable = None
         try:
             manifest = loc.get_manifest(archive.tenant_id, archive.backup_id)
+            # Before any use: a stored manifest whose seal fails is refused (core/archive/seal.py).
+            if not Manifest.coerce(manifest).verify_seal(backup.keyring(), where=where["uri"]):
+                context.log.warning(unsealed_warning(where["uri"]))
             proven = backup.proven(archive) if manifest == archive.manifest else None
             if proven is not None:
                 # Re-read and hashed against the stored metadata (CorruptObject otherwise), not kept.

@@ -82,10 +82,13 @@ def prune_op(context: OpExecutionContext, backup: BackupResource) -> None:
     failed = []
     for name in backup.location_names():
         report = prune_location(
-            backup.location(name), keep_min=keep_min, on_delete=lambda loc, d: context.log.info(f"{loc}: deleted {d}")
+            backup.location(name),
+            keyring=backup.keyring(),  # manifests are authenticated before their ages are believed
+            keep_min=keep_min,
+            on_delete=lambda loc, d: context.log.info(f"{loc}: deleted {d}"),
         )
         context.log.info(f"{name}: {len(report.deleted)} backups deleted, {len(report.errors)} errors")
-        failed += [f"{name}: {e}" for e in report.errors]
+        failed += [f"{name}: {e}" for e in report.errors + report.refused]
     if failed:
         raise Failure(f"{len(failed)} deletions failed: " + "; ".join(failed[:5]))
 
