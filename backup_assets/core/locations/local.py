@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..errors import NotFound, PermanentStorageError, TransientStorageError
-from ..files import fsync_dir
+from ..errors import LocalWriteError, NotFound, PermanentStorageError, TransientStorageError
+from ..files import PERMANENT_ERRNOS, fsync_dir, os_error_line
 from .base import CHUNK, ObjectLocation
 
 _SIDE = ".sha256"
@@ -25,8 +25,11 @@ _SIDE = ".sha256"
 def _oserror(exc: OSError, what: str):
     if isinstance(exc, FileNotFoundError):
         return NotFound(f"{what}: not found")
-    # A full disk or an I/O hiccup can clear up; permissions and the like cannot.
-    if exc.errno in (errno.ENOSPC, errno.EIO, errno.EAGAIN, errno.EINTR, errno.EDQUOT):
+    # A full disk, a quota, a read-only mount stay until someone acts: not retried, named as such.
+    if exc.errno in PERMANENT_ERRNOS:
+        return LocalWriteError(f"{os_error_line(exc, what)}")
+    # An I/O hiccup can clear up.
+    if exc.errno in (errno.EIO, errno.EAGAIN, errno.EINTR):
         return TransientStorageError(f"{what}: {exc.strerror}")
     return PermanentStorageError(f"{what}: {exc.strerror or exc}")
 
