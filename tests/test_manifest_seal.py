@@ -282,3 +282,63 @@ def test_export_writes_a_sealed_manifest(sample_db, tenant, tmp_path):
         SourceSettings(dsn=sample_db.backup_dsn), Keyring.parse(KEYS), tenant.id, tmp_path / "a.tbk", ExportOptions()
     )
     assert Manifest.from_dict(manifest).verify_seal(Keyring.parse(KEYS)) is True
+
+
+# ------------------------------------------------------------------------------------------ Dagster
+
+
+@pytest.fixture(scope="module")
+def dagster_backup(sample_db, tenant, pg_server_dsn, tmp_path_factory):
+    """One real tenant_backup run into a local location: (defs, instance, env)."""
+    import warnings
+
+    from dagster import instance_for_test
+
+    from backup_assets.core.settings import Settings
+    from backup_assets.defs.build import build_definitions
+
+    warnings.filterwarnings("ignore", category=Warning, module="dagster")
+    root = tmp_path_factory.mktemp("seal-dagster")
+    env = {
+        **_env(sample_db, tenant, root),
+        "TENANT_BACKUP_SCRATCH_DSN": pg_server_dsn,
+        "TENANT_BACKUP_RETRIES": "1",
+        "TENANT_BACKUP_RETRY_DELAY_S": "0",
+    }
+    defs = build_definitions(Settings.from_env(env))
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions("tenants", [tenant.id])
+        run = defs.resolve_job_def("tenant_backup").execute_in_process(
+            partition_key=tenant.id, instance=instance, raise_on_error=False
+        )
+        assert run.success
+        yield defs, instance, root
+
+
+def _copy_checks(defs, instance, tenant_id: str) -> dict[str, tuple[bool, str]]:
+    """The local copy's checks alone (no asset materialized): check -> (passed, message)."""
+    from dagster import AssetCheckKey, AssetKey
+
+    keys = {AssetCheckKey(AssetKey("local_copy"), name) for name in ("checksum", "integrity")}
+    job = defs.resolve_job_def("tenant_backup").get_subset(asset_selection=set(), asset_check_selection=keys)
+    result = job.execute_in_process(partition_key=tenant_id, instance=instance, raise_on_error=False)
+    return {e.check_name: (e.passed, e.metadata["message"].value) for e in result.get_asset_check_evaluations()}
+
+
+@pytest.mark.parametrize("field", list(EDITS))
+def test_the_dagster_copy_check_refuses_an_edited_manifest(field, dagster_backup, tenant):
+    defs, instance, root = dagster_backup
+    [ref] = LocalLocation(root / "local").list(tenant.id)
+    path = root / "local" / "tenants" / tenant.id / ref.backup_id / "manifest.json"
+    original = path.read_text()
+    before = _copy_checks(defs, instance, tenant.id)
+    assert before["checksum"][0] and before["integrity"][0], before
+    edited = json.loads(original)
+    EDITS[field](edited)
+    try:
+        path.write_text(json.dumps(edited, indent=2, sort_keys=True))
+        checks = _copy_checks(defs, instance, tenant.id)
+    finally:
+        path.write_text(original)
+    assert checks["checksum"][0] is False and checks["integrity"][0] is False, checks
+    assert "fails authentication" in checks["checksum"][1], checks
