@@ -58,12 +58,20 @@ def cmd_export(args, out) -> int:
         dumped = manifest.get("raw_size")
         if bar.on and isinstance(dumped, int):
             bar.update(dumped, total=max(dumped, 1))  # done: the total is known now
-    if out.json:
-        out.emit(manifest)
-    else:
-        import json
+    try:
+        if out.json:
+            out.emit(manifest)
+        else:
+            import json
 
-        print(json.dumps(manifest, indent=2, sort_keys=True))  # the manifest is export's output either way
+            print(json.dumps(manifest, indent=2, sort_keys=True), flush=True)  # export's output either way
+    except OSError as exc:  # stdout redirected onto a full disk: one line, not a traceback
+        from ..core.errors import LocalWriteError
+        from ..core.files import os_error_line
+
+        raise LocalWriteError(
+            f"{os_error_line(exc, 'standard output')}: the manifest was not written (the archive is {args.out})"
+        ) from None
     return 0
 
 

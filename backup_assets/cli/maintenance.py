@@ -46,6 +46,7 @@ def cmd_prune(args, out) -> int:
             "kept": 0,
             "errors": [],
             "refused": [],
+            "incomplete": [],
         }
         try:
             report = prune_location(loc, keyring=keyring, keep_min=keep_min, dry_run=args.dry_run, on_delete=on_delete)
@@ -60,6 +61,11 @@ def cmd_prune(args, out) -> int:
             out.warn(f"tenant-backup: error: {name}: {line}")
         for line in report.warnings:
             out.warn(f"tenant-backup: warning: {name}: {line}")
+        for ref in report.incomplete:
+            out.text(
+                f"{'would remove' if args.dry_run else 'removed'} {name:5} {ref.tenant_id} {ref.backup_id}"
+                " (incomplete: no manifest, left by a failed upload)"
+            )
         failed |= bool(report.errors or report.refused)
         refused |= bool(report.refused)
         kept = sum(1 for d in report.decisions if not d.delete)
@@ -67,6 +73,7 @@ def cmd_prune(args, out) -> int:
             kept=kept,
             errors=list(report.errors),
             refused=list(report.refused),
+            incomplete=[{"tenant_id": r.tenant_id, "backup_id": r.backup_id} for r in report.incomplete],
             deleted=[
                 {
                     "tenant_id": d.tenant_id,

@@ -7,7 +7,7 @@ from pathlib import Path
 from ..codec.format import ArchiveHeader, decode_archive
 from ..codec.keyring import Keyring
 from ..errors import ArchiveError
-from ..files import atomic_output
+from ..files import atomic_output, local_write_error
 
 
 def decrypt_to_file(
@@ -23,10 +23,16 @@ def decrypt_to_file(
     archive = Path(archive)
     if not archive.is_file():
         raise ArchiveError(f"archive {archive} does not exist")
-    with archive.open("rb") as source, atomic_output(Path(out_path)) as sink:
-        header, stats = decode_archive(source, sink, keyring=keyring, expect_tenant_id=expect_tenant_id)
-        if expect_sha256 and stats.sha256 != expect_sha256.lower():
-            raise ArchiveError(
-                f"checksum mismatch for {archive}: SHA-256 {stats.sha256}, manifest says {expect_sha256}"
-            )
+    try:
+        with archive.open("rb") as source, atomic_output(Path(out_path)) as sink:
+            header, stats = decode_archive(source, sink, keyring=keyring, expect_tenant_id=expect_tenant_id)
+            if expect_sha256 and stats.sha256 != expect_sha256.lower():
+                raise ArchiveError(
+                    f"checksum mismatch for {archive}: SHA-256 {stats.sha256}, manifest says {expect_sha256}"
+                )
+    except OSError as exc:  # no space left on device, read-only, permission: one line naming the file
+        disk = local_write_error(exc, out_path)
+        if disk is None:
+            raise
+        raise disk from None
     return header

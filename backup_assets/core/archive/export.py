@@ -22,7 +22,7 @@ from ..codec.keyring import Keyring
 from ..dump.pgdump import PgDump, RowCounter, prove_dump, tenant_values
 from ..dump.stream import DumpStreamReader
 from ..errors import DumpFailed, SafetyCheckFailed, one_line
-from ..files import atomic_output, check_output_path
+from ..files import atomic_output, check_output_path, local_write_error
 from ..settings import SourceSettings
 from ..source import pgbin
 from ..source.preflight import EXCLUDED, RLS_CHILD, SHARED, TENANT, DumpPlan, inspect_source
@@ -125,6 +125,11 @@ def export_tenant(
             # its error is the cause. One we cancelled would hide pg_dump's own message.
             if isinstance(exc, DumpFailed) and isinstance(counter.error, psycopg2.Error) and not cancelled:
                 raise DumpFailed(f"reading as tenant {tenant_id} failed: {one_line(counter.error)}") from None
+            # Writing the archive failed (no space left on device, read-only, quota): one line naming
+            # the file, LocalWriteError (exit code 8); atomic_output removed the partial file.
+            disk = local_write_error(exc, out_path) if isinstance(exc, OSError) else None
+            if disk is not None:
+                raise disk from None
             raise
         conn.rollback()
     finished = time.monotonic()

@@ -31,6 +31,9 @@ Contract of the public methods (Location):
 - stat(tenant_id, backup_id) -> StoredObject: size and SHA-256 from stored metadata, no download.
     NotFound unless the backup is complete (manifest present).
 - list(tenant_id=None) -> list[BackupRef]: complete backups only (manifest present), sorted.
+- incomplete(older_than) -> list[BackupRef]: what failed puts left (an archive, a local location's
+    checksum sidecar, a verification record) without a manifest, none of it written after
+    `older_than`; prune removes them with delete() (core/maintenance/retention.py).
 - delete(tenant_id, backup_id): removes the manifest first (so the backup stops listing as complete
     at once), then the archive; every version where the store keeps versions (B2); deleting a
     missing backup is not an error (idempotent).
@@ -158,6 +161,9 @@ class Location(ABC):
 
     @abstractmethod
     def list(self, tenant_id: str | None = None) -> list[BackupRef]: ...
+
+    @abstractmethod
+    def incomplete(self, older_than: datetime) -> list[BackupRef]: ...
 
     @abstractmethod
     def delete(self, tenant_id: str, backup_id: str) -> None: ...
@@ -377,6 +383,32 @@ class ObjectLocation(Location):
             out.append(BackupRef(self.name, t, b, self._key_uri(root + f"{t}/{b}/{ARCHIVE_NAME}"), mtime))
         out.sort(key=lambda r: (r.tenant_id, r.backup_id))
         return out
+
+    def incomplete(self, older_than: datetime) -> list[BackupRef]:
+        root = self._root()
+        # (tenant, backup) -> [has a manifest, newest modification time, a time unknown]
+        found: dict[tuple[str, str], list] = {}
+        for key, mtime in self._list(root):
+            parts = key[len(root) :].split("/")
+            if len(parts) != 3:
+                continue
+            t, b, name = parts
+            try:  # foreign or malformed keys under the prefix are not ours to delete
+                validate_tenant_id(t, self.tenant_id_pattern)
+                validate_backup_id(b)
+            except Exception:
+                continue
+            entry = found.setdefault((t, b), [False, None, False])
+            entry[0] |= name == MANIFEST_NAME
+            if mtime is None:
+                entry[2] = True  # never delete on a guess
+            elif entry[1] is None or mtime > entry[1]:
+                entry[1] = mtime
+        return [
+            BackupRef(self.name, t, b, self._key_uri(root + f"{t}/{b}/{ARCHIVE_NAME}"), newest)
+            for (t, b), (complete, newest, unknown) in sorted(found.items())
+            if not complete and not unknown and newest is not None and newest < older_than
+        ]
 
     def delete(self, tenant_id: str, backup_id: str) -> None:
         tenant_id = validate_tenant_id(tenant_id, self.tenant_id_pattern)

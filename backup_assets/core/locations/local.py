@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..errors import LocalWriteError, NotFound, PermanentStorageError, TransientStorageError
+from ..errors import LocalWriteError, NotFound, PermanentStorageError, TenantBackupError, TransientStorageError
 from ..files import PERMANENT_ERRNOS, fsync_dir, os_error_line
 from .base import CHUNK, ObjectLocation
 
@@ -62,7 +62,9 @@ class LocalLocation(ObjectLocation):
             os.chmod(p, 0o700)
             fsync_dir(p.parent)
 
-    def _atomic_write(self, key: str, writer) -> None:
+    def _write_temp(self, key: str, writer) -> str:
+        """The bytes `writer` writes, in a hidden temporary file beside the key's path, fsynced: its
+        path. Nothing is left behind when it fails."""
         dest = self._path(key)
         try:
             self._mkdirs(dest.parent)
@@ -75,25 +77,62 @@ class LocalLocation(ObjectLocation):
                 writer(f)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, dest)
-            fsync_dir(dest.parent)
         except BaseException as exc:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+            _unlink(tmp)
             if isinstance(exc, OSError):
                 raise _oserror(exc, self._key_uri(key)) from None
             raise
+        return tmp
+
+    def _commit(self, tmp: str, key: str) -> None:
+        """Rename a _write_temp file into place and make the rename durable."""
+        dest = self._path(key)
+        try:
+            os.replace(tmp, dest)
+            fsync_dir(dest.parent)
+        except BaseException as exc:
+            _unlink(tmp)
+            if isinstance(exc, OSError):
+                raise _oserror(exc, self._key_uri(key)) from None
+            raise
+
+    def _atomic_write(self, key: str, writer) -> None:
+        self._commit(self._write_temp(key, writer), key)
 
     def _put_file(self, key: str, path: Path, size: int, sha256: str) -> None:
         def copy(f):
             with open(path, "rb") as src:
                 shutil.copyfileobj(src, f, CHUNK)
 
-        # Sidecar first: an archive without its checksum would fail stat(); the reverse cannot list.
-        self._atomic_write(key + _SIDE, lambda f: f.write(f"{sha256}\n".encode()))
-        self._atomic_write(key, copy)
+        # The archive's bytes first, under a hidden temporary name; then its checksum sidecar; then
+        # the archive's rename. An archive never stands without its checksum (stat() would fail),
+        # and a failed attempt (a full disk) leaves no sidecar behind: one without its archive never
+        # lists, so nothing would ever remove it.
+        side = self._path(key + _SIDE)
+        try:
+            previous = side.read_bytes()  # a retried put of the same backup id replaces its own
+        except OSError:
+            previous = None
+        try:
+            tmp = self._write_temp(key, copy)
+        except BaseException:
+            _remove_if_empty(side.parent)
+            raise
+        try:
+            self._atomic_write(key + _SIDE, lambda f: f.write(f"{sha256}\n".encode()))
+            self._commit(tmp, key)
+        except BaseException:
+            _unlink(tmp)
+            if not self._path(key).exists():
+                if previous is None:
+                    _unlink(side)
+                else:
+                    try:
+                        self._atomic_write(key + _SIDE, lambda f: f.write(previous))
+                    except TenantBackupError:
+                        _unlink(side)  # no sidecar rather than a wrong one: stat() then refuses the copy
+            _remove_if_empty(side.parent)
+            raise
 
     def _put_bytes(self, key: str, data: bytes) -> None:
         self._atomic_write(key, lambda f: f.write(data))
@@ -162,3 +201,18 @@ class LocalLocation(ObjectLocation):
             fsync_dir(d.parent)
         except OSError:
             fsync_dir(d)
+
+
+def _unlink(path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _remove_if_empty(directory: Path) -> None:
+    """The backup's folder, when a failed put left it empty (a tenant's folder stays)."""
+    try:
+        directory.rmdir()
+    except OSError:
+        pass

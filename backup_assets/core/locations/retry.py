@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from datetime import datetime
 from pathlib import Path
 
 from ..errors import TransientStorageError
@@ -86,6 +87,9 @@ class RetryingLocation(Location):
 
     def list(self, tenant_id: str | None = None) -> list[BackupRef]:
         return self._call("list", tenant_id)
+
+    def incomplete(self, older_than: datetime) -> list[BackupRef]:
+        return self._call("incomplete", older_than)
 
     def delete(self, tenant_id: str, backup_id: str) -> None:
         return self._call("delete", tenant_id, backup_id)

@@ -7,6 +7,9 @@ Rules, per location and per tenant (ages from the manifest's created_at):
 - the KEEP_MIN newest backups are kept, whatever their age;
 - a backup whose age is unknown (created_at missing or malformed) is kept: never delete on a guess;
 - everything else is deleted.
+What failed puts left without a manifest (an archive, a checksum sidecar: Location.incomplete) is
+removed once nothing of it was written for INCOMPLETE_AFTER (a day: no put takes that long between
+its archive and its manifest), so a full disk's leftovers do not stay forever.
 Manifests are authenticated before any use (their seal, core/archive/seal.py): when one of a tenant's
 manifests in a location fails, nothing of that tenant is deleted there (its ages and the newest
 verified backup cannot be trusted), and the report names it (`refused`).
@@ -23,12 +26,13 @@ from datetime import datetime, timedelta, timezone
 from ..archive.seal import read_manifest, unsealed_warning
 from ..codec.keyring import Keyring
 from ..errors import ArchiveError, NotFound, TenantBackupError
-from ..locations import Location
+from ..locations import BackupRef, Location
 from .catalog import parse_created_at, verify_copy
 
 log = logging.getLogger(__name__)
 
 KEEP_MIN_VAR = "TENANT_BACKUP_KEEP_MIN"
+INCOMPLETE_AFTER = timedelta(days=1)
 DEFAULT_KEEP_MIN = 2
 
 
@@ -94,6 +98,7 @@ class PruneReport:
     dry_run: bool
     refused: list[str] = field(default_factory=list)  # manifests that failed authentication (exit code 6)
     warnings: list[str] = field(default_factory=list)  # manifests without a seal, one line each
+    incomplete: list[BackupRef] = field(default_factory=list)  # leftovers of failed puts removed (or would be)
 
 
 def _checksum_ok(loc: Location, tenant_id: str, backup_id: str, keyring: Keyring) -> bool:
@@ -182,4 +187,12 @@ def prune_location(
         deleted.append(d)
         if on_delete is not None:
             on_delete(loc.name, d)
-    return PruneReport(loc.name, decisions, deleted, errors, dry_run, refused, warnings)
+    leftovers: list[BackupRef] = []
+    try:
+        for ref in loc.incomplete(now - INCOMPLETE_AFTER):
+            if not dry_run:
+                loc.delete(ref.tenant_id, ref.backup_id)
+            leftovers.append(ref)
+    except TenantBackupError as exc:
+        errors.append(f"removing what failed uploads left: {exc}")
+    return PruneReport(loc.name, decisions, deleted, errors, dry_run, refused, warnings, leftovers)
