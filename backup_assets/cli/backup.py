@@ -137,13 +137,13 @@ def cmd_backup(args, out) -> int:
         out.note("no tenants to back up")
         out.emit(batch_document([], labels))
         return 0
-    from dagster import DagsterInstance
 
     from ..defs.build import build_definitions
     from ..defs.runs.in_process import job_assets
+    from ..defs.runs.instance import open_instance
 
     defs = build_definitions(out.settings)
-    instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
+    instance = open_instance(os.environ.get("DAGSTER_HOME"))  # a new DAGSTER_HOME is made once, under a lock
     result = run_batch(
         defs, instance, tenant_ids, out, labels, settings=out.settings, force=args.force, workers=args.workers
     )

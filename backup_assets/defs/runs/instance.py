@@ -19,7 +19,9 @@ only how this process talks to it changes.
 
 from __future__ import annotations
 
+import fcntl
 import functools
+from pathlib import Path
 
 from dagster import DagsterInstance
 from dagster._core.instance.ref import InstanceRef
@@ -36,6 +38,31 @@ RUN_STORAGE_SCHEMA_CHECKS = (
 EVENT_STORAGE_SCHEMA_CHECKS = ("has_table", "has_asset_key_col", "has_secondary_index")
 _TUNED = "_tenant_backup_tuned"
 NO_COMPUTE_LOGS = ConfigurableClassData("dagster._core.storage.noop_compute_log_manager", "NoOpComputeLogManager", "{}")
+
+
+INIT_LOCK = ".tenant-backup-instance.lock"
+
+
+def open_instance(dagster_home: str | None) -> DagsterInstance:
+    """The instance of `dagster_home` (DAGSTER_HOME; ephemeral when None), opened under a lock file
+    there: the first open of a brand-new DAGSTER_HOME creates Dagster's SQLite storages (tables,
+    indexes, migrations), and two commands doing that at once crash ("table secondary_indexes already
+    exists"). Inside the lock the storages are created and used once; later opens find them made and
+    only wait for each other while an instance is being opened."""
+    if not dagster_home:
+        return DagsterInstance.ephemeral()
+    home = Path(dagster_home)
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / INIT_LOCK, "a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            instance = DagsterInstance.get()
+            instance.get_runs(limit=1)  # run storage made and migrated
+            instance.event_log_storage.get_asset_records([])  # event log storage and its index made
+            instance.all_instigator_state()  # schedule storage made
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+    return instance
 
 
 def runner_instance(instance: DagsterInstance) -> DagsterInstance:
