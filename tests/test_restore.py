@@ -217,9 +217,7 @@ def test_replace_restores_a_damaged_tenant_and_leaves_the_others(live, keyring):
         victim, locations=locs, location="local", target_dsn=db.owner_dsn, keyring=keyring, replace=True, dry_run=True
     )
     assert plan.dry_run and plan.mode == "replace"
-    assert plan.tables["public.sales"].deleted == damaged["public.sales"][0]
-    assert plan.tables["public.notifications"].deleted == damaged["public.notifications"][0]
-    assert plan.tables["public.repair_order_photos"].deleted == damaged["public.repair_order_photos"][0]
+    _assert_row_accounting(plan, damaged, manifest)
     assert plan.tables["public.metal_types"].action == "untouched"
     assert plan.tables["public.tenants"].kind == "registry"
     assert _hashes(db.admin_dsn, manifest, victim) == damaged
@@ -231,8 +229,7 @@ def test_replace_restores_a_damaged_tenant_and_leaves_the_others(live, keyring):
     assert _hashes(db.admin_dsn, manifest, victim) == original
     for t in others:
         assert _hashes(db.admin_dsn, manifest, t) == others_before[t], f"tenant {t} changed"
-    assert result.tables["public.sales"].deleted == damaged["public.sales"][0]
-    assert result.tables["public.sales"].inserted == manifest["tables"]["public.sales"]
+    _assert_row_accounting(result, damaged, manifest)
     assert result.tables["public.tenants"].inserted == 0  # the registry row is kept, not replaced
     assert result.tables["public.metal_types"].deleted is None  # shared: never touched
 
@@ -251,6 +248,20 @@ def test_replace_restores_a_damaged_tenant_and_leaves_the_others(live, keyring):
         (others[0],),
     )
     _exec(db.admin_dsn, "DELETE FROM notifications WHERE recipient = 'x' AND subject = 'x'")
+
+
+def _assert_row_accounting(result, damaged, manifest):
+    """Rows are matched by primary key: the damaged rows (and only they) are written."""
+    for name, (rows_now, _) in damaged.items():
+        o = result.tables[name]
+        if o.kind in ("tenant", "rls_child"):
+            assert o.unchanged + o.updated + o.deleted == rows_now, name
+            assert o.unchanged + o.updated + o.inserted == manifest["tables"][name], name
+    assert (result.tables["public.sales"].deleted, result.tables["public.sales"].inserted) == (0, 3)
+    assert result.tables["public.notifications"].deleted == 5  # the junk ones
+    assert result.tables["public.repair_order_photos"].deleted == 2
+    assert result.tables["public.customers"].updated == damaged["public.customers"][0]
+    assert result.tables["public.inventory_items"].unchanged == manifest["tables"]["public.inventory_items"]
 
 
 def test_replace_with_a_role_under_rls_is_refused(live, keyring, pg_server_dsn):
@@ -371,7 +382,8 @@ def test_replace_on_another_schema(pg_server_dsn, keyring, tmp_path, monkeypatch
         }
         assert after["1"]["crm.orgs"] == damaged["1"]["crm.orgs"]
         assert result.tables["crm.orgs"].kind == "registry" and result.tables["crm.countries"].action == "untouched"
-        assert result.tables["crm.contact_notes"].deleted == damaged["1"]["crm.contact_notes"][0]
+        notes = result.tables["crm.contact_notes"]
+        assert (notes.deleted, notes.inserted) == (1, 3)  # the junk contact's note; the 3 deleted since
 
 
 # ------------------------------------------------------------------------- --location auto, CLI

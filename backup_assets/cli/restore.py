@@ -142,8 +142,6 @@ class _WatchedLocation:
     ],
 )
 def cmd_restore(args, out) -> int:
-    import os
-
     from ..core.restore import restore_tenant
     from ..core.source.tenant_ids import validate_tenant_id
 
@@ -155,9 +153,7 @@ def cmd_restore(args, out) -> int:
     keyring = settings.keyring()
     # Only the locations this restore can read: a named one need not be in TENANT_BACKUP_LOCATIONS.
     locations = settings.locations(settings.location_names if location == "auto" else [location])
-    work_dir = settings.get("TENANT_BACKUP_WORK_DIR").strip() or None
-    if work_dir:
-        os.makedirs(work_dir, mode=0o700, exist_ok=True)
+    work_dir = settings.work_dir  # the restore's folder goes under it (owner-only, removed on exit)
     labels = Labels.best_effort(out)
     with Transfer(out, f"restore {labels.label(tenant)}") as bar:
 
@@ -209,14 +205,16 @@ def _print(result, labels: Labels) -> None:
     replace = result.mode == "replace"
     head = f"{'table':40} {'kind':10} {'backup rows':>11}"
     if replace:
-        head += f" {'deleted' if not result.dry_run else 'to delete':>10} {'loaded':>10}  action"
+        verbs = ("deleted", "updated", "inserted") if not result.dry_run else ("to delete", "to update", "to insert")
+        head += "".join(f" {v:>10}" for v in verbs) + f" {'unchanged':>10}  action"
     else:
         head += f" {'restored':>10}"
     print(head)
     for table, o in result.tables.items():
         line = f"{table:40} {o.kind:10} {o.manifest_rows:>11}"
         if replace:
-            line += f" {'' if o.deleted is None else o.deleted:>10} {'' if o.inserted is None else o.inserted:>10}  {o.action}"
+            cells = (o.deleted, o.updated, o.inserted, o.unchanged)
+            line += "".join(f" {'' if n is None else n:>10}" for n in cells) + f"  {o.action}"
         else:
             line += f" {'' if o.inserted is None else o.inserted:>10}"
         print(line)

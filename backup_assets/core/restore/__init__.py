@@ -1,7 +1,9 @@
 """Restore one tenant from a storage location: into an empty database, or in place (`replace`).
 
 Modules: select (choosing a copy), into_empty, replace_plan (planning --replace), replace_load
-(executing it), script (reading pg_restore's script output), result (RestoreResult), run
+(executing it), replace_sets (which rows go, the cross-tenant reference check), replace_proof (no
+other tenant's row changed), script (reading pg_restore's script output), result (RestoreResult),
+interrupt (a killed or interrupted restore lets go at once), workdir (the work folder), run
 (restore_tenant). The pipe archive → pg_restore is core.archive.pipe.ArchivePipe.
 
 Works from the locations alone (archive + manifest), never from Dagster's database.
@@ -12,13 +14,18 @@ Works from the locations alone (archive + manifest), never from Dagster's databa
     empty target    refuse if a table already exists in one of the dump's schemas; stream the
                     archive (decrypted on the fly) into `pg_restore --single-transaction`
                     (archive.into_server.stream_into_pg_restore); check the row counts against the manifest
-    replace         ONE transaction with a lock timeout on a live database holding other tenants:
-                    pg_restore --data-only -f - of the stream is parsed and every COPY block of a
-                    tenant / rls_child table is loaded into a temporary table; then this tenant's
-                    rows are deleted children first (FK graph of the target), the temporary rows
-                    inserted parents first, the dump's SEQUENCE SET entries ignored (global values),
-                    and every sequence owned by a restored column moved forward past max(column).
-                    Shared and excluded tables are never touched. Any error rolls everything back.
+    replace         ONE transaction (REPEATABLE READ) with a lock timeout on a live database holding
+                    other tenants: pg_restore --data-only -f - of the stream is parsed and every COPY
+                    block of a tenant / rls_child table is loaded into a temporary table; this
+                    tenant's rows are matched with the backup's by primary key (replace_plan,
+                    replace_sets): rows that must go are deleted children first (FK graph of the
+                    target), kept rows updated where they differ, the backup's other rows inserted
+                    parents first; a row outside this tenant's that references a deleted row refuses
+                    the restore before anything is written; the dump's SEQUENCE SET entries are
+                    ignored (global values) and every sequence owned by a restored column moved
+                    forward past max(column); before the commit, replace_proof proves that no row
+                    outside this tenant's changed. Shared and excluded tables are never touched. Any
+                    error rolls everything back.
 
 Replace needs a role that writes under row-level security without being filtered (superuser,
 BYPASSRLS, or the tables' owner without FORCE ROW LEVEL SECURITY): `COPY FROM` is refused under

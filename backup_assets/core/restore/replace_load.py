@@ -1,6 +1,10 @@
-"""Executing `--replace` in ONE transaction with a lock timeout: load the archive's rows of the touched
-tables into temporary tables (pg_restore --data-only, parsed by .script), delete this tenant's rows
-children first, insert parents first, move owned sequences forward. Any error rolls everything back."""
+"""Executing `--replace` in ONE transaction (REPEATABLE READ) with a lock timeout: lock the touched
+tables, load the archive's rows of them into temporary tables (pg_restore --data-only, parsed by
+.script), decide row by row what goes and check that nothing outside this tenant's rows is harmed
+(.replace_sets), delete children first, update and insert parents first, check the counts, move
+owned sequences forward, prove that no other tenant's row changed (.replace_proof), commit. Any
+error, a failed proof or an interrupt rolls everything back. The dry run decides and counts the
+same way, in a transaction that writes nothing but temporary tables, and is rolled back."""
 
 from __future__ import annotations
 
@@ -8,9 +12,11 @@ import logging
 import re
 import subprocess
 import time
+from contextlib import nullcontext
 
 import psycopg2
 import psycopg2.errors
+import psycopg2.extensions
 from psycopg2 import sql
 
 from ..archive.pipe import ArchivePipe
@@ -18,7 +24,10 @@ from ..codec.keyring import Keyring
 from ..dump.copytext import CopyStatementError, parse_copy_statement
 from ..errors import ArchiveError, RestoreError, TenantBackupError
 from ..source.pgbin import for_archive
+from .interrupt import CancelOnInterrupt
 from .replace_plan import Plan, Table, plan_replace
+from .replace_proof import Connect, Proof
+from .replace_sets import Replacement
 from .result import Report, RestoreResult, pg_message
 from .script import CHUNK, DATA_COMMENT, ScriptReader
 from .select import SourceCopy
@@ -42,6 +51,13 @@ SELECT quote_ident(n.nspname) || '.' || quote_ident(s.relname), a.attname
 """
 
 
+ACTIONS = {
+    "merge": "by primary key: changed rows updated, rows not in the backup deleted, missing ones inserted",
+    "replace": "delete this tenant's rows, then load the backup's",
+    "registry": "keep the target's row; insert the backup's if missing",
+}
+
+
 def replace_rows(
     conn,
     copy: SourceCopy,
@@ -51,99 +67,122 @@ def replace_rows(
     lock_timeout: str,
     dry_run: bool,
     report: Report,
+    *,
+    connect_twin: Connect | None = None,
+    guard: CancelOnInterrupt | None = None,
 ) -> None:
+    """Plan, then (dry run) decide and count, or replace, prove and commit; see the module docstring.
+    connect_twin opens a second session on the target (the proof reads the database as it was there);
+    guard: the run's CancelOnInterrupt (the commit is let finish)."""
     plan = plan_replace(conn, copy.manifest, copy.tenant_id, column, result)
     conn.rollback()
-    for table in plan.order:
-        outcome = result.tables[table.qualified]
-        if table.oid in plan.registry:
-            outcome.kind = "registry"
-            outcome.action = "keep the target's row; insert the backup's if missing"
-        else:
-            outcome.action = "delete this tenant's rows, then load the backup's"
     for outcome in result.tables.values():
         if outcome.kind in ("shared", "excluded"):
             outcome.action = "untouched"
-
+    # One snapshot for every decision and for the proof; a row of this tenant that another session
+    # changes meanwhile makes the restore fail (serialization failure) rather than act on stale rows.
+    conn.set_session(isolation_level=psycopg2.extensions.ISOLATION_LEVEL_REPEATABLE_READ)
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT set_config('lock_timeout', %s, true)", (lock_timeout,))
+            cur.execute("SET LOCAL lock_timeout = %s", (lock_timeout,))
             cur.execute("SET LOCAL row_security = off")  # a policy that still applies is an error, never a filter
-            if dry_run:
-                for table in plan.order:
-                    if table.oid in plan.registry:
-                        result.tables[table.qualified].deleted = 0
-                        continue
-                    cur.execute(
-                        sql.SQL("SELECT count(*) FROM {} t WHERE {}").format(table.ident, plan.predicates[table.oid])
+            cur.execute("SET LOCAL extra_float_digits = 3")  # rows compared as text: floats exact
+            proof = None
+            t0 = time.monotonic()
+            if not dry_run:
+                # All locks first, before the snapshot: a busy table fails fast (lock_timeout) before any
+                # work is done. ROW EXCLUSIVE is what DELETE/INSERT take anyway: other tenants keep writing.
+                cur.execute(
+                    sql.SQL("LOCK TABLE {} IN ROW EXCLUSIVE MODE").format(
+                        sql.SQL(", ").join(t.ident for t in plan.order)
                     )
-                    result.tables[table.qualified].deleted = cur.fetchone()[0]
+                )
+                proof = Proof(cur)
+            loaded = _load_temp_tables(cur, copy, keyring, plan)
+            mismatches = [
+                f"{name}: manifest {result.tables[name].manifest_rows}, archive {copied}"
+                for name, (_t, _c, copied) in sorted(loaded.items())
+                if copied != result.tables[name].manifest_rows
+            ]
+            if mismatches:
+                raise RestoreError("row counts differ from the manifest: " + "; ".join(mismatches))
+            result.timings["load_s"] = time.monotonic() - t0
+
+            t0 = time.monotonic()
+            rows = Replacement(cur, plan, loaded, result)
+            rows.prepare()
+            rows.check_references(dry_run)
+            for warning in rows.slow_deletes():
+                report(f"warning: {warning}")
+                result.warnings.append(warning)
+            result.timings["check_s"] = time.monotonic() - t0
+            if dry_run:
+                rows.count_updates()
+                _outcomes(result, rows, dry_run=True)
                 conn.rollback()
                 return
 
             t0 = time.monotonic()
-            # All locks first: a busy table fails fast (lock_timeout) before any work is done.
-            # ROW EXCLUSIVE is what DELETE/INSERT take anyway: other tenants keep writing.
-            cur.execute(
-                sql.SQL("LOCK TABLE {} IN ROW EXCLUSIVE MODE").format(sql.SQL(", ").join(t.ident for t in plan.order))
-            )
-            loaded = _load_temp_tables(cur, copy, keyring, plan)
-            result.timings["load_s"] = time.monotonic() - t0
-
-            t0 = time.monotonic()
-            for table in reversed(plan.order):  # children first
-                if table.oid in plan.registry:
-                    result.tables[table.qualified].deleted = 0
-                    continue
-                cur.execute(sql.SQL("DELETE FROM {} t WHERE {}").format(table.ident, plan.predicates[table.oid]))
-                result.tables[table.qualified].deleted = cur.rowcount
+            rows.delete()
             result.timings["delete_s"] = time.monotonic() - t0
+            t0 = time.monotonic()
+            rows.write()
+            result.timings["write_s"] = time.monotonic() - t0
 
             t0 = time.monotonic()
-            mismatches = []
-            for table in plan.order:  # parents first
-                outcome = result.tables[table.qualified]
-                temp = loaded.get(table.qualified)
-                if temp is None:
-                    outcome.inserted = 0
-                else:
-                    temp_ident, columns, copied = temp
-                    cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
-                    stmt = sql.SQL("INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM {} s").format(
-                        table.ident, cols, cols, temp_ident
-                    )
-                    if table.oid in plan.registry:
-                        key = sql.Identifier(plan.registry[table.oid])
-                        stmt += sql.SQL(" WHERE NOT EXISTS (SELECT 1 FROM {} r WHERE r.{} = s.{})").format(
-                            table.ident, key, key
-                        )
-                    cur.execute(stmt)
-                    outcome.inserted = cur.rowcount
-                    if copied != outcome.manifest_rows:
-                        mismatches.append(f"{table.qualified}: manifest {outcome.manifest_rows}, archive {copied}")
-                if table.oid not in plan.registry and outcome.inserted != outcome.manifest_rows:
-                    mismatches.append(f"{table.qualified}: manifest {outcome.manifest_rows}, loaded {outcome.inserted}")
-            if mismatches:
-                raise RestoreError("row counts differ from the manifest: " + "; ".join(sorted(set(mismatches))))
-            result.timings["insert_s"] = time.monotonic() - t0
-
-            t0 = time.monotonic()
+            rows.check_counts()
             result.sequences = _advance_sequences(cur, plan.order)
-            result.timings["sequences_s"] = time.monotonic() - t0
-        conn.commit()
+            for table_rows in rows.rows.values():
+                proof.expect(table_rows.table.oid, table_rows.inserted, table_rows.updated, table_rows.deleted)
+            for note in proof.verify(cur, plan, connect_twin or _no_twin):
+                report(note)
+                result.warnings.append(note)
+            result.timings["verify_s"] = time.monotonic() - t0
+            _outcomes(result, rows, dry_run=False)
+        with guard.defer() if guard is not None else nullcontext():
+            conn.commit()
     except psycopg2.Error as exc:
         _rollback(conn)
+        if guard is not None and guard.interrupted:
+            raise KeyboardInterrupt from None
         if isinstance(exc, psycopg2.errors.LockNotAvailable):
             raise RestoreError(
                 f"--replace rolled back, nothing changed: a table is locked by another session "
                 f"(lock timeout {lock_timeout}, {LOCK_TIMEOUT_ENV}): {pg_message(exc)}"
             ) from None
+        if isinstance(exc, psycopg2.errors.SerializationFailure):
+            raise RestoreError(
+                "--replace rolled back, nothing changed: another session changed rows the restore reads or writes "
+                f"while it ran (stop the application's writes for this tenant and retry): {pg_message(exc)}"
+            ) from None
         raise RestoreError(f"--replace rolled back, nothing changed: {pg_message(exc)}") from None
     except BaseException as exc:
         _rollback(conn)
+        if guard is not None and guard.interrupted:
+            raise KeyboardInterrupt from None
         if isinstance(exc, TenantBackupError):
             raise type(exc)(f"--replace rolled back, nothing changed: {exc}") from None
         raise
+
+
+def _outcomes(result: RestoreResult, rows: Replacement, *, dry_run: bool) -> None:
+    for table_rows in rows.rows.values():
+        table = table_rows.table
+        outcome = result.tables[table.qualified]
+        outcome.kind = "registry" if table.mode == "registry" else outcome.kind
+        outcome.action = ACTIONS[table.mode]
+        if table.mode == "registry":
+            outcome.deleted, outcome.updated = 0, 0
+            outcome.inserted = None if dry_run else table_rows.inserted
+            continue
+        outcome.deleted = table_rows.doomed if dry_run else table_rows.deleted
+        outcome.updated = table_rows.updated
+        outcome.inserted = table_rows.copied - table_rows.kept if dry_run else table_rows.inserted
+        outcome.unchanged = table_rows.kept - table_rows.updated
+
+
+def _no_twin():
+    raise RestoreError("no second session to prove the restore with")
 
 
 def _rollback(conn) -> None:
@@ -246,8 +285,14 @@ def _copy_blocks(cur, reader: ScriptReader, plan: Plan, loaded: dict[str, tuple]
         table = plan.by_name[qualified]
         n += 1
         temp = sql.Identifier(f"tb_restore_{n}")
-        cur.execute(sql.SQL("CREATE TEMPORARY TABLE {} (LIKE {}) ON COMMIT DROP").format(temp, table.ident))
         cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+        # The dump's columns only, with the target's types and none of its constraints (a column added
+        # since the backup, NOT NULL, is filled by its default when the row is inserted).
+        cur.execute(
+            sql.SQL("CREATE TEMPORARY TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(
+                temp, cols if columns else sql.SQL("*"), table.ident
+            )
+        )
         cur.copy_expert(
             sql.SQL("COPY {} ({}) FROM STDIN").format(temp, cols).as_string(cur.connection), block, size=CHUNK
         )

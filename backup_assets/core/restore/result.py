@@ -17,8 +17,10 @@ class TableOutcome:
     kind: str  # tenant, rls_child, registry, shared, excluded
     manifest_rows: int
     deleted: int | None = None  # replace: rows of this tenant deleted (dry-run: that would be)
-    inserted: int | None = None  # rows loaded (empty: restored count)
+    inserted: int | None = None  # rows loaded (empty: restored count; replace: rows inserted)
     action: str = ""  # what replace does with the table
+    updated: int | None = None  # replace: rows of this tenant kept and updated to the backup's values
+    unchanged: int | None = None  # replace: rows of this tenant equal to the backup's, not written
 
 
 @dataclass

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Mapping
@@ -15,10 +12,12 @@ from ..errors import ConfigError
 from ..locations.base import Location
 from ..source.session import connect, describe
 from ..source.tenant_ids import validate_tenant_id
+from .interrupt import CancelOnInterrupt, keepalive_dsn, let_go
 from .into_empty import into_empty
 from .replace_load import DEFAULT_LOCK_TIMEOUT, LOCK_TIMEOUT_RE, replace_rows
 from .result import Report, RestoreResult, TableOutcome
 from .select import fetch_backup
+from .workdir import work_folder
 
 log = logging.getLogger(__name__)
 
@@ -51,36 +50,55 @@ def restore_tenant(
     target = describe(target_dsn)
     started = time.monotonic()
     timings: dict[str, float] = {}
-    work = Path(tempfile.mkdtemp(prefix="tenant-restore-", dir=str(work_dir) if work_dir else None))
-    os.chmod(work, 0o700)
-    try:
-        t0 = time.monotonic()
-        copy = fetch_backup(locations, tenant_id, location, backup, keyring, work, report, require_seal=replace)
-        timings["fetch_s"] = time.monotonic() - t0
-        report(f"using location {copy.location}: backup {copy.backup_id} of tenant {tenant_id} ({copy.uri})")
-        manifest = copy.manifest
-        result = RestoreResult(
-            tenant_id,
-            "replace" if replace else "empty",
-            dry_run,
-            copy.location,
-            copy.backup_id,
-            copy.uri,
-            target,
-            {},
-            copy.skipped,
-            timings=timings,
-        )
-        kinds = manifest.kinds.kind_of()
-        for table, rows in sorted(manifest.tables.items()):
-            result.tables[table] = TableOutcome(kinds.get(table, "shared"), int(rows))
-        column = manifest.tenant_column
-        with connect(target_dsn, timeout=connect_timeout, application_name="tenant-backup-restore") as conn:
-            if replace:
-                replace_rows(conn, copy, keyring, result, column, lock_timeout, dry_run, report)
-            else:
-                into_empty(conn, copy, keyring, result, target_dsn, keep_owners, dry_run, report)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    session_dsn = keepalive_dsn(target_dsn)
+
+    def open_session():
+        return connect(session_dsn, timeout=connect_timeout, application_name="tenant-backup-restore")
+
+    with CancelOnInterrupt() as guard, work_folder(work_dir, report) as work:
+        try:
+            t0 = time.monotonic()
+            copy = fetch_backup(locations, tenant_id, location, backup, keyring, work, report, require_seal=replace)
+            timings["fetch_s"] = time.monotonic() - t0
+            report(f"using location {copy.location}: backup {copy.backup_id} of tenant {tenant_id} ({copy.uri})")
+            manifest = copy.manifest
+            result = RestoreResult(
+                tenant_id,
+                "replace" if replace else "empty",
+                dry_run,
+                copy.location,
+                copy.backup_id,
+                copy.uri,
+                target,
+                {},
+                copy.skipped,
+                timings=timings,
+            )
+            kinds = manifest.kinds.kind_of()
+            for table, rows in sorted(manifest.tables.items()):
+                result.tables[table] = TableOutcome(kinds.get(table, "shared"), int(rows))
+            column = manifest.tenant_column
+            with open_session() as conn:
+                guard.attach(conn)
+                let_go(conn)
+                if replace:
+                    replace_rows(
+                        conn,
+                        copy,
+                        keyring,
+                        result,
+                        column,
+                        lock_timeout,
+                        dry_run,
+                        report,
+                        connect_twin=open_session,
+                        guard=guard,
+                    )
+                else:
+                    into_empty(conn, copy, keyring, result, target_dsn, keep_owners, dry_run, report)
+        except Exception:
+            if guard.interrupted:  # whatever the cancel or the killed child made fail: an interrupt
+                raise KeyboardInterrupt from None
+            raise
     timings["total_s"] = time.monotonic() - started
     return result
