@@ -27,6 +27,7 @@ import psycopg2
 import pytest
 from pg_matrix import pg_servers  # noqa: F401
 from variant_db import CRM_ENV, CRM_SCHEMA, variant_db
+from variant_db import _exec as _exec  # one autocommit statement
 
 from backup_assets.core.codec.keyring import generate_entry
 from backup_assets.core.embedded_pg import dsn_for
@@ -102,16 +103,6 @@ def _rows(dsn: str, sql: str) -> list[tuple]:
         with conn.cursor() as cur:
             cur.execute(sql)
             return cur.fetchall()
-    finally:
-        conn.close()
-
-
-def _exec(dsn: str, sql: str) -> None:
-    conn = psycopg2.connect(dsn)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql)
     finally:
         conn.close()
 
