@@ -143,6 +143,15 @@ def _optional(env: Mapping[str, str], var: str) -> str | None:
     return env.get(var, "").strip() or None
 
 
+def _bool_setting(env: Mapping[str, str], var: str) -> bool:
+    raw = env.get(var, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise ConfigError(f"{var} must be 1/true/yes or 0/false/no, got {raw!r}")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every setting tenant-backup has, from one environment snapshot. Frozen and hashable (clients
@@ -172,6 +181,8 @@ class Settings:
     scratch_pg_bin: tuple[str, ...] = field(init=False)  # server programs for a scratch server of the source's major
     workers: int = field(init=False)
     dask_scheduler: str | None = field(init=False)
+    # Plain tcp:// to a scheduler that is not on loopback (core/cluster.py); refused unless set.
+    dask_allow_plaintext: bool = field(init=False)
     worker_loss_retries: int = field(init=False)
     run_timeout_s: int = field(init=False)
     pg_bin: str | None = field(init=False)
@@ -216,6 +227,7 @@ class Settings:
             ),
             "workers": int_setting(env, "TENANT_BACKUP_WORKERS", (os.cpu_count() or 1) + 1),
             "dask_scheduler": _optional(env, "TENANT_BACKUP_DASK_SCHEDULER"),
+            "dask_allow_plaintext": _bool_setting(env, "TENANT_BACKUP_DASK_ALLOW_PLAINTEXT"),
             "worker_loss_retries": int_setting(env, "TENANT_BACKUP_WORKER_LOSS_RETRIES", 3, minimum=1),
             "run_timeout_s": int_setting(env, "TENANT_BACKUP_RUN_TIMEOUT_S", 6 * 3600),
             "pg_bin": _optional(env, "TENANT_BACKUP_PG_BIN"),
@@ -273,6 +285,14 @@ class Settings:
         from .locations.config import locations_from_env
 
         return locations_from_env(names, self.environ, retry=retry)
+
+    def cluster_settings(self) -> dict[str, str]:
+        """The non-secret settings a batch's driver and its Dask workers must agree on, by name
+        (source, registry, tenant column and setting, locations, retention, the active key's id and
+        check value): core/cluster.py. Every other setting is each worker's own."""
+        from .cluster import cluster_settings
+
+        return cluster_settings(self)
 
     def apply_process_wide(self) -> None:
         """The one setting that is process-wide by nature — where the PostgreSQL programs are
