@@ -40,6 +40,22 @@ def test_one_missing_variable_is_named():
     assert "B2_BUCKET" not in str(ei.value)
 
 
+def test_the_error_names_the_smallest_fix():
+    """Nothing configured: one local directory is enough; some configured: keep only those; locations
+    a caller named (a --location option) are not second-guessed."""
+    with pytest.raises(ConfigError) as ei:
+        locations_from_env(None, environ={})
+    assert "or, to begin with one local directory: TENANT_BACKUP_LOCATIONS=local and TENANT_BACKUP_LOCAL_DIR=" in str(
+        ei.value
+    )
+    with pytest.raises(ConfigError) as ei:
+        locations_from_env(None, environ={"TENANT_BACKUP_LOCAL_DIR": "/tmp/x"})
+    assert str(ei.value).endswith("; or use only local: TENANT_BACKUP_LOCATIONS=local")
+    with pytest.raises(ConfigError) as ei:
+        locations_from_env(["r2"], environ={"TENANT_BACKUP_LOCAL_DIR": "/tmp/x"})
+    assert "TENANT_BACKUP_LOCATIONS" not in str(ei.value)
+
+
 def test_unlisted_locations_need_no_settings():
     locs = locations_from_env(None, environ={"TENANT_BACKUP_LOCATIONS": "local", "TENANT_BACKUP_LOCAL_DIR": "/tmp/x"})
     assert list(locs) == ["local"]

@@ -32,6 +32,17 @@ def location_names(environ: Mapping[str, str]) -> list[str]:
     return names
 
 
+def _smaller_fix(names: list[str], environ: Mapping[str, str], *, listed: bool) -> str:
+    """The smallest change that works, when TENANT_BACKUP_LOCATIONS chose the locations: keep only
+    the configured ones, or begin with one local directory."""
+    if not listed:
+        return ""  # the caller named the locations (a --location option): nothing to drop
+    ready = [n for n in names if all(environ.get(var, "").strip() for var in REQUIRED[n])]
+    if ready:
+        return f"; or use only {', '.join(ready)}: TENANT_BACKUP_LOCATIONS={','.join(ready)}"
+    return "; or, to begin with one local directory: TENANT_BACKUP_LOCATIONS=local and TENANT_BACKUP_LOCAL_DIR=/path/to/backups"
+
+
 def locations_from_env(
     names: list[str] | None, environ: Mapping[str, str], *, retry: bool = True
 ) -> dict[str, Location]:
@@ -43,6 +54,7 @@ def locations_from_env(
     contend for a small machine's cores — bench/storage.py measured 4 slower than 2 here),
     TENANT_BACKUP_B2_PART_SIZE_MB (server's recommendation), TENANT_BACKUP_STORAGE_ATTEMPTS (3).
     """
+    names_given = names
     names = [n.strip().lower() for n in (names if names is not None else location_names(environ))]
     unknown = [n for n in names if n not in KNOWN]
     if unknown:
@@ -52,7 +64,10 @@ def locations_from_env(
         raise ConfigError(f"storage location(s) listed twice: {', '.join(sorted(dupes))}")
     missing = [var for n in names for var in REQUIRED[n] if not environ.get(var, "").strip()]
     if missing:
-        raise ConfigError(f"missing configuration for storage location(s) {', '.join(names)}: set {', '.join(missing)}")
+        raise ConfigError(
+            f"missing configuration for storage location(s) {', '.join(names)}: set {', '.join(missing)}"
+            + _smaller_fix(names, environ, listed=names_given is None)
+        )
 
     prefix = environ.get("TENANT_BACKUP_STORAGE_PREFIX", "").strip()
     pattern = environ.get("TENANT_BACKUP_TENANT_ID_PATTERN") or None
