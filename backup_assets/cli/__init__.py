@@ -1,7 +1,7 @@
 """The `tenant-backup` command. Thin: parses arguments, calls the core, prints results.
 
 Commands live in cli/archive.py (export, decrypt, keys generate), cli/backup.py (backup, demo),
-cli/ops.py (list, status, verify, prune, rebuild, keys rewrap) and cli/restore.py, each registered
+cli/ops.py (list, status, verify, prune, rebuild, keys rewrap), cli/restore.py and cli/worker.py, each registered
 with `@command` (cli/_command.py), the one way a command is added; `build_parser` makes the
 argparse tree from that registry and gives every command `--json`.
 
@@ -22,6 +22,7 @@ from . import (  # noqa: F401 - importing a command module registers its command
     maintenance,
     ops,
     restore,
+    worker,
 )
 from ._command import COMMANDS, GROUPS, Output, add_to, error_document, load_settings
 
@@ -40,6 +41,7 @@ ORDER = [
     "keys generate",
     "keys rewrap",
     "demo",
+    "worker",
 ]
 
 

@@ -279,17 +279,18 @@ def check_address(address: str, *, allow_plaintext: bool, variable: str) -> str:
     """The scheme of `address` when it may be used: tls:// always (with check_tls), a plain protocol
     only to a loopback address or when the operator opted in. ConfigError naming `variable` otherwise."""
     scheme, host = address_parts(address)
+    named = f"{variable}={address}" if variable.isupper() else f"{variable} {address}"
     if scheme in ("tls", "wss"):
         return scheme
     if scheme in ("tcp", "ws", "ucx") and (allow_plaintext or is_loopback(host)):
         return scheme
     if scheme in ("tcp", "ws", "ucx"):
         raise ConfigError(
-            f"{variable}={address} is a plain {scheme}:// address on the network: tasks and results would travel"
+            f"{named} is a plain {scheme}:// address on the network: tasks and results would travel"
             f" unencrypted and anyone reaching the port could run code on the workers; use tls:// with Dask's TLS"
             f" configuration (docs/DEPLOYMENT.md), or set {PLAINTEXT_OPT_IN}=1 to allow it"
         )
-    raise ConfigError(f"{variable}={address}: unsupported scheme {scheme!r} (use tls://host:8786)")
+    raise ConfigError(f"{named}: unsupported scheme {scheme!r} (use tls://host:8786)")
 
 
 # Dask's own configuration keys for one role, and the environment variables that set them.

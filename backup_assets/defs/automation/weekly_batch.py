@@ -34,16 +34,21 @@ def back_up_active_tenants(context: OpExecutionContext, backup: BackupResource) 
             )
             context.log.info(f"[{index}/{total}] {outcome.tenant_id}: {state}")
 
-    result = back_up_tenants(
-        build_definitions(settings),
-        context.instance,
-        active,
-        progress=progress,
-        settings=settings,
-        batch_id=context.run_id,
-    )
+    # A cluster that cannot take the batch (TENANT_BACKUP_DASK_SCHEDULER without a PostgreSQL instance,
+    # TLS configuration, every worker refusing) fails the run in one line, not retried.
+    with permanent_failures(local_files=False):
+        result = back_up_tenants(
+            build_definitions(settings),
+            context.instance,
+            active,
+            progress=progress,
+            settings=settings,
+            batch_id=context.run_id,
+        )
     done = sum(o.ok for o in result.outcomes)
     context.log.info(f"{done}/{len(result.outcomes)} tenants backed up with every check passing")
+    if result.refused:
+        context.log.warning(result.refused_line())
     if result.skipped:
         context.log.warning(result.skipped_line())
     if result.failed:  # each tenant's own run was already retried as its errors allowed

@@ -1,15 +1,27 @@
 """One tenant's backup as one Dagster run of the tenant_backup job, executed in this process (no
 process start-up per run: that costs seconds, times thousands of tenants) and recorded in the
-instance; many tenants at once: defs/runs/batch.py.
+instance; many tenants at once: defs/runs/batch.py. Also the worker side of a batch (run_in_worker,
+the Dask task): a worker's own configuration, secrets, paths and instance, checked against the
+driver's before it takes a tenant.
 """
 
+import re
+import socket
+import threading
+import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from dagster import DagsterEventType, DagsterInstance
+from dagster._core.instance.ref import InstanceRef
 
+from ...core.cluster import ClusterSpec, Problems, WorkerRefused, compare, configuration_problems
+from ...core.errors import ConfigError, DatabaseUnreachable, first_line
+from ...core.settings import Settings
 from ..backup.assets import FORCE_TAG
 from ..failures import step_failure_line
-from .guard import JOB_NAME, TENANT_TAG
+from .guard import BATCH_TAG, JOB_NAME, TENANT_TAG, executing_runs
+from .instance import instance_from_ref, runner_instance, tune_for_runner
 
 
 @dataclass
@@ -98,3 +110,216 @@ def run_tenant(
         failure = next((e for e in result.all_events if e.event_type == DagsterEventType.RUN_FAILURE), None)
         outcome.error = step_failure_line(failure) if failure is not None else "run failed"
     return outcome
+
+
+# ----------------------------------------------------------------------- the worker side of a batch
+#
+# A Dask worker runs tenants for a driver that may be on another machine. It reads its own
+# configuration (its environment and key file: Settings.from_env), opens its own Dagster instance
+# (DAGSTER_HOME, or DAGSTER_PG_URL alone with its local files under its own work directory), and
+# takes a task only when the settings the cluster must agree on and the instance are the driver's
+# (core/cluster.py). The driver sends no secret and none of its paths.
+
+CLUSTER_TOKEN_KEY = "tenant_backup/cluster_instance"  # in the instance's key-value store
+_MISSING_ENV = re.compile(r'environment variable "([A-Za-z_][A-Za-z0-9_]*)" which is not set')
+
+
+def instance_label(instance: DagsterInstance) -> str:
+    """An instance's storage for messages, never with a password: `PostgreSQL user@host:port/db`."""
+    url = getattr(instance.run_storage, "postgres_url", None)
+    if url:
+        try:
+            from sqlalchemy.engine import make_url
+
+            parsed = make_url(url)
+            host = parsed.host or parsed.query.get("host") or "localhost"
+            port = f":{parsed.port}" if parsed.port else ""
+            return f"PostgreSQL {parsed.username or '?'}@{host}{port}/{parsed.database or '?'}"
+        except Exception:  # noqa: BLE001 - a label only
+            return "PostgreSQL"
+    if instance.is_ephemeral:
+        return "an in-memory instance (DAGSTER_HOME is not set)"
+    return f"{type(instance.run_storage).__name__} under {instance.root_directory}"
+
+
+def is_shared_storage(instance: DagsterInstance) -> bool:
+    """Runs and events in PostgreSQL: an instance workers on other machines can write to."""
+    if instance.is_ephemeral:
+        return False
+    storages = (instance.run_storage, instance.event_log_storage)
+    return all(type(s).__module__.startswith("dagster_postgres") for s in storages)
+
+
+def cluster_token(instance: DagsterInstance, *, create: bool) -> str | None:
+    """A random token kept in the instance itself: a worker that reads the driver's token from its own
+    instance writes where the driver reads (no database URL or password needs to travel)."""
+    storage = instance.run_storage
+    token = storage.get_cursor_values({CLUSTER_TOKEN_KEY}).get(CLUSTER_TOKEN_KEY)
+    if token or not create:
+        return token
+    storage.set_cursor_values({CLUSTER_TOKEN_KEY: uuid.uuid4().hex})
+    return storage.get_cursor_values({CLUSTER_TOKEN_KEY})[CLUSTER_TOKEN_KEY]
+
+
+def open_worker_instance(settings: Settings, problems: Problems) -> DagsterInstance | None:
+    """This worker's own Dagster instance: its DAGSTER_HOME (PostgreSQL-backed), else one from
+    DAGSTER_PG_URL alone whose local files go under this worker's work directory. What is missing or
+    wrong goes into `problems`; an unreachable database raises DatabaseUnreachable (worth retrying)."""
+    from dagster import EnvVar
+    from dagster._core.instance.config import is_dagster_home_set
+
+    url = EnvVar("DAGSTER_PG_URL").get_value() or ""
+    try:
+        if is_dagster_home_set():
+            instance = DagsterInstance.get()
+            if not is_shared_storage(instance):
+                problems.invalid.append(
+                    f"this worker's DAGSTER_HOME instance stores runs in {instance_label(instance)}: a worker"
+                    " writes into the cluster's PostgreSQL instance (set DAGSTER_PG_URL and unset DAGSTER_HOME,"
+                    " or give DAGSTER_HOME the PostgreSQL dagster.yaml)"
+                )
+                return None
+            instance = runner_instance(instance)
+        elif not url.strip():
+            problems.missing.append("DAGSTER_PG_URL (the Dagster instance's PostgreSQL database)")
+            return None
+        elif not url.startswith("postgresql+psycopg2://"):
+            problems.invalid.append("DAGSTER_PG_URL must be a postgresql+psycopg2:// URL (docs/ARCHITECTURE.md)")
+            return None
+        else:
+            base = Path(settings.work_dir) / "dagster"
+            base.mkdir(parents=True, exist_ok=True, mode=0o700)
+            storage = {"postgres": {"postgres_url": {"env": "DAGSTER_PG_URL"}}}
+            ref = InstanceRef.from_dir(str(base), overrides={"storage": storage, "telemetry": {"enabled": False}})
+            instance = tune_for_runner(instance_from_ref(ref))
+        cluster_token(instance, create=False)  # reaches the database
+        return instance
+    except Exception as exc:  # noqa: BLE001 - said in one line, below
+        line = first_line(exc) or type(exc).__name__
+        password = _url_password(url)
+        if password:
+            line = line.replace(password, "***")
+        missing = _MISSING_ENV.search(str(exc))
+        if missing:
+            problems.missing.append(f"{missing.group(1)} (named by DAGSTER_HOME/dagster.yaml)")
+        elif "OperationalError" in type(exc).__name__ or "OperationalError" in line:
+            raise DatabaseUnreachable(f"this worker's Dagster database is unreachable: {line}") from None
+        else:
+            problems.invalid.append(f"this worker's Dagster instance: {line}")
+        return None
+
+
+def _url_password(url: str) -> str | None:
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).password if url else None
+    except Exception:  # noqa: BLE001
+        return None
+
+
+@dataclass
+class WorkerSide:
+    """What a worker process holds for its tasks, built once from its own configuration."""
+
+    settings: Settings
+    shared: dict[str, str]
+    key_ids: tuple[str, ...]
+    defs: object
+    instance: DagsterInstance
+    token: str | None
+    accepted: set = field(default_factory=set)  # ClusterSpecs already compared and accepted
+
+
+_WORKER: dict = {}
+_WORKER_LOCK = threading.Lock()
+
+
+def load_worker_side() -> tuple[WorkerSide | None, Problems]:
+    """This process's whole configuration, checked at once: every missing variable and every other
+    problem (source, keyring, locations, work directory, Dagster instance)."""
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        return None, Problems([], [str(exc)])
+    problems = configuration_problems(settings)
+    instance = open_worker_instance(settings, problems)
+    if problems or instance is None:
+        return None, problems
+    try:
+        shared = settings.cluster_settings()
+        from ..build import build_definitions
+
+        defs = build_definitions(settings)
+    except ConfigError as exc:
+        return None, Problems([], [str(exc)])
+    keys = settings.keyring().ids
+    return WorkerSide(settings, shared, keys, defs, instance, cluster_token(instance, create=False)), problems
+
+
+def refusal(address: str, line: str) -> WorkerRefused:
+    return WorkerRefused(f"worker {address} on {socket.gethostname()} refused the task: {line}", address)
+
+
+def worker_side(address: str) -> WorkerSide:
+    """This worker process's WorkerSide, or WorkerRefused naming everything that is missing. A
+    configuration problem is remembered (the environment does not change); an unreachable database
+    is tried again with the next task."""
+    with _WORKER_LOCK:
+        if "side" in _WORKER:
+            return _WORKER["side"]
+        if "refused" in _WORKER:
+            raise refusal(address, _WORKER["refused"])
+        try:
+            side, problems = load_worker_side()
+        except DatabaseUnreachable as exc:
+            raise refusal(address, str(exc)) from None
+        if side is None:
+            _WORKER["refused"] = problems.line()
+            raise refusal(address, _WORKER["refused"])
+        _WORKER["side"] = side
+        return side
+
+
+def accept(side: WorkerSide, spec: ClusterSpec, address: str) -> None:
+    """Take the driver's task only if the settings the cluster must agree on and the instance are
+    the driver's; WorkerRefused naming every difference otherwise."""
+    if spec in side.accepted:
+        return
+    problems = compare(dict(spec.shared), side.shared, side.key_ids)
+    if side.token != spec.instance:
+        side.token = cluster_token(side.instance, create=False)  # the driver may have just made it
+    if side.token != spec.instance:
+        problems.append(
+            f"its Dagster instance ({instance_label(side.instance)}) is not the driver's ({spec.instance_label})"
+        )
+    if problems:
+        raise refusal(address, "; ".join(problems))
+    side.accepted.add(spec)
+
+
+def run_in_worker(tenant_id: str, *, force: bool, batch_id: str, log_level: str, cluster: ClusterSpec) -> TenantOutcome:
+    """The Dask task (importable, so workers on other machines can run it): the tenant's run, with this
+    worker's own settings, secrets, paths and instance, once they agree with the driver's `cluster`."""
+    from distributed import get_client, get_worker
+
+    from .batch import back_up_one
+
+    address = get_worker().address
+    side = worker_side(address)
+    accept(side, cluster, address)
+    records = executing_runs(side.instance, tenant_id)
+    live_workers = None
+    if any(r.dagster_run.tags.get(BATCH_TAG) == batch_id for r in records):  # a retry after a worker died
+        live_workers = set(get_client().scheduler_info(n_workers=-1)["workers"])
+    return back_up_one(
+        side.defs,
+        side.instance,
+        tenant_id,
+        force=force,
+        batch_id=batch_id,
+        log_level=log_level,
+        worker=address,
+        live_workers=live_workers,
+        timeout_s=side.settings.run_timeout_s,
+    )
