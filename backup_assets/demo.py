@@ -7,7 +7,10 @@ the result table. With --ui it keeps `dagster dev` running on that instance so t
 partitions and check results can be explored. Everything lives under one directory.
 
 Everything the demo starts it also stops — `dagster dev` and every process under it, the loopback
-servers, the embedded PostgreSQL — when it ends, fails, or gets Ctrl-C (SIGINT) or SIGTERM.
+servers, the embedded PostgreSQL — when it ends, fails, or gets Ctrl-C (SIGINT, with or without a
+terminal) or SIGTERM: within seconds, and then it exits 0 with one line saying so (Ctrl-C is how
+`demo --ui` ends). If the demo itself is killed (SIGKILL), a watchdog (testing/reaper.py) stops what
+it had started.
 """
 
 from __future__ import annotations
@@ -117,7 +120,7 @@ class DemoStack:
         server_processes: bool = False,
         tuned_storage: bool = False,
     ):
-        self.server = self.s3 = self.b2 = None
+        self.server = self.s3 = self.b2 = self.reaper = None
         self._processes: list[subprocess.Popen] = []
         try:
             self._start(
@@ -132,10 +135,13 @@ class DemoStack:
         from .core.embedded_pg import start_embedded
         from .sample.generate import create_sample_database
         from .testing.b2_server import B2Server
+        from .testing.reaper import Reaper
         from .testing.s3_server import S3Server
 
         self.directory = directory.resolve()
         self.directory.mkdir(parents=True, exist_ok=True)
+        self.reaper = Reaper()  # first: whatever is started below does not outlive this process
+        self.reaper.watch_postgres(self.directory / "pg")
         say(f"starting embedded PostgreSQL in {self.directory / 'pg'}")
         self.server = start_embedded(self.directory / "pg")
         self.db = create_sample_database(self.server.admin_dsn(), "tenants_demo")
@@ -153,6 +159,7 @@ class DemoStack:
                     text=True,
                 )
                 self._processes.append(proc)
+                self.reaper.watch_pid(proc.pid)
                 storage_env.update(json.loads(proc.stdout.readline())["env"])
         else:
             self.s3 = S3Server().start()
@@ -188,8 +195,13 @@ class DemoStack:
         os.environ.update(self.env)
         import shlex  # quoted: readable by `set -a; . demo.env` and by .env parsers alike
 
-        (self.directory / "demo.env").write_text(
-            "".join(f"{k}={shlex.quote(v)}\n" for k, v in self.env.items() if k != "TENANT_BACKUP_KEYS")
+        # For another shell (`set -a; . demo.env; set +a`): the keyring by its 0600 file, not inline.
+        shared = {k: v for k, v in self.env.items() if k != "TENANT_BACKUP_KEYS"}
+        shared["TENANT_BACKUP_KEYS_FILE"] = str(self.directory / "demo-keys")
+        self.env_file = self.directory / "demo.env"
+        self.env_file.write_text(
+            "# tenant-backup demo: its database, R2/B2 stand-ins, keyring and Dagster instance, while it runs\n"
+            + "".join(f"{k}={shlex.quote(v)}\n" for k, v in shared.items())
         )
 
     def stop(self) -> None:
@@ -209,69 +221,76 @@ class DemoStack:
         self.s3 = self.b2 = None
         if self.server is not None:
             self.server.stop()  # idempotent; the attribute stays (callers read server.socket_dir)
+        if self.reaper is not None:
+            self.reaper.close()  # finds nothing left to stop, and exits
+            self.reaper = None
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt  # SIGTERM takes the Ctrl-C path: everything started is stopped
+class _Stopped(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM: how `demo --ui` is meant to end (args: the signal's name)."""
 
 
-def _descendants(proc: subprocess.Popen) -> list:
-    import psutil
+def _stop_signal(signum, frame):
+    raise _Stopped(signal.Signals(signum).name)
 
+
+# `dagster dev` warns, once started, that it is superseded by `dg dev` (the dagster-dg-cli package,
+# which this project does not install): nothing a user of the demo can act on, so filtered in that
+# process alone.
+_SUPERSEDED = "ignore:Function `dev_command` is superseded"
+
+
+def _serve_ui(port: int, stack: DemoStack, say) -> int:
+    """`dagster dev` in a session of its own (a Ctrl-C to the terminal reaches the demo, which stops
+    it), until it exits or the demo is stopped. Its output (sensor ticks, the logs of runs launched from
+    the UI) goes to a log file beside the instance: the UI shows the same, and the terminal stays the
+    demo's. Returns its exit code (0 when the demo stopped it)."""
+    from .testing.reaper import stop_group
+
+    log_path = stack.directory / "dagster-dev.log"
+    with open(log_path, "ab") as log:
+        dev = subprocess.Popen(
+            [sys.executable, "-W", _SUPERSEDED, "-m", "dagster", "dev", "-m", "backup_assets.definitions"]
+            + ["-h", "127.0.0.1", "-p", str(port)],
+            env=dict(os.environ),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            # Dagster warns when the working directory holds a dagster.yaml that is not DAGSTER_HOME's
+            # (the project root holds the production one): started in the demo's DAGSTER_HOME, none is.
+            cwd=stack.home,
+            start_new_session=True,
+        )
+    stack.reaper.watch_group(dev.pid)
     try:
-        return psutil.Process(proc.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        return []
-
-
-def _stop_process_tree(proc: subprocess.Popen, say, grace_s: float = 20.0) -> None:
-    """SIGTERM to `dagster dev` (it stops its webserver, daemon and code servers), then SIGKILL to
-    whatever of its tree is still there after `grace_s`."""
-    import psutil
-
-    tree = _descendants(proc)
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(grace_s)
-    except subprocess.TimeoutExpired:
-        say("dagster dev did not stop in time: killing it")
-    tree += [p for p in _descendants(proc) if p not in tree]
-    for child in tree:
-        try:
-            child.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(tree, timeout=5)
-    for child in alive:
-        try:
-            child.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=5)
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait(10)
-
-
-def _serve_ui(port: int, say) -> int:
-    """`dagster dev` in a session of its own (a Ctrl-C reaches the demo, which stops it in order),
-    until it exits or the demo is interrupted."""
-    dev = subprocess.Popen(
-        [sys.executable, "-m", "dagster", "dev", "-m", "backup_assets.definitions", "-h", "127.0.0.1", "-p", str(port)],
-        env=dict(os.environ),
-        start_new_session=True,
-    )
-    try:
-        return dev.wait()
+        url = f"http://127.0.0.1:{port}"
+        if _answers(dev, f"{url}/server_info", timeout_s=180):
+            say(f"Dagster UI on {url} (lineage: /asset-groups); Ctrl-C stops it and everything else")
+            say(f"from another shell: set -a; . {stack.env_file}; set +a  then e.g.: tenant-backup status")
+            say(f"Dagster's own log: {log_path}")
+        code = dev.wait()
+        if code:
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
+            say(f"dagster dev exited with {code} (port {port} in use? --port): " + " | ".join(tail)[-600:])
+        return code
     finally:
-        previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+        stop_group(dev)
+
+
+def _answers(proc: subprocess.Popen, url: str, *, timeout_s: float) -> bool:
+    """True once `url` answers 200, False if the process exits (or `timeout_s` passes) first."""
+    import urllib.request
+
+    end = time.monotonic() + timeout_s
+    while proc.poll() is None and time.monotonic() < end:
         try:
-            say("stopping the Dagster UI")
-            _stop_process_tree(dev, say)
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.5)
+    return False
 
 
 def run_demo(
@@ -284,17 +303,20 @@ def run_demo(
     workers: int = 2,
     out=None,
 ) -> int:
-    """The demo; `out` (cli._command.Output): --json / -q. Returns the exit code."""
+    """The demo; `out` (cli._command.Output): --json / -q. Returns the exit code: 0 also when stopped
+    by Ctrl-C or SIGTERM (everything it started is then stopped)."""
     in_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _interrupt) if in_main else None
+    # Installed, not inherited: started without a terminal (a service manager, `cmd &` in a script)
+    # the demo inherits SIGINT ignored, and Python leaves it so; its children then ignored it too.
+    previous = {s: signal.signal(s, _stop_signal) for s in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
     stacks: list[DemoStack] = []  # the one started, once it is
+    stopped_by = None
     try:
         return _run(
             directory, tenants=tenants, rows=rows, ui=ui, port=port, workers=workers, out=out, started=stacks.append
         )
-    except KeyboardInterrupt:
-        print("tenant-backup: demo interrupted, stopping everything it started", file=sys.stderr, flush=True)
-        return 130
+    except KeyboardInterrupt as exc:
+        stopped_by = exc.args[0] if isinstance(exc, _Stopped) and exc.args else "SIGINT"
     finally:
         # Not interruptible itself: a second Ctrl-C must not leave half of it running (bounded waits).
         ignored = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
@@ -302,10 +324,14 @@ def run_demo(
             for stack in stacks:
                 stack.stop()
         finally:
-            for sig, handler in ignored.items():
+            for sig, handler in {**ignored, **previous}.items():
                 signal.signal(sig, handler)
-            if in_main:
-                signal.signal(signal.SIGTERM, previous)
+    how = "Ctrl-C" if stopped_by == "SIGINT" else stopped_by
+    where = stacks[0].directory if stacks else directory
+    print(
+        f"tenant-backup: demo stopped on {how}, with everything it started; its files stay in {where}", file=sys.stderr
+    )
+    return 0
 
 
 def _run(directory: Path, *, tenants: int, rows: int, ui: bool, port: int, workers: int, out, started) -> int:
@@ -334,7 +360,10 @@ def _run(directory: Path, *, tenants: int, rows: int, ui: bool, port: int, worke
     say(f"backing up {len(ids)} active tenants through Dagster (instance: {stack.home})")
     t0 = time.monotonic()
     with DagsterInstance.get() as instance:
-        outcomes = run_batch(defs, instance, ids, out, labels, settings=settings, workers=workers).outcomes
+        # Dagster's per-run WARNING lines would repeat, per tenant, the sample's shared table (noted once below).
+        outcomes = run_batch(
+            defs, instance, ids, out, labels, settings=settings, workers=workers, log_level="ERROR"
+        ).outcomes
     elapsed = time.monotonic() - t0
     out.text(tenant_table(outcomes, job_assets(defs), labels))
     failed = [o for o in outcomes if not o.ok]
@@ -342,17 +371,23 @@ def _run(directory: Path, *, tenants: int, rows: int, ui: bool, port: int, worke
         f"{len(outcomes) - len(failed)}/{len(outcomes)} tenants backed up to local, R2 and B2 with every check "
         f"passing in {elapsed:.1f}s ({elapsed / max(len(outcomes), 1):.2f}s per tenant)"
     )
-    out.emit(
-        batch_document(
-            outcomes,
-            labels,
-            directory=str(stack.directory),
-            dagster_home=str(stack.home),
-            elapsed_s=round(elapsed, 3),
-            ui_url=f"http://127.0.0.1:{port}" if ui else None,
-        )
+    document = batch_document(
+        outcomes,
+        labels,
+        directory=str(stack.directory),
+        dagster_home=str(stack.home),
+        env_file=str(stack.env_file),
+        elapsed_s=round(elapsed, 3),
+        ui_url=f"http://127.0.0.1:{port}" if ui else None,
     )
-    if ui:
-        say(f"Dagster UI on http://127.0.0.1:{port} (Ctrl-C to stop). Lineage: /asset-groups")
-        _serve_ui(port, say)
-    return 1 if failed else 0
+    out.emit(document)
+    if document["shared_tables"]:
+        say(
+            "shared tables (no tenant column) went whole into every archive: "
+            + ", ".join(f"{name} ({count} rows)" for name, count in sorted(document["shared_tables"].items()))
+            + ": the sample's reference data; on your database: docs/ISOLATION.md#shared-tables"
+        )
+    if not ui:
+        say("to explore it: tenant-backup demo --ui (make demo ARGS=--ui) keeps the database, R2/B2 and the UI up")
+        return 1 if failed else 0
+    return 1 if _serve_ui(port, stack, say) or failed else 0

@@ -73,8 +73,10 @@ def run_batch(
     settings,
     force: bool = False,
     workers: int | None = None,
+    log_level: str = "WARNING",
 ):
-    """back_up_tenants with a tenants-done display (or, without a terminal, one stderr line per tenant)."""
+    """back_up_tenants with a tenants-done display (or, without a terminal, one stderr line per tenant);
+    log_level: of the runs' console lines."""
     from ..defs.runs.batch import back_up_tenants
 
     with Counter(out, "backing up", total=len(tenant_ids), unit="tenants") as bar:
@@ -92,7 +94,14 @@ def run_batch(
                 bar.log(f"  [{index}/{total}] {labels.label(outcome.tenant_id)}: {state}")
 
         return back_up_tenants(
-            defs, instance, tenant_ids, settings=settings, force=force, progress=progress, workers=workers
+            defs,
+            instance,
+            tenant_ids,
+            settings=settings,
+            force=force,
+            progress=progress,
+            workers=workers,
+            log_level=log_level,
         )
 
 
