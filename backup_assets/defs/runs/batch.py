@@ -248,14 +248,15 @@ def _on_dask(
             with connect(scheduler, settings, cluster) as client:
                 options = dict(pure=False, force=force, batch_id=batch_id, log_level=log_level, cluster=spec)
                 keys = [f"backup-{batch_id}-{t}" for t in tenant_ids]
-                futures = client.map(run_in_worker, tenant_ids, key=keys, **options)
                 by_key = dict(zip(keys, tenant_ids, strict=True))
                 attempts: dict[str, int] = {}
-                tasks = as_completed(futures)
+                tasks = as_completed(client.map(run_in_worker, tenant_ids, key=keys, **options))
                 for future in tasks:
                     tenant_id = by_key[future.key]
                     try:
-                        outcome = future.result()
+                        # Released once read: a worker that dies later holding this result must not
+                        # make Dask run the tenant again for a future nobody holds.
+                        outcome = _result(future)
                     except KilledWorker:
                         outcome = TenantOutcome(
                             tenant_id,
@@ -283,6 +284,13 @@ def _on_dask(
     if refused and all(o.error in refused.values() for o in outcomes.values()):
         raise ConfigError("no Dask worker took this batch's tasks: " + " | ".join(refused.values()))
     return [outcomes[t] for t in tenant_ids]
+
+
+def _result(future):
+    try:
+        return future.result()
+    finally:
+        future.release()
 
 
 def _refused(client, exc: WorkerRefused, tenant_id: str, attempts: dict, refused: dict) -> dict | None:
