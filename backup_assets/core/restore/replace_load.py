@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 LOCK_TIMEOUT_ENV = "TENANT_BACKUP_RESTORE_LOCK_TIMEOUT"
 DEFAULT_LOCK_TIMEOUT = "10s"
 LOCK_TIMEOUT_RE = re.compile(r"\d+\s*(ms|s|min|h)?\Z")
+WORK_MEM = "64MB"
+TEMP_BUFFERS = "128MB"
 
 
 OWNED_SEQUENCES_SQL = """
@@ -86,7 +88,10 @@ def replace_rows(
         with conn.cursor() as cur:
             cur.execute("SET LOCAL lock_timeout = %s", (lock_timeout,))
             cur.execute("SET LOCAL row_security = off")  # a policy that still applies is an error, never a filter
-            cur.execute("SET LOCAL extra_float_digits = 3")  # rows compared as text: floats exact
+            # Memory for this transaction's joins and temporary tables (set before the first temporary
+            # table of the session): the backup's and the current rows are hashed table by table.
+            cur.execute("SET LOCAL work_mem = %s", (WORK_MEM,))
+            cur.execute("SET LOCAL temp_buffers = %s", (TEMP_BUFFERS,))
             proof = None
             t0 = time.monotonic()
             if not dry_run:

@@ -114,10 +114,6 @@ class Replacement:
             rows.rows = self.cur.rowcount
             rows.doomed = rows.rows if table.mode == "replace" else 0
         for rows in self.rows.values():
-            for temp in (rows.backup, rows.current):
-                if temp is not None:
-                    self.cur.execute(sql.SQL("ANALYZE {}").format(temp))
-        for rows in self.rows.values():
             if rows.table.mode == "merge":
                 self._doom_merge(rows)
         self._close_over_references()
@@ -305,10 +301,12 @@ class Replacement:
             rows.updated = self.cur.fetchone()[0]
 
     def _differs(self, rows: TableRows) -> sql.Composable:
+        """The current row differs from the backup's: compared by their binary images (`*<>`, exact:
+        1.0 and 1.00 differ, NULLs are equal; no equality operator needed, e.g. for json)."""
         compared = [c for c in rows.columns if c not in rows.table.pk]
         if not compared:
             return sql.SQL("false")
-        return sql.SQL("{}::text IS DISTINCT FROM {}::text").format(_row("t", compared), _row("s", compared))
+        return sql.SQL("{}::record *<> {}::record").format(_row("t", compared), _row("s", compared))
 
     # ------------------------------------------------------------------ writing
     def delete(self) -> None:
@@ -351,6 +349,8 @@ class Replacement:
                 )
             elif table.mode == "merge" and rows.kept:
                 self._update(rows)
+                if rows.kept == rows.copied:
+                    continue  # every backup row matched a kept row: nothing to insert
                 insert += sql.SQL(" WHERE NOT EXISTS (SELECT 1 FROM {} c WHERE NOT c.{} AND {})").format(
                     rows.current, sql.Identifier(DOOMED), _equal("c", "s", table.pk)
                 )
