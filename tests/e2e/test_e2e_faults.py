@@ -187,8 +187,9 @@ def test_kill_9_mid_dump_leaves_nothing_complete_and_next_run_succeeds(e2e_stack
                     continue
                 if worker is not None:
                     break
-        # Kill once the archive's temporary file exists too: what a crash mid-dump leaves behind.
-        if worker is not None and _leftovers(stack, big.id):
+        # Kill while the archive's temporary file is being written (mid-dump, not the complete pending-*
+        # file, which the step may rename into place before a signal sent on a loaded machine lands).
+        if worker is not None and [n for n in _leftovers(stack, big.id) if ".tmp-" in n]:
             kill_tree(worker)  # the step's process and its pg_dump, at once
             killed = True
         time.sleep(0.01)
