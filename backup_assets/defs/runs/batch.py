@@ -220,13 +220,13 @@ def _on_dask(
     instance, tenant_ids, *, force, progress, log_level, workers, batch_id, scheduler, settings: Settings, refused
 ) -> list[TenantOutcome]:
     import dask
-    from distributed import KilledWorker, LocalCluster, Security, as_completed
+    from distributed import LocalCluster, Security
 
-    losses = settings.worker_loss_retries
     spec = cluster_spec(instance, settings)
     outcomes: dict[str, TenantOutcome] = {}
     # allowed-failures: a local cluster's (a remote scheduler has its own); nframes 0: no source code
     # of ours travels with the graph.
+    losses = settings.worker_loss_retries
     config = {"distributed.scheduler.allowed-failures": losses, "distributed.diagnostics.computations.nframes": 0}
     with dask.config.set(config):
         cluster = (
@@ -247,33 +247,9 @@ def _on_dask(
         try:
             with connect(scheduler, settings, cluster) as client:
                 options = dict(pure=False, force=force, batch_id=batch_id, log_level=log_level, cluster=spec)
-                keys = [f"backup-{batch_id}-{t}" for t in tenant_ids]
-                by_key = dict(zip(keys, tenant_ids, strict=True))
-                attempts: dict[str, int] = {}
-                tasks = as_completed(client.map(run_in_worker, tenant_ids, key=keys, **options))
-                for future in tasks:
-                    tenant_id = by_key[future.key]
-                    try:
-                        # Released once read: a worker that dies later holding this result must not
-                        # make Dask run the tenant again for a future nobody holds.
-                        outcome = _result(future)
-                    except KilledWorker:
-                        outcome = TenantOutcome(
-                            tenant_id,
-                            "",
-                            error=f"its worker died {losses} times while backing"
-                            " it up (killed, out of memory?): given up",
-                        )
-                    except WorkerRefused as exc:
-                        again = _refused(client, exc, tenant_id, attempts, refused)
-                        if again:
-                            key = f"backup-{batch_id}-{tenant_id}-{attempts[tenant_id]}"
-                            by_key[key] = tenant_id
-                            tasks.add(client.submit(run_in_worker, tenant_id, key=key, **options, **again))
-                            continue
-                        outcome = TenantOutcome(tenant_id, "", error=str(exc))
-                    except Exception as exc:  # noqa: BLE001 - reported for this tenant, the batch goes on
-                        outcome = TenantOutcome(tenant_id, "", error=first_line(exc) or type(exc).__name__)
+                tasks = _Tasks(client, options, batch_id, losses, refused)
+                tasks.map(tenant_ids)
+                for tenant_id, outcome in tasks.results():
                     outcomes[tenant_id] = outcome
                     if progress:
                         progress(len(outcomes), len(tenant_ids), outcome)
@@ -286,25 +262,123 @@ def _on_dask(
     return [outcomes[t] for t in tenant_ids]
 
 
+class _Tasks:
+    """The batch's tasks on the cluster, yielded as they complete. A task a worker refused (its own
+    configuration, or one that differs from the driver's) goes again to the workers that have not
+    refused — restricted to them, so a refusing worker does not take it back while they are busy —
+    at most REFUSALS_PER_TENANT times; if the workers it is restricted to all leave (killed, and
+    restarted under another address), it goes to the non-refusing workers there are then, or fails
+    after STUCK_S without any. Each refusing worker is named once (log, BatchResult.refused)."""
+
+    CHECK_S = 2.0
+    STUCK_S = 60.0
+
+    def __init__(self, client, options: dict, batch_id: str, losses: int, refused: dict[str, str]):
+        from distributed import as_completed
+
+        self.client, self.options, self.batch_id, self.losses, self.refused = client, options, batch_id, losses, refused
+        self.completed = as_completed()
+        self.tenant_of: dict[str, str] = {}  # task key -> tenant
+        self.restricted: dict[str, tuple[object, set[str]]] = {}  # task key -> (future, workers it may run on)
+        self.attempts: dict[str, int] = {}  # tenant -> submissions
+        self.stuck_since: float | None = None
+        self.failed: list[tuple[str, TenantOutcome]] = []  # given up outside a result (stuck)
+
+    def map(self, tenant_ids: list[str]) -> None:
+        keys = [self._key(t) for t in tenant_ids]
+        self.completed.update(self.client.map(run_in_worker, tenant_ids, key=keys, **self.options))
+
+    def _key(self, tenant_id: str) -> str:
+        self.attempts[tenant_id] = self.attempts.get(tenant_id, 0) + 1
+        n = self.attempts[tenant_id]
+        key = f"backup-{self.batch_id}-{tenant_id}" + (f"-{n}" if n > 1 else "")
+        self.tenant_of[key] = tenant_id
+        return key
+
+    def _submit(self, tenant_id: str, workers: set[str]) -> None:
+        key = self._key(tenant_id)
+        future = self.client.submit(run_in_worker, tenant_id, key=key, workers=sorted(workers), **self.options)
+        self.restricted[key] = (future, workers)
+        self.completed.add(future)
+
+    def results(self):
+        import time
+
+        next_check = time.monotonic() + self.CHECK_S
+        while not self.completed.is_empty() or self.failed:
+            while self.failed:
+                yield self.failed.pop()
+            batch = self.completed.next_batch(block=False)
+            if not batch:
+                time.sleep(0.05)
+                if self.restricted and time.monotonic() >= next_check:
+                    self._unstick()
+                    next_check = time.monotonic() + self.CHECK_S
+                continue
+            for future in batch:
+                tenant_id = self.tenant_of.pop(future.key, None)
+                self.restricted.pop(future.key, None)
+                if tenant_id is None:  # cancelled by _unstick, submitted again
+                    continue
+                outcome = self._outcome(future, tenant_id)
+                if outcome is not None:
+                    yield tenant_id, outcome
+
+    def _outcome(self, future, tenant_id: str) -> TenantOutcome | None:
+        from distributed import KilledWorker
+
+        try:
+            # Released once read: a worker that dies later holding this result must not make Dask
+            # run the tenant again for a future nobody holds.
+            return _result(future)
+        except KilledWorker:
+            reason = f"its worker died {self.losses} times while backing it up (killed, out of memory?): given up"
+            return TenantOutcome(tenant_id, "", error=reason)
+        except WorkerRefused as exc:
+            if exc.worker not in self.refused:
+                self.refused[exc.worker] = str(exc)
+                log.warning(str(exc))
+            others = self._eligible()
+            if others and self.attempts[tenant_id] < REFUSALS_PER_TENANT:
+                self._submit(tenant_id, others)
+                return None
+            return TenantOutcome(tenant_id, "", error=str(exc))
+        except Exception as exc:  # noqa: BLE001 - reported for this tenant, the batch goes on
+            return TenantOutcome(tenant_id, "", error=first_line(exc) or type(exc).__name__)
+
+    def _eligible(self) -> set[str]:
+        return {w for w in self.client.scheduler_info(n_workers=-1)["workers"] if w not in self.refused}
+
+    def _unstick(self) -> None:
+        """Restricted tasks whose workers all left: to the eligible workers there are now."""
+        import time
+
+        eligible = self._eligible()
+        stuck = [
+            (k, f) for k, (f, allowed) in self.restricted.items() if f.status == "pending" and not allowed & eligible
+        ]
+        if not stuck or eligible:
+            self.stuck_since = None
+        elif self.stuck_since is None:
+            self.stuck_since = time.monotonic()
+        for key, future in stuck:
+            if not eligible and time.monotonic() - self.stuck_since < self.STUCK_S:
+                continue
+            tenant_id = self.tenant_of.pop(key)
+            del self.restricted[key]
+            future.cancel()
+            if eligible:
+                self._submit(tenant_id, eligible)
+            else:
+                line = "no worker that accepts this batch is left: " + " | ".join(self.refused.values())
+                self.failed.append((tenant_id, TenantOutcome(tenant_id, "", error=line)))
+
+
 def _result(future):
     try:
         return future.result()
     finally:
         future.release()
-
-
-def _refused(client, exc: WorkerRefused, tenant_id: str, attempts: dict, refused: dict) -> dict | None:
-    """A worker refused a tenant's task (its configuration): named once, and the task is given to the
-    workers that have not refused (restrictions, not a new cluster), unless none is left or the tenant
-    was refused REFUSALS_PER_TENANT times. Returns the submit options of the next attempt, or None."""
-    if exc.worker not in refused:
-        refused[exc.worker] = str(exc)
-        log.warning(str(exc))
-    attempts[tenant_id] = attempts.get(tenant_id, 0) + 1
-    others = [w for w in client.scheduler_info(n_workers=-1)["workers"] if w not in refused]
-    if not others or attempts[tenant_id] >= REFUSALS_PER_TENANT:
-        return None
-    return {"workers": others, "allow_other_workers": True}
 
 
 def _sweep(instance, tenant_ids, batch_id) -> None:
