@@ -242,9 +242,11 @@ def for_restore(target_version: str | int, dump_version: str | int | None) -> Re
 
 
 def _shown(version: str | int) -> str:
+    """"15.4" for 150004, "pg_dump (PostgreSQL) 15.4" or "15.4 (Debian 15.4-1)"."""
     if isinstance(version, int) and version >= 100000:
         return f"{version // 10000}.{version % 10000}"
-    return str(version).split(" ")[0]
+    match = re.search(r"\d+(?:\.\d+)*", str(version))
+    return match.group(0) if match else str(version)
 
 
 # ------------------------------------------------------------------------------ compatibility
