@@ -33,6 +33,7 @@ from .replace_plan import FKey, Plan, Table
 from .result import RestoreResult
 
 DOOMED = "tb_doomed"
+CHANGED = "tb_changed"
 SLOW_FK_ROWS = 10_000  # warn about an unindexed foreign key when a delete scans at least this x 1000 rows
 
 
@@ -46,6 +47,7 @@ class TableRows:
     keys: list[str] = field(default_factory=list)  # columns of tb_cur_N besides the flag
     rows: int = 0  # this tenant's rows in the target, before
     doomed: int = 0
+    changed: int = 0  # kept rows that differ from the backup's (the UPDATE's rows)
     deleted: int = 0
     updated: int = 0
     inserted: int = 0
@@ -99,24 +101,44 @@ class Replacement:
                 table.mode = "replace"  # a key column the backup does not have: rows cannot be matched
             rows.keys = keys
             rows.current = sql.Identifier(f"tb_cur_{n}")
-            select = _cols("t", rows.keys) if rows.keys else sql.SQL("")
+            select = [_cols("t", rows.keys)] if rows.keys else []
+            if table.mode == "merge":
+                # One join decides two things per current row: gone from the backup (doomed), and, if
+                # not, whether it differs from the backup's row (changed: to be updated).
+                gone = sql.SQL("s.{} IS NULL").format(sql.Identifier(table.pk[0]))
+                source = sql.SQL("{} t LEFT JOIN {} s ON {}").format(
+                    table.ident, rows.backup, _equal("t", "s", table.pk)
+                )
+                select += [
+                    sql.SQL("{} AS {}").format(gone, sql.Identifier(DOOMED)),
+                    sql.SQL("(NOT {} AND {}) AS {}").format(gone, self._differs(rows), sql.Identifier(CHANGED)),
+                ]
+            else:
+                source = sql.SQL("{} t").format(table.ident)
+                select += [
+                    sql.SQL("true AS {}").format(sql.Identifier(DOOMED)),
+                    sql.SQL("false AS {}").format(sql.Identifier(CHANGED)),
+                ]
             self.cur.execute(
-                sql.SQL("CREATE TEMPORARY TABLE {} ON COMMIT DROP AS SELECT {}{}{} AS {} FROM {} t WHERE {}").format(
-                    rows.current,
-                    select,
-                    sql.SQL(", ") if rows.keys else sql.SQL(""),
-                    sql.SQL("false" if table.mode == "merge" else "true"),
-                    sql.Identifier(DOOMED),
-                    table.ident,
-                    self.plan.predicates[table.oid],
+                sql.SQL("CREATE TEMPORARY TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WHERE {}").format(
+                    rows.current, sql.SQL(", ").join(select), source, self.plan.predicates[table.oid]
                 )
             )
             rows.rows = self.cur.rowcount
-            rows.doomed = rows.rows if table.mode == "replace" else 0
+            rows.doomed = rows.rows if table.mode == "replace" else self._count(rows, sql.Identifier(DOOMED))
         for rows in self.rows.values():
             if rows.table.mode == "merge":
                 self._doom_merge(rows)
         self._close_over_references()
+        for rows in self.rows.values():  # what the UPDATE will write: changed rows that stay
+            if rows.table.mode == "merge" and rows.kept:
+                rows.changed = self._count(
+                    rows, sql.SQL("{} AND NOT {}").format(sql.Identifier(CHANGED), sql.Identifier(DOOMED))
+                )
+
+    def _count(self, rows: TableRows, condition: sql.Composable) -> int:
+        self.cur.execute(sql.SQL("SELECT count(*) FROM {} WHERE {}").format(rows.current, condition))
+        return self.cur.fetchone()[0]
 
     def _key_columns(self, table: Table) -> list[str]:
         names = list(table.pk)
@@ -161,9 +183,7 @@ class Replacement:
 
     def _doom_merge(self, rows: TableRows) -> None:
         table, pk = rows.table, rows.table.pk
-        # Gone from the backup.
-        self._doom(rows, sql.SQL("NOT EXISTS (SELECT 1 FROM {} s WHERE {})").format(rows.backup, _equal("s", "c", pk)))
-        # A unique value the backup gives to another row.
+        # (Gone from the backup: decided when tb_cur_N was made.) A unique value the backup gives to another row.
         for key in table.unique_keys:
             self._doom(
                 rows,
@@ -283,22 +303,9 @@ class Replacement:
 
     # ------------------------------------------------------------------ counting (dry run)
     def count_updates(self) -> None:
-        """Dry run: how many kept rows differ from the backup's (would be updated)."""
+        """Dry run: the kept rows that differ from the backup's (would be updated)."""
         for rows in self.rows.values():
-            if rows.table.mode != "merge" or not rows.kept:
-                continue
-            self.cur.execute(
-                sql.SQL("SELECT count(*) FROM {} t JOIN {} c ON {} JOIN {} s ON {} WHERE NOT c.{} AND {}").format(
-                    rows.table.ident,
-                    rows.current,
-                    _equal("t", "c", rows.table.pk),
-                    rows.backup,
-                    _equal("s", "c", rows.table.pk),
-                    sql.Identifier(DOOMED),
-                    self._differs(rows),
-                )
-            )
-            rows.updated = self.cur.fetchone()[0]
+            rows.updated = rows.changed
 
     def _differs(self, rows: TableRows) -> sql.Composable:
         """The current row differs from the backup's: compared by their binary images (`*<>`, exact:
@@ -360,22 +367,27 @@ class Replacement:
     def _update(self, rows: TableRows) -> None:
         table = rows.table
         assigned = [c for c in rows.columns if c not in table.pk and c not in table.identity_always]
-        if not assigned:
+        if not assigned or not rows.changed:
             return
         self.cur.execute(
-            sql.SQL("UPDATE {} t SET ({}) = {} FROM {} c, {} s WHERE NOT c.{} AND {} AND {} AND {}").format(
+            sql.SQL("UPDATE {} t SET ({}) = {} FROM {} c, {} s WHERE c.{} AND NOT c.{} AND {} AND {}").format(
                 table.ident,
                 sql.SQL(", ").join(sql.Identifier(c) for c in assigned),
                 _row("s", assigned),
                 rows.current,
                 rows.backup,
+                sql.Identifier(CHANGED),
                 sql.Identifier(DOOMED),
                 _equal("t", "c", table.pk),
                 _equal("s", "c", table.pk),
-                self._differs(rows),
             )
         )
         rows.updated = self.cur.rowcount
+        if rows.updated != rows.changed:
+            raise RestoreError(
+                f"{table.qualified}: {rows.updated} row(s) updated where {rows.changed} were planned "
+                "(changed by another session?)"
+            )
 
     def check_counts(self) -> None:
         """This tenant's rows now are the backup's, table by table (the registry row aside)."""
