@@ -79,10 +79,10 @@ def main() -> None:
         manifest = export_tenant(
             SourceSettings.from_env({"TENANT_BACKUP_SOURCE_DSN": db.backup_dsn}), keyring, tenant_id, archive
         )
-        locs["local"].put(tenant_id, manifest["backup_id"], archive, manifest)
+        locs["local"].put(tenant_id, manifest.backup_id, archive, manifest)
         archive.unlink()
         print(f"exported the tenant in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
-        backup_id = manifest["backup_id"]
+        backup_id = manifest.backup_id
     else:
         backup_id = max(r.backup_id for r in refs)
     manifest = locs["local"].get_manifest(tenant_id, backup_id)
@@ -146,8 +146,8 @@ def main() -> None:
 
     plain = results["plain"]["wall_s"]
     print(
-        f"tenant {tenant_id}: raw dump {raw_mib:.0f} MiB, archive {manifest['archive']['size'] / (1 << 20):.0f} MiB, "
-        f"{sum(manifest['tables'].values())} rows"
+        f"tenant {tenant_id}: raw dump {raw_mib:.0f} MiB, archive {manifest.archive.size / (1 << 20):.0f} MiB, "
+        f"{manifest.total_rows} rows"
     )
     print(f"{'approach':16} {'wall s':>7} {'MiB/s':>6} {'vs plain':>8}  breakdown")
     for approach, r in results.items():

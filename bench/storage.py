@@ -66,11 +66,13 @@ def worker(args) -> None:
     base, _ = _hwm_rss()
     t0 = time.perf_counter()
     if args.op == "put":
+        from backup_assets.core.archive.manifest import Manifest
         from backup_assets.core.locations import sha256_file
 
         sha, size = sha256_file(Path(args.file)) if not args.sha else (args.sha, args.size)
         t0 = time.perf_counter()  # the manifest's hash is known to the caller in production
-        loc.put(args.tenant, "bench", Path(args.file), {"archive": {"sha256": sha, "size": size}})
+        manifest = Manifest.from_dict({"archive": {"sha256": sha, "size": size}})
+        loc.put(args.tenant, "bench", Path(args.file), manifest)
     elif args.op == "get":
         loc.get(args.tenant, "bench", Path(args.file))
     else:

@@ -87,10 +87,11 @@ def test_every_b2sdk_request_makes_at_most_tries_attempts(b2, tmp_path, what, ma
     t = str(uuid.uuid4())
     arch = tmp_path / "a.tbk"
     arch.write_bytes(b"x" * 5000)
+    from backup_assets.core.archive.manifest import Manifest
     from backup_assets.core.locations import sha256_file
 
     sha, size = sha256_file(arch)
-    man = {"archive": {"sha256": sha, "size": size}}
+    man = Manifest.from_dict({"archive": {"sha256": sha, "size": size}})
     setup = B2Location(b2.key_id, b2.key, bucket, realm=b2.url, tries=TRIES)
     setup.put(t, "b1", arch, man)
     loc = B2Location(b2.key_id, b2.key, bucket, realm=b2.url, tries=TRIES, connect_timeout=2, read_timeout=10)

@@ -12,7 +12,7 @@ import psycopg2
 import pytest
 from dagster import instance_for_test
 
-from backup_assets.core.archive.manifest import new_backup_id
+from backup_assets.core.archive.manifest import ArchiveInfo, Manifest, new_backup_id
 from backup_assets.core.codec.keyring import generate_entry
 from backup_assets.core.maintenance import alerts
 from backup_assets.core.settings import Settings
@@ -33,10 +33,6 @@ def env(sample_db, tmp_path):
         "TENANT_BACKUP_RETRIES": "0",
     }
     return values
-
-
-def locations_from_env(env, names=None):
-    return Settings.from_env(env).locations(names)
 
 
 def _backed_up(env, instance, tenant_id):
@@ -62,11 +58,11 @@ def test_restore_job_into_an_empty_database(env, sample_tenants, fresh_db):
         }
         result = job.execute_in_process(run_config=config, instance=instance)
         assert result.success
-    manifest = next(iter(locations_from_env(env, ["local"])["local"].list(tenant.id)))
-    stored = locations_from_env(env, ["local"])["local"].get_manifest(tenant.id, manifest.backup_id)
+    manifest = next(iter(Settings.from_env(env).locations(["local"])["local"].list(tenant.id)))
+    stored = Settings.from_env(env).locations(["local"])["local"].get_manifest(tenant.id, manifest.backup_id)
     with psycopg2.connect(target) as conn, conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM public.sales")
-        assert cur.fetchone()[0] == stored["tables"]["public.sales"]
+        assert cur.fetchone()[0] == stored.tables["public.sales"]
     conn.close()
 
 
@@ -92,13 +88,13 @@ def _put_backup(loc, tenant_id, created: datetime, tmp_path) -> str:
     data = os.urandom(1000)
     path = tmp_path / f"{backup_id}.tbk"
     path.write_bytes(data)
-    manifest = {
-        "tenant_id": tenant_id,
-        "backup_id": backup_id,
-        "created_at": created.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-        "archive": {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "key_id": "x"},
-        "tables": {},
-    }
+    manifest = Manifest(
+        tenant_id=tenant_id,
+        backup_id=backup_id,
+        created_at=created.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        archive=ArchiveInfo(sha256=hashlib.sha256(data).hexdigest(), size=len(data), key_id="x"),
+        tables={},
+    )
     loc.put(tenant_id, backup_id, path, manifest)
     return backup_id
 
@@ -107,7 +103,7 @@ def test_prune_job_applies_retention(env, sample_tenants, tmp_path):
     tenant = sample_tenants[0].id
     now = datetime.now(timezone.utc)
     env = {**env, "TENANT_BACKUP_RETENTION_LOCAL_DAYS": "30", "TENANT_BACKUP_KEEP_MIN": "1"}
-    loc = locations_from_env(env, ["local"])["local"]
+    loc = Settings.from_env(env).locations(["local"])["local"]
     old = _put_backup(loc, tenant, now - timedelta(days=90), tmp_path)
     older = _put_backup(loc, tenant, now - timedelta(days=120), tmp_path)
     recent = _put_backup(loc, tenant, now - timedelta(days=3), tmp_path)
@@ -124,7 +120,7 @@ def test_verify_job_rereads_its_share_and_alerts_on_a_flipped_byte(env, sample_t
     tenant = sample_tenants[1].id
     with instance_for_test() as instance:
         defs = _backed_up(env, instance, tenant)
-        loc = locations_from_env(env, ["local"])["local"]
+        loc = Settings.from_env(env).locations(["local"])["local"]
         ref = loc.list(tenant)[0]
         day = verify_bucket("local", tenant, ref.backup_id)
         assert 0 <= day < VERIFY_CYCLE_DAYS
@@ -162,7 +158,7 @@ def test_weekly_batch_job_backs_up_every_active_tenant(env, sample_tenants):
         result = defs.resolve_job_def("weekly_batch_job").execute_in_process(instance=instance)
         assert result.success
         assert sorted(instance.get_dynamic_partitions("tenants")) == active
-        backed_up = {r.tenant_id for r in locations_from_env(env, ["local"])["local"].list()}
+        backed_up = {r.tenant_id for r in Settings.from_env(env).locations(["local"])["local"].list()}
         assert backed_up == set(active)
         # One recorded run per tenant, besides the driver run.
         assert len(instance.get_runs()) == len(active) + 1

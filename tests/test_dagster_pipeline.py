@@ -4,6 +4,7 @@ one location down failing alone, the weekly schedule and the registry sensor."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -103,13 +104,14 @@ def test_partition_materialized_in_every_location_with_checks(env, sample_tenant
 
 def test_without_the_drills_record_a_copy_is_decoded(env, sample_tenants):
     """No identity with the archive the drill restored (here: the checks are not told): the full decode runs."""
-    from backup_assets.defs.resources import BackupResource
+    from backup_assets.defs.backup import copy_checks
 
+    verify_copy = copy_checks.verify_copy
     tenant = sample_tenants[2]
     with (
         instance_for_test() as instance,
         definitions(env) as defs,
-        mock.patch.object(BackupResource, "proven", lambda self, archive: None),
+        mock.patch.object(copy_checks, "verify_copy", lambda *a, **kw: verify_copy(*a, **{**kw, "drilled": None})),
     ):
         result = _run(defs, instance, tenant.id)
         assert result.success
@@ -127,7 +129,10 @@ def test_a_location_never_ships_an_archive_its_checks_did_not_prove(env, sample_
     tenant = sample_tenants[1]
     with instance_for_test() as instance, definitions(env) as defs:
         assert _run(defs, instance, tenant.id).success
-        (Path(env["TENANT_BACKUP_WORK_DIR"]) / "staging" / tenant.id / "proven.json").unlink()
+        staged = Path(env["TENANT_BACKUP_WORK_DIR"]) / "staging" / tenant.id / "latest.json"
+        handle = json.loads(staged.read_text())
+        del handle["manifest"]["drill"]  # the record of its restore drill
+        staged.write_text(json.dumps(handle))
         before = {name: len(loc.list(tenant.id)) for name, loc in locations_from_env(env).items()}
         alone = defs.resolve_job_def("tenant_backup").execute_in_process(
             partition_key=tenant.id, instance=instance, raise_on_error=False, asset_selection=[AssetKey("r2_copy")]

@@ -39,7 +39,7 @@ def _export_and_decrypt(settings, keyring, tenant_id, tmp_path, **options):
     archive = tmp_path / f"{tenant_id}.tbk"
     manifest = export_tenant(settings, keyring, tenant_id, archive, ExportOptions(**options))
     dump = tmp_path / f"{tenant_id}.dump"
-    decrypt_to_file(archive, dump, keyring, expect_tenant_id=tenant_id, expect_sha256=manifest["archive"]["sha256"])
+    decrypt_to_file(archive, dump, keyring, expect_tenant_id=tenant_id, expect_sha256=manifest.archive.sha256)
     return archive, manifest, dump
 
 
@@ -56,8 +56,8 @@ def test_isolation_canaries_across_tenants(sample_db, sample_tenants, keyring, t
             if other.id != tenant.id:
                 assert f"canary-{other.id}" not in text, f"{other.id}'s rows leaked into {tenant.id}'s dump"
                 assert other.id not in text, f"{other.id} appears in {tenant.id}'s dump"
-        assert manifest["tenant_id"] == tenant.id
-        assert manifest["registry_listed"] is (tenant.status == "ACTIVE")
+        assert manifest.tenant_id == tenant.id
+        assert manifest.registry_listed is (tenant.status == "ACTIVE")
 
 
 def test_round_trip_restores_the_tenant_row_counts(sample_db, sample_tenants, keyring, tmp_path, pg_server_dsn):
@@ -65,11 +65,11 @@ def test_round_trip_restores_the_tenant_row_counts(sample_db, sample_tenants, ke
     tenant = next(t for t in sample_tenants if t.status == "ACTIVE")
     archive, manifest, dump = _export_and_decrypt(settings, keyring, tenant.id, tmp_path)
     expected = tenant_row_counts(sample_db, tenant.id)
-    assert {k: v for k, v in manifest["tables"].items() if k in expected} == expected
-    assert manifest["tables"]["public.metal_types"] > 0  # the shared lookup table is dumped whole
-    assert manifest["table_kinds"]["shared"] == ["public.metal_types"]
-    assert manifest["raw_size"] > manifest["archive"]["size"] > 0
-    assert manifest["archive"]["size"] == archive.stat().st_size
+    assert {k: v for k, v in manifest.tables.items() if k in expected} == expected
+    assert manifest.tables["public.metal_types"] > 0  # the shared lookup table is dumped whole
+    assert manifest.table_kinds.shared == ["public.metal_types"]
+    assert manifest.raw_size > manifest.archive.size > 0
+    assert manifest.archive.size == archive.stat().st_size
 
     target = "restore_" + tenant.id.replace("-", "")[:12]
     admin = psycopg2.connect(pg_server_dsn)
@@ -83,12 +83,12 @@ def test_round_trip_restores_the_tenant_row_counts(sample_db, sample_tenants, ke
         )
         restored = {}
         with psycopg2.connect(target_dsn) as conn, conn.cursor() as cur:
-            for table in manifest["tables"]:
+            for table in manifest.tables:
                 schema, name = table.split(".")
                 cur.execute(f'SELECT count(*) FROM "{schema}"."{name}"')
                 restored[table] = cur.fetchone()[0]
         conn.close()
-        assert restored == manifest["tables"]
+        assert restored == manifest.tables
     finally:
         with admin.cursor() as cur:
             cur.execute(f"DROP DATABASE IF EXISTS {target} WITH (FORCE)")
@@ -121,7 +121,7 @@ def test_other_schema_names_round_trip(pg_server_dsn, keyring, tmp_path):
         db.run(CRM_SCHEMA)
         settings = _settings(db.backup_dsn, **CRM_ENV)
         _, manifest, dump = _export_and_decrypt(settings, keyring, "2", tmp_path)
-        assert manifest["tables"] == {
+        assert manifest.tables == {
             "crm.orgs": 1,
             "crm.accounts": 10,
             "crm.contacts": 10,

@@ -22,6 +22,7 @@ import pytest
 from test_cli import run
 
 from backup_assets.core.archive.export import export_tenant
+from backup_assets.core.archive.manifest import Manifest
 from backup_assets.core.codec.keyring import Keyring, generate_entry
 from backup_assets.core.errors import LocalWriteError
 from backup_assets.core.locations.local import LocalLocation
@@ -144,7 +145,12 @@ def test_a_failed_local_put_leaves_no_checksum_sidecar(small_fs, tmp_path):
     path, sha = _archive(tmp_path)
     tenant, bid = str(uuid.uuid4()), "20260101T000000Z-0000000a"
     with pytest.raises(LocalWriteError, match="no space left on device"):
-        loc.put(tenant, bid, path, {"tenant_id": tenant, "backup_id": bid, "archive": {"sha256": sha, "size": 200_000}})
+        loc.put(
+            tenant,
+            bid,
+            path,
+            Manifest.from_dict({"tenant_id": tenant, "backup_id": bid, "archive": {"sha256": sha, "size": 200_000}}),
+        )
     left = [p for p in (small_fs / "local").rglob("*") if p.is_file()]
     assert left == [], left
     assert not (small_fs / "local" / "tenants" / tenant / bid).exists()
@@ -160,7 +166,7 @@ def test_prune_removes_what_failed_uploads_left(tmp_path, sample_db, active):
     loc = LocalLocation(root)
     archive = tmp_path / "a.tbk"
     manifest = export_tenant(SourceSettings(dsn=sample_db.backup_dsn), Keyring.parse(KEYS), active.id, archive)
-    loc.put(active.id, manifest["backup_id"], archive, manifest)
+    loc.put(active.id, manifest.backup_id, archive, manifest)
     old = (datetime.now(timezone.utc) - timedelta(days=2)).timestamp()
     leftovers = {}
     for name, files, when in (
@@ -191,8 +197,8 @@ def test_prune_removes_what_failed_uploads_left(tmp_path, sample_db, active):
     assert result.returncode == 0, result.stderr
     assert f"removed local {active.id} {leftovers['sidecar']} (incomplete" in result.stdout
     remaining = sorted(p.name for p in (root / "tenants" / active.id).iterdir())
-    assert remaining == sorted([manifest["backup_id"], leftovers["young"]])
-    assert [r.backup_id for r in loc.list(active.id)] == [manifest["backup_id"]]
+    assert remaining == sorted([manifest.backup_id, leftovers["young"]])
+    assert [r.backup_id for r in loc.list(active.id)] == [manifest.backup_id]
 
 
 def test_verify_deep_stages_its_copy_under_the_work_dir(env, active, full_fs, tmp_path, sample_db):
@@ -201,7 +207,7 @@ def test_verify_deep_stages_its_copy_under_the_work_dir(env, active, full_fs, tm
     root, work = tmp_path / "local", tmp_path / "work"
     archive = tmp_path / "a.tbk"
     manifest = export_tenant(SourceSettings(dsn=sample_db.backup_dsn), Keyring.parse(KEYS), active.id, archive)
-    LocalLocation(root).put(active.id, manifest["backup_id"], archive, manifest)
+    LocalLocation(root).put(active.id, manifest.backup_id, archive, manifest)
     env = dict(
         env,
         TENANT_BACKUP_LOCATIONS="local",

@@ -38,8 +38,8 @@ def test_real_archive_is_isolated(sample_db, sample_tenants, tmp_path):
     manifest = export_tenant(settings, keyring, tenant.id, tmp_path / "a.tbk", ExportOptions())
     report = scan_archive(tmp_path / "a.tbk", keyring, tenant_id=tenant.id)
     assert report.isolated
-    assert report.rows == manifest["tables"]
-    assert set(report.checked_tables) == set(manifest["table_kinds"]["tenant"])
+    assert report.rows == manifest.tables
+    assert set(report.checked_tables) == set(manifest.table_kinds.tenant)
     # Scanned as if it were another tenant's archive, every tenant row is foreign.
     wrong = scan_dump_lines(
         (line for line in _dump_lines(tmp_path / "a.tbk", keyring, tenant.id)), sample_tenants[1].id, "tenant_id"

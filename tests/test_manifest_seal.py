@@ -38,7 +38,7 @@ def exported(sample_db, tenant, tmp_path_factory):
     """(archive path, sealed manifest dict) of one sample tenant, exported once."""
     path = tmp_path_factory.mktemp("seal") / "tenant.tbk"
     manifest = export_tenant(SourceSettings(dsn=sample_db.backup_dsn), Keyring.parse(KEYS), tenant.id, path)
-    return path, manifest
+    return path, manifest.to_dict()  # edited below as the JSON a bucket holds
 
 
 def _env(sample_db, tenant, root: Path, keys: str = KEYS) -> dict[str, str]:
@@ -83,7 +83,7 @@ def _stored(root: Path, manifest: dict) -> Path:
 
 def _store(root: Path, exported) -> dict:
     path, manifest = exported
-    LocalLocation(root / "local").put(manifest["tenant_id"], manifest["backup_id"], path, manifest)
+    LocalLocation(root / "local").put(manifest["tenant_id"], manifest["backup_id"], path, Manifest.from_dict(manifest))
     return copy.deepcopy(manifest)
 
 
@@ -281,7 +281,7 @@ def test_export_writes_a_sealed_manifest(sample_db, tenant, tmp_path):
     manifest = export_tenant(
         SourceSettings(dsn=sample_db.backup_dsn), Keyring.parse(KEYS), tenant.id, tmp_path / "a.tbk", ExportOptions()
     )
-    assert Manifest.from_dict(manifest).verify_seal(Keyring.parse(KEYS)) is True
+    assert manifest.verify_seal(Keyring.parse(KEYS)) is True
 
 
 # ------------------------------------------------------------------------------------------ Dagster

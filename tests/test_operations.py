@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from backup_assets.cli import main as cli_main
-from backup_assets.core.archive.manifest import new_backup_id
+from backup_assets.core.archive.manifest import Manifest, new_backup_id
 from backup_assets.core.codec.format import decode_archive, encode_archive, read_header
 from backup_assets.core.codec.keyring import Keyring, generate_entry
 from backup_assets.core.maintenance.retention import Candidate, plan_prune
@@ -151,7 +151,7 @@ def small_archive(tmp: Path, tenant: str, created: datetime, keys: str = OLD_KEY
 
 def put(locs, names, path, manifest):
     for n in names:
-        locs[n].put(manifest["tenant_id"], manifest["backup_id"], path, manifest)
+        locs[n].put(manifest["tenant_id"], manifest["backup_id"], path, Manifest.from_dict(manifest))
 
 
 def flip_local(env, tenant, bid):
@@ -238,7 +238,7 @@ def _export(sample_db, tenant_id: str, out: Path, keys: str) -> dict:
 
     return export_tenant(
         SourceSettings(dsn=sample_db.backup_dsn), Keyring.parse(keys), tenant_id, out, ExportOptions(zstd_threads=0)
-    )
+    ).to_dict()
 
 
 def test_verify_deep_and_wrong_keyring(env, tmp_path, capsys, sample_db, sample_tenants, monkeypatch):
@@ -346,7 +346,7 @@ def test_keys_rewrap_moves_every_copy_to_the_new_key(env, tmp_path, capsys, samp
     for path, man in made:
         old_payload = _payload(path)
         for name, loc in locs.items():
-            stored = loc.get_manifest(man["tenant_id"], man["backup_id"])
+            stored = loc.get_manifest(man["tenant_id"], man["backup_id"]).to_dict()
             st = loc.stat(man["tenant_id"], man["backup_id"])
             assert stored["archive"]["key_id"] == "new2"
             assert (stored["archive"]["sha256"], stored["archive"]["size"]) == (st.sha256, st.size)
@@ -398,7 +398,7 @@ def test_rebuild_a_lost_location_from_the_others(env, tmp_path, capsys, s3_serve
     assert {r.backup_id for r in locs["local"].list()} == want
     assert f"copied     local {t1} {a1[5][1]['backup_id']}: from b2" in out
     assert run("verify", "--tenant", t1, "--location", "local") == 0
-    assert locs["local"].get_manifest(t1, a1[5][1]["backup_id"]) == a1[5][1]
+    assert locs["local"].get_manifest(t1, a1[5][1]["backup_id"]).to_dict() == a1[5][1]
 
     flip_local(env, t1, a1[20][1]["backup_id"])
     capsys.readouterr()

@@ -170,8 +170,8 @@ def test_backup_prove_restore(pg_servers, work_root, major, mode):  # noqa: F811
         # Export: one tenant, no other tenant's canary in the dump, the pg_dump version recorded.
         out = work_root / "t1.tbk"
         manifest = json.loads(_ok(_cli(env, "export", "--tenant", TENANT, "--out", str(out))).stdout)
-        assert manifest["source"]["server_version"].startswith(f"{major}.")
-        dumped_by = int(manifest["pg_dump_version"].split(")")[1].split(".")[0])
+        assert manifest.source.server_version.startswith(f"{major}.")
+        dumped_by = int(manifest.pg_dump_version.split(")")[1].split(".")[0])
         assert dumped_by == (
             major
             if mode in ("own", "auto")
@@ -179,8 +179,8 @@ def test_backup_prove_restore(pg_servers, work_root, major, mode):  # noqa: F811
             if mode == "newest"
             else min(m for m in client_bin_dirs() if m >= major)
         )
-        assert set(manifest["tables"]) >= {"crm.events_2025", "crm.events_2026", "crm.accounts"}
-        assert manifest["tables"]["crm.events_2025"] + manifest["tables"]["crm.events_2026"] == 20
+        assert set(manifest.tables) >= {"crm.events_2025", "crm.events_2026", "crm.accounts"}
+        assert manifest.tables["crm.events_2025"] + manifest.tables["crm.events_2026"] == 20
         _ok(_cli(env, "decrypt", str(out), "--out", str(work_root / "t1.dump")))
         script = subprocess.run(
             [
@@ -203,8 +203,8 @@ def test_backup_prove_restore(pg_servers, work_root, major, mode):  # noqa: F811
         assert "OK" in backup.stdout
         local = locations_from_env(["local"], env)["local"]
         (ref,) = local.list(TENANT)
-        drill = local.get_manifest(TENANT, ref.backup_id)["drill"]
-        assert drill == {"server_major": major, "source_major": major, "matches_source": True, "ok": True}
+        drill = local.get_manifest(TENANT, ref.backup_id).drill
+        assert (drill.server_major, drill.source_major, drill.matches_source, drill.ok) == (major, major, True, True)
 
         _ok(_cli(env, "verify", "--tenant", TENANT, "--location", "local", "--deep"))
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from backup_assets.core.archive.export import ExportOptions, export_tenant
-from backup_assets.core.archive.manifest import new_backup_id
+from backup_assets.core.archive.manifest import Manifest, new_backup_id
 from backup_assets.core.codec.format import encode_archive
 from backup_assets.core.codec.keyring import Keyring, generate_entry
 from backup_assets.core.locations import locations_from_env
@@ -105,14 +105,16 @@ def local_copies(tmp_path):
             tenant,
             bid,
             path,
-            {
-                "manifest_version": 1,
-                "tenant_id": tenant,
-                "backup_id": bid,
-                "created_at": created.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-                "archive": {"size": stats.archive_bytes, "sha256": stats.sha256, "key_id": header.key_id},
-                "tables": {},
-            },
+            Manifest.from_dict(
+                {
+                    "manifest_version": 1,
+                    "tenant_id": tenant,
+                    "backup_id": bid,
+                    "created_at": created.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                    "archive": {"size": stats.archive_bytes, "sha256": stats.sha256, "key_id": header.key_id},
+                    "tables": {},
+                }
+            ),
         )
     return env
 
@@ -156,12 +158,12 @@ def test_export_and_restore_show_bytes_rate_and_eta(sample_db, sample_tenants, t
     manifest = export_tenant(
         SourceSettings(dsn=sample_db.backup_dsn), Keyring.parse(KEYS), tenant.id, tmp_path / "c.tbk", ExportOptions()
     )
-    locations_from_env(None, env)["local"].put(tenant.id, manifest["backup_id"], tmp_path / "c.tbk", manifest)
+    locations_from_env(None, env)["local"].put(tenant.id, manifest.backup_id, tmp_path / "c.tbk", manifest)
     args = ["restore", "--tenant", tenant.id, "--location", "local", "--target-dsn", fresh_db("prog")]
     code, stdout, terminal = run_on_pty(args, env)
     assert code == 0, terminal
     screen = ANSI.sub("", terminal)
-    size_kb = manifest["archive"]["size"] / 1000
+    size_kb = manifest.archive.size / 1000
     assert "restore" in screen and "ETA" in screen and "using location local" in screen
     assert re.search(rf"{size_kb:.1f}/{size_kb:.1f} kB", screen), screen  # all of the archive's bytes
     assert "restored tenant" in stdout

@@ -54,10 +54,10 @@ def _hashes(dsn, manifest, tenant_id=None, *, column="tenant_id", filters=None) 
     """table -> (rows, md5 of the rows' text in order), every table of the manifest but excluded ones.
     With tenant_id: only that tenant's rows (shared tables whole); without: every row."""
     filters = _SPECIAL_FILTERS if filters is None else filters
-    kinds = {t: k for k, ts in manifest["table_kinds"].items() for t in ts}
+    kinds = {t: k for k, ts in manifest.table_kinds.to_dict().items() for t in ts}
     out = {}
     with closing(psycopg2.connect(dsn)) as conn, conn.cursor() as cur:
-        for table in sorted(manifest["tables"]):
+        for table in sorted(manifest.tables):
             kind = kinds.get(table)
             if kind == "excluded":
                 continue
@@ -87,7 +87,7 @@ def _backup(db, tenant_id, keyring, locs, tmp_path) -> dict:
     archive = tmp_path / f"{tenant_id}.tbk"
     manifest = export_tenant(settings, keyring, tenant_id, archive, ExportOptions(force=True))
     for loc in locs.values():
-        loc.put(tenant_id, manifest["backup_id"], archive, manifest)
+        loc.put(tenant_id, manifest.backup_id, archive, manifest)
     archive.unlink()
     return manifest
 
@@ -131,12 +131,12 @@ def test_every_sample_tenant_restores_into_an_empty_database(
         manifest = manifests[tenant.id]
         target = fresh_db("restore_empty")
         result = restore_tenant(tenant.id, locations=locs, location="local", target_dsn=target, keyring=keyring)
-        assert result.location == "local" and result.backup_id == manifest["backup_id"]
-        assert {t: o.inserted for t, o in result.tables.items()} == manifest["tables"]
+        assert result.location == "local" and result.backup_id == manifest.backup_id
+        assert {t: o.inserted for t, o in result.tables.items()} == manifest.tables
         source = _hashes(sample_db.admin_dsn, manifest, tenant.id)
         restored = _hashes(target, manifest)
         assert restored == source, f"tenant {tenant.id} ({tenant.status}) differs from its source"
-        assert {t: n for t, (n, _) in restored.items()} == manifest["tables"]
+        assert {t: n for t, (n, _) in restored.items()} == manifest.tables
         assert restored["public.sales"][0] > 0
 
     # The same restore again: the target is not empty any more, and nothing is touched.
@@ -153,8 +153,8 @@ def test_dry_run_into_an_empty_database_changes_nothing(sample_tenants, sample_b
     result = restore_tenant(
         tenant.id, locations=locs, location="local", target_dsn=target, keyring=keyring, dry_run=True
     )
-    assert result.dry_run and result.backup_id == manifests[tenant.id]["backup_id"]
-    assert {t: o.manifest_rows for t, o in result.tables.items()} == manifests[tenant.id]["tables"]
+    assert result.dry_run and result.backup_id == manifests[tenant.id].backup_id
+    assert {t: o.manifest_rows for t, o in result.tables.items()} == manifests[tenant.id].tables
     assert (
         _exec(target, "SELECT count(*) FROM pg_class WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace")[0][
             0
@@ -256,12 +256,12 @@ def _assert_row_accounting(result, damaged, manifest):
         o = result.tables[name]
         if o.kind in ("tenant", "rls_child"):
             assert o.unchanged + o.updated + o.deleted == rows_now, name
-            assert o.unchanged + o.updated + o.inserted == manifest["tables"][name], name
+            assert o.unchanged + o.updated + o.inserted == manifest.tables[name], name
     assert (result.tables["public.sales"].deleted, result.tables["public.sales"].inserted) == (0, 3)
     assert result.tables["public.notifications"].deleted == 5  # the junk ones
     assert result.tables["public.repair_order_photos"].deleted == 2
     assert result.tables["public.customers"].updated == damaged["public.customers"][0]
-    assert result.tables["public.inventory_items"].unchanged == manifest["tables"]["public.inventory_items"]
+    assert result.tables["public.inventory_items"].unchanged == manifest.tables["public.inventory_items"]
 
 
 def test_replace_with_a_role_under_rls_is_refused(live, keyring, pg_server_dsn):
@@ -349,8 +349,8 @@ def test_replace_on_another_schema(pg_server_dsn, keyring, tmp_path, monkeypatch
         locs = _locations(tmp_path / "local", **CRM_ENV)
         archive = tmp_path / "org1.tbk"
         manifest = export_tenant(settings, keyring, "1", archive)
-        locs["local"].put("1", manifest["backup_id"], archive, manifest)
-        assert manifest["table_kinds"]["rls_child"] == ["crm.contact_notes"]  # crm.orgs has the column
+        locs["local"].put("1", manifest.backup_id, archive, manifest)
+        assert manifest.table_kinds.rls_child == ["crm.contact_notes"]  # crm.orgs has the column
 
         def state():
             return {t: _hashes(db.admin_dsn, manifest, t, column="org", filters=filters) for t in ("1", "2", "3")}
@@ -423,7 +423,7 @@ def test_corrupt_local_copy_makes_auto_use_r2(
             monkeypatch.setenv(name, value)
         locs = locations_from_env(None, env)
         manifest = _backup(sample_db, tenant.id, keyring, locs, tmp_path)
-        stored = tmp_path / "local" / "tenants" / tenant.id / manifest["backup_id"] / "archive.tbk"
+        stored = tmp_path / "local" / "tenants" / tenant.id / manifest.backup_id / "archive.tbk"
         data = bytearray(stored.read_bytes())
         data[len(data) // 2] ^= 0x01
         stored.write_bytes(bytes(data))
@@ -433,7 +433,7 @@ def test_corrupt_local_copy_makes_auto_use_r2(
         out, err = capsys.readouterr()
         assert code == 0, err
         assert "skipping location local:" in err and "does not match its sha256" in err
-        assert f"using location r2: backup {manifest['backup_id']}" in err
+        assert f"using location r2: backup {manifest.backup_id}" in err
         assert "from r2 (r2://" in out
         assert _hashes(target, manifest) == _hashes(sample_db.admin_dsn, manifest, tenant.id)
 

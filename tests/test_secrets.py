@@ -326,5 +326,5 @@ def test_no_password_or_key_in_logs_manifests_alerts_dagster_or_errors(
 
         loc = locations_from_env([loc_name], env)[loc_name]
         for ref in loc.list():
-            text = json.dumps(loc.get_manifest(ref.tenant_id, ref.backup_id))
+            text = loc.get_manifest(ref.tenant_id, ref.backup_id).to_json()
             assert not [n for n in needles if n in text], loc_name

@@ -81,8 +81,8 @@ def _emails(archive, keyring, tmp_path) -> set[str]:
 def test_a_global_users_table_goes_whole_and_is_warned_about(db, keyring, tmp_path, caplog):
     settings = SourceSettings.from_env({"TENANT_BACKUP_SOURCE_DSN": db.backup_dsn})
     manifest = export_tenant(settings, keyring, A, tmp_path / "a.tbk", ExportOptions())
-    assert manifest["table_kinds"]["shared"] == ["public.users"]
-    assert manifest["tables"]["public.users"] == 6
+    assert manifest.table_kinds.shared == ["public.users"]
+    assert manifest.tables["public.users"] == 6
     warning = next(r.getMessage() for r in caplog.records if "shared tables" in r.getMessage())
     assert "public.users (6 rows)" in warning and "docs/ISOLATION.md#shared-tables" in warning
     assert _emails(tmp_path / "a.tbk", keyring, tmp_path) == {f"person{i}@example.com" for i in range(1, 7)}
@@ -95,11 +95,11 @@ def test_the_recipe_keeps_only_the_tenants_people_and_restores(db, keyring, tmp_
     for tenant, people in ((A, {1, 2, 3}), (B, {3, 4, 5})):
         archive = tmp_path / f"{tenant}.tbk"
         manifest = export_tenant(settings, keyring, tenant, archive, ExportOptions(check_rows=True))
-        assert manifest["table_kinds"]["shared"] == []
-        assert "public.users" in manifest["table_kinds"]["rls_child"]
-        assert manifest["tables"]["public.users"] == len(people)
+        assert manifest.table_kinds.shared == []
+        assert "public.users" in manifest.table_kinds.rls_child
+        assert manifest.tables["public.users"] == len(people)
         assert _emails(archive, keyring, tmp_path) == {f"person{i}@example.com" for i in people}
-        local["local"].put(tenant, manifest["backup_id"], archive, manifest)
+        local["local"].put(tenant, manifest.backup_id, archive, manifest)
 
     target = fresh_db("shared_restore")
     result = restore_tenant(A, locations=local, location="local", target_dsn=target, keyring=keyring)

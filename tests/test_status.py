@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from dagster import build_sensor_context, instance_for_test
 
+from backup_assets.core.archive.manifest import Manifest
 from backup_assets.core.codec.keyring import generate_entry
 from backup_assets.core.maintenance import alerts
 from backup_assets.core.maintenance.catalog import CatalogEntry
@@ -26,7 +27,8 @@ NOW = datetime(2026, 12, 6, 12, 0, tzinfo=timezone.utc)
 def _entry(tenant, location, days_old, *, sha="ab" * 32, backup=None):
     created = (NOW - timedelta(days=days_old)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     backup = backup or (NOW - timedelta(days=days_old)).strftime("%Y%m%dT%H%M%SZ") + "-00000000"
-    return CatalogEntry(tenant, backup, created, {location: {"created_at": created, "archive": {"sha256": sha}}})
+    manifest = Manifest.from_dict({"created_at": created, "archive": {"sha256": sha}})
+    return CatalogEntry(tenant, backup, created, {location: manifest})
 
 
 def test_decide_names_each_stale_missing_and_unknown_copy():

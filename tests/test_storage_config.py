@@ -6,6 +6,7 @@ import uuid
 
 import pytest
 
+from backup_assets.core.archive.manifest import Manifest
 from backup_assets.core.errors import ConfigError
 from backup_assets.core.locations import RetryingLocation, locations_from_env, sha256_file
 from backup_assets.core.locations.b2 import B2Location
@@ -121,7 +122,7 @@ def test_configured_locations_work_end_to_end(tmp_path):
         sha, size = sha256_file(arch)
         t = str(uuid.uuid4())
         for name, loc in locations_from_env(None, environ=env).items():
-            loc.put(t, "b1", arch, {"archive": {"sha256": sha, "size": size}})
+            loc.put(t, "b1", arch, Manifest.from_dict({"archive": {"sha256": sha, "size": size}}))
             assert [(r.location, r.tenant_id) for r in loc.list()] == [(name, t)]
             assert loc.stat(t, "b1").sha256 == sha
             assert "/ci/tenants/" in loc.uri(t, "b1")

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from backup_assets.core.archive.manifest import Manifest
 from backup_assets.core.errors import (
     CorruptObject,
     InvalidBackupId,
@@ -94,7 +95,7 @@ def hook(fn, *args, **kw):
         pytest.skip(str(exc))
 
 
-def make_archive(tmp: Path, size: int, name: str | None = None) -> tuple[Path, dict]:
+def make_archive(tmp: Path, size: int, name: str | None = None) -> tuple[Path, Manifest]:
     p = tmp / (name or f"{uuid.uuid4().hex}.tbk")
     with open(p, "wb") as f:
         left = size
@@ -103,7 +104,7 @@ def make_archive(tmp: Path, size: int, name: str | None = None) -> tuple[Path, d
             f.write(os.urandom(n))
             left -= n
     sha, n = sha256_file(p)
-    return p, {"archive": {"sha256": sha, "size": n}, "tables": {"orders": 3}, "note": "opaque to storage"}
+    return p, Manifest.from_dict({"archive": {"sha256": sha, "size": n}, "tables": {"orders": 3}, "note": "opaque"})
 
 
 def tid() -> str:
@@ -116,14 +117,14 @@ def test_round_trip_small(u, tmp_path, size):
     arch, man = make_archive(tmp_path, size)
     t = tid()
     put = u.loc.put(t, "20261125T030000Z", arch, man)
-    assert (put.size, put.sha256) == (size, man["archive"]["sha256"])
+    assert (put.size, put.sha256) == (size, man.archive.sha256)
     assert put.uri == u.loc.uri(t, "20261125T030000Z") and put.uri.startswith(u.backend.scheme)
     got = u.loc.get(t, "20261125T030000Z", tmp_path / "out" / "a.tbk")
     assert got.path.read_bytes() == arch.read_bytes()
     assert u.loc.get_manifest(t, "20261125T030000Z") == man
     st = u.loc.stat(t, "20261125T030000Z")
-    assert (st.size, st.sha256) == (size, man["archive"]["sha256"])
-    assert u.loc.verify(t, "20261125T030000Z").sha256 == man["archive"]["sha256"]
+    assert (st.size, st.sha256) == (size, man.archive.sha256)
+    assert u.loc.verify(t, "20261125T030000Z").sha256 == man.archive.sha256
 
 
 def test_round_trip_multipart(u, tmp_path):
@@ -131,13 +132,13 @@ def test_round_trip_multipart(u, tmp_path):
     t = tid()
     u.loc.put(t, "b-multi", arch, man)
     out = u.loc.get(t, "b-multi", tmp_path / "back.tbk")
-    assert sha256_file(out.path) == (man["archive"]["sha256"], man["archive"]["size"])
+    assert sha256_file(out.path) == (man.archive.sha256, man.archive.size)
     try:
         sizes = u.backend.part_sizes(u.raw, t, "b-multi")
     except Unsupported:
         return  # local disk: the round trip above is the whole test
     assert len(sizes) == 1 and len(sizes[0]) > 1, f"multipart / large-file API not used: {sizes}"
-    assert sum(sizes[0]) == man["archive"]["size"]
+    assert sum(sizes[0]) == man.archive.size
 
 
 def test_parts_arrive_equal_sized_at_the_server(u, tmp_path):
@@ -194,7 +195,7 @@ def test_upload_progress_is_reported(backend, tmp_path):
     t = tid()
     loc.put(t, "b1", arch, man)
     assert {k for k, _ in seen} == {loc.archive_key(t, "b1")}
-    assert sum(n for _, n in seen) == man["archive"]["size"]
+    assert sum(n for _, n in seen) == man.archive.size
 
 
 def test_verification_record_beside_a_complete_copy(u, tmp_path):
@@ -205,11 +206,11 @@ def test_verification_record_beside_a_complete_copy(u, tmp_path):
         u.loc.put_verified(t, "b1", {"ok": True})
     u.loc.put(t, "b1", arch, man)
     assert u.loc.get_verified(t, "b1") is None
-    u.loc.put_verified(t, "b1", {"ok": True, "sha256": man["archive"]["sha256"]})
-    u.loc.put_verified(t, "b1", {"ok": False, "sha256": man["archive"]["sha256"]})
-    assert u.loc.get_verified(t, "b1") == {"ok": False, "sha256": man["archive"]["sha256"]}
+    u.loc.put_verified(t, "b1", {"ok": True, "sha256": man.archive.sha256})
+    u.loc.put_verified(t, "b1", {"ok": False, "sha256": man.archive.sha256})
+    assert u.loc.get_verified(t, "b1") == {"ok": False, "sha256": man.archive.sha256}
     # A caller that has just read the manifest need not have completeness asked again.
-    assert u.loc.verify(t, "b1", known_complete=True).sha256 == man["archive"]["sha256"]
+    assert u.loc.verify(t, "b1", known_complete=True).sha256 == man.archive.sha256
     u.loc.put_verified(t, "b1", {"ok": True}, known_complete=True)
     assert u.loc.get_verified(t, "b1") == {"ok": True}
     assert [r.backup_id for r in u.loc.list(t)] == ["b1"]  # a record is not a backup
@@ -244,7 +245,7 @@ def test_overwrite_same_backup_id_keeps_one_copy(u, tmp_path):
     a2, m2 = make_archive(tmp_path, 4000)
     u.loc.put(t, "b1", a1, m1)
     u.loc.put(t, "b1", a2, m2)
-    assert u.loc.stat(t, "b1").sha256 == m2["archive"]["sha256"]
+    assert u.loc.stat(t, "b1").sha256 == m2.archive.sha256
     assert u.loc.get(t, "b1", tmp_path / "o").path.read_bytes() == a2.read_bytes()
     be, akey, mkey = u.backend, u.raw.archive_key(t, "b1"), u.raw.manifest_key(t, "b1")
     assert be.versions(u.raw, akey) == 1 and be.versions(u.raw, mkey) == 1  # B2: older versions removed
@@ -256,8 +257,7 @@ def test_overwrite_same_backup_id_keeps_one_copy(u, tmp_path):
 def test_manifest_mismatch_is_refused(u, tmp_path):
     arch, man = make_archive(tmp_path, 2000)
     t = tid()
-    bad = json.loads(json.dumps(man))
-    bad["archive"]["sha256"] = "0" * 64
+    bad = man.with_archive(sha256="0" * 64)
     with pytest.raises(PermanentStorageError, match="does not match"):
         u.loc.put(t, "b1", arch, bad)
     assert u.loc.list(t) == []
@@ -280,7 +280,7 @@ def test_concurrent_puts_for_different_tenants(u, tmp_path):
     assert not errors
     assert sorted(r.tenant_id for r in u.loc.list()) == sorted(tenants)
     for t in tenants:
-        assert u.loc.verify(t, "weekly").sha256 == archives[t][1]["archive"]["sha256"]
+        assert u.loc.verify(t, "weekly").sha256 == archives[t][1].archive.sha256
 
 
 # -- interruption and corruption ----------------------------------------------------------------
@@ -303,10 +303,10 @@ def test_writer_killed_mid_upload_is_not_listed_as_complete(u, tmp_path):
     t = tid()
     arch, man = make_archive(tmp_path, 192 * MiB if be.kind == "local" else 64 * MiB)
     code = (
-        f"import json,sys; from pathlib import Path; {be.writer_code()}; "
-        f"loc.put({t!r}, 'b1', Path({str(arch)!r}), json.loads(sys.argv[1]))"
+        "import sys; from pathlib import Path; from backup_assets.core.archive.manifest import Manifest; "
+        f"{be.writer_code()}; loc.put({t!r}, 'b1', Path({str(arch)!r}), Manifest.from_json(sys.argv[1]))"
     )
-    p = subprocess.Popen([sys.executable, "-c", code, json.dumps(man)], cwd=REPO)
+    p = subprocess.Popen([sys.executable, "-c", code, man.to_json()], cwd=REPO)
 
     def mid_write() -> bool:
         if be.kind == "local":
@@ -348,7 +348,7 @@ def test_corrupted_stored_object_is_detected(u, tmp_path):
     with pytest.raises(CorruptObject):
         u.loc.get(t, "b1", tmp_path / "restore.tbk")
     assert not (tmp_path / "restore.tbk").exists(), "a corrupt download must not leave a file behind"
-    assert u.loc.stat(t, "b1").sha256 == man["archive"]["sha256"]  # stat trusts metadata only
+    assert u.loc.stat(t, "b1").sha256 == man.archive.sha256  # stat trusts metadata only
 
 
 def test_byte_flipped_in_transit_is_detected(u, tmp_path):
@@ -432,7 +432,7 @@ def test_transient_errors_are_retried_then_succeed(u, tmp_path, status):
     u.loc.put(t, "b1", arch, man)
     assert u.backend.injected() == 3
     u.backend.set_faults(fail=2, status=status)
-    assert u.loc.get(t, "b1", tmp_path / "o").sha256 == man["archive"]["sha256"]
+    assert u.loc.get(t, "b1", tmp_path / "o").sha256 == man.archive.sha256
     assert u.backend.injected() == 5
 
 
@@ -445,7 +445,7 @@ def test_connection_dropped_mid_body_is_retried(u, tmp_path):
     u.backend.set_faults(drop=1, match="archive.tbk")  # and the first download of it
     u.loc.get(t, "b1", tmp_path / "o")
     assert u.backend.injected() == 2
-    assert sha256_file(tmp_path / "o")[0] == man["archive"]["sha256"]
+    assert sha256_file(tmp_path / "o")[0] == man.archive.sha256
 
 
 # -- location specifics -------------------------------------------------------------------------
@@ -531,7 +531,7 @@ def test_server_cli_and_http_fault_control(kind, tmp_path):
         with pytest.raises(TransientStorageError):
             loc.stat(t, "b1")
         ctl("DELETE")
-        assert loc.stat(t, "b1").sha256 == man["archive"]["sha256"]
+        assert loc.stat(t, "b1").sha256 == man.archive.sha256
     finally:
         p.send_signal(signal.SIGTERM)
         assert p.wait(10) == 0

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from backup_assets.core.archive.manifest import new_backup_id
+from backup_assets.core.archive.manifest import Manifest, new_backup_id
 from backup_assets.core.codec.format import encode_archive
 from backup_assets.core.codec.keyring import Keyring, generate_entry
 from backup_assets.core.locations import locations_from_env
@@ -88,7 +88,7 @@ def stored(tmp_path):
             for age in (1, 3):
                 path, manifest = small_archive(tmp_path, tenant, NOW - timedelta(days=age))
                 for name, loc in locs.items():
-                    loc.put(tenant, manifest["backup_id"], path, manifest)
+                    loc.put(tenant, manifest["backup_id"], path, Manifest.from_dict(manifest))
                     copies.append((name, tenant, manifest["backup_id"]))
         yield env, locs, copies
 

@@ -15,7 +15,7 @@ from psycopg2 import sql as psql
 from variant_db import variant_db
 
 from backup_assets.core.archive.export import export_tenant
-from backup_assets.core.archive.manifest import new_backup_id
+from backup_assets.core.archive.manifest import Manifest, new_backup_id
 from backup_assets.core.checks.drill import (
     SCRATCH_PREFIX,
     drop_stale_scratch_databases,
@@ -80,8 +80,8 @@ def test_verify_ok(exported, keyring):
     result = verify_archive(archive, manifest, keyring)
     assert result.ok, result.message
     assert result.checks == {"checksum": True, "decrypt": True, "header": True, "toc": True, "table_data": True}
-    assert result.sha256 == manifest["archive"]["sha256"] and result.size == manifest["archive"]["size"]
-    assert result.table_data_entries == len(manifest["tables"])
+    assert result.sha256 == manifest.archive.sha256 and result.size == manifest.archive.size
+    assert result.table_data_entries == len(manifest.tables)
     assert result.toc_entries > result.table_data_entries
     assert result.message.startswith("ok:")
     shallow = verify_archive(archive, manifest, keyring, deep=False)
@@ -92,13 +92,13 @@ def test_verify_ok(exported, keyring):
 def test_verify_detects_a_flipped_byte(exported, keyring, tmp_path, where):
     _, archive, manifest = exported
     bad = _copy(archive, tmp_path)
-    _flip_byte(bad, manifest["archive"]["size"] // 2 if where == "payload" else manifest["archive"]["size"] - 1)
+    _flip_byte(bad, manifest.archive.size // 2 if where == "payload" else manifest.archive.size - 1)
     result = verify_archive(bad, manifest, keyring)
     assert not result.ok
     assert result.checks["checksum"] is False and result.checks["decrypt"] is False
     assert result.message.startswith("checksum mismatch: SHA-256 ")
     assert "decrypt failed" in result.message and "authentication" in result.message
-    assert result.size == manifest["archive"]["size"]  # the checksum covers the whole file despite the failure
+    assert result.size == manifest.archive.size  # the checksum covers the whole file despite the failure
     assert not verify_archive(bad, manifest, keyring, deep=False).ok  # the cheap check catches it too
 
 
@@ -106,10 +106,10 @@ def test_verify_detects_truncation(exported, keyring, tmp_path):
     _, archive, manifest = exported
     bad = _copy(archive, tmp_path)
     with open(bad, "r+b") as handle:
-        handle.truncate(manifest["archive"]["size"] - 100)
+        handle.truncate(manifest.archive.size - 100)
     result = verify_archive(bad, manifest, keyring)
     assert not result.ok and not result.checks["checksum"] and not result.checks["decrypt"]
-    assert f"size {manifest['archive']['size'] - 100} bytes" in result.message
+    assert f"size {manifest.archive.size - 100} bytes" in result.message
 
 
 def test_verify_wrong_key_names_the_key_id(exported, tmp_path):
@@ -128,19 +128,17 @@ def test_verify_wrong_key_names_the_key_id(exported, tmp_path):
 def test_verify_manifest_that_does_not_match_the_toc(exported, keyring):
     _, archive, manifest = exported
     altered = copy.deepcopy(manifest)
-    altered["tables"]["public.not_in_the_dump"] = 5
+    altered.tables["public.not_in_the_dump"] = 5
     result = verify_archive(archive, altered, keyring)
     assert not result.ok
     assert result.checks["checksum"] and result.checks["decrypt"] and result.checks["toc"]
     assert result.checks["table_data"] is False
     assert "no TABLE DATA entry" in result.message and "public.not_in_the_dump" in result.message
     # An excluded table is not expected to have data.
-    altered["table_kinds"]["excluded"] = ["public.not_in_the_dump"]
+    altered.table_kinds.excluded = ["public.not_in_the_dump"]
     assert verify_archive(archive, altered, keyring).ok
 
-    other = copy.deepcopy(manifest)
-    other["tenant_id"] = "00000000-0000-4000-8000-000000000000"
-    other["backup_id"] = new_backup_id()
+    other = manifest.copy(tenant_id="00000000-0000-4000-8000-000000000000", backup_id=new_backup_id())
     result = verify_archive(archive, other, keyring)
     assert not result.ok and result.checks["header"] is False
     assert "tenant id" in result.message and "backup id" in result.message
@@ -151,7 +149,7 @@ def test_verify_usage_errors_raise(exported, keyring, tmp_path):
     with pytest.raises(ArchiveError, match="does not exist"):
         verify_archive(tmp_path / "missing.tbk", manifest, keyring)
     with pytest.raises(ArchiveError, match="archive.sha256"):
-        verify_archive(tmp_path / "missing.tbk", {"archive": {}}, keyring)
+        verify_archive(tmp_path / "missing.tbk", Manifest.from_dict({"archive": {}}), keyring)
 
 
 # ------------------------------------------------------------------------------------- drill
@@ -163,10 +161,10 @@ def test_drill_ok_counts_equal_the_source(exported, keyring, sample_db, pg_serve
     assert result.ok, result.message
     assert result.counts_match and result.isolated and result.checksum_ok
     assert result.mismatches == {} and result.foreign_rows == {}
-    assert result.restored_tables == len(manifest["tables"])
+    assert result.restored_tables == len(manifest.tables)
     # The restored counts are the manifest's, and the manifest's are the source's (owner's view).
     expected = tenant_row_counts(sample_db, tenant.id)
-    assert {t: n for t, n in manifest["tables"].items() if t in expected} == expected
+    assert {t: n for t, n in manifest.tables.items() if t in expected} == expected
     assert result.scratch_database.startswith(SCRATCH_PREFIX)
     assert result.dropped and result.scratch_database not in _databases(pg_server_dsn)
 
@@ -174,12 +172,12 @@ def test_drill_ok_counts_equal_the_source(exported, keyring, sample_db, pg_serve
 def test_drill_detects_a_count_mismatch(exported, keyring, pg_server_dsn):
     _, archive, manifest = exported
     altered = copy.deepcopy(manifest)
-    altered["tables"]["public.sales"] += 1
-    altered["tables"]["public.never_restored"] = 0
+    altered.tables["public.sales"] += 1
+    altered.tables["public.never_restored"] = 0
     result = restore_drill(archive, altered, keyring, pg_server_dsn)
     assert not result.ok and not result.counts_match and result.isolated
     assert result.mismatches == {
-        "public.sales": (manifest["tables"]["public.sales"] + 1, manifest["tables"]["public.sales"]),
+        "public.sales": (manifest.tables["public.sales"] + 1, manifest.tables["public.sales"]),
         "public.never_restored": (0, None),
     }
     assert "public.sales: manifest" in result.message and "public.never_restored" in result.message
@@ -189,7 +187,7 @@ def test_drill_detects_a_count_mismatch(exported, keyring, pg_server_dsn):
 def test_drill_of_a_tampered_archive_restores_nothing(exported, keyring, pg_server_dsn, tmp_path):
     _, archive, manifest = exported
     bad = _copy(archive, tmp_path)
-    _flip_byte(bad, manifest["archive"]["size"] - 1)  # in the (last) segment: it fails authentication
+    _flip_byte(bad, manifest.archive.size - 1)  # in the (last) segment: it fails authentication
     result = restore_drill(bad, manifest, keyring, pg_server_dsn)
     assert not result.ok and result.checksum_ok is False
     assert "archive rejected" in result.message and "checksum mismatch" in result.message
@@ -200,8 +198,7 @@ def test_drill_of_a_tampered_archive_restores_nothing(exported, keyring, pg_serv
 def test_drill_refuses_an_archive_of_another_tenant(exported, keyring, pg_server_dsn):
     # The manifest names another tenant than the authenticated header: nothing is restored.
     _, archive, manifest = exported
-    other = copy.deepcopy(manifest)
-    other["tenant_id"] = "00000000-0000-4000-8000-000000000000"
+    other = manifest.copy(tenant_id="00000000-0000-4000-8000-000000000000")
     result = restore_drill(archive, other, keyring, pg_server_dsn)
     assert not result.ok and not result.isolated and "belongs to tenant" in result.message
     assert result.scratch_database not in _databases(pg_server_dsn)
@@ -230,7 +227,7 @@ GRANT SELECT ON ALL SEQUENCES IN SCHEMA shop TO {backup};
 """
 
 
-def _archive_of(db, keyring, path, *, tenant: str, tables: dict, kinds: dict, column: str) -> dict:
+def _archive_of(db, keyring, path, *, tenant: str, tables: dict, kinds: dict, column: str) -> Manifest:
     """pg_dump the variant database as its backup role with `acme.org=<tenant>`, as the export
     does, encode it into a real archive at `path` and return a manifest for it."""
     session = PgSession.from_dsn(db.backup_dsn, {"acme.org": tenant})
@@ -253,18 +250,20 @@ def _archive_of(db, keyring, path, *, tenant: str, tables: dict, kinds: dict, co
         )
         err.seek(0)
         assert proc.wait() == 0, err.read()
-    return {
-        "tenant_id": tenant,
-        "backup_id": backup_id,
-        "archive": {"size": stats.archive_bytes, "sha256": stats.sha256, "key_id": header.key_id},
-        "raw_size": stats.raw_bytes,
-        "tables": tables,
-        "table_kinds": {"tenant": [], "rls_child": [], "shared": [], "excluded": [], **kinds},
-        "source": {"tenant_column": column},
-    }
+    return Manifest.from_dict(
+        {
+            "tenant_id": tenant,
+            "backup_id": backup_id,
+            "archive": {"size": stats.archive_bytes, "sha256": stats.sha256, "key_id": header.key_id},
+            "raw_size": stats.raw_bytes,
+            "tables": tables,
+            "table_kinds": {"tenant": [], "rls_child": [], "shared": [], "excluded": [], **kinds},
+            "source": {"tenant_column": column},
+        }
+    )
 
 
-def _leaky_archive(db, keyring, path) -> dict:
+def _leaky_archive(db, keyring, path) -> Manifest:
     # What is really in the dump: 3 orders of tenant a, and all 9 lines (4 of a, 5 of b).
     return _archive_of(
         db,
@@ -375,9 +374,9 @@ def test_drill_tampered_late_segment_commits_nothing(pg_server_dsn, keyring, tmp
             tables={"public.bulk": 60000},
             kinds={"tenant": ["public.bulk"]},
         )
-    assert manifest["archive"]["size"] > 2 * (1 << 20)  # several segments
+    assert manifest.archive.size > 2 * (1 << 20)  # several segments
     assert restore_drill(archive, manifest, keyring, pg_server_dsn).ok
-    _flip_byte(archive, manifest["archive"]["size"] - 10)
+    _flip_byte(archive, manifest.archive.size - 10)
     result = restore_drill(archive, manifest, keyring, pg_server_dsn, keep=True)
     try:
         assert not result.ok and "archive rejected" in result.message and result.restored_tables == 0

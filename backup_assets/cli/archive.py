@@ -55,16 +55,14 @@ def cmd_export(args, out) -> int:
             progress_interval=0.2 if bar.on else 2.0,
         )
         manifest = export_tenant(settings, keyring, args.tenant, Path(args.out), options)
-        dumped = manifest.get("raw_size")
+        dumped = manifest.raw_size
         if bar.on and isinstance(dumped, int):
             bar.update(dumped, total=max(dumped, 1))  # done: the total is known now
     try:
         if out.json:
-            out.emit(manifest)
+            out.emit(manifest.to_dict())
         else:
-            import json
-
-            print(json.dumps(manifest, indent=2, sort_keys=True), flush=True)  # export's output either way
+            print(manifest.to_json(), flush=True)  # export's output either way: what a location stores
     except OSError as exc:  # stdout redirected onto a full disk: one line, not a traceback
         from ..core.errors import LocalWriteError
         from ..core.files import os_error_line

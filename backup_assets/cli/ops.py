@@ -204,8 +204,8 @@ def cmd_verify(args, out) -> int:
     if args.subset:
         raise ConfigError("--subset needs --all")
     from ..core.locations import validate_backup_id
-    from ..core.maintenance.catalog import collect, parse_created_at, verify_copy
-    from ..core.maintenance.status import record_verification
+    from ..core.maintenance.catalog import collect, parse_created_at
+    from ..core.maintenance.copy_check import verify_copy
 
     tenant = tenant_arg(out, args.tenant)
     if args.backup != "latest":
@@ -253,19 +253,19 @@ def cmd_verify(args, out) -> int:
                 failed = True
                 line("missing", name, "missing: no complete copy in this location")
             continue
+        # Recorded beside the copy, for `status` (readable without Dagster); never fails the verify itself.
         check = verify_copy(
-            loc, tenant, entry.backup_id, keyring=keyring, deep=args.deep, work_dir=work_dir, seal=args.seal
+            loc,
+            tenant,
+            entry.backup_id,
+            keyring=keyring,
+            deep=args.deep,
+            work_dir=work_dir,
+            seal=args.seal,
+            record="tenant-backup verify" + (" --deep" if args.deep else ""),
         )
         failed |= not check.ok
         refused |= check.refused
-        # Beside the copy, for `status` (readable without Dagster); never fails the verify itself.
-        record_verification(
-            loc,
-            check,
-            sha256=(entry.manifests[name].get("archive") or {}).get("sha256"),
-            deep=args.deep,
-            by="tenant-backup verify" + (" --deep" if args.deep else ""),
-        )
         line("ok" if check.ok else "failed", name, check.message)
     out.emit(
         {
@@ -285,8 +285,8 @@ def _verify_all(args, out) -> int:
     """Every stored copy in the locations (or share n of t: catalog.share_of, as the daily job selects),
     re-read; a summary table; exit 1 naming every bad copy."""
     from ..core.errors import TenantBackupError
-    from ..core.maintenance.catalog import parse_subset, share_of, verify_copy
-    from ..core.maintenance.status import record_verification
+    from ..core.maintenance.catalog import parse_subset, share_of
+    from ..core.maintenance.copy_check import verify_copy
 
     if args.backup != "latest":
         raise ConfigError("--backup needs --tenant (--all re-reads every stored backup)")
@@ -313,10 +313,16 @@ def _verify_all(args, out) -> int:
     results = []
     with Counter(out, "verifying", total=len(selected), unit="copies") as bar:
         for name, loc, ref in selected:
-            check = verify_copy(
-                loc, ref.tenant_id, ref.backup_id, keyring=keyring, deep=args.deep, work_dir=work_dir, seal=args.seal
+            check = verify_copy(  # recorded beside the copy: read by `status`
+                loc,
+                ref.tenant_id,
+                ref.backup_id,
+                keyring=keyring,
+                deep=args.deep,
+                work_dir=work_dir,
+                seal=args.seal,
+                record=by,
             )
-            record_verification(loc, check, deep=args.deep, by=by)  # read by `status`
             results.append(check)
             bar.advance(check.ok)
             if not check.ok:

@@ -62,9 +62,9 @@ class _WatchedLocation:
 
     def get_manifest(self, tenant_id, backup_id):
         manifest = self._loc.get_manifest(tenant_id, backup_id)
-        archive = manifest.get("archive") if isinstance(manifest, dict) else None
-        if isinstance(archive, dict) and isinstance(archive.get("size"), int):
-            self._sizes[(tenant_id, backup_id)] = archive["size"]
+        size = manifest.stated_checksum()[1]
+        if size is not None:
+            self._sizes[(tenant_id, backup_id)] = size
         return manifest
 
     def get(self, tenant_id, backup_id, dest_path):

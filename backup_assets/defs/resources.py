@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Dict, Optional
 
 from dagster import (
+    AssetKey,
+    AssetRecordsFilter,
     ConfigurableIOManager,
     ConfigurableResource,
     EnvVar,
@@ -21,6 +23,7 @@ from dagster import (
 )
 
 from ..core.archive.manifest import Manifest
+from ..core.archive.seal import read_manifest
 from ..core.codec.keyring import Keyring
 from ..core.errors import TenantBackupError
 from ..core.locations import Location
@@ -30,16 +33,31 @@ from .failures import permanent_failures
 
 @dataclass(frozen=True)
 class ArchiveHandle:
-    """An archive on local disk and its manifest; what the archive asset hands to the locations."""
+    """An archive on local disk and its manifest; what the archive asset hands to the locations.
+    The manifest's drill record (Manifest.drill) says which bytes the restore drill proved."""
 
     tenant_id: str
     backup_id: str
     path: str
-    manifest: dict  # the manifest as stored (Manifest.to_dict()): what a location compares its copy with
+    manifest: Manifest  # what every location stores beside its copy
 
     @property
     def sha256(self) -> str:
-        return Manifest.from_dict(self.manifest).checksum()[0]
+        return self.manifest.checksum()[0]
+
+    @property
+    def proven(self) -> bool:
+        """The isolation check and restore drill passed on exactly these bytes."""
+        return self.manifest.drill_proved()
+
+    def to_json(self) -> str:
+        return json.dumps({"path": self.path, "manifest": self.manifest.to_dict()})
+
+    @classmethod
+    def from_json(cls, text: str) -> "ArchiveHandle":
+        data = json.loads(text)
+        manifest = Manifest.from_dict(data["manifest"])
+        return cls(manifest.tenant_id, manifest.backup_id, data["path"], manifest)
 
 
 @dataclass(frozen=True)
@@ -50,7 +68,7 @@ class StoredHandle:
     tenant_id: str
     backup_id: str
     uri: str
-    manifest: dict
+    manifest: Manifest  # authenticated (its seal) before it was handed on
 
 
 # The settings that are secrets: each its own resource field, filled through EnvVar (never shown in the
@@ -174,36 +192,6 @@ class BackupResource(ConfigurableResource):
         `major` (core/checks/scratch.py)."""
         return _scratch_pool(self.scratch_admin_dsn(major))
 
-    def _proven_path(self, tenant_id: str) -> Path:
-        return self.staging_dir(tenant_id) / "proven.json"
-
-    def record_proven(self, archive: "ArchiveHandle", run_id: str) -> None:
-        """The restore drill restored exactly these bytes (their SHA-256), in run `run_id`."""
-        path = self._proven_path(archive.tenant_id)
-        temp = path.with_suffix(".tmp")
-        temp.write_text(json.dumps({"backup_id": archive.backup_id, "sha256": archive.sha256, "run_id": run_id}))
-        os.replace(temp, path)
-
-    def proven(self, archive: "ArchiveHandle") -> str | None:
-        """The run whose restore drill restored this very archive (same SHA-256), or None."""
-        return self._proven_run(archive)
-
-    def require_proven(self, archive: "ArchiveHandle", where: str) -> None:
-        """Fail closed: an archive its isolation check and restore drill did not prove is not shipped."""
-        if self._proven_run(archive) is None:
-            raise TenantBackupError(
-                f"archive {archive.backup_id} of tenant {archive.tenant_id} was not proven by its"
-                f" isolation check and restore drill: not shipped to {where}"
-            )
-
-    def _proven_run(self, archive: "ArchiveHandle") -> str | None:
-        try:
-            record = json.loads(self._proven_path(archive.tenant_id).read_text())
-        except (OSError, ValueError):
-            return None
-        same = record.get("backup_id") == archive.backup_id and record.get("sha256") == archive.sha256
-        return record.get("run_id") if same else None
-
     def scratch_files_dir(self) -> str:
         path = Path(self.work_dir) / "tmp"
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -229,11 +217,7 @@ class StagingIOManager(ConfigurableIOManager):
         temp = pointer.with_suffix(".tmp")
         with permanent_failures(temp):  # a full or read-only work directory: not retried
             pointer.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            temp.write_text(
-                json.dumps(
-                    {"tenant_id": obj.tenant_id, "backup_id": obj.backup_id, "path": obj.path, "manifest": obj.manifest}
-                )
-            )
+            temp.write_text(obj.to_json())
             os.replace(temp, pointer)
 
     def load_input(self, context: InputContext) -> ArchiveHandle:
@@ -244,17 +228,17 @@ class StagingIOManager(ConfigurableIOManager):
         pointer = self._pointer(tenant_id)
         if not pointer.exists():
             raise TenantBackupError(f"no staged archive for tenant {tenant_id}: materialize tenant_archive first")
-        data = json.loads(pointer.read_text())
-        if not Path(data["path"]).exists():
+        handle = ArchiveHandle.from_json(pointer.read_text())
+        if not Path(handle.path).exists():
             raise TenantBackupError(
-                f"the staged archive {data['path']} of tenant {tenant_id} is gone: re-materialize tenant_archive"
+                f"the staged archive {handle.path} of tenant {tenant_id} is gone: re-materialize tenant_archive"
             )
-        return ArchiveHandle(data["tenant_id"], data["backup_id"], data["path"], data["manifest"])
+        return handle
 
 
 class LocationIOManager(ConfigurableIOManager):
-    """Stores an archive in one storage location (local, r2 or b2) and loads back a handle on the
-    latest complete backup of the partition's tenant there, configured by the backup resource."""
+    """Stores an archive in one storage location and loads back a handle on the backup that asset's
+    materialization stored (this run's, when it ran in this run), configured by the backup resource."""
 
     location: str
     backup: ResourceDependency[BackupResource]
@@ -287,17 +271,26 @@ class LocationIOManager(ConfigurableIOManager):
 
     def load_input(self, context: InputContext) -> StoredHandle:
         with permanent_failures(local_files=False):
-            return self._load(context.partition_key)
+            tenant_id = context.partition_key
+            backup_id = stored_backup_id(context.instance, context.asset_key, tenant_id, context.run_id)
+            if backup_id is None:
+                raise TenantBackupError(f"{context.asset_key.to_user_string()} of tenant {tenant_id} was never stored")
+            location = self.build()
+            manifest, _sealed = read_manifest(location, tenant_id, backup_id, self.backup.keyring())
+            return StoredHandle(self.location, tenant_id, backup_id, location.uri(tenant_id, backup_id), manifest)
 
-    def _load(self, tenant_id: str) -> StoredHandle:
-        location = self.build()
-        refs = location.list(tenant_id)
-        if not refs:
-            raise TenantBackupError(f"no complete backup of tenant {tenant_id} in location {self.location}")
-        latest = refs[-1]
-        return StoredHandle(
-            self.location, tenant_id, latest.backup_id, latest.uri, location.get_manifest(tenant_id, latest.backup_id)
-        )
+
+def stored_backup_id(instance, asset_key: AssetKey, tenant_id: str, run_id: str | None = None) -> str | None:
+    """The backup id the asset's materialization of this tenant stored (its `backup_id` metadata): the
+    one of run `run_id` when that run materialized it, else the latest; None when never materialized."""
+    records = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=asset_key, asset_partitions=[tenant_id]), limit=20
+    ).records
+    chosen = next((r for r in records if r.run_id == run_id), records[0] if records else None)
+    if chosen is None or chosen.asset_materialization is None:
+        return None
+    value = chosen.asset_materialization.metadata.get("backup_id")
+    return getattr(value, "value", value)
 
 
 def _local_path(uri: str) -> str:

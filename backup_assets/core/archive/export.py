@@ -29,7 +29,7 @@ from ..source.preflight import EXCLUDED, RLS_CHILD, SHARED, TENANT, DumpPlan, in
 from ..source.session import PgSession
 from ..source.tenant_ids import validate_tenant_id
 from ..source.tenants import require_known_tenant
-from .manifest import MANIFEST_VERSION, ArchiveInfo, Manifest, TableKinds, new_backup_id
+from .manifest import MANIFEST_VERSION, ArchiveInfo, Manifest, SourceInfo, TableKinds, new_backup_id
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +53,9 @@ class ExportOptions:
 
 def export_tenant(
     settings: SourceSettings, keyring: Keyring, tenant_id: str, out_path: Path, options: ExportOptions = ExportOptions()
-) -> dict:
-    """Write the tenant's archive to out_path atomically and return its manifest, as the dict
-    `Manifest.to_dict()` gives (core/archive/manifest.py; `Manifest.from_dict` reads it back)."""
+) -> Manifest:
+    """Write the tenant's archive to out_path atomically and return its manifest, sealed
+    (core/archive/manifest.py; `to_json()` is what a location stores and `export` prints)."""
     tenant_id = validate_tenant_id(tenant_id, settings.tenant_id_pattern)
     out_path = check_output_path(Path(out_path))
     _ = keyring.active  # no key, no backup: fail before touching the database
@@ -188,7 +188,7 @@ def export_tenant(
         stats.archive_bytes,
         finished - started,
     )
-    return manifest.validate().with_seal(keyring).to_dict()  # sealed: docs/MANIFEST.md, "The seal"
+    return manifest.validate().with_seal(keyring)  # sealed: docs/MANIFEST.md, "The seal"
 
 
 def shared_tables(plan: DumpPlan, counts: dict[str, int]) -> dict[str, int]:
@@ -205,14 +205,14 @@ def _followed(read: Callable[[int], bytes], reader: DumpStreamReader) -> Callabl
     return follow
 
 
-def _source_info(settings: SourceSettings, plan: DumpPlan) -> dict:
-    return {
-        "database": plan.database,
-        "server_version": plan.server_version,
-        "role": plan.role,
-        "tenant_column": settings.tenant_column,
-        "tenant_setting": settings.tenant_setting,
-    }
+def _source_info(settings: SourceSettings, plan: DumpPlan) -> SourceInfo:
+    return SourceInfo(
+        database=plan.database,
+        server_version=plan.server_version,
+        role=plan.role,
+        tenant_column=settings.tenant_column,
+        tenant_setting=settings.tenant_setting,
+    )
 
 
 def _iso(moment: datetime) -> str:

@@ -1,12 +1,17 @@
 """The manifest: JSON stored beside every copy of an archive (docs/MANIFEST.md).
 
-`Manifest` is the one reader and writer of it: `Manifest.from_dict` / `from_json` parse one (any
-manifest tenant-backup ever wrote; fields it does not know, e.g. a location's own, are kept and
-written back unchanged), `validate` checks what a restore, verify or drill relies on, `to_dict` /
-`to_json` give back the same JSON (a field absent when read stays absent; one read as null stays
-null). Parsing checks each known field's JSON type (ArchiveError otherwise) but requires none:
-what is required is `validate`'s business, so a partial manifest (a test's, a location's listing)
-still loads.
+`Manifest` is the one reader and writer of it, and the only module that reads its fields by name:
+`Manifest.from_dict` / `from_json` parse one (any manifest tenant-backup ever wrote; fields it does
+not know, e.g. a location's own, are kept and written back unchanged), `validate` checks what a
+restore, verify or drill relies on, `to_dict` / `to_json` give back the same JSON (a field absent
+when read stays absent; one read as null stays null). Everything else holds `Manifest` objects:
+export returns one, a location stores and returns one (core/locations/base.py), readers use its
+typed parts (`ArchiveInfo`, `TableKinds`, `SourceInfo`, `DrillRecord`, `SealInfo`).
+
+The schema is versioned (`manifest_version`, `SCHEMA_VERSIONS`): a manifest of a version this
+tenant-backup does not know (a newer one) is refused when parsed, with an ArchiveError saying so.
+Parsing checks each known field's JSON type (ArchiveError otherwise) but requires none: what is
+required is `validate`'s business, so a partial manifest (a test's) still loads.
 """
 
 from __future__ import annotations
@@ -21,8 +26,11 @@ from datetime import datetime, timezone
 from typing import Any, Mapping
 
 from ..errors import ArchiveError
+from .seal import check_seal, seal_manifest
 
 MANIFEST_VERSION = 1
+# The schema versions this tenant-backup reads (a manifest without the field predates it: version 1).
+SCHEMA_VERSIONS = (1,)
 # What every location accepts as a backup id (a path segment / key part; '..' refused separately).
 BACKUP_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 # What new_backup_id makes: UTC start time + 8 random hex digits (sorts by time).
@@ -50,6 +58,7 @@ def _is_int(v) -> bool:
 
 
 _CHECKS = {
+    "any": (lambda v: True, "a JSON value"),  # checked by its reader (the seal: core/archive/seal.py)
     "str": (lambda v: isinstance(v, str), "a string"),
     "int": (_is_int, "an integer"),
     "bool": (lambda v: isinstance(v, bool), "true or false"),
@@ -177,6 +186,77 @@ class TableKinds:
 
 
 @dataclass
+class SourceInfo:
+    """manifest["source"]: the database and session the export read."""
+
+    database: str | None = _json("str")
+    server_version: str | None = _json("str")
+    role: str | None = _json("str")
+    tenant_column: str | None = _json("str")
+    tenant_setting: str | None = _json("str")
+    extra: dict = field(default_factory=dict)
+    nulls: frozenset = frozenset()
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any], where: str = "source") -> "SourceInfo":
+        return cls(**_parse_fields(cls, raw, where))
+
+    def to_dict(self) -> dict:
+        return _emit_fields(self)
+
+
+@dataclass
+class DrillRecord:
+    """manifest["drill"]: the restore drill that proved the archive (core/checks/drill.py): the scratch
+    server's major, the source's, whether they are the same, whether the drill passed, and the SHA-256
+    of the archive it restored (set after the export, not sealed)."""
+
+    server_major: int | None = _json("int")
+    source_major: int | None = _json("int")
+    matches_source: bool | None = _json("bool")
+    ok: bool | None = _json("bool")
+    sha256: str | None = _json("str")
+    extra: dict = field(default_factory=dict)
+    nulls: frozenset = frozenset()
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any], where: str = "drill") -> "DrillRecord":
+        return cls(**_parse_fields(cls, raw, where))
+
+    def to_dict(self) -> dict:
+        return _emit_fields(self)
+
+
+@dataclass
+class SealInfo:
+    """manifest["seal"]: alg, key_id, mac, version (core/archive/seal.py checks them: not here, so
+    that an edited seal is refused as unauthentic, exit code 6, with its reason)."""
+
+    alg: Any = _json("any")
+    key_id: Any = _json("any")
+    mac: Any = _json("any")
+    version: Any = _json("any")
+    extra: dict = field(default_factory=dict)
+    nulls: frozenset = frozenset()
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any], where: str = "seal") -> "SealInfo":
+        return cls(**_parse_fields(cls, raw, where))
+
+    def to_dict(self) -> dict:
+        return _emit_fields(self)
+
+
+_PARTS = {
+    "archive": ArchiveInfo,
+    "table_kinds": TableKinds,
+    "source": SourceInfo,
+    "drill": DrillRecord,
+    "seal": SealInfo,
+}
+
+
+@dataclass
 class Manifest:
     """One backup's manifest (docs/MANIFEST.md). Fields are None when the manifest lacks them."""
 
@@ -192,15 +272,13 @@ class Manifest:
     tables: dict[str, int] | None = _json("counts")  # "schema.table": rows
     isolation: dict | None = _json("object")  # dump_rows_counted, tenant_values_checked
     table_kinds: TableKinds | None = _json("object")
-    source: dict | None = _json("object")  # database, server_version, role, tenant_column, tenant_setting
+    source: SourceInfo | None = _json("object")
     pg_dump_version: str | None = _json("str")
     notes: list | None = _json("list")
     timings: dict | None = _json("object")  # preflight_s, dump_s, total_s
-    # The restore drill that proved the archive: server_major (the scratch server's), source_major,
-    # matches_source (false: proved on another major than the source's), ok (core/checks/drill.py).
-    drill: dict | None = _json("object")
+    drill: DrillRecord | None = _json("object")  # the restore drill that proved the archive
     # alg, key_id, mac, version: the HMAC over the fields readers act on (core/archive/seal.py).
-    seal: dict | None = _json("object")
+    seal: SealInfo | None = _json("object")
     extra: dict = field(default_factory=dict)  # fields of others (a location's own), kept as they are
     nulls: frozenset = frozenset()  # known fields read as null (written back as null)
 
@@ -208,7 +286,16 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> "Manifest":
-        return cls(**_parse_fields(cls, raw, "manifest", {"archive": ArchiveInfo, "table_kinds": TableKinds}))
+        """The one parser. ArchiveError for a field of the wrong JSON type, and for a manifest of a
+        schema version this tenant-backup does not read (written by a newer one)."""
+        if isinstance(raw, Mapping):
+            version = raw.get("manifest_version")
+            if _is_int(version) and version > max(SCHEMA_VERSIONS):
+                raise ArchiveError(
+                    f"manifest_version {version} is newer than this tenant-backup reads (up to {max(SCHEMA_VERSIONS)}):"
+                    " written by a newer tenant-backup; upgrade to read it"
+                )
+        return cls(**_parse_fields(cls, raw, "manifest", _PARTS))
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "Manifest":
@@ -217,11 +304,6 @@ class Manifest:
         except (ValueError, UnicodeDecodeError) as exc:
             raise ArchiveError(f"manifest is not JSON: {exc}") from None
         return cls.from_dict(raw)
-
-    @classmethod
-    def coerce(cls, manifest: "Manifest | Mapping[str, Any]") -> "Manifest":
-        """A Manifest as it is, a dict parsed: the boundary for callers that still hold dicts."""
-        return manifest if isinstance(manifest, Manifest) else cls.from_dict(manifest)
 
     def to_dict(self) -> dict:
         return _emit_fields(self)
@@ -241,6 +323,13 @@ class Manifest:
         return new
 
     # -- what readers rely on ------------------------------------------------------------------
+
+    def stated_checksum(self) -> tuple[str | None, int | None]:
+        """(sha256 lower case, size) as far as the manifest states them, without validating them:
+        what a location compares the file it stores with (None where not stated)."""
+        arch = self.archive or ArchiveInfo()
+        sha = arch.sha256.lower() if isinstance(arch.sha256, str) else None
+        return sha, arch.size if _is_int(arch.size) else None
 
     def checksum(self) -> tuple[str, int]:
         """(sha256 lower case, size) of the archive file; ArchiveError if the manifest lacks them."""
@@ -294,10 +383,8 @@ class Manifest:
     def with_seal(self, keyring) -> "Manifest":
         """A copy sealed with the master key that wraps the archive's data key (archive.key_id, which
         `keyring` must hold): what export, `keys rewrap` and `verify --seal` store."""
-        from .seal import seal_manifest
-
         new = copy.deepcopy(self)
-        new.seal = seal_manifest(new, keyring)
+        new.seal = SealInfo(**seal_manifest(new, keyring))
         new.nulls = new.nulls - {"seal"}
         return new
 
@@ -306,8 +393,6 @@ class Manifest:
         (written before manifests were sealed: warn, and never trust it for restore --replace);
         ManifestNotAuthentic (an ArchiveError, exit code 6) when a sealed field was edited or the seal
         is not one this keyring can check."""
-        from .seal import check_seal
-
         return check_seal(self, keyring, where=where)
 
     @property
@@ -319,7 +404,32 @@ class Manifest:
     @property
     def tenant_column(self) -> str:
         """The tenant column the export used (source.tenant_column), else "tenant_id"."""
-        return (self.source or {}).get("tenant_column") or DEFAULT_TENANT_COLUMN
+        return (self.source.tenant_column if self.source else None) or DEFAULT_TENANT_COLUMN
+
+    @property
+    def server_version(self) -> str | None:
+        """The source server's version (source.server_version)."""
+        return self.source.server_version if self.source else None
+
+    @property
+    def total_rows(self) -> int:
+        return sum((self.tables or {}).values())
+
+    def drill_proved(self, sha256: str | None = None) -> bool:
+        """Whether the restore drill recorded here passed on exactly this archive (its SHA-256, or
+        `sha256` when given): what a location asset requires before it ships the archive."""
+        want = sha256 or (self.archive.sha256 if self.archive else None)
+        d = self.drill
+        return bool(d and d.ok is True and want and isinstance(d.sha256, str) and d.sha256.lower() == want.lower())
+
+    def sealed_document(self, fields: tuple[str, ...], archive_fields: tuple[str, ...]) -> dict[str, Any]:
+        """`fields` (and archive's `archive_fields`) as the manifest holds them, null when absent:
+        what the seal covers (core/archive/seal.py names the fields)."""
+        raw = self.to_dict()
+        archive = raw.get("archive") if isinstance(raw.get("archive"), dict) else {}
+        doc: dict[str, Any] = {name: raw.get(name) for name in fields}
+        doc["archive"] = {name: archive.get(name) for name in archive_fields}
+        return doc
 
     @property
     def kinds(self) -> TableKinds:
@@ -328,8 +438,3 @@ class Manifest:
     @property
     def key_id(self) -> str | None:
         return self.archive.key_id if self.archive else None
-
-
-def to_json(manifest: "Manifest | Mapping[str, Any]") -> str:
-    """The stored JSON of a manifest (a Manifest or its dict)."""
-    return Manifest.coerce(manifest).to_json()

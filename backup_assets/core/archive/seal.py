@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -27,8 +27,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from ..codec.keyring import Keyring
 from ..errors import ArchiveError, ManifestNotAuthentic
 
-if TYPE_CHECKING:
-    from .manifest import Manifest
+# `manifest` below is a core/archive/manifest.py Manifest (not imported: manifest.py imports this module).
 
 SEAL_VERSION = 1
 SEAL_ALG = "HMAC-SHA256"
@@ -55,16 +54,12 @@ UNSEALED_HINT = (
 )
 
 
-def sealed_document(manifest: "Manifest") -> dict[str, Any]:
+def sealed_document(manifest) -> dict[str, Any]:
     """The fields the seal covers, as the manifest holds them (null when absent)."""
-    raw = manifest.to_dict()
-    archive = raw.get("archive") if isinstance(raw.get("archive"), dict) else {}
-    doc: dict[str, Any] = {name: raw.get(name) for name in SEALED_FIELDS}
-    doc["archive"] = {name: archive.get(name) for name in SEALED_ARCHIVE_FIELDS}
-    return doc
+    return manifest.sealed_document(SEALED_FIELDS, SEALED_ARCHIVE_FIELDS)
 
 
-def sealed_bytes(manifest: "Manifest") -> bytes:
+def sealed_bytes(manifest) -> bytes:
     """Canonical JSON of sealed_document: what the MAC is computed over."""
     try:
         text = json.dumps(
@@ -80,11 +75,11 @@ def seal_key(master_key: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=INFO).derive(master_key)
 
 
-def compute_mac(manifest: "Manifest", master_key: bytes) -> str:
+def compute_mac(manifest, master_key: bytes) -> str:
     return hmac.new(seal_key(master_key), sealed_bytes(manifest), hashlib.sha256).hexdigest()
 
 
-def seal_manifest(manifest: "Manifest", keyring: Keyring) -> dict[str, Any]:
+def seal_manifest(manifest, keyring: Keyring) -> dict[str, Any]:
     """The seal of `manifest`, made with the master key its archive.key_id names (which must be in
     `keyring`): the key that wraps the archive's data key seals what is said about the archive."""
     key_id = manifest.key_id
@@ -94,7 +89,7 @@ def seal_manifest(manifest: "Manifest", keyring: Keyring) -> dict[str, Any]:
     return {"alg": SEAL_ALG, "key_id": key_id, "mac": compute_mac(manifest, master.key), "version": SEAL_VERSION}
 
 
-def check_seal(manifest: "Manifest", keyring: Keyring, *, where: str = "manifest") -> bool:
+def check_seal(manifest, keyring: Keyring, *, where: str = "manifest") -> bool:
     """True when the manifest is sealed and its seal verifies under `keyring`; False when it carries
     no seal at all (written before manifests were sealed: the caller warns, or refuses); otherwise
     ManifestNotAuthentic (exit code 6) saying why. Constant-time comparison."""
@@ -105,11 +100,11 @@ def check_seal(manifest: "Manifest", keyring: Keyring, *, where: str = "manifest
     def refuse(why: str) -> ManifestNotAuthentic:
         return ManifestNotAuthentic(f"{where}: manifest fails authentication ({why}): refused")
 
-    if not isinstance(seal, dict):
+    if seal is None:
         raise refuse("its seal is not an object")
-    if seal.get("version") != SEAL_VERSION or seal.get("alg") != SEAL_ALG:
-        raise refuse(f"unknown seal version/alg {seal.get('version')!r}/{seal.get('alg')!r}")
-    key_id, mac = seal.get("key_id"), seal.get("mac")
+    if seal.version != SEAL_VERSION or seal.alg != SEAL_ALG:
+        raise refuse(f"unknown seal version/alg {seal.version!r}/{seal.alg!r}")
+    key_id, mac = seal.key_id, seal.mac
     if not isinstance(key_id, str) or not isinstance(mac, str):
         raise refuse("its seal lacks key_id or mac")
     if key_id != manifest.key_id:
@@ -132,15 +127,24 @@ def unsealed_warning(where: str) -> str:
     )
 
 
-def read_manifest(loc, tenant_id: str, backup_id: str, keyring: Keyring) -> tuple["Manifest", bool]:
+def unsealed_summary(wheres: list[str]) -> str:
+    """One warning for many manifests without a seal (a command reading many says it once, with the
+    count, not once per tenant)."""
+    if len(wheres) == 1:
+        return unsealed_warning(wheres[0])
+    return (
+        f"{len(wheres)} manifests are not sealed (written before tenant-backup authenticated its manifests):"
+        f" their fields are not authenticated; {UNSEALED_HINT}: {', '.join(wheres)}"
+    )
+
+
+def read_manifest(loc, tenant_id: str, backup_id: str, keyring: Keyring) -> tuple:
     """A stored manifest, authenticated before any use: (manifest, sealed). `loc` is a Location
     (core/locations/base.py). ManifestNotAuthentic when its seal does not verify, ArchiveError when it
     is not a manifest or describes another tenant or backup than the one it is stored as; sealed is
     False for a manifest written before manifests were sealed (the caller warns, or refuses)."""
-    from .manifest import Manifest
-
     where = loc.uri(tenant_id, backup_id)
-    manifest = Manifest.from_dict(loc.get_manifest(tenant_id, backup_id))
+    manifest = loc.get_manifest(tenant_id, backup_id)
     sealed = manifest.verify_seal(keyring, where=where)
     manifest.check_identity(tenant_id, backup_id, where)
     return manifest, sealed

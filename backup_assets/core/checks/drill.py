@@ -27,34 +27,33 @@ database cannot be created (ScratchDatabaseError).
 from __future__ import annotations
 
 import logging
-import re
-import secrets
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import psycopg2
 import psycopg2.extensions
 from psycopg2 import sql
 
 from ..archive.into_server import stream_into_pg_restore
-from ..archive.manifest import DEFAULT_TENANT_COLUMN, Manifest
+from ..archive.manifest import DEFAULT_TENANT_COLUMN, DrillRecord, Manifest
 from ..archive.pipe import STDERR_LIMIT
 from ..codec.keyring import Keyring
-from ..errors import ArchiveError, ScratchDatabaseError, one_line
+from ..errors import ArchiveError, one_line
 from ..source.pgbin import major_of
 from ..source.session import connect
-
-if TYPE_CHECKING:
-    from .scratch import ScratchPool
+from .scratch import ScratchPool
+from .scratch_db import (  # noqa: F401 - SCRATCH_PREFIX, scratch_database_name, drop_stale_...: re-exported
+    SCRATCH_PREFIX,
+    create_scratch_database,
+    drop_scratch_database,
+    drop_stale_scratch_databases,
+    scratch_database_name,
+)
 
 log = logging.getLogger(__name__)
 
 SCRATCH_DSN_ENV = "TENANT_BACKUP_SCRATCH_DSN"
-SCRATCH_PREFIX = "tb_drill_"
-_SCRATCH_RE = re.compile(re.escape(SCRATCH_PREFIX) + r"(\d{8}t\d{6}z)_[0-9a-f]{8}\Z")
 
 
 @dataclass
@@ -70,6 +69,7 @@ class DrillResult:
     scratch_database: str = ""
     dropped: bool = False  # False with keep=True, or when the DROP failed (named in the message)
     checksum_ok: bool | None = None  # SHA-256 and size of the file as read, vs the manifest
+    sha256: str | None = None  # SHA-256 of the bytes restored: what the drill proved
     tenant_column: str = DEFAULT_TENANT_COLUMN
     timings: dict[str, float] = field(default_factory=dict)  # create_s, restore_s, check_s, drop_s
     restore_failed: bool = False  # pg_restore itself failed on good bytes (not the archive's fault?)
@@ -93,14 +93,16 @@ class DrillResult:
             " TENANT_BACKUP_SCRATCH_PG_BIN; docs/COMPATIBILITY.md)"
         )
 
-    def drill_record(self) -> dict:
-        """What the manifest records of the drill (Manifest.drill)."""
-        return {
-            "server_major": self.server_major,
-            "source_major": self.source_major,
-            "matches_source": self.matches_source,
-            "ok": self.ok,
-        }
+    def drill_record(self) -> DrillRecord:
+        """What the manifest records of the drill (Manifest.drill): with the SHA-256 of the bytes it
+        restored, so that a copy's check knows which bytes the drill proved (Manifest.drill_proved)."""
+        return DrillRecord(
+            server_major=self.server_major,
+            source_major=self.source_major,
+            matches_source=self.matches_source,
+            ok=self.ok,
+            sha256=self.sha256 if self.checksum_ok else None,
+        )
 
     def as_metadata(self) -> dict:
         """Flat JSON-able dict (for Dagster check metadata, logs, the CLI)."""
@@ -123,16 +125,9 @@ class DrillResult:
         }
 
 
-def scratch_database_name(now: datetime | None = None) -> str:
-    """`tb_drill_20261125t030000z_1a2b3c4d`: unique, lower case (no quoting needed in psql), and
-    old leftovers are recognisable by age."""
-    now = now or datetime.now(timezone.utc)
-    return f"{SCRATCH_PREFIX}{now:%Y%m%dt%H%M%Sz}_{secrets.token_hex(4)}"
-
-
 def restore_drill(
     archive_path: Path,
-    manifest: Manifest | dict,
+    manifest: Manifest,
     keyring: Keyring,
     scratch: "str | ScratchPool",
     *,
@@ -154,7 +149,6 @@ def restore_drill(
     """
     started = time.monotonic()
     archive_path = Path(archive_path)
-    manifest = Manifest.coerce(manifest)
     want_sha, want_size = manifest.checksum()
     tenant_id, tables = manifest.tenant_id, manifest.tables
     if not tenant_id:
@@ -242,7 +236,7 @@ def _drill_in(
         tenant_column=tenant_column,
         timings={},
         server_major=major_of(server_version),
-        source_major=major_of((manifest.source or {}).get("server_version")),
+        source_major=major_of(manifest.server_version),
     )
     failures: list[str] = []
     scratch_dsn = psycopg2.extensions.make_dsn(admin_dsn, dbname=name)
@@ -257,6 +251,7 @@ def _drill_in(
     )
     result.timings["restore_s"] = time.monotonic() - t0
     result.checksum_ok = sha == want_sha and size == want_size
+    result.sha256 = sha
     if not result.checksum_ok:
         failures.append(
             f"checksum mismatch: SHA-256 {sha} ({size} bytes), manifest says {want_sha} ({want_size} bytes)"
@@ -304,39 +299,6 @@ def _finish(
 
 
 # ------------------------------------------------------------------------------------- steps
-
-
-def create_scratch_database(admin, strategy: str | None = "WAL_LOG") -> str:
-    """CREATE DATABASE tb_drill_<utc>_<hex> on `admin` (autocommit); returns its name."""
-    name = scratch_database_name()
-    _create_database(admin, name, strategy if admin.server_version >= 150000 else None)
-    return name
-
-
-def drop_scratch_database(admin, name: str) -> None:
-    _drop_database(admin, name, admin.server_version)
-
-
-def _create_database(admin, name: str, strategy: str | None) -> None:
-    stmt = sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name))
-    if strategy:
-        stmt += sql.SQL(" STRATEGY {}").format(sql.SQL(strategy.upper()))  # validated above
-    try:
-        with admin.cursor() as cur:
-            cur.execute(stmt)
-    except psycopg2.Error as exc:
-        raise ScratchDatabaseError(
-            f"cannot create the scratch database {name}: {one_line(exc, STDERR_LIMIT)}"
-            " (the scratch role needs CREATEDB)"
-        ) from None
-
-
-def _drop_database(admin, name: str, version: int) -> None:
-    stmt = sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name))
-    if version >= 130000:
-        stmt += sql.SQL(" WITH (FORCE)")
-    with admin.cursor() as cur:
-        cur.execute(stmt)
 
 
 _TABLES_SQL = """
@@ -423,45 +385,3 @@ def _check(
         )
     elif not with_column:
         failures.append(f"isolation not proven: no restored table has the column {tenant_column}")
-
-
-# ------------------------------------------------------------------------------------- cleanup
-
-
-def drop_stale_scratch_databases(
-    scratch_admin_dsn: str,
-    *,
-    older_than: timedelta = timedelta(hours=6),
-    now: datetime | None = None,
-    connect_timeout: int = 10,
-) -> list[str]:
-    """Drop drill databases (`tb_drill_<utc>_<hex>`, lower case) older than `older_than`: leftovers of drills that
-    were killed (kill -9, lost worker) before their own DROP. Returns the names dropped. Only names
-    this module generates are touched."""
-    now = now or datetime.now(timezone.utc)
-    dropped = []
-    with connect(scratch_admin_dsn, timeout=connect_timeout, application_name="tenant-backup-drill") as admin:
-        admin.autocommit = True
-        with admin.cursor() as cur:
-            cur.execute(
-                "SELECT datname FROM pg_database WHERE datname LIKE %s", (SCRATCH_PREFIX.replace("_", r"\_") + "%",)
-            )
-            names = [row[0] for row in cur.fetchall()]
-        for name in names:
-            match = _SCRATCH_RE.match(name)
-            if not match:
-                continue
-            made = datetime.strptime(match.group(1), "%Y%m%dt%H%M%Sz").replace(tzinfo=timezone.utc)
-            if now - made < older_than:
-                continue
-            with admin.cursor() as cur:  # a pool's database in use is locked by its process (core/checks/scratch.py)
-                cur.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (name,))
-                if not cur.fetchone()[0]:
-                    continue
-            try:
-                _drop_database(admin, name, admin.server_version)
-                dropped.append(name)
-            finally:
-                with admin.cursor() as cur:
-                    cur.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (name,))
-    return dropped

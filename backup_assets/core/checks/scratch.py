@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ..errors import ScratchDatabaseError
 from ..source.session import child_env
+from .scratch_db import create_scratch_database, drop_scratch_database
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +169,7 @@ class ScratchPool:
     function, type, extension, foreign server or event trigger beyond a new database's. Whatever
     fails there, the database is dropped and a fresh one made. A session-level advisory lock on the
     scratch server marks it in use, so that the clean-up of leftovers by another process
-    (drill.drop_stale_scratch_databases) never drops it; the lock dies with this process."""
+    (scratch_db.drop_stale_scratch_databases) never drops it; the lock dies with this process."""
 
     def __init__(self, admin_dsn: str, *, connect_timeout: int = 10):
         self.admin_dsn, self.connect_timeout = admin_dsn, connect_timeout
@@ -199,8 +200,6 @@ class ScratchPool:
         return _Lease(self)
 
     def _take(self) -> tuple[str, bool]:
-        from .drill import create_scratch_database
-
         admin = self._admin_conn()
         if self._name is not None:
             try:
@@ -256,8 +255,6 @@ class ScratchPool:
 
     def discard(self, *, quiet: bool = False) -> None:
         """Drop the current database (a fresh one is made on the next lease)."""
-        from .drill import drop_scratch_database
-
         name, self._name = self._name, None
         self._close_db()
         if name is None or self._admin is None or self._admin.closed:

@@ -104,9 +104,7 @@ def _has_table_data(qualified: str, keys: list[str]) -> bool:
     return False
 
 
-def verify_archive(
-    archive_path: Path, manifest: Manifest | dict, keyring: Keyring, *, deep: bool = True
-) -> VerifyResult:
+def verify_archive(archive_path: Path, manifest: Manifest, keyring: Keyring, *, deep: bool = True) -> VerifyResult:
     """Check the archive file against its manifest; see the module docstring.
 
     Shallow (deep=False): size and SHA-256 only (no key needed, nothing decrypted).
@@ -118,7 +116,6 @@ def verify_archive(
     """
     started = time.monotonic()
     archive_path = Path(archive_path)
-    manifest = Manifest.coerce(manifest)
     want_sha, want_size = manifest.checksum()
     if not archive_path.is_file():
         raise ArchiveError(f"archive {archive_path} does not exist")

@@ -10,10 +10,10 @@ Layout in every location (under an optional prefix):
     tenants/<tenant_id>/<backup_id>/manifest.json     <- written LAST: its presence marks "complete"
 
 Contract of the public methods (Location):
-- put(tenant_id, backup_id, archive_path, manifest) -> StoredObject
-    Streams the archive (never whole in memory), then writes manifest.json. The archive's SHA-256 is
-    computed from the file (beside the upload when manifest["archive"]["sha256"] / ["size"] are given,
-    before it otherwise); a mismatch with the manifest raises PermanentStorageError and removes the
+- put(tenant_id, backup_id, archive_path, manifest: Manifest) -> StoredObject
+    Streams the archive (never whole in memory), then writes manifest.json (Manifest.to_json: the
+    stored bytes). The archive's SHA-256 is computed from the file (beside the upload when the
+    manifest states archive.sha256 and archive.size, before it otherwise); a mismatch with the manifest raises PermanentStorageError and removes the
     uploaded archive before any manifest is written, so nothing lists as complete. The SHA-256 is kept
     in the object's metadata so stat() can answer without reading the object. Overwriting an existing
     backup id replaces it (idempotent retry of the same put). If put fails, the backup does not list
@@ -24,8 +24,10 @@ Contract of the public methods (Location):
     CorruptObject. A missing archive or manifest raises NotFound.
 - verify(tenant_id, backup_id, *, known_complete=False) -> StoredObject: like get() but discards the
     bytes. known_complete: the caller has just read the manifest (saves a request per copy check).
-- get_manifest(tenant_id, backup_id) -> dict: NotFound if absent.
-- put_manifest(tenant_id, backup_id, manifest): replace the manifest of a complete backup (NotFound
+- get_manifest(tenant_id, backup_id) -> Manifest: NotFound if absent; CorruptObject if not JSON;
+    ArchiveError (core/archive/manifest.py, the one parser) if not a manifest this version reads.
+    Not authenticated here: readers go through core/archive/seal.py read_manifest.
+- put_manifest(tenant_id, backup_id, manifest: Manifest): replace the manifest of a complete backup (NotFound
     otherwise) whose archive.sha256/size are the stored object's (PermanentStorageError otherwise):
     re-sealing (`verify --seal`, core/maintenance/sealing.py) rewrites the manifest, never the archive.
 - stat(tenant_id, backup_id) -> StoredObject: size and SHA-256 from stored metadata, no download.
@@ -100,13 +102,14 @@ class BackupRef:
     stored_at: datetime | None = None  # when the manifest was written (retention uses it)
 
 
-def _expected_from_manifest(manifest: dict) -> tuple[str | None, int | None]:
-    arch = manifest.get("archive") if isinstance(manifest, dict) else None
-    if not isinstance(arch, dict):
-        return None, None
-    sha = arch.get("sha256")
-    size = arch.get("size")
-    return (sha.lower() if isinstance(sha, str) else None), (size if isinstance(size, int) else None)
+def _stored_bytes(manifest: Manifest) -> bytes:
+    """What a location writes as manifest.json: Manifest.to_json (docs/MANIFEST.md)."""
+    if not isinstance(manifest, Manifest):
+        raise PermanentStorageError(f"not a manifest: a {type(manifest).__name__} (core/archive/manifest.py Manifest)")
+    try:
+        return manifest.to_json().encode()
+    except (TypeError, ValueError) as exc:
+        raise PermanentStorageError(f"manifest is not JSON-serialisable: {exc}") from None
 
 
 class _BackgroundHash:
@@ -142,7 +145,7 @@ class Location(ABC):
     retention_days: int
 
     @abstractmethod
-    def put(self, tenant_id: str, backup_id: str, archive_path: Path, manifest: dict) -> StoredObject: ...
+    def put(self, tenant_id: str, backup_id: str, archive_path: Path, manifest: Manifest) -> StoredObject: ...
 
     @abstractmethod
     def get(self, tenant_id: str, backup_id: str, dest_path: Path) -> StoredObject: ...
@@ -151,10 +154,10 @@ class Location(ABC):
     def verify(self, tenant_id: str, backup_id: str, *, known_complete: bool = False) -> StoredObject: ...
 
     @abstractmethod
-    def get_manifest(self, tenant_id: str, backup_id: str) -> dict: ...
+    def get_manifest(self, tenant_id: str, backup_id: str) -> Manifest: ...
 
     @abstractmethod
-    def put_manifest(self, tenant_id: str, backup_id: str, manifest: dict) -> None: ...
+    def put_manifest(self, tenant_id: str, backup_id: str, manifest: Manifest) -> None: ...
 
     @abstractmethod
     def stat(self, tenant_id: str, backup_id: str) -> StoredObject: ...
@@ -242,17 +245,12 @@ class ObjectLocation(Location):
     def uri(self, tenant_id: str, backup_id: str) -> str:
         return self._key_uri(self.archive_key(tenant_id, backup_id))
 
-    def put(self, tenant_id: str, backup_id: str, archive_path: Path, manifest: dict) -> StoredObject:
+    def put(self, tenant_id: str, backup_id: str, archive_path: Path, manifest: Manifest) -> StoredObject:
         tenant_id = validate_tenant_id(tenant_id, self.tenant_id_pattern)
         akey, mkey = self.archive_key(tenant_id, backup_id), self.manifest_key(tenant_id, backup_id)
         archive_path = Path(archive_path)
-        try:
-            manifest_bytes = Manifest.coerce(manifest).to_json().encode()
-        except (TypeError, ValueError) as exc:
-            raise PermanentStorageError(f"manifest is not JSON-serialisable: {exc}") from None
-        except ArchiveError as exc:
-            raise PermanentStorageError(f"not a manifest: {exc}") from None
-        exp_sha, exp_size = _expected_from_manifest(manifest)
+        manifest_bytes = _stored_bytes(manifest)
+        exp_sha, exp_size = manifest.stated_checksum()
         hasher = _BackgroundHash(archive_path)
         if exp_sha is None or exp_size is None:
             sha, size = hasher.result()  # nothing to go by: hash first, then upload
@@ -300,7 +298,7 @@ class ObjectLocation(Location):
             raise CorruptObject(f"{self._key_uri(akey)} has no sha256 metadata")
         return StoredObject(self.name, tenant_id, backup_id, self._key_uri(akey), size, sha)
 
-    def get_manifest(self, tenant_id: str, backup_id: str) -> dict:
+    def get_manifest(self, tenant_id: str, backup_id: str) -> Manifest:
         tenant_id = validate_tenant_id(tenant_id, self.tenant_id_pattern)
         mkey = self.manifest_key(tenant_id, backup_id)
         data = self._get_bytes(mkey)
@@ -310,16 +308,16 @@ class ObjectLocation(Location):
             raise CorruptObject(f"{self._key_uri(mkey)} is not valid JSON") from None
         if not isinstance(value, dict):
             raise CorruptObject(f"{self._key_uri(mkey)} is not a JSON object")
-        return value
-
-    def put_manifest(self, tenant_id: str, backup_id: str, manifest: dict) -> None:
-        tenant_id = validate_tenant_id(tenant_id, self.tenant_id_pattern)
         try:
-            data = Manifest.coerce(manifest).to_json().encode()
+            return Manifest.from_dict(value)
         except ArchiveError as exc:
-            raise PermanentStorageError(f"not a manifest: {exc}") from None
+            raise ArchiveError(f"{self._key_uri(mkey)}: {exc}") from None
+
+    def put_manifest(self, tenant_id: str, backup_id: str, manifest: Manifest) -> None:
+        tenant_id = validate_tenant_id(tenant_id, self.tenant_id_pattern)
+        data = _stored_bytes(manifest)
         st = self.stat(tenant_id, backup_id)  # NotFound unless complete
-        if (st.sha256.lower(), st.size) != _expected_from_manifest(Manifest.coerce(manifest).to_dict()):
+        if (st.sha256.lower(), st.size) != manifest.stated_checksum():
             raise PermanentStorageError(f"{st.uri}: the manifest does not describe the stored archive: not stored")
         self._put_bytes(self.manifest_key(tenant_id, backup_id), data)
 

@@ -13,6 +13,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from ..archive.manifest import Manifest
 from ..errors import TransientStorageError
 from .base import BackupRef, Location, StoredObject
 
@@ -67,7 +68,7 @@ class RetryingLocation(Location):
                 self._sleep(delay)
         raise AssertionError("unreachable")
 
-    def put(self, tenant_id: str, backup_id: str, archive_path: Path, manifest: dict) -> StoredObject:
+    def put(self, tenant_id: str, backup_id: str, archive_path: Path, manifest: Manifest) -> StoredObject:
         return self._call("put", tenant_id, backup_id, archive_path, manifest)
 
     def get(self, tenant_id: str, backup_id: str, dest_path: Path) -> StoredObject:
@@ -76,10 +77,10 @@ class RetryingLocation(Location):
     def verify(self, tenant_id: str, backup_id: str, *, known_complete: bool = False) -> StoredObject:
         return self._call("verify", tenant_id, backup_id, known_complete=known_complete)
 
-    def get_manifest(self, tenant_id: str, backup_id: str) -> dict:
+    def get_manifest(self, tenant_id: str, backup_id: str) -> Manifest:
         return self._call("get_manifest", tenant_id, backup_id)
 
-    def put_manifest(self, tenant_id: str, backup_id: str, manifest: dict) -> None:
+    def put_manifest(self, tenant_id: str, backup_id: str, manifest: Manifest) -> None:
         return self._call("put_manifest", tenant_id, backup_id, manifest)
 
     def stat(self, tenant_id: str, backup_id: str) -> StoredObject:

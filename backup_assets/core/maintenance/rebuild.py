@@ -25,7 +25,8 @@ from ..codec.keyring import Keyring
 from ..errors import ArchiveError, ManifestNotAuthentic, TenantBackupError
 from ..files import sha256_file
 from ..locations import Location
-from .catalog import collect, parse_created_at, verify_copy
+from .catalog import collect, parse_created_at
+from .copy_check import verify_copy
 from .retention import Candidate, plan_prune
 
 
@@ -40,7 +41,7 @@ class RebuildOutcome:
 
 def _copy_one(
     target: Location,
-    sources: list[tuple[Location, dict]],
+    sources: list[tuple[Location, Manifest]],
     tenant_id: str,
     backup_id: str,
     work_dir: Path | None,
@@ -48,9 +49,8 @@ def _copy_one(
 ) -> str:
     problems = []
     refused = False
-    for src, raw in sources:
+    for src, manifest in sources:
         try:
-            manifest = Manifest.from_dict(raw)
             try:
                 sealed = manifest.verify_seal(keyring, where=src.uri(tenant_id, backup_id))
             except ManifestNotAuthentic:
@@ -63,7 +63,7 @@ def _copy_one(
                 src.get(tenant_id, backup_id, path)  # CorruptObject if the source copy is damaged
                 if sha256_file(path) != (sha, size):
                     raise ArchiveError("copy does not match its manifest's sha256/size")
-                target.put(tenant_id, backup_id, path, manifest.to_dict())
+                target.put(tenant_id, backup_id, path, manifest)
             st = target.verify(tenant_id, backup_id)
             if (st.sha256.lower(), st.size) != (sha, size):
                 raise ArchiveError(f"{st.uri}: stored object is not the copied archive")

@@ -23,11 +23,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
-from ..archive.seal import read_manifest, unsealed_warning
+from ..archive.seal import read_manifest, unsealed_summary
 from ..codec.keyring import Keyring
 from ..errors import ArchiveError, NotFound, TenantBackupError
 from ..locations import BackupRef, Location
-from .catalog import parse_created_at, verify_copy
+from .catalog import parse_created_at
+from .copy_check import verify_copy
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ class PruneReport:
     errors: list[str]  # one line each; the other deletions went on
     dry_run: bool
     refused: list[str] = field(default_factory=list)  # manifests that failed authentication (exit code 6)
-    warnings: list[str] = field(default_factory=list)  # manifests without a seal, one line each
+    warnings: list[str] = field(default_factory=list)  # manifests without a seal: one line, with the count
     incomplete: list[BackupRef] = field(default_factory=list)  # leftovers of failed puts removed (or would be)
 
 
@@ -129,12 +130,13 @@ def prune_location(
     warnings: list[str] = []
     held: set[str] = set()  # tenants with a manifest that failed authentication: nothing of them deleted
     candidates: list[Candidate] = []
+    unsealed: list[str] = []  # said once, with the count
     for ref in loc.list():
         try:
             manifest, sealed = read_manifest(loc, ref.tenant_id, ref.backup_id, keyring)
             created = parse_created_at(manifest.created_at)
             if not sealed:
-                warnings.append(unsealed_warning(f"{ref.tenant_id}/{ref.backup_id}"))
+                unsealed.append(f"{ref.tenant_id}/{ref.backup_id}")
         except NotFound:
             continue
         except ArchiveError as exc:
@@ -145,6 +147,8 @@ def prune_location(
             errors.append(f"{ref.tenant_id}/{ref.backup_id}: cannot read manifest, kept: {exc}")
             created = None  # unknown age: plan_prune keeps it
         candidates.append(Candidate(ref.tenant_id, ref.backup_id, created))
+    if unsealed:
+        warnings.append(unsealed_summary(unsealed))
 
     def plan(items: list[Candidate]) -> list[Decision]:
         decided = plan_prune(items, retention_days=loc.retention_days, keep_min=keep_min, now=now)

@@ -11,7 +11,7 @@ are skipped, so a second run does nothing. A failed backup is reported and the o
 Manifests are authenticated first (their seal, core/archive/seal.py): one that fails is refused
 ("failed", refused) and its archive left as it is. The re-written manifest is sealed with the active
 key. A manifest without a seal (written before manifests were sealed) is sealed only after the full
-deep proof of `verify --deep` (catalog.scan_against_manifest: the archive's rows against the
+deep proof of `verify --deep` (copy_check.scan_against_manifest: the archive's rows against the
 manifest's tables, counts and tenant column): under an old key as part of its re-wrap, under the
 active key alone ("sealed", the archive untouched).
 """
@@ -32,7 +32,7 @@ from ..codec.keyring import Keyring
 from ..errors import ArchiveError, NotFound, TenantBackupError
 from ..files import sha256_file
 from ..locations import Location
-from .catalog import scan_against_manifest, verify_copy
+from .copy_check import scan_against_manifest, verify_copy
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class RewrapOutcome:
 def _put_back(loc: Location, tenant_id: str, backup_id: str, path: Path, manifest: Manifest) -> None:
     """Store and re-read: the stored bytes must be the verified file."""
     sha, size = manifest.checksum()
-    loc.put(tenant_id, backup_id, path, manifest.to_dict())
+    loc.put(tenant_id, backup_id, path, manifest)
     st = loc.verify(tenant_id, backup_id)  # re-reads every byte vs the stored metadata
     if (st.sha256.lower(), st.size) != (sha, size):
         raise ArchiveError(f"{st.uri}: stored object is not the re-wrapped archive")
@@ -207,7 +207,7 @@ def _restore_original(loc: Location, tenant_id: str, backup_id: str, old_path: P
     """A failed put may have removed the old manifest (put replaces the backup): put the original back
     so the location still holds the backup under its old key."""
     try:
-        loc.put(tenant_id, backup_id, old_path, manifest.to_dict())
+        loc.put(tenant_id, backup_id, old_path, manifest)
         return "; the original copy was put back (still under the old key)"
     except TenantBackupError as exc:
         return (

@@ -20,11 +20,13 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Iterable, Mapping
 
-from ..archive.seal import read_manifest, unsealed_warning
+from ..archive.manifest import Manifest
+from ..archive.seal import read_manifest, unsealed_summary
 from ..codec.keyring import Keyring
 from ..errors import ArchiveError, TenantBackupError
 from ..locations import Location
-from .catalog import CatalogEntry, CopyCheck, parse_created_at
+from .catalog import CatalogEntry, parse_created_at
+from .copy_check import Verification
 
 log = logging.getLogger(__name__)
 
@@ -32,47 +34,6 @@ DEFAULT_MAX_AGE_DAYS = 8.0
 
 
 # ------------------------------------------------------------------------------------ verification
-
-
-def verification_record(
-    check: CopyCheck, *, sha256: str | None, deep: bool, by: str, now: datetime | None = None
-) -> dict:
-    at = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
-    return {
-        "tenant_id": check.tenant_id,
-        "backup_id": check.backup_id,
-        "location": check.location,
-        "sha256": sha256,
-        "ok": check.ok,
-        "deep": deep,
-        "by": by,
-        "message": check.message,
-        "verified_at": at.isoformat(timespec="seconds"),
-    }
-
-
-def record_verification(
-    loc: Location, check: CopyCheck, *, sha256: str | None = None, deep: bool, by: str, known_complete: bool = False
-) -> bool:
-    """Store the outcome of a copy's verification beside it. Never raises: a record that cannot be
-    written only makes `status` show the copy as unverified. Returns whether it was written."""
-    put = loc.put_verified
-    try:
-        if sha256 is None:  # the bytes the check compared against: the manifest's
-            archive = loc.get_manifest(check.tenant_id, check.backup_id).get("archive")
-            sha256 = archive.get("sha256") if isinstance(archive, dict) else None
-        put(
-            check.tenant_id,
-            check.backup_id,
-            verification_record(check, sha256=sha256, deep=deep, by=by),
-            known_complete=known_complete,
-        )
-        return True
-    except TenantBackupError as exc:
-        log.warning(
-            "%s: could not record the verification of %s/%s: %s", check.location, check.tenant_id, check.backup_id, exc
-        )
-        return False
 
 
 # ------------------------------------------------------------------------------------------ decide
@@ -148,22 +109,23 @@ class StatusReport:
         }
 
 
-def _verification(record: dict | None, manifest: dict) -> tuple[str, str | None, bool | None]:
-    if not isinstance(record, dict):
-        return "never", None, None
-    archive = manifest.get("archive") if isinstance(manifest.get("archive"), dict) else {}
-    want = archive.get("sha256")
-    if not isinstance(want, str) or str(record.get("sha256") or "").lower() != want.lower():
-        return "never", None, None  # a record of other bytes (re-written since): not this copy's
-    return ("ok" if record.get("ok") is True else "failed"), record.get("verified_at"), bool(record.get("deep"))
+def _verification(record: dict | None, manifest: Manifest) -> tuple[str, str | None, bool | None]:
+    found = Verification.from_dict(record)
+    if found is None or not found.counts_for(manifest):
+        return "never", None, None  # none, or a record of other bytes (re-written since): not this copy's
+    return ("ok" if found.ok is True else "failed"), found.verified_at, bool(found.deep)
 
 
-def _drill(manifest: dict) -> tuple[int | None, str]:
-    drill = manifest.get("drill") if isinstance(manifest.get("drill"), dict) else {}
-    major, source = drill.get("server_major"), drill.get("source_major")
-    if drill.get("matches_source") is False:
-        return major, f"restore proven on PostgreSQL {major} only, not the source's {source}"
-    return major, ""
+def _drill(manifest: Manifest) -> tuple[int | None, str]:
+    drill = manifest.drill
+    if drill is None:
+        return None, ""
+    if drill.matches_source is False:
+        return (
+            drill.server_major,
+            f"restore proven on PostgreSQL {drill.server_major} only, not the source's {drill.source_major}",
+        )
+    return drill.server_major, ""
 
 
 def decide(
@@ -266,6 +228,7 @@ def gather(
     warnings: list[str] = []
     verifications: dict[tuple[str, str, str], dict] = {}
     refused: dict[tuple[str, str], str] = {}
+    unsealed: list[str] = []  # said once, with the count
     for name, loc in locations.items():
         try:
             refs = loc.list()
@@ -286,10 +249,8 @@ def gather(
                 warnings.append(f"{name}: {tenant_id}/{backup_id}: cannot read manifest: {exc}")
                 continue
             if not sealed:
-                warnings.append(unsealed_warning(f"{name}: {tenant_id}/{backup_id}"))
-            manifest = authentic.to_dict()
-            created = authentic.created_at
-            entries.append(CatalogEntry(tenant_id, backup_id, created, {name: manifest}))
+                unsealed.append(f"{name}: {tenant_id}/{backup_id}")
+            entries.append(CatalogEntry(tenant_id, backup_id, authentic.created_at, {name: authentic}))
             try:
                 record = loc.get_verified(tenant_id, backup_id)
             except TenantBackupError as exc:  # unreadable record: shown as never verified
@@ -297,6 +258,8 @@ def gather(
                 continue
             if record is not None:
                 verifications[(name, tenant_id, backup_id)] = record
+    if unsealed:
+        warnings.append(unsealed_summary(unsealed))
     return decide(
         tenants,
         list(locations),

@@ -1,14 +1,15 @@
 """The archive's own checks, run in its step (one restore into a scratch database serves both):
 isolation (every row of a table with the tenant column is this tenant's) and the restore drill (row
 counts equal the manifest's). Both blocking: an archive that fails them is not materialized at all,
-so no location ever receives it; one that passes is recorded as proven (its SHA-256), which the
-copy checks rely on (defs/backup/copy_checks.py) and the location assets require (defs/backup/assets.py)."""
+so no location ever receives it; one that passes carries the drill's record in its manifest
+(Manifest.drill, with the SHA-256 it restored), which the location assets require
+(defs/backup/assets.py) and the copy checks rely on (core/maintenance/copy_check.py)."""
 
 from pathlib import Path
 
 from dagster import AssetCheckSpec, MetadataValue
 
-from ...core.archive.manifest import Manifest
+from ...core.archive.manifest import DrillRecord
 from ...core.checks.drill import restore_drill
 from ...core.errors import TenantBackupError
 from ...core.source.pgbin import major_of
@@ -40,7 +41,7 @@ def archive_check_specs() -> list[AssetCheckSpec]:
         ]
 
 
-def archive_check_results(context, archive, backup) -> tuple[list, bool, dict | None]:
+def archive_check_results(context, archive, backup) -> tuple[list, bool, DrillRecord | None]:
     """(the two check results, whether both passed, the drill's record for the manifest) for the
     staged archive `archive`. The drill runs on a scratch server of the source's major where one can
     be had, and its metadata says which major it proved (drill_server_major)."""
@@ -51,9 +52,9 @@ def archive_check_results(context, archive, backup) -> tuple[list, bool, dict | 
         "location": None,
         "settings": backup.get_settings(),
     }
-    source_major = major_of((Manifest.coerce(archive.manifest).source or {}).get("server_version"))
+    source_major = major_of(archive.manifest.server_version)
     try:
-        Manifest.coerce(archive.manifest).verify_seal(backup.keyring(), where=f"archive {archive.backup_id}")
+        archive.manifest.verify_seal(backup.keyring(), where=f"archive {archive.backup_id}")
         result = restore_drill(
             Path(archive.path),
             archive.manifest,

@@ -23,7 +23,6 @@ from dagster import (
 
 from ...core.archive.export import ExportOptions, export_tenant
 from ...core.archive.manifest import Manifest
-from ...core.errors import TenantBackupError
 from ...core.files import TEMP_MARK
 from ...core.settings import Settings
 from ..failures import permanent_failures
@@ -118,14 +117,12 @@ def build_archive_asset(settings: Settings) -> AssetsDefinition:
         # A permanent error (configuration, refused tenant, isolation, pg_dump's own error, a full or
         # read-only work directory) fails the step at once, naming it; a transient one is retried.
         with permanent_failures(pending):
-            exported = Manifest.from_dict(
-                export_tenant(
-                    backup.source_settings(),
-                    backup.keyring(),
-                    tenant_id,
-                    pending,
-                    ExportOptions(force=force, warn_shared=False),
-                )
+            exported = export_tenant(
+                backup.source_settings(),
+                backup.keyring(),
+                tenant_id,
+                pending,
+                ExportOptions(force=force, warn_shared=False),
             )
         shared = shared_rows(exported)
         if shared:
@@ -138,11 +135,11 @@ def build_archive_asset(settings: Settings) -> AssetsDefinition:
         with permanent_failures(final):
             os.replace(pending, final)
         manifest = exported.with_archive(file=final.name)
-        handle = ArchiveHandle(tenant_id, manifest.backup_id, str(final), manifest.to_dict())
+        handle = ArchiveHandle(tenant_id, manifest.backup_id, str(final), manifest)
         results, proven, drill = archive_check_results(context, handle, backup)
-        if drill is not None:  # stored with every copy: which PostgreSQL major the restore was proven on
+        if drill is not None:  # stored with every copy: which bytes were proven, on which PostgreSQL major
             manifest = dataclasses.replace(manifest, drill=drill)
-            handle = ArchiveHandle(tenant_id, manifest.backup_id, str(final), manifest.to_dict())
+            handle = ArchiveHandle(tenant_id, manifest.backup_id, str(final), manifest)
         yield from results
         if not proven:  # not materialized: nothing to ship, and nothing a later run could pick up
             final.unlink(missing_ok=True)
@@ -152,7 +149,6 @@ def build_archive_asset(settings: Settings) -> AssetsDefinition:
                 allow_retries=False,
             )
         with permanent_failures(out_dir):
-            backup.record_proven(handle, context.run.run_id)
             _prune_staging(out_dir, keep=final)
         yield Output(handle, metadata={**archive_metadata(manifest), **({"tenant_name": name} if name else {})})
 
@@ -198,10 +194,12 @@ def build_location_asset(location: str, settings: Settings) -> AssetsDefinition:
         f"(its IO manager writes it; retention per TENANT_BACKUP_RETENTION_{location.upper()}_DAYS).",
     )
     def copy(archive: ArchiveHandle, backup: BackupResource) -> ArchiveHandle:
-        try:  # fail closed: e.g. an archive staged by a run whose checks did not pass
-            backup.require_proven(archive, location)
-        except TenantBackupError as exc:
-            raise Failure(str(exc), allow_retries=False) from None
+        if not archive.proven:  # fail closed: e.g. an archive staged by a run whose checks did not pass
+            raise Failure(
+                f"archive {archive.backup_id} of tenant {archive.tenant_id} was not proven by its"
+                f" isolation check and restore drill: not shipped to {location}",
+                allow_retries=False,
+            )
         return archive  # the IO manager does the storing: the value is only the handle
 
     return copy

@@ -1,14 +1,17 @@
 """The partitioned asset checks of each <location>_copy (the archive's own checks run in its step:
-defs/backup/archive_checks.py). Both from one download; a failure also raises an INTEGRITY_FAILURE alert.
+defs/backup/archive_checks.py): checksum and integrity, both from the core's one copy check
+(core/maintenance/copy_check.py verify_copy, deep), which `tenant-backup verify --deep` and the daily
+verify job call too, recording the same thing beside the copy (verified.json, read by `status`).
+A failure also raises an INTEGRITY_FAILURE alert.
 
-- checksum (the stored bytes re-read and hashed, against the manifest) and
-- integrity (downloaded, decrypted, decompressed, `pg_restore --list`; or, when the copy's bytes hash
-  equal to the archive this tenant's restore drill restored, proven by that identity: no second decode).
+- checksum: the copy's manifest authenticated (its seal) and describing this tenant and backup, the
+  stored bytes re-read and hashed against it;
+- integrity: downloaded, decrypted, decompressed, `pg_restore --list`, every row of a table with the
+  tenant column this tenant's; or, when the copy's bytes hash equal to the archive this run's restore
+  drill restored (its manifest's drill record), proven by that identity: no second decode.
 """
 
-import tempfile
 import time
-from pathlib import Path
 
 from dagster import (
     AssetCheckExecutionContext,
@@ -19,12 +22,8 @@ from dagster import (
     multi_asset_check,
 )
 
-from ...core.archive.manifest import Manifest
 from ...core.archive.seal import unsealed_warning
-from ...core.checks.verify import VerifyResult, verify_archive
-from ...core.errors import TenantBackupError
-from ...core.maintenance.catalog import CopyCheck
-from ...core.maintenance.status import record_verification
+from ...core.maintenance.copy_check import IDENTITY, verify_copy
 from ..resources import ArchiveHandle, BackupResource
 from .archive_checks import ARCHIVE_ASSET
 from .check_results import check_result as _result
@@ -45,8 +44,8 @@ def _location_checks(location: str) -> list[AssetChecksDefinition]:
             asset=asset_name,
             partitions_def=tenants_partitions,
             additional_deps=[ARCHIVE_ASSET],
-            description=f"The copy in {location} re-read and hashed: size and SHA-256 equal the "
-            "stored metadata's and the manifest's.",
+            description=f"The copy in {location}: its manifest authenticated and this backup's, the stored "
+            "bytes re-read and hashed: size and SHA-256 equal the stored metadata's and the manifest's.",
         ),
         AssetCheckSpec(
             "integrity",
@@ -54,11 +53,12 @@ def _location_checks(location: str) -> list[AssetChecksDefinition]:
             partitions_def=tenants_partitions,
             additional_deps=[ARCHIVE_ASSET],
             description=f"The copy in {location} downloaded, decrypted, decompressed and read by "
-            "`pg_restore --list`; every table of the manifest has its data entry.",
+            "`pg_restore --list` (every table of the manifest has its data entry), and every row of a "
+            "table with the tenant column this tenant's; or identical to the archive the drill restored.",
         ),
     ]
 
-    # Both checks from one download, of the copy of the archive this run staged (not merely the
+    # Both checks from one verification, of the copy of the archive this run staged (not merely the
     # newest in the location). A check runs after the asset it checks: the copy is not loaded.
     @multi_asset_check(name=f"{asset_name}_checks", specs=specs, ins={"archive": AssetIn(ARCHIVE_ASSET)})
     def copy_checks(context: AssetCheckExecutionContext, archive: ArchiveHandle, backup: BackupResource):
@@ -71,38 +71,20 @@ def _location_checks(location: str) -> list[AssetChecksDefinition]:
         }
         where = {"backup_id": archive.backup_id, "uri": loc.uri(archive.tenant_id, archive.backup_id)}
         started = time.monotonic()
-        unreadable = None
-        try:
-            manifest = loc.get_manifest(archive.tenant_id, archive.backup_id)
-            # Before any use: a stored manifest whose seal fails is refused (core/archive/seal.py).
-            if not Manifest.coerce(manifest).verify_seal(backup.keyring(), where=where["uri"]):
-                context.log.warning(unsealed_warning(where["uri"]))
-            proven = backup.proven(archive) if manifest == archive.manifest else None
-            if proven is not None:
-                # Re-read and hashed against the stored metadata (CorruptObject otherwise), not kept.
-                stored = loc.verify(archive.tenant_id, archive.backup_id, known_complete=True)
-        except TenantBackupError as exc:  # NotFound; CorruptObject: stored bytes differ from their metadata
-            unreadable = exc
-        if (
-            unreadable is None
-            and proven is not None
-            and (stored.sha256, stored.size) == Manifest.coerce(manifest).checksum()
-        ):
-            # Integrity by identity: these bytes hash equal to the archive the restore drill
-            # decrypted, decompressed and restored (in run `proven`): no second decode.
-            how = f"identical (SHA-256) to the archive the restore drill restored in run {proven}"
-            result = VerifyResult(ok=True, checks={"checksum": True}, sha256=stored.sha256, size=stored.size)
-        elif unreadable is None:
-            how = "decoded"
-            with tempfile.TemporaryDirectory(prefix="tb-verify-", dir=backup.scratch_files_dir()) as tmp:
-                path = Path(tmp) / "archive.tbk"
-                try:
-                    loc.get(archive.tenant_id, archive.backup_id, path)
-                    result = verify_archive(path, manifest, backup.keyring(), deep=True)
-                except TenantBackupError as exc:
-                    unreadable = exc
-        if unreadable is not None:
-            yield _result(context, check="checksum", passed=False, message=str(unreadable), metadata=where, **common)
+        check = verify_copy(
+            loc,
+            archive.tenant_id,
+            archive.backup_id,
+            keyring=backup.keyring(),
+            deep=True,
+            work_dir=backup.scratch_files_dir(),
+            drilled=archive.manifest,
+            record=f"{asset_name} checks",
+        )
+        if check.sealed is False:
+            context.log.warning(unsealed_warning(where["uri"]))
+        if check.checksum_ok is not True:  # not found, refused, or the stored bytes are not the manifest's
+            yield _result(context, check="checksum", passed=False, message=check.message, metadata=where, **common)
             yield _result(
                 context,
                 check="integrity",
@@ -112,36 +94,23 @@ def _location_checks(location: str) -> list[AssetChecksDefinition]:
                 **common,
             )
             return
-        downloaded = time.monotonic() - started
-        checksum_ok = result.checks.get("checksum", False)
         yield _result(
             context,
             check="checksum",
-            passed=checksum_ok,
-            message="SHA-256 and size match the manifest" if checksum_ok else result.message,
-            metadata={**where, "download_seconds": MetadataValue.float(round(downloaded, 3))},
+            passed=True,
+            message="SHA-256 and size match the manifest",
+            metadata={**where, "download_seconds": MetadataValue.float(round(time.monotonic() - started, 3))},
             **common,
-        )
-        integrity_ok = all(result.checks.values()) and checksum_ok
-        message = f"ok: {how}" if integrity_ok and how != "decoded" else result.message
-        # Beside the copy, so `tenant-backup status` knows it was verified without Dagster's database.
-        record_verification(
-            loc,
-            CopyCheck(location, archive.tenant_id, archive.backup_id, integrity_ok, message),
-            sha256=Manifest.coerce(manifest).checksum()[0],
-            deep=True,
-            by=f"{asset_name} checks",
-            known_complete=True,
         )
         yield _result(
             context,
             check="integrity",
-            passed=integrity_ok,
-            message=message,
+            passed=check.ok,
+            message=check.message,
             metadata={
                 **where,
-                "integrity_by": "identity" if how != "decoded" else "decode",
-                "toc_entries": MetadataValue.int(result.toc_entries or 0),
+                "integrity_by": "identity" if check.proof == IDENTITY else "decode",
+                "toc_entries": MetadataValue.int(check.toc_entries or 0),
             },
             **common,
         )

@@ -20,9 +20,9 @@ from dagster import (
 from pydantic import Field
 
 from ...core.maintenance import alerts
-from ...core.maintenance.catalog import VERIFY_CYCLE_DAYS, share_of, verify_copy
+from ...core.maintenance.catalog import VERIFY_CYCLE_DAYS, share_of
+from ...core.maintenance.copy_check import verify_copy
 from ...core.maintenance.retention import prune_location
-from ...core.maintenance.status import record_verification
 from ...core.restore import restore_tenant
 from ...core.settings import Settings
 from ..resources import BackupResource
@@ -123,10 +123,15 @@ def verify_share_op(context: OpExecutionContext, config: VerifyShareConfig, back
         for ref in loc.list():
             if verify_bucket(name, ref.tenant_id, ref.backup_id) != today:
                 continue
-            result = verify_copy(
-                loc, ref.tenant_id, ref.backup_id, keyring=keyring, deep=True, work_dir=backup.scratch_files_dir()
+            result = verify_copy(  # recorded beside the copy: read by `status`
+                loc,
+                ref.tenant_id,
+                ref.backup_id,
+                keyring=keyring,
+                deep=True,
+                work_dir=backup.scratch_files_dir(),
+                record="verify_share_job",
             )
-            record_verification(loc, result, deep=True, by="verify_share_job")  # read by `status`
             checked += 1
             if not result.ok:
                 failures.append(result)
