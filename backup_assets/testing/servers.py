@@ -1,7 +1,11 @@
 """TEST DOUBLES: loopback S3 and B2 endpoints with fault injection, and their command line.
 
-    python -m backup_assets.testing.servers s3 --port 9000 [--bucket NAME]...
-    python -m backup_assets.testing.servers b2 --port 9001 [--bucket NAME]...
+    python -m backup_assets.testing.servers s3 --port 9000 [--bucket NAME]... [--env-file FILE]
+    python -m backup_assets.testing.servers b2 --port 9001 [--bucket NAME]... [--env-file FILE]
+
+Each prints one JSON line once it listens (its URL, and the R2_* / B2_* variables that point the
+project at it); --env-file also writes those variables to FILE (`set -a; . FILE; set +a`), created
+only then, so a script can start it in the background and wait for the file. Objects live in memory.
 
 Both listen on 127.0.0.1 only. Faults are driven from Python (`server.faults`) or over HTTP, so
 other processes (the demo, end-to-end tests) can drive them too:
@@ -128,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--key-id", default=None, help="access key id / B2 application key id")
     ap.add_argument("--key", default=None, help="secret access key / B2 application key")
     ap.add_argument("--part-size", type=int, default=None, help="B2: recommended part size")
+    ap.add_argument("--env-file", default=None, help="write the R2_*/B2_* variables to this file once listening")
     args = ap.parse_args(argv)
     try:
         check_loopback(args.host)
@@ -167,6 +172,14 @@ def main(argv: list[str] | None = None) -> int:
         server.create_bucket(b)
     # One JSON line on stdout: a parent process reads the URL and credentials from it.
     print(json.dumps({"kind": args.kind, "url": server.url, "env": env()}), flush=True)
+    if args.env_file:  # whole or not at all: a script waits for it to appear
+        import os
+        import shlex
+
+        tmp = f"{args.env_file}.tmp"
+        with open(tmp, "w") as handle:
+            handle.write("".join(f"{k}={shlex.quote(v)}\n" for k, v in env().items()))
+        os.replace(tmp, args.env_file)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
