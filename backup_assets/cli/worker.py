@@ -101,7 +101,7 @@ def cmd_worker(args, out) -> int:
         out.emit({"ok": True, "scheduler": address, "work_dir": side.settings.work_dir, "active_key": active})
         return 0
     nworkers = args.nworkers or settings.workers
-    argv = [address, "--nthreads", "1", "--nworkers", str(nworkers)]
+    argv = [address, "--nthreads", "1", "--nworkers", str(nworkers), "--preload", __name__]
     argv += ["--local-directory", str(Path(settings.work_dir) / "dask")]
     for flag, dest in PASSED_ON:
         value = getattr(args, dest)
@@ -121,3 +121,31 @@ def run_dask_worker(argv: list[str]) -> int:
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 1
     return 0
+
+
+def dask_setup(worker) -> None:
+    """Dask preload, in every worker process as it starts (`tenant-backup worker` adds it; with Dask's own
+    `dask worker` — a Helm chart, the Kubernetes operator — add `--preload backup_assets.cli.worker`):
+    this process's configuration, Dagster instance and definitions, checked and built before it joins
+    the scheduler, so its first tenant starts warm. What is missing is logged in one line at start;
+    such a worker refuses every task, and the batch names it (defs/runs/batch.py)."""
+    import logging
+
+    from ..core.cluster import check_address
+    from ..core.errors import ConfigError
+    from ..core.settings import Settings, load_dotenv_file
+    from ..defs.runs.in_process import prepare_worker_side
+
+    log = logging.getLogger("tenant_backup.worker")
+    load_dotenv_file()
+    problem, own = prepare_worker_side()
+    if not problem and worker.scheduler.address:
+        try:
+            allow = Settings.from_env().dask_allow_plaintext
+            check_address(worker.scheduler.address, allow_plaintext=allow, variable="the scheduler address")
+        except ConfigError as exc:
+            problem, own = str(exc), True
+    if problem and own:
+        log.error("tenant-backup: error: this worker refuses every task: %s", problem)
+    elif problem:  # the Dagster database is unreachable: its tasks try again
+        log.warning("tenant-backup: warning: %s", problem)

@@ -123,10 +123,9 @@ def cluster_settings(settings) -> dict[str, str]:
     names = settings.location_names
     out["TENANT_BACKUP_LOCATIONS"] = ",".join(names)
     out["TENANT_BACKUP_STORAGE_PREFIX"] = settings.get("TENANT_BACKUP_STORAGE_PREFIX").strip().strip("/")
-    required = _location_variables()
     for name, location in settings.locations(names, retry=False).items():
         out[f"TENANT_BACKUP_RETENTION_{name.upper()}_DAYS"] = str(location.retention_days)
-        variables = [v for v in required.get(name, ()) if v not in SECRET_VARIABLES]
+        variables = _shared_location_variables(name)
         for variable in variables:
             out[variable] = settings.get(variable).strip()
         if name == "b2":
@@ -136,10 +135,39 @@ def cluster_settings(settings) -> dict[str, str]:
     return out
 
 
-def _location_variables() -> dict[str, tuple[str, ...]]:
+def _location_kinds():
+    """The registry of location kinds (core/locations/registry.py), where there is one."""
+    try:
+        from .locations import registry
+    except ImportError:
+        return None
+    return registry
+
+
+def _shared_location_variables(name: str) -> tuple[str, ...]:
+    """A location's required variables that are not secrets: where it stores (bucket, endpoint, dir)."""
+    registry = _location_kinds()
+    if registry is not None:
+        try:
+            kind = registry.kind(name)
+        except ConfigError:
+            return ()
+        return tuple(v.name for v in kind.variables if v.required and not v.secret)
     from .locations import config
 
-    return dict(getattr(config, "REQUIRED", {}))
+    return tuple(v for v in getattr(config, "REQUIRED", {}).get(name, ()) if v not in SECRET_VARIABLES)
+
+
+def _missing_location_variables(name: str, env: Mapping[str, str]) -> list[str]:
+    registry = _location_kinds()
+    if registry is not None:
+        try:
+            return list(registry.kind(name).missing(env))
+        except ConfigError:
+            return []
+    from .locations import config
+
+    return [v for v in getattr(config, "REQUIRED", {}).get(name, ()) if not (env.get(v) or "").strip()]
 
 
 def compare(driver: Mapping[str, str], worker: Mapping[str, str], worker_key_ids: tuple[str, ...]) -> list[str]:
@@ -219,8 +247,7 @@ def configuration_problems(settings) -> Problems:
     else:
         _collect(problems, settings.keyring)
     names = _collect(problems, lambda: settings.location_names) or []
-    required = _location_variables()
-    lacking = [v for n in names for v in required.get(n, ()) if not _set(v)]
+    lacking = [v for n in names for v in _missing_location_variables(n, env)]
     problems.missing += [v for v in dict.fromkeys(lacking) if v not in problems.missing]
     if names and not lacking:
         _collect(problems, lambda: settings.locations(names, retry=False))
@@ -247,10 +274,12 @@ def _collect(problems: Problems, build):
 
 
 def address_parts(address: str) -> tuple[str, str]:
-    """(scheme, host) of a Dask address; a bare `host:port` is Dask's default, tcp."""
+    """(scheme, host) of a Dask address; a bare `host:port` has Dask's default scheme."""
     scheme, sep, rest = address.partition("://")
-    if not sep:
-        scheme, rest = "tcp", address
+    if not sep:  # Dask's default scheme (distributed.comm.default-scheme, tcp unless configured)
+        import dask
+
+        scheme, rest = dask.config.get("distributed.comm.default-scheme", "tcp"), address
     if rest.startswith("["):  # [::1]:8786
         host = rest[1:].partition("]")[0]
     elif rest.count(":") == 1:

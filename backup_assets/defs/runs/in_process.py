@@ -281,6 +281,26 @@ def worker_side(address: str) -> WorkerSide:
         return side
 
 
+def prepare_worker_side() -> tuple[str, bool]:
+    """Load this process's WorkerSide ahead of its first task (a Dask preload at worker start):
+    ("", _) when ready; else the problems in one line and whether they are this worker's own
+    configuration (remembered, as worker_side does) rather than an unreachable database."""
+    with _WORKER_LOCK:
+        if "side" in _WORKER:
+            return "", False
+        if "refused" in _WORKER:
+            return _WORKER["refused"], True
+        try:
+            side, problems = load_worker_side()
+        except DatabaseUnreachable as exc:
+            return str(exc), False
+        if side is None:
+            _WORKER["refused"] = problems.line()
+            return _WORKER["refused"], True
+        _WORKER["side"] = side
+        return "", False
+
+
 def accept(side: WorkerSide, spec: ClusterSpec, address: str) -> None:
     """Take the driver's task only if the settings the cluster must agree on and the instance are
     the driver's; WorkerRefused naming every difference otherwise."""
