@@ -132,3 +132,42 @@ def test_demo_ui_leaves_nothing_running(how):
             pm.kill()
         shutil.rmtree(directory, ignore_errors=True)
         Path(log.name).unlink(missing_ok=True)
+
+
+def test_the_watchdog_ends_what_it_was_told_about_when_its_owner_is_killed():
+    """testing/reaper.py alone: its owner starts a process group and a process, tells the watchdog, and
+    is SIGKILLed; the watchdog ends both. Untold processes are left alone."""
+    owner_code = (
+        "import subprocess, sys, time\n"
+        "from backup_assets.testing.reaper import Reaper\n"
+        "reaper = Reaper()\n"
+        "group = subprocess.Popen(['sleep', '300'], start_new_session=True)\n"
+        "single = subprocess.Popen(['sleep', '301'])\n"
+        "reaper.watch_group(group.pid)\n"
+        "reaper.watch_pid(single.pid)\n"
+        "print(group.pid, single.pid, flush=True)\n"
+        "time.sleep(300)\n"
+    )
+    bystander = subprocess.Popen(["sleep", "302"], start_new_session=True)
+    owner = subprocess.Popen(
+        [sys.executable, "-c", owner_code],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        start_new_session=True,
+    )
+    told: list[psutil.Process] = []
+    try:
+        told = [psutil.Process(int(pid)) for pid in owner.stdout.readline().split()]
+        owner.kill()
+        owner.wait(10)
+        gone, alive = psutil.wait_procs(told, timeout=10)
+        assert _alive(alive) == [], [p.pid for p in alive]
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait(5)
+        for proc in _alive(told):
+            proc.kill()
+        if owner.poll() is None:
+            owner.kill()

@@ -35,13 +35,16 @@ class Reaper:
             start_new_session=True,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
-            cwd="/",
+            cwd=Path(__file__).resolve().parents[2],  # where `-m backup_assets…` imports from, installed or not
         )
         os.close(read_fd)
 
     def _tell(self, line: str) -> None:
         if self._write_fd is not None:
-            os.write(self._write_fd, (line + "\n").encode())
+            try:
+                os.write(self._write_fd, (line + "\n").encode())
+            except BrokenPipeError:  # the watchdog is gone (killed): the orderly stop still stops everything
+                pass
 
     def watch_group(self, pgid: int) -> None:
         """A process group (a child started with start_new_session=True: its pid)."""
