@@ -196,6 +196,32 @@ def test_a_trigger_that_changes_another_tenant_is_rolled_back(live, keyring):
     assert _state(db, (a, b, c), manifest) == before
 
 
+def test_without_write_counters_every_table_is_checked(live, keyring):
+    # track_counts off: the transaction's counters say nothing, so every table is compared, as it was
+    # (a second session on the exported snapshot) and as it is.
+    db, (a, b, c), locs, manifest = live
+    original_b = _hashes(db.admin_dsn, manifest, b)
+    _exec(db.admin_dsn, f'ALTER DATABASE "{db.dbname}" SET track_counts = off')
+    _exec(db.admin_dsn, "UPDATE customers SET notes = 'damaged' WHERE tenant_id = %s", (b,))
+    _exec(
+        db.admin_dsn,
+        f"""
+        CREATE FUNCTION touch_other() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN UPDATE notifications SET subject = 'touched' WHERE tenant_id = '{c}'; RETURN NULL; END $$;
+        CREATE TRIGGER touch_other AFTER UPDATE ON customers FOR EACH STATEMENT EXECUTE FUNCTION touch_other();""",
+    )
+    before = _state(db, (a, b, c), manifest)
+    with pytest.raises(RestoreError, match=r"public\.notifications: rows that are not this tenant's") as err:
+        restore_tenant(b, locations=locs, location="local", target_dsn=db.owner_dsn, keyring=keyring, replace=True)
+    assert "public.customers" not in str(err.value)  # only this tenant's customers were written there
+    assert _state(db, (a, b, c), manifest) == before
+    _exec(db.admin_dsn, "DROP TRIGGER touch_other ON customers")
+    result = restore_tenant(b, locations=locs, location="local", target_dsn=db.owner_dsn, keyring=keyring, replace=True)
+    assert _hashes(db.admin_dsn, manifest, b) == original_b
+    assert {t: _hashes(db.admin_dsn, manifest, t) for t in (a, c)} == {t: before[t] for t in (a, c)}
+    assert result.tables["public.customers"].updated > 0
+
+
 def test_a_trigger_that_writes_the_tenants_own_rows_is_allowed(live, keyring):
     db, (a, b, c), locs, manifest = live
     original_b = _hashes(db.admin_dsn, manifest, b)
