@@ -252,7 +252,7 @@ def test_cross_tenant_reference_on_another_schema(pg_server_dsn, keyring, tmp_pa
         locs = _locations(tmp_path / "local", **CRM_ENV)
         archive = tmp_path / "org1.tbk"
         manifest = export_tenant(settings, keyring, "1", archive)
-        locs["local"].put("1", manifest["backup_id"], archive, manifest)
+        locs["local"].put("1", manifest.backup_id, archive, manifest)
         db.run(
             "WITH a AS (INSERT INTO crm.accounts (org, label) VALUES (1, 'new since') RETURNING id)"
             " INSERT INTO crm.contacts (org, account_id, email) SELECT 2, id, 'org2@x' FROM a"
@@ -326,7 +326,7 @@ def _shop(pg_server_dsn, keyring, tmp_path, people: int):
         locs = _locations(tmp_path / "local", **SHOP_ENV)
         archive = tmp_path / "acme.tbk"
         manifest = export_tenant(settings, keyring, "acme", archive, ExportOptions())
-        locs["local"].put("acme", manifest["backup_id"], archive, manifest)
+        locs["local"].put("acme", manifest.backup_id, archive, manifest)
     except BaseException:
         ctx.__exit__(None, None, None)
         raise

@@ -123,8 +123,8 @@ def _state(db, tenants, manifest):
 
 
 def _tables(manifest) -> str:
-    kinds = {t: k for k, ts in manifest["table_kinds"].items() for t in ts}
-    return ", ".join(t for t in sorted(manifest["tables"]) if kinds.get(t) in ("tenant", "rls_child"))
+    kinds = {t: k for k, ts in manifest.table_kinds.to_dict().items() for t in ts}
+    return ", ".join(t for t in sorted(manifest.tables) if kinds.get(t) in ("tenant", "rls_child"))
 
 
 def _seconds_until_locks_free(db, manifest, since: float) -> float:
