@@ -22,7 +22,7 @@ from psycopg2 import sql
 from ..archive.pipe import ArchivePipe
 from ..codec.keyring import Keyring
 from ..dump.copytext import CopyStatementError, parse_copy_statement
-from ..errors import ArchiveError, RestoreError, TenantBackupError
+from ..errors import ArchiveError, RestoreError, RestoreRefused, TenantBackupError
 from ..source.pgbin import for_archive
 from .interrupt import CancelOnInterrupt
 from .replace_plan import Plan, Table, plan_replace
@@ -165,6 +165,8 @@ def replace_rows(
         _rollback(conn)
         if guard is not None and guard.interrupted:
             raise KeyboardInterrupt from None
+        if isinstance(exc, RestoreRefused):
+            raise  # already says "refused, nothing changed"
         if isinstance(exc, TenantBackupError):
             raise type(exc)(f"--replace rolled back, nothing changed: {exc}") from None
         raise
