@@ -278,3 +278,21 @@ def test_the_worker_command_names_every_missing_variable_in_one_line(tmp_path):
         " distributed.comm.tls.ca-file (DASK_DISTRIBUTED__COMM__TLS__CA_FILE), distributed.comm.tls.worker.cert"
         " (DASK_DISTRIBUTED__COMM__TLS__WORKER__CERT) (docs/DEPLOYMENT.md, certificates)"
     )
+
+
+def test_a_local_cluster_still_runs_on_a_sqlite_dagster_home(sample_db, sample_tenants, tmp_path):
+    """The local cluster's workers are the driver's children on one machine: its SQLite instance is theirs."""
+    env = {
+        "TENANT_BACKUP_SOURCE_DSN": sample_db.backup_dsn,
+        "TENANT_BACKUP_KEYS": KEY,
+        "TENANT_BACKUP_LOCATIONS": "local",
+        "TENANT_BACKUP_LOCAL_DIR": str(tmp_path / "local"),
+        "TENANT_BACKUP_WORK_DIR": str(tmp_path / "work"),
+        "TENANT_BACKUP_SCRATCH_DSN": sample_db.admin_dsn,
+        "TENANT_BACKUP_RETRIES": "0",
+        "DAGSTER_HOME": str(tmp_path / "dagster_home"),
+    }
+    result = _cli(["backup", "--all", "--workers", "2"], env, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    active = {t.id for t in sample_tenants if t.status == "ACTIVE"}
+    assert {p.name for p in (tmp_path / "local" / "tenants").iterdir()} == active

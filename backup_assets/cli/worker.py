@@ -87,7 +87,7 @@ def cmd_worker(args, out) -> int:
                 check_tls(Security(**{k: v for k, v in given.items() if v}), "worker", address)
         except ConfigError as exc:
             problems.invalid.append(str(exc))
-    side, own = load_worker_side()  # DatabaseUnreachable (exit 7) when the instance cannot be reached
+    side, own = load_worker_side(require_postgres=True)  # DatabaseUnreachable (exit 7): instance unreachable
     problems.extend(own)
     if problems:
         raise ConfigError(f"this worker cannot start: {problems.line()}")

@@ -240,8 +240,9 @@ def _on_dask(
                 silence_logs=logging.ERROR,
                 # TLS with a certificate made for this cluster: another local user cannot reach it.
                 security=Security.temporary(),
-                # This process's children: they get the driver's configuration (process start, not a task).
-                env=settings.environ,
+                # This process's children: they get the driver's configuration and instance (at process
+                # start, not in a task).
+                env={**settings.environ, **_home_of(instance)},
             )
         )
         try:
@@ -372,6 +373,11 @@ class _Tasks:
             else:
                 line = "no worker that accepts this batch is left: " + " | ".join(self.refused.values())
                 self.failed.append((tenant_id, TenantOutcome(tenant_id, "", error=line)))
+
+
+def _home_of(instance: DagsterInstance) -> dict[str, str]:
+    root = getattr(instance, "root_directory", None)
+    return {"DAGSTER_HOME": str(root)} if root and not instance.is_ephemeral else {}
 
 
 def _result(future):

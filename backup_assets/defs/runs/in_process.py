@@ -17,6 +17,7 @@ from dagster._core.instance.ref import InstanceRef
 
 from ...core.cluster import ClusterSpec, Problems, WorkerRefused, compare, configuration_problems
 from ...core.errors import ConfigError, DatabaseUnreachable, first_line
+from ...core.locations import registry
 from ...core.settings import Settings
 from ..backup.assets import FORCE_TAG
 from ..failures import step_failure_line
@@ -64,7 +65,7 @@ def job_assets(defs) -> list[str]:
     """The job's assets in lineage order: the archive, then the locations."""
     job = defs.resolve_job_def(JOB_NAME)
     names = {node.name for node in job.graph.node_defs}
-    order = ["tenant_archive", "local_copy", "r2_copy", "b2_copy"]
+    order = ["tenant_archive", *(f"{kind.name}_copy" for kind in registry.kinds())]
     return [name for name in order if name in names]
 
 
@@ -161,10 +162,15 @@ def cluster_token(instance: DagsterInstance, *, create: bool) -> str | None:
     return storage.get_cursor_values({CLUSTER_TOKEN_KEY})[CLUSTER_TOKEN_KEY]
 
 
-def open_worker_instance(settings: Settings, problems: Problems) -> DagsterInstance | None:
-    """This worker's own Dagster instance: its DAGSTER_HOME (PostgreSQL-backed), else one from
-    DAGSTER_PG_URL alone whose local files go under this worker's work directory. What is missing or
-    wrong goes into `problems`; an unreachable database raises DatabaseUnreachable (worth retrying)."""
+def open_worker_instance(
+    settings: Settings, problems: Problems, *, require_postgres: bool = True
+) -> DagsterInstance | None:
+    """This worker's own Dagster instance: its DAGSTER_HOME, else one from DAGSTER_PG_URL alone whose
+    local files go under this worker's work directory. `require_postgres`: a worker on another
+    machine (tenant-backup worker, the preload) needs the shared PostgreSQL instance; a local
+    cluster's worker shares its driver's DAGSTER_HOME, whatever its storage (the cluster token tells
+    a wrong one). What is missing or wrong goes into `problems`; an unreachable database raises
+    DatabaseUnreachable (worth retrying)."""
     from dagster import EnvVar
     from dagster._core.instance.config import is_dagster_home_set
 
@@ -172,14 +178,15 @@ def open_worker_instance(settings: Settings, problems: Problems) -> DagsterInsta
     try:
         if is_dagster_home_set():
             instance = DagsterInstance.get()
-            if not is_shared_storage(instance):
+            if require_postgres and not is_shared_storage(instance):
                 problems.invalid.append(
                     f"this worker's DAGSTER_HOME instance stores runs in {instance_label(instance)}: a worker"
                     " writes into the cluster's PostgreSQL instance (set DAGSTER_PG_URL and unset DAGSTER_HOME,"
                     " or give DAGSTER_HOME the PostgreSQL dagster.yaml)"
                 )
                 return None
-            instance = runner_instance(instance)
+            home, instance = instance, runner_instance(instance)
+            home.dispose()
         elif not url.strip():
             problems.missing.append("DAGSTER_PG_URL (the Dagster instance's PostgreSQL database)")
             return None
@@ -235,22 +242,23 @@ _WORKER: dict = {}
 _WORKER_LOCK = threading.Lock()
 
 
-def load_worker_side() -> tuple[WorkerSide | None, Problems]:
+def load_worker_side(*, require_postgres: bool = False) -> tuple[WorkerSide | None, Problems]:
     """This process's whole configuration, checked at once: every missing variable and every other
-    problem (source, keyring, locations, work directory, Dagster instance)."""
+    problem (source, keyring, locations, work directory, Dagster instance: open_worker_instance)."""
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
         return None, Problems([], [str(exc)])
     problems = configuration_problems(settings)
-    instance = open_worker_instance(settings, problems)
+    instance = open_worker_instance(settings, problems, require_postgres=require_postgres)
     if problems or instance is None:
         return None, problems
     try:
         shared = settings.cluster_settings()
-        from ..build import build_definitions
+        from ..backup.definitions import backup_definitions
 
-        defs = build_definitions(settings)
+        settings.apply_process_wide()  # this worker process's edge
+        defs = backup_definitions(settings)
     except ConfigError as exc:
         return None, Problems([], [str(exc)])
     keys = settings.keyring().ids
@@ -291,7 +299,7 @@ def prepare_worker_side() -> tuple[str, bool]:
         if "refused" in _WORKER:
             return _WORKER["refused"], True
         try:
-            side, problems = load_worker_side()
+            side, problems = load_worker_side(require_postgres=True)
         except DatabaseUnreachable as exc:
             return str(exc), False
         if side is None:
