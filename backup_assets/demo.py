@@ -328,8 +328,10 @@ def run_demo(
                 signal.signal(sig, handler)
     how = "Ctrl-C" if stopped_by == "SIGINT" else stopped_by
     where = stacks[0].directory if stacks else directory
+    after_echo = "\n" if how == "Ctrl-C" and sys.stderr.isatty() else ""  # the terminal's "^C" ends no line
     print(
-        f"tenant-backup: demo stopped on {how}, with everything it started; its files stay in {where}", file=sys.stderr
+        f"{after_echo}tenant-backup: demo stopped on {how}, with everything it started; its files stay in {where}",
+        file=sys.stderr,
     )
     return 0
 

@@ -14,6 +14,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 
 from ..core.errors import TenantBackupError
 from . import (  # noqa: F401 - importing a command module registers its commands
@@ -95,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     if not args.verbose:  # Dask sets its own loggers to INFO when imported (and in its worker processes)
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    # The local Dask cluster's scheduler serves HTTP (no dashboard: defs/runs/batch.py) on :8787 when
+    # free and warns, in several lines, when another program holds it: nothing to act on, it moves on.
+    warnings.filterwarnings("ignore", message="Port 8787 is already in use", category=UserWarning)
     out = Output(json_mode=bool(getattr(args, "json", False)), quiet=args.quiet)
     with out:
         try:
