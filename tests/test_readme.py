@@ -145,14 +145,11 @@ def test_the_readme_runs_as_written():
         # Lines whose command sits in a $(…) or an export: their failure alone would not stop the script.
         assert "decrypted backup" in result.stderr and "r2: 5 copied" in result.stdout, output
         assert "b2: 5 copied" in result.stdout and "15 re-wrapped" in result.stdout, output
-        # Quiet by default: no INFO lines, no Python warnings, no traceback. Known and left to
-        # defs/runs/batch.py: the local Dask scheduler's HTTP server takes :8787 when free and warns
-        # when another cluster on the machine has it.
+        # Quiet by default: no INFO lines, no Python warnings, no traceback.
         noise = [
             line
             for line in result.stderr.splitlines()
-            if (re.match(r"(INFO|DEBUG) ", line) or "Warning:" in line or line.startswith("Traceback"))
-            and "Port 8787 is already in use" not in line
+            if re.match(r"(INFO|DEBUG) ", line) or "Warning:" in line or line.startswith("Traceback")
         ]
         assert noise == [], noise
         assert not list(dest.glob(".tenant-backup-demo/pg/postmaster.pid")), "the demo left its PostgreSQL running"
