@@ -266,7 +266,9 @@ def _serve_ui(port: int, stack: DemoStack, say) -> int:
         url = f"http://127.0.0.1:{port}"
         if _answers(dev, f"{url}/server_info", timeout_s=180):
             say(f"Dagster UI on {url} (lineage: /asset-groups); Ctrl-C stops it and everything else")
-            say(f"from another shell: set -a; . {stack.env_file}; set +a  then e.g.: tenant-backup status")
+            activate = Path(sys.prefix) / "bin" / "activate"  # the shell there needs this venv too
+            venv = f". {activate}; " if activate.exists() and sys.prefix != sys.base_prefix else ""
+            say(f"from another shell: {venv}set -a; . {stack.env_file}; set +a  then e.g.: tenant-backup status")
             say(f"Dagster's own log: {log_path}")
         code = dev.wait()
         if code:

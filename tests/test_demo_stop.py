@@ -83,7 +83,11 @@ def test_demo_ui_leaves_nothing_running(how):
     started = [demo]
     try:
         deadline = time.monotonic() + 420
-        while not _answers(f"http://127.0.0.1:{port}/server_info"):
+        # Up once the UI answers and the demo has said so (it prints how to use it once it answers).
+        while (
+            not _answers(f"http://127.0.0.1:{port}/server_info")
+            or "Dagster's own log" not in Path(log.name).read_text()
+        ):
             assert demo.poll() is None, f"demo exited early ({demo.returncode}):\n{Path(log.name).read_text()[-4000:]}"
             assert time.monotonic() < deadline, "the UI never answered:\n" + Path(log.name).read_text()[-4000:]
             time.sleep(1)
