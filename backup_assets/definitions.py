@@ -14,7 +14,9 @@ from .defs.build import build_definitions
 def _load() -> Definitions:
     load_dotenv_file()
     try:
-        return build_definitions(Settings.from_env())
+        settings = Settings.from_env()  # the code location's one read of the environment
+        settings.apply_process_wide()
+        return build_definitions(settings)
     except ConfigError as exc:
         raise ConfigError(f"tenant-backup configuration: {exc}") from None
 

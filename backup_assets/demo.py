@@ -15,7 +15,6 @@ it had started.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -36,10 +35,6 @@ def require_demo_extra() -> None:
     missing = [name for name in ("moto", "psutil") if importlib.util.find_spec(name) is None]
     if missing:
         raise ConfigError(f"the demo needs {', '.join(missing)}: pip install 'tenant-backup[demo]' (make demo does)")
-
-
-# The sample schema's registry, with its display names (the project default reads ids only).
-DEMO_TENANTS_QUERY = "SELECT id::text, name FROM tenants WHERE status = 'ACTIVE' ORDER BY name"
 
 
 def instance_yaml(url: str, *, monitoring_poll_s: int | None = None, dequeue_interval_s: int | None = None) -> str:
@@ -120,7 +115,7 @@ class DemoStack:
         server_processes: bool = False,
         tuned_storage: bool = False,
     ):
-        self.server = self.s3 = self.b2 = self.reaper = None
+        self.server = self.doubles = self.reaper = None
         self._processes: list[subprocess.Popen] = []
         try:
             self._start(
@@ -134,9 +129,8 @@ class DemoStack:
         require_demo_extra()
         from .core.embedded_pg import start_embedded
         from .sample.generate import create_sample_database
-        from .testing.b2_server import B2Server
+        from .testing.location_doubles import LocationDoubles
         from .testing.reaper import Reaper
-        from .testing.s3_server import S3Server
 
         self.directory = directory.resolve()
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -147,35 +141,10 @@ class DemoStack:
         self.db = create_sample_database(self.server.admin_dsn(), "tenants_demo")
         populate(self.db)
         ensure_dagster_database(self.server.admin_dsn(), tuned=tuned_storage)
-        say("starting the loopback S3 (R2) and B2 test servers")
-        if server_processes:
-            # Each double in a process of its own: in one process they share a GIL with each other
-            # and with whatever else runs there (the benchmark's own measuring).
-            storage_env = {}
-            for kind in ("s3", "b2"):
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "backup_assets.testing.servers", kind, "--bucket", "tenant-backups"],
-                    stdout=subprocess.PIPE,
-                    text=True,
-                )
-                self._processes.append(proc)
-                self.reaper.watch_pid(proc.pid)
-                storage_env.update(json.loads(proc.stdout.readline())["env"])
-        else:
-            self.s3 = S3Server().start()
-            self.b2 = B2Server().start()
-            self.s3.create_bucket("tenant-backups")
-            self.b2.create_bucket("tenant-backups")
-            storage_env = {
-                "R2_ENDPOINT_URL": self.s3.url,
-                "R2_ACCESS_KEY_ID": self.s3.access_key or "testing",
-                "R2_SECRET_ACCESS_KEY": self.s3.secret_key,
-                "R2_BUCKET": "tenant-backups",
-                "B2_APPLICATION_KEY_ID": self.b2.key_id,
-                "B2_APPLICATION_KEY": self.b2.key,
-                "B2_BUCKET": "tenant-backups",
-                "B2_REALM": self.b2.url,
-            }
+        say("starting the loopback stand-ins of the cloud storage locations (test doubles)")
+        self.doubles = LocationDoubles("tenant-backups", processes=server_processes, watch=self.reaper.watch_pid)
+        self._processes += self.doubles.processes
+        storage_env = self.doubles.env
         self.home = self.directory / "dagster_home"
         self.home.mkdir(exist_ok=True)
         (self.home / "dagster.yaml").write_text(
@@ -183,10 +152,9 @@ class DemoStack:
         )
         self.env = {
             "DAGSTER_HOME": str(self.home),
-            "TENANT_BACKUP_SOURCE_DSN": self.db.backup_dsn,
-            "TENANT_BACKUP_TENANTS_QUERY": DEMO_TENANTS_QUERY,
+            **self.db.settings(),  # the sample's: source, registry query, its shared table declared shared
             "TENANT_BACKUP_KEYS": _demo_keys(self.directory),
-            "TENANT_BACKUP_LOCATIONS": "local,r2,b2",
+            "TENANT_BACKUP_LOCATIONS": ",".join(["local", *self.doubles.names]),
             "TENANT_BACKUP_LOCAL_DIR": str(self.directory / "local"),
             "TENANT_BACKUP_WORK_DIR": str(self.directory / "work"),
             "TENANT_BACKUP_SCRATCH_DSN": self.server.admin_dsn(),
@@ -200,7 +168,7 @@ class DemoStack:
         shared["TENANT_BACKUP_KEYS_FILE"] = str(self.directory / "demo-keys")
         self.env_file = self.directory / "demo.env"
         self.env_file.write_text(
-            "# tenant-backup demo: its database, R2/B2 stand-ins, keyring and Dagster instance, while it runs\n"
+            "# tenant-backup demo: its database, storage stand-ins, keyring and Dagster instance, while it runs\n"
             + "".join(f"{k}={shlex.quote(v)}\n" for k, v in shared.items())
         )
 
@@ -215,15 +183,22 @@ class DemoStack:
                 proc.kill()
                 proc.wait(10)
         self._processes = []
-        for server in (self.s3, self.b2):
-            if server is not None:
-                server.stop()
-        self.s3 = self.b2 = None
+        if self.doubles is not None:
+            self.doubles.stop()
+            self.doubles = None
         if self.server is not None:
             self.server.stop()  # idempotent; the attribute stays (callers read server.socket_dir)
         if self.reaper is not None:
             self.reaper.close()  # finds nothing left to stop, and exits
             self.reaper = None
+
+
+def _location_names(settings) -> str:
+    """The configured locations as running text calls them (their kinds' labels: local, ...)."""
+    from .core.locations import registry
+
+    names = [registry.kind(name).label for name in settings.location_names]
+    return ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else names[0]
 
 
 class _Stopped(KeyboardInterrupt):
@@ -372,7 +347,7 @@ def _run(directory: Path, *, tenants: int, rows: int, ui: bool, port: int, worke
     out.text(tenant_table(outcomes, job_assets(defs), labels))
     failed = [o for o in outcomes if not o.ok]
     out.text(
-        f"{len(outcomes) - len(failed)}/{len(outcomes)} tenants backed up to local, R2 and B2 with every check "
+        f"{len(outcomes) - len(failed)}/{len(outcomes)} tenants backed up to {_location_names(settings)} with every check "
         f"passing in {elapsed:.1f}s ({elapsed / max(len(outcomes), 1):.2f}s per tenant)"
     )
     document = batch_document(
@@ -392,6 +367,8 @@ def _run(directory: Path, *, tenants: int, rows: int, ui: bool, port: int, worke
             + ": the sample's reference data; on your database: docs/ISOLATION.md#shared-tables"
         )
     if not ui:
-        say("to explore it: tenant-backup demo --ui (make demo ARGS=--ui) keeps the database, R2/B2 and the UI up")
+        say(
+            "to explore it: tenant-backup demo --ui (make demo ARGS=--ui) keeps the database, the storage and the UI up"
+        )
         return 1 if failed else 0
     return 1 if _serve_ui(port, stack, say) or failed else 0

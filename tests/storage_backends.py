@@ -58,6 +58,12 @@ class Backend:
         """Python source that builds the same Location in another process, as `loc`."""
         raise NotImplementedError
 
+    def env(self) -> dict[str, str]:
+        """The kind's variables that point it at this backend's store (what its registered factory reads)."""
+        from backup_assets.testing.location_doubles import kind_env
+
+        return kind_env(self.kind, self.server, self.bucket)
+
     # -- faults ---------------------------------------------------------------------------------
     _NO_SERVER = "local disk has no server, network or credentials between the client and the store"
 
@@ -105,6 +111,9 @@ class Backend:
 
 class LocalBackend(Backend):
     kind, scheme = "local", "file://"
+
+    def env(self) -> dict[str, str]:
+        return {"TENANT_BACKUP_LOCAL_DIR": str(self.tmp / "store")}
 
     def make(self, *, root=None, **over):
         return LocalLocation(root or self.tmp / "store", **over)

@@ -32,10 +32,11 @@ from backup_assets.core.errors import (
     PermanentStorageError,
     TransientStorageError,
 )
-from backup_assets.core.locations import RetryingLocation, sha256_file
+from backup_assets.core.locations import RetryingLocation, registry, sha256_file
 from backup_assets.core.locations.b2 import B2Location
 from backup_assets.core.locations.local import LocalLocation
 from backup_assets.core.locations.r2 import R2Location
+from backup_assets.core.settings import Settings
 from backup_assets.testing.b2_server import B2Server
 from backup_assets.testing.s3_server import S3Server
 
@@ -44,7 +45,11 @@ from storage_backends import B2Backend, LocalBackend, R2Backend, Unsupported  # 
 
 MiB = 1024 * 1024
 REPO = Path(__file__).resolve().parents[1]
-KINDS = ["local", "r2", "b2"]
+# One backend harness per registered kind of location (core/locations/registry.py): a new kind without
+# one fails test_every_kind_has_a_backend.
+KINDS = [kind.name for kind in registry.kinds()]
+BACKENDS = {"local": LocalBackend, "r2": R2Backend, "b2": B2Backend}
+SERVERS = {"r2": "s3_server", "b2": "b2_server"}  # the backend's test server fixture
 
 
 @pytest.fixture(scope="session")
@@ -63,14 +68,33 @@ def b2_server():
 @pytest.fixture(params=KINDS)
 def backend(request, tmp_path):
     kind = request.param
-    if kind == "local":
-        be = LocalBackend(tmp_path)
-    elif kind == "r2":
-        be = R2Backend(tmp_path, request.getfixturevalue("s3_server"))
-    else:
-        be = B2Backend(tmp_path, request.getfixturevalue("b2_server"))
+    if kind not in BACKENDS:
+        pytest.fail(f"location kind {kind!r} has no backend harness in tests/storage_backends.py")
+    servers = [request.getfixturevalue(SERVERS[kind])] if kind in SERVERS else []
+    be = BACKENDS[kind](tmp_path, *servers)
     yield be
     be.clear_faults()
+
+
+def test_the_kind_s_registered_factory_builds_the_location(u, tmp_path):
+    """As restic runs its suite through each backend's registered factory: the registry builds, from the
+    kind's variables alone, a location on the same store that reads what the suite's location wrote."""
+    arch, man = make_archive(tmp_path, 1000)
+    t = tid()
+    u.loc.put(t, "b1", arch, man)
+    kind = u.backend.kind
+    built = Settings.from_env({"TENANT_BACKUP_LOCATIONS": kind, **u.backend.env()}).locations()[kind]
+    assert type(built.inner) is type(u.raw) and built.name == kind
+    assert built.get_manifest(t, "b1").to_dict() == man.to_dict()
+    assert built.verify(t, "b1").sha256 == man.archive.sha256
+
+
+def test_every_kind_has_a_backend():
+    """restic's model: every kind of location passes the one suite, through its backend harness."""
+    assert set(KINDS) <= set(BACKENDS), f"kinds without a conformance backend: {set(KINDS) - set(BACKENDS)}"
+    for kind in KINDS:
+        be = BACKENDS[kind]
+        assert be.kind == kind, be
 
 
 class Under:

@@ -20,6 +20,7 @@ from ..core.errors import TenantBackupError
 from . import (  # noqa: F401 - importing a command module registers its commands
     archive,
     backup,
+    demo,
     maintenance,
     ops,
     restore,

@@ -88,7 +88,7 @@ def cmd_decrypt(args, out) -> int:
     from ..core.source.tenant_ids import validate_tenant_id
 
     keyring = out.settings.keyring()
-    expect = validate_tenant_id(args.tenant, out.settings.tenant_id_pattern) if args.tenant else None
+    expect = validate_tenant_id(args.tenant, out.settings.tenant_ids) if args.tenant else None
     header = decrypt_to_file(
         Path(args.file), Path(args.out), keyring, expect_tenant_id=expect, expect_sha256=args.sha256
     )

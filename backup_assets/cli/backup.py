@@ -1,9 +1,9 @@
-"""`tenant-backup backup | demo`: tenants backed up through Dagster (every location, every check)."""
+"""`tenant-backup backup`: tenants backed up through Dagster (every location, every check); the batch
+display (run_batch, tenant_table) the demo uses too (the `demo` command: cli/demo.py)."""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from ._command import Labels, arg, command, exclusive
 from ._progress import Counter
@@ -136,7 +136,7 @@ def cmd_backup(args, out) -> int:
     if args.all:
         tenant_ids = registry
     else:
-        tenant_ids = list(dict.fromkeys(validate_tenant_id(t, settings.tenant_id_pattern) for t in args.tenant))
+        tenant_ids = list(dict.fromkeys(validate_tenant_id(t, settings.tenant_ids) for t in args.tenant))
         unknown = [t for t in tenant_ids if t not in registry]
         if unknown and not args.force:
             raise UnknownTenant(
@@ -173,25 +173,3 @@ def cmd_backup(args, out) -> int:
         out.warn(f"tenant-backup: error: {result.failure_line()}")
         return 1
     return 0
-
-
-@command(
-    "demo",
-    help="the embedded default: sample database, loopback R2/B2, weekly backup of every tenant through Dagster",
-    args=[
-        arg("--dir", default=".tenant-backup-demo", help="where the demo keeps its server and outputs"),
-        arg("--tenants", type=int, default=20, help="active sample tenants (default 20)"),
-        arg("--rows", type=int, default=50, help="sales per sample tenant (default 50)"),
-        arg(
-            "--ui",
-            action="store_true",
-            help="then keep the Dagster UI (dagster dev) running on the demo; "
-            "Ctrl-C or SIGTERM stops everything the demo started",
-        ),
-        arg("--port", type=int, default=3000, help="port of the Dagster UI with --ui (default 3000)"),
-    ],
-)
-def cmd_demo(args, out) -> int:
-    from ..demo import run_demo
-
-    return run_demo(Path(args.dir), tenants=args.tenants, rows=args.rows, ui=args.ui, port=args.port, out=out)

@@ -100,7 +100,7 @@ def cmd_prune(args, out) -> int:
     "rebuild",
     help="copy into a location the backups it should hold (its retention) from the other locations; never deletes",
     args=[
-        arg("--location", required=True, metavar="L", help="the location to fill (local, r2, b2)"),
+        arg("--location", required=True, metavar="L", help="the location to fill (a configured location's name)"),
         arg(
             "--from",
             dest="sources",

@@ -26,7 +26,7 @@ def locations_for(out, which: str | None):
 def tenant_arg(out, raw: str | None) -> str | None:
     from ..core.source.tenant_ids import validate_tenant_id
 
-    return validate_tenant_id(raw, out.settings.tenant_id_pattern) if raw is not None else None
+    return validate_tenant_id(raw, out.settings.tenant_ids) if raw is not None else None
 
 
 def size_text(value) -> str:
@@ -51,7 +51,9 @@ def work_dir_of(out) -> str:
     help="backups found in the locations' manifests, newest first",
     args=[
         arg("--tenant", metavar="ID", help="only this tenant"),
-        arg("--location", metavar="L", help="only this location (local, r2, b2); default: all configured"),
+        arg(
+            "--location", metavar="L", help="only this location (a configured location's name); default: all configured"
+        ),
     ],
 )
 def cmd_list(args, out) -> int:

@@ -103,7 +103,8 @@ class _WatchedLocation:
             "--location",
             required=True,
             metavar="L",
-            help="local, r2, b2, or auto (local, then r2, then b2: the first good copy)",
+            help="a configured location, or auto (the configured locations in their kinds' order, local first:"
+            " the first good copy)",
         ),
         arg(
             "--backup",
@@ -146,7 +147,7 @@ def cmd_restore(args, out) -> int:
     from ..core.source.tenant_ids import validate_tenant_id
 
     settings = out.settings
-    tenant = validate_tenant_id(args.tenant, settings.tenant_id_pattern)  # before anything is contacted
+    tenant = validate_tenant_id(args.tenant, settings.tenant_ids)  # before anything is contacted
     target_dsn = target_dsn_from_args(args.target_dsn, args.target_password_env)
     location = args.location.strip().lower()
     lock_timeout = args.lock_timeout or settings.restore_lock_timeout

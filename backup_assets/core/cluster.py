@@ -28,23 +28,14 @@ from pathlib import Path
 from typing import Mapping
 
 from .errors import ConfigError, TenantBackupError
+from .locations import registry
+from .options import OPTIONS
 
-# Never sent to a worker, never compared (defs/resources.py SECRETS, plus the keyring file's
-# contents, read where it is, and Dagster's database URL).
-SECRET_VARIABLES = frozenset(
-    {
-        "TENANT_BACKUP_SOURCE_DSN",  # compared as user@host:port/db only
-        "TENANT_BACKUP_KEYS",  # compared as the active key's id and check value only
-        "TENANT_BACKUP_TENANTS_DSN",  # compared as user@host:port/db only
-        "TENANT_BACKUP_SCRATCH_DSN",
-        "TENANT_BACKUP_ALERT_WEBHOOK",
-        "R2_ACCESS_KEY_ID",
-        "R2_SECRET_ACCESS_KEY",
-        "B2_APPLICATION_KEY_ID",
-        "B2_APPLICATION_KEY",
-        "DAGSTER_PG_URL",
-    }
-)
+# Never sent to a worker, never compared: the general settings' secrets (core/settings.py OPTIONS:
+# the source and registry DSNs, compared as user@host:port/db only; the keyring, compared as the active
+# key's id and check value only; the scratch DSN; the alert webhook), every location kind's secrets
+# (core/locations/registry.py), the keyring file's contents (read where it is) and Dagster's database URL.
+SECRET_VARIABLES = frozenset({*(o.var for o in OPTIONS if o.secret), *registry.secret_variables(), "DAGSTER_PG_URL"})
 KEY_CHECK_LABEL = b"tenant-backup key check v1\0"
 PLAINTEXT_OPT_IN = "TENANT_BACKUP_DASK_ALLOW_PLAINTEXT"
 ACTIVE_KEY = "active key"  # the shared setting that is the keyring's first key: `id:check value`
@@ -123,51 +114,23 @@ def cluster_settings(settings) -> dict[str, str]:
     names = settings.location_names
     out["TENANT_BACKUP_LOCATIONS"] = ",".join(names)
     out["TENANT_BACKUP_STORAGE_PREFIX"] = settings.get("TENANT_BACKUP_STORAGE_PREFIX").strip().strip("/")
+    env = settings.environ
     for name, location in settings.locations(names, retry=False).items():
-        out[f"TENANT_BACKUP_RETENTION_{name.upper()}_DAYS"] = str(location.retention_days)
-        variables = _shared_location_variables(name)
+        kind = registry.kind(name)
+        out[kind.retention_variable] = str(location.retention_days)
+        variables = [v for v in kind.variables if v.is_locating]  # where it stores: bucket, endpoint, dir
         for variable in variables:
-            out[variable] = settings.get(variable).strip()
-        if name == "b2":
-            out["B2_REALM"] = settings.get("B2_REALM").strip() or "production"
-        if not variables:  # a kind this module does not know the variables of: where it stores
+            out[variable.name] = str(variable.parse(env) or "")
+        if not variables:  # a kind that declares none: where it stores, as the location says it
             out[f"location {name}"] = repr(location)
     return out
 
 
-def _location_kinds():
-    """The registry of location kinds (core/locations/registry.py), where there is one."""
-    try:
-        from .locations import registry
-    except ImportError:
-        return None
-    return registry
-
-
-def _shared_location_variables(name: str) -> tuple[str, ...]:
-    """A location's required variables that are not secrets: where it stores (bucket, endpoint, dir)."""
-    registry = _location_kinds()
-    if registry is not None:
-        try:
-            kind = registry.kind(name)
-        except ConfigError:
-            return ()
-        return tuple(v.name for v in kind.variables if v.required and not v.secret)
-    from .locations import config
-
-    return tuple(v for v in getattr(config, "REQUIRED", {}).get(name, ()) if v not in SECRET_VARIABLES)
-
-
 def _missing_location_variables(name: str, env: Mapping[str, str]) -> list[str]:
-    registry = _location_kinds()
-    if registry is not None:
-        try:
-            return list(registry.kind(name).missing(env))
-        except ConfigError:
-            return []
-    from .locations import config
-
-    return [v for v in getattr(config, "REQUIRED", {}).get(name, ()) if not (env.get(v) or "").strip()]
+    try:
+        return list(registry.kind(name).missing(env))
+    except ConfigError:
+        return []
 
 
 def compare(driver: Mapping[str, str], worker: Mapping[str, str], worker_key_ids: tuple[str, ...]) -> list[str]:

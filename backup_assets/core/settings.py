@@ -19,28 +19,15 @@ from pathlib import Path
 from typing import Mapping
 
 from .errors import ConfigError
-
-DEFAULT_TENANTS_QUERY = "SELECT id::text FROM tenants WHERE status = 'ACTIVE'"
+from .options import DEFAULT_TENANTS_QUERY, DEFAULT_UI_URL, OPTIONS, PREFIX, Option  # noqa: F401 - re-exported
+from .source.tenant_ids import TenantIds, tenant_ids, tenant_ids_from_env
+from .values import duration_setting, int_setting, optional_setting
 
 _IDENT = r"[A-Za-z_][A-Za-z0-9_$]*"
 # Custom settings must be qualified (prefix.name), which also keeps them out of PGOPTIONS syntax trouble.
 _SETTING_RE = re.compile(rf"{_IDENT}\.{_IDENT}")
 _COLUMN_RE = re.compile(_IDENT)
 _TABLE_RE = re.compile(rf"(?:{_IDENT}\.)?{_IDENT}")
-
-
-def int_setting(environ: Mapping[str, str], var: str, default: int, minimum: int = 1) -> int:
-    """An integer environment variable: its default when unset, a ConfigError naming it when malformed."""
-    raw = environ.get(var, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{var} must be an integer, got {raw!r}") from None
-    if value < minimum:
-        raise ConfigError(f"{var} must be >= {minimum}, got {value}")
-    return value
 
 
 def load_dotenv_file(path: Path | None = None) -> None:
@@ -78,9 +65,17 @@ class SourceSettings:
     connect_timeout: int = 10
     lock_wait_timeout: str = "60s"
 
+    def __post_init__(self) -> None:
+        tenant_ids(self.tenant_id_pattern)  # a pattern that does not compile: ConfigError now
+
     @property
     def registry_dsn(self) -> str:
         return self.tenants_dsn or self.dsn
+
+    @property
+    def tenant_ids(self) -> TenantIds:
+        """What a tenant id is (TENANT_BACKUP_TENANT_ID_PATTERN, else UUIDs), compiled once."""
+        return tenant_ids(self.tenant_id_pattern)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "SourceSettings":
@@ -105,59 +100,29 @@ class SourceSettings:
             tenants_dsn=env.get("TENANT_BACKUP_TENANTS_DSN", "").strip() or None,
             shared_tables=_split_tables(env.get("TENANT_BACKUP_SHARED_TABLES", ""), "TENANT_BACKUP_SHARED_TABLES"),
             exclude_tables=_split_tables(env.get("TENANT_BACKUP_EXCLUDE_TABLES", ""), "TENANT_BACKUP_EXCLUDE_TABLES"),
-            tenant_id_pattern=env.get("TENANT_BACKUP_TENANT_ID_PATTERN") or None,
+            tenant_id_pattern=tenant_ids_from_env(env).pattern,
             connect_timeout=timeout,
             lock_wait_timeout=env.get("TENANT_BACKUP_LOCK_WAIT_TIMEOUT", "60s"),
         )
 
 
-# The variables a Settings snapshot keeps (secrets among them; Settings never prints its values).
-_PREFIXES = ("TENANT_BACKUP_", "R2_", "B2_")
-_DURATION_RE = re.compile(r"\d+\s*(ms|s|min|h)?\Z")
 WEEKLY_MODES = ("batch", "per_tenant")
-DEFAULT_UI_URL = "http://127.0.0.1:3000"
 
 
-def _float_setting(env: Mapping[str, str], var: str, default: float) -> float:
-    raw = env.get(var, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{var} must be a number, got {raw!r}") from None
-    if not value > 0:
-        raise ConfigError(f"{var} must be > 0, got {raw!r}")
-    return value
+_OPTIONS = {o.var: o for o in OPTIONS}
 
-
-def _duration_setting(env: Mapping[str, str], var: str, default: str) -> str:
-    """A PostgreSQL duration (`10s`, `500ms`, `2min`; a bare number is milliseconds, as in PostgreSQL)."""
-    value = env.get(var, "").strip() or default
-    if not _DURATION_RE.match(value):
-        raise ConfigError(f"{var}={value!r} is not a duration such as 10s, 500ms or 2min")
-    return value
-
-
-def _optional(env: Mapping[str, str], var: str) -> str | None:
-    return env.get(var, "").strip() or None
-
-
-def _bool_setting(env: Mapping[str, str], var: str) -> bool:
-    raw = env.get(var, "").strip().lower()
-    if raw in ("", "0", "false", "no", "off"):
-        return False
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    raise ConfigError(f"{var} must be 1/true/yes or 0/false/no, got {raw!r}")
+# Settings objects of this process by their variables: a Settings is parsed once per process (the
+# Dagster resource gets back the one the code location built: Settings.of).
+_BUILT: dict[tuple, "Settings"] = {}
 
 
 @dataclass(frozen=True)
 class Settings:
     """Every setting tenant-backup has, from one environment snapshot. Frozen and hashable (clients
-    built from it can be cached per Settings), picklable (a batch worker gets its driver's)."""
+    built from it can be cached per Settings). Holds no parsed secret when pickled (the keyring is
+    parsed again where it is used)."""
 
-    variables: tuple[tuple[str, str], ...] = ()  # the TENANT_BACKUP_*, R2_*, B2_* variables in effect
+    variables: tuple[tuple[str, str], ...] = ()  # TENANT_BACKUP_* and every location kind's variables
     # Those whose value is the process environment's (the Dagster layer passes such secrets as EnvVar).
     from_process: frozenset[str] = frozenset()
     work_dir: str = field(init=False)
@@ -187,67 +152,76 @@ class Settings:
     run_timeout_s: int = field(init=False)
     pg_bin: str | None = field(init=False)
     tenant_id_pattern: str | None = field(init=False)
+    # What a tenant id is, compiled once: a bad TENANT_BACKUP_TENANT_ID_PATTERN is a ConfigError here.
+    tenant_ids: TenantIds = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
         env = dict(self.variables)
-        work = _optional(env, "TENANT_BACKUP_WORK_DIR")
-        alerts = _optional(env, "TENANT_BACKUP_ALERTS_FILE")
-        mode = env.get("TENANT_BACKUP_WEEKLY_MODE", "").strip() or "batch"
+        work = optional_setting(env, "TENANT_BACKUP_WORK_DIR")
+        alerts = optional_setting(env, "TENANT_BACKUP_ALERTS_FILE")
+        mode = _OPTIONS["TENANT_BACKUP_WEEKLY_MODE"].value(env)
         if mode not in WEEKLY_MODES:
             raise ConfigError(f"TENANT_BACKUP_WEEKLY_MODE={mode!r}: use one of {', '.join(WEEKLY_MODES)}")
-        scratch = _optional(env, "TENANT_BACKUP_SCRATCH_DSN")
+        scratch = optional_setting(env, "TENANT_BACKUP_SCRATCH_DSN")
         if scratch:
             from .source.session import parse_dsn
 
             parse_dsn(scratch)  # ConfigError on a malformed string, before any drill runs
-        values = {
-            "work_dir": work or str(Path(tempfile.gettempdir()) / "tenant-backup-work"),
-            # Alerts go to a file only when one is configured or the work directory is chosen explicitly.
-            "alerts_file": alerts or (str(Path(work) / "alerts.jsonl") if work else None),
-            "alert_webhook": _optional(env, "TENANT_BACKUP_ALERT_WEBHOOK"),
-            "ui_url": (_optional(env, "TENANT_BACKUP_UI_URL") or DEFAULT_UI_URL).rstrip("/"),
-            "weekly_cron": _optional(env, "TENANT_BACKUP_CRON") or "0 3 * * 0",  # Sunday 03:00
-            "weekly_mode": mode,
-            "prune_cron": _optional(env, "TENANT_BACKUP_PRUNE_CRON") or "0 4 * * *",
-            "verify_cron": _optional(env, "TENANT_BACKUP_VERIFY_CRON") or "0 5 * * *",
-            "timezone": _optional(env, "TENANT_BACKUP_TIMEZONE") or "UTC",
-            "retries": int_setting(env, "TENANT_BACKUP_RETRIES", 3, minimum=0),
-            "retry_delay_s": int_setting(env, "TENANT_BACKUP_RETRY_DELAY_S", 300, minimum=0),
-            "registry_sync_s": int_setting(env, "TENANT_BACKUP_REGISTRY_SYNC_S", 300),
-            "stale_check_s": int_setting(env, "TENANT_BACKUP_STALE_CHECK_S", 24 * 3600),
-            # 8 days: a weekly backup plus a day's slack.
-            "max_age_days": _float_setting(env, "TENANT_BACKUP_MAX_AGE_DAYS", 8.0),
-            # At least 1: 0 would let prune empty a tenant whose backups stopped.
-            "keep_min": int_setting(env, "TENANT_BACKUP_KEEP_MIN", 2, minimum=1),
-            "restore_lock_timeout": _duration_setting(env, "TENANT_BACKUP_RESTORE_LOCK_TIMEOUT", "10s"),
-            "scratch_dsn": scratch,
-            "scratch_idle_s": int_setting(env, "TENANT_BACKUP_SCRATCH_IDLE_S", 600),
-            "scratch_pg_bin": tuple(
-                d for d in (_optional(env, "TENANT_BACKUP_SCRATCH_PG_BIN") or "").split(os.pathsep) if d
-            ),
-            "workers": int_setting(env, "TENANT_BACKUP_WORKERS", (os.cpu_count() or 1) + 1),
-            "dask_scheduler": _optional(env, "TENANT_BACKUP_DASK_SCHEDULER"),
-            "dask_allow_plaintext": _bool_setting(env, "TENANT_BACKUP_DASK_ALLOW_PLAINTEXT"),
-            "worker_loss_retries": int_setting(env, "TENANT_BACKUP_WORKER_LOSS_RETRIES", 3, minimum=1),
-            "run_timeout_s": int_setting(env, "TENANT_BACKUP_RUN_TIMEOUT_S", 6 * 3600),
-            "pg_bin": _optional(env, "TENANT_BACKUP_PG_BIN"),
-            "tenant_id_pattern": env.get("TENANT_BACKUP_TENANT_ID_PATTERN") or None,
-        }
+        rule = tenant_ids_from_env(env)
+        values = {o.attr: o.value(env) for o in OPTIONS if o.attr}
+        values.update(
+            {
+                "work_dir": work or str(Path(tempfile.gettempdir()) / "tenant-backup-work"),
+                # Alerts go to a file only when one is configured or the work directory is chosen explicitly.
+                "alerts_file": alerts or (str(Path(work) / "alerts.jsonl") if work else None),
+                "ui_url": _OPTIONS["TENANT_BACKUP_UI_URL"].value(env).rstrip("/"),
+                "weekly_mode": mode,
+                "restore_lock_timeout": duration_setting(env, "TENANT_BACKUP_RESTORE_LOCK_TIMEOUT", "10s"),
+                "scratch_dsn": scratch,
+                "scratch_pg_bin": tuple(
+                    d for d in (optional_setting(env, "TENANT_BACKUP_SCRATCH_PG_BIN") or "").split(os.pathsep) if d
+                ),
+                "workers": int_setting(env, "TENANT_BACKUP_WORKERS", (os.cpu_count() or 1) + 1),
+                "tenant_id_pattern": rule.pattern,
+                "tenant_ids": rule,
+            }
+        )
         for name, value in values.items():
             object.__setattr__(self, name, value)
+
+    def __getstate__(self) -> dict:  # the fields only: no parsed keyring, no client travels
+        return {f: getattr(self, f) for f in ("variables", "from_process")}
+
+    def __setstate__(self, state: dict) -> None:
+        object.__setattr__(self, "variables", state["variables"])
+        object.__setattr__(self, "from_process", state["from_process"])
+        self.__post_init__()
+
+    @classmethod
+    def of(cls, variables: tuple[tuple[str, str], ...], from_process: frozenset[str] | None = None) -> "Settings":
+        """The Settings of these variables, parsed once per process. `from_process` None: whichever
+        one of these variables an edge built (the Dagster resource's way back to it)."""
+        key = (variables, from_process)
+        found = _BUILT.get(key)
+        if found is None:
+            found = cls(variables, from_process or frozenset())
+            _BUILT.setdefault((variables, found.from_process), found)
+            _BUILT.setdefault((variables, None), found)
+        return _BUILT.get(key, found)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: str) -> "Settings":
         """The edges' one read of the process environment (`environ` given: that mapping instead);
         `overrides` replace single variables (e.g. TENANT_BACKUP_SOURCE_DSN=...)."""
         env = os.environ if environ is None else environ
-        kept = {k: v for k, v in env.items() if k.startswith(_PREFIXES)}
+        theirs = kind_variables()  # every location kind's own variables (core/locations/registry.py)
+        kept = {k: v for k, v in env.items() if k.startswith(PREFIX) or k in theirs}
         kept.update(overrides)
         process = frozenset(k for k in kept if environ is None and k not in overrides)
-        return cls(tuple(sorted(kept.items())), process)
+        return cls.of(tuple(sorted(kept.items())), process)
 
     def with_values(self, **overrides: str) -> "Settings":
-        return Settings(
+        return Settings.of(
             tuple(sorted({**dict(self.variables), **overrides}.items())), self.from_process - set(overrides)
         )
 
@@ -268,7 +242,12 @@ class Settings:
         return SourceSettings.from_env(self.environ)
 
     def keyring(self):
-        """The master keys (TENANT_BACKUP_KEYS or TENANT_BACKUP_KEYS_FILE), checked as they are parsed."""
+        """The master keys (TENANT_BACKUP_KEYS or TENANT_BACKUP_KEYS_FILE), checked as they are parsed:
+        parsed once (a ConfigError is raised again on every call)."""
+        return self._keyring
+
+    @cached_property
+    def _keyring(self):
         from .codec.keyring import Keyring
 
         return Keyring.from_env(self.environ)
@@ -284,7 +263,7 @@ class Settings:
         ConfigError naming every missing variable."""
         from .locations.config import locations_from_env
 
-        return locations_from_env(names, self.environ, retry=retry)
+        return locations_from_env(names, self.environ, retry=retry, tenant_ids_rule=self.tenant_ids)
 
     def cluster_settings(self) -> dict[str, str]:
         """The non-secret settings a batch's driver and its Dask workers must agree on, by name
@@ -296,7 +275,22 @@ class Settings:
 
     def apply_process_wide(self) -> None:
         """The one setting that is process-wide by nature — where the PostgreSQL programs are
-        (TENANT_BACKUP_PG_BIN) — set once at the edge."""
+        (TENANT_BACKUP_PG_BIN) — set once, at the edge (the CLI's main, the code location, a batch
+        worker); applying the same value again changes nothing."""
+        global _APPLIED
+        if _APPLIED == (self.pg_bin,):
+            return
         from .source import pgbin
 
         pgbin.configure(self.pg_bin)
+        _APPLIED = (self.pg_bin,)
+
+
+_APPLIED: tuple | None = None  # what apply_process_wide last set in this process
+
+
+def kind_variables() -> frozenset[str]:
+    """The variables the registered location kinds read (core/locations/registry.py)."""
+    from .locations.registry import variables
+
+    return variables()

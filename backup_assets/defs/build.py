@@ -3,7 +3,7 @@
 Everything is checked when the code location loads: a listed storage location with missing
 settings, or a missing source DSN or keyring, is a load error naming the variables — never a
 silently skipped location. Schedules and sensors whose timing is configurable are built here from
-the settings, not at import time.
+the settings, not at import time. The tenant_backup job and what it runs: defs/backup/definitions.py.
 """
 
 from __future__ import annotations
@@ -14,46 +14,27 @@ from dagster import Definitions
 
 from ..core.settings import Settings
 from .automation.staleness import build_staleness_sensor
-from .automation.triggers import (
-    backup_failure_alerts,
-    build_registry_sensor,
-    build_weekly_per_tenant_schedule,
-    tenant_backup_job,
-)
+from .automation.triggers import backup_failure_alerts, build_registry_sensor, build_weekly_per_tenant_schedule
 from .automation.weekly_batch import build_weekly_batch_schedule, weekly_batch_job
-from .backup.assets import build_archive_asset, build_location_asset
-from .backup.copy_checks import build_location_checks
+from .backup.definitions import backup_parts
 from .operations.jobs import build_operation_schedules, prune_job, restore_tenant_job, verify_share_job
-from .resources import BackupResource, LocationIOManager, StagingIOManager
 
 
 def build_definitions(settings: Settings | Mapping[str, str] | None = None) -> Definitions:
-    """`settings` (an environment mapping is parsed as one; None: this process's environment)."""
+    """`settings` (an environment mapping is parsed as one; None: this process's environment). Process-wide
+    effects (Settings.apply_process_wide) are the caller's, at its edge (definitions.py, the CLI)."""
     if not isinstance(settings, Settings):
         settings = Settings.from_env(settings)
-    settings.apply_process_wide()
-    _ = settings.source  # raises ConfigError naming what is missing or malformed
-    settings.keyring()
-    names = settings.location_names
-    settings.locations(names)
-
-    assets = [build_archive_asset(settings)] + [build_location_asset(name, settings) for name in names]
-    checks = [check for name in names for check in build_location_checks(name)]
-    backup = BackupResource.from_settings(settings)
-    resources = {
-        "backup": backup,
-        "staging_io_manager": StagingIOManager(work_dir=settings.work_dir),
-        **{f"{name}_io_manager": LocationIOManager(location=name, backup=backup) for name in names},
-    }
+    parts = backup_parts(settings)
     return Definitions(
-        assets=assets,
-        asset_checks=checks,
-        jobs=[tenant_backup_job, weekly_batch_job, restore_tenant_job, prune_job, verify_share_job],
+        assets=parts["assets"],
+        asset_checks=parts["asset_checks"],
+        jobs=[*parts["jobs"], weekly_batch_job, restore_tenant_job, prune_job, verify_share_job],
         schedules=[
             build_weekly_per_tenant_schedule(settings),
             build_weekly_batch_schedule(settings),
             *build_operation_schedules(settings),
         ],
         sensors=[build_registry_sensor(settings), backup_failure_alerts, build_staleness_sensor(settings)],
-        resources=resources,
+        resources=parts["resources"],
     )

@@ -13,6 +13,7 @@ from typing import Dict, Optional
 from dagster import (
     AssetKey,
     AssetRecordsFilter,
+    Config,
     ConfigurableIOManager,
     ConfigurableResource,
     EnvVar,
@@ -21,13 +22,14 @@ from dagster import (
     OutputContext,
     ResourceDependency,
 )
+from pydantic import Field, PrivateAttr
 
 from ..core.archive.manifest import Manifest
 from ..core.archive.seal import read_manifest
 from ..core.codec.keyring import Keyring
 from ..core.errors import TenantBackupError
-from ..core.locations import Location
-from ..core.settings import Settings, SourceSettings
+from ..core.locations import Location, registry
+from ..core.settings import OPTIONS, Settings, SourceSettings
 from .failures import permanent_failures
 
 
@@ -71,26 +73,27 @@ class StoredHandle:
     manifest: Manifest  # authenticated (its seal) before it was handed on
 
 
-# The settings that are secrets: each its own resource field, filled through EnvVar (never shown in the
-# UI, never in run config). Every other setting is shown in the UI in BackupResource.settings.
-SECRETS = {
-    "source_dsn": "TENANT_BACKUP_SOURCE_DSN",
-    "master_keys": "TENANT_BACKUP_KEYS",
-    "tenants_dsn": "TENANT_BACKUP_TENANTS_DSN",
-    "scratch_dsn": "TENANT_BACKUP_SCRATCH_DSN",
-    "alert_webhook": "TENANT_BACKUP_ALERT_WEBHOOK",
-    "r2_access_key_id": "R2_ACCESS_KEY_ID",
-    "r2_secret_access_key": "R2_SECRET_ACCESS_KEY",
-    "b2_application_key_id": "B2_APPLICATION_KEY_ID",
-    "b2_application_key": "B2_APPLICATION_KEY",
-}
+BACKUP_ID_METADATA = "backup_id"  # a location asset's metadata: the backup its materialization stored
+WORK_DIR = "TENANT_BACKUP_WORK_DIR"  # always explicit in the resource: staging and scratch files live there
 
 
-@lru_cache(maxsize=16)
-def _settings(variables: tuple) -> Settings:
-    settings = Settings(variables)
-    settings.apply_process_wide()
-    return settings
+class LocationConfig(Config):
+    """One configured storage location, as the UI shows it: its kind's variables (declared in the kind's
+    module, core/locations/registry.py), the secrets among them as EnvVar (shown by name only)."""
+
+    kind: str = Field(description="the location kind (core/locations/registry.py)")
+    retention_days: Optional[int] = Field(None, description="TENANT_BACKUP_RETENTION_<NAME>_DAYS (unset: the kind's)")
+    settings: Dict[str, str] = Field({}, description="its variables that are set, but its secrets")
+    secrets: Dict[str, str] = Field({}, description="its secret variables (EnvVar: shown by name only)")
+
+
+# The general settings that are secrets (a location kind's are in its LocationConfig): each its own
+# resource field, filled through EnvVar (never shown in the UI, never in run config).
+SECRETS = {o.field: o.var for o in OPTIONS if o.secret} | {v.lower(): v for v in registry.secret_variables()}
+
+
+def _secret_looking(var: str) -> bool:
+    return var.endswith(("_DSN", "_KEY", "_KEYS", "_PASSWORD", "_TOKEN", "_SECRET", "_WEBHOOK"))
 
 
 @lru_cache(maxsize=16)
@@ -116,50 +119,68 @@ def _scratch_pool(admin_dsn: str):
     return pool
 
 
-class BackupResource(ConfigurableResource):
-    """tenant-backup's configuration (core/settings.py), as the UI shows it: `settings` holds every
-    TENANT_BACKUP_* / R2_* / B2_* variable that is not a secret; each secret is its own field, given
-    as an EnvVar (shown by name only). `get_settings()` is the Settings the core is called with."""
+class _BackupResource(ConfigurableResource):
+    """tenant-backup's configuration (core/settings.py) as the UI shows it, typed: one field per general
+    setting (core/settings.py OPTIONS; unset: None, its default applies), `storage` one entry per
+    configured location (its kind's variables), secrets as EnvVar (shown by name only). The fields are
+    made from OPTIONS (BackupResource below), so a setting is declared once. `get_settings()` is the
+    Settings the core is called with: the one this process parsed for the same variables (the code
+    location's, the CLI's), so the keyring and the clients are built once per process."""
 
     work_dir: str
-    settings: Dict[str, str] = {}
-    master_keys_file: Optional[str] = None  # TENANT_BACKUP_KEYS_FILE: a path, not a secret
-    source_dsn: Optional[str] = None
-    master_keys: Optional[str] = None
-    tenants_dsn: Optional[str] = None
-    scratch_dsn: Optional[str] = None
-    alert_webhook: Optional[str] = None
-    r2_access_key_id: Optional[str] = None
-    r2_secret_access_key: Optional[str] = None
-    b2_application_key_id: Optional[str] = None
-    b2_application_key: Optional[str] = None
+    storage: Dict[str, LocationConfig] = Field({}, description="one entry per configured storage location")
+    other: Dict[str, str] = Field({}, description="variables no setting declares (kept as they are)")
+    other_secrets: Dict[str, str] = Field({}, description="the same, that look like secrets (EnvVar)")
+    _settings: Optional[Settings] = PrivateAttr(None)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "BackupResource":
         """The resource for `settings`: a secret read from the process environment becomes an EnvVar of
         its variable (resolved by Dagster where the step runs, shown by name only); one a caller put
         into the Settings itself (an embedding application, a test) is passed as it is."""
-        env = settings.environ
-        secret_vars = set(SECRETS.values())
-        shown = {k: v for k, v in env.items() if k not in secret_vars and k != "TENANT_BACKUP_KEYS_FILE"}
-        secrets = {
-            field: EnvVar(var) if var in settings.from_process else env[var]
-            for field, var in SECRETS.items()
-            if (env.get(var) or "").strip()
-        }
-        keys_file = (env.get("TENANT_BACKUP_KEYS_FILE") or "").strip() or None
-        return cls(work_dir=settings.work_dir, settings=shown, master_keys_file=keys_file, **secrets)
+        env = {k: v for k, v in settings.environ.items() if v.strip()}
+
+        def secret(var: str):
+            return EnvVar(var) if var in settings.from_process else env[var]
+
+        fields: dict = {}
+        for option in OPTIONS:
+            if option.var in env and option.var != WORK_DIR:
+                fields[option.field] = secret(option.var) if option.secret else option.typed(env[option.var])
+            env.pop(option.var, None)
+        locations = {}
+        for name in settings.location_names:
+            kind = registry.kind(name)
+            days = env.pop(kind.retention_variable, None)
+            mine = {v.name: v for v in kind.variables if v.name in env}
+            locations[name] = LocationConfig(
+                kind=kind.name,
+                retention_days=int(days) if days is not None else None,
+                settings={n: env.pop(n) for n, v in mine.items() if not v.secret},
+                secrets={n: secret(n) for n, v in mine.items() if v.secret},
+            )
+            for n in mine:
+                env.pop(n, None)
+        hidden = registry.secret_variables()
+        other = {k: v for k, v in env.items() if k not in hidden and not _secret_looking(k)}
+        other_secrets = {k: secret(k) for k in env if k not in other}
+        return cls(work_dir=settings.work_dir, storage=locations, other=other, other_secrets=other_secrets, **fields)
 
     def get_settings(self) -> Settings:
-        values = dict(self.settings)
-        values["TENANT_BACKUP_WORK_DIR"] = self.work_dir
-        if self.master_keys_file:
-            values["TENANT_BACKUP_KEYS_FILE"] = self.master_keys_file
-        for field, var in SECRETS.items():
-            value = getattr(self, field)
-            if value:
-                values[var] = value
-        return _settings(tuple(sorted(values.items())))
+        """The Settings of this resource's values (parsed once per process)."""
+        if self._settings is None:
+            values = {WORK_DIR: self.work_dir, **self.other, **self.other_secrets}
+            for option in OPTIONS:
+                value = getattr(self, option.field, None)
+                if value is not None and option.var != WORK_DIR:
+                    values[option.var] = option.text(value)
+            for location in self.storage.values():
+                values.update(location.settings)
+                values.update(location.secrets)
+                if location.retention_days is not None:
+                    values[registry.kind(location.kind).retention_variable] = str(location.retention_days)
+            self._settings = Settings.of(tuple(sorted(values.items())))
+        return self._settings
 
     def source_settings(self) -> SourceSettings:
         return self.get_settings().source
@@ -168,7 +189,7 @@ class BackupResource(ConfigurableResource):
         return self.get_settings().keyring()
 
     def location(self, name: str) -> Location:
-        """The configured location `name` (local, r2 or b2), cached per process and configuration."""
+        """The configured location `name`, cached per process and configuration."""
         return _cached_location(name, self.get_settings())
 
     def location_names(self) -> list[str]:
@@ -201,6 +222,26 @@ class BackupResource(ConfigurableResource):
         path = Path(self.work_dir) / "staging" / tenant_id
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
         return path
+
+
+def _typed_fields() -> dict:
+    """One typed field per general setting, from core/settings.py OPTIONS (each declared once)."""
+    annotations: dict = {}
+    namespace: dict = {}
+    for option in OPTIONS:
+        if option.var == WORK_DIR:
+            continue
+        annotations[option.field] = Optional[str if option.secret else option.type]
+        default = "" if option.default is None else f"; default {option.default}"
+        namespace[option.field] = Field(None, description=f"{option.var}: {option.help}{default}")
+    return {"__annotations__": annotations, **namespace}
+
+
+BackupResource = type(
+    "BackupResource",
+    (_BackupResource,),
+    {"__module__": __name__, "__doc__": _BackupResource.__doc__, **_typed_fields()},
+)
 
 
 class StagingIOManager(ConfigurableIOManager):
@@ -262,7 +303,7 @@ class LocationIOManager(ConfigurableIOManager):
             {
                 "location": self.location,
                 "uri": MetadataValue.text(stored.uri),
-                "backup_id": obj.backup_id,
+                BACKUP_ID_METADATA: obj.backup_id,
                 "stored_bytes": MetadataValue.int(stored.size),
                 "sha256": stored.sha256,
                 "upload_seconds": MetadataValue.float(round(time.monotonic() - started, 3)),
@@ -289,7 +330,7 @@ def stored_backup_id(instance, asset_key: AssetKey, tenant_id: str, run_id: str 
     chosen = next((r for r in records if r.run_id == run_id), records[0] if records else None)
     if chosen is None or chosen.asset_materialization is None:
         return None
-    value = chosen.asset_materialization.metadata.get("backup_id")
+    value = chosen.asset_materialization.metadata.get(BACKUP_ID_METADATA)
     return getattr(value, "value", value)
 
 

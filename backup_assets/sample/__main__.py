@@ -7,6 +7,7 @@ for `set -a; . DIR/sample.env; set +a`:
 
     TENANT_BACKUP_SOURCE_DSN     the backup role on the sample database
     TENANT_BACKUP_TENANTS_QUERY  the registry query, with the tenants' display names
+    TENANT_BACKUP_SHARED_TABLES  the sample's shared lookup table, declared shared
     TENANT_BACKUP_SCRATCH_DSN    the server's superuser: restore drills make their scratch databases there
     SAMPLE_TENANT                the first ACTIVE tenant's id
     SAMPLE_OWNER_DSN             the owner role on the sample database (a `restore --replace` target)
@@ -26,7 +27,6 @@ from pathlib import Path
 from .generate import add_large_tenant, add_tenants, create_sample_database, populate_default
 
 EMPTY_DB = "tenants_restore"
-NAMED_TENANTS_QUERY = "SELECT id::text, name FROM tenants WHERE status = 'ACTIVE' ORDER BY name"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,8 +102,7 @@ def _write_env(directory: Path, server_dsn: str, db, tenants) -> Path:
             cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(EMPTY_DB)))
             cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(EMPTY_DB)))
     values = {
-        "TENANT_BACKUP_SOURCE_DSN": db.backup_dsn,
-        "TENANT_BACKUP_TENANTS_QUERY": NAMED_TENANTS_QUERY,
+        **db.settings(),  # source, registry query, the shared lookup table declared shared
         "TENANT_BACKUP_SCRATCH_DSN": server_dsn,
         "SAMPLE_TENANT": next((t.id for t in tenants if t.status == "ACTIVE"), ""),
         "SAMPLE_OWNER_DSN": db.owner_dsn,

@@ -66,8 +66,10 @@ TENANT_TABLES = tuple(
 )
 # Child tables without a tenant column, filtered through their parent: table -> (fk column, parent).
 CHILD_TABLES = {"public.repair_order_photos": ("repair_order_id", "public.repair_orders")}
-# No tenant column, no RLS: dumped whole with every tenant.
+# No tenant column, no RLS: dumped whole with every tenant (declared so: SampleDatabase.settings).
 SHARED_TABLES = ("public.metal_types",)
+# The registry query of the sample's configuration: the active tenants with their display names.
+NAMED_TENANTS_QUERY = "SELECT id::text, name FROM tenants WHERE status = 'ACTIVE' ORDER BY name"
 
 STATUSES = ("ACTIVE", "SUSPENDED", "PENDING_DELETION")
 _ID_NAMESPACE = uuid.UUID("5b0e1c3a-8f7d-4e52-9a41-2f6c0d9e7b13")
@@ -84,6 +86,16 @@ class SampleDatabase:
     admin_dsn: str  # superuser, this database
     owner_dsn: str  # app_owner, this database
     backup_dsn: str  # tenant_backup, this database
+
+    def settings(self) -> dict[str, str]:
+        """The sample's configuration for tenant-backup: its source (the backup role), the registry
+        query with display names, and its shared lookup table declared shared (TENANT_BACKUP_SHARED_TABLES:
+        dumped whole into every archive on purpose, so a backup says so once, as information)."""
+        return {
+            "TENANT_BACKUP_SOURCE_DSN": self.backup_dsn,
+            "TENANT_BACKUP_TENANTS_QUERY": NAMED_TENANTS_QUERY,
+            "TENANT_BACKUP_SHARED_TABLES": ",".join(SHARED_TABLES),
+        }
 
 
 @dataclass(frozen=True)

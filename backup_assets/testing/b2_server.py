@@ -21,7 +21,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from .servers import Faults, check_loopback, flip_byte
+from .faults import Faults, check_loopback, flip_byte
 
 CHUNK = 1024 * 1024
 _SIM_UPLOAD = "https://upload.example.com/"

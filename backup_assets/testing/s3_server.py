@@ -19,7 +19,7 @@ import socket
 import threading
 from urllib.parse import parse_qs
 
-from .servers import Faults, check_loopback, flip_byte
+from .faults import Faults, check_loopback, flip_byte
 
 _XML = "application/xml"
 

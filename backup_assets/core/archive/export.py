@@ -27,7 +27,6 @@ from ..settings import SourceSettings
 from ..source import pgbin
 from ..source.preflight import EXCLUDED, RLS_CHILD, SHARED, TENANT, DumpPlan, inspect_source
 from ..source.session import PgSession
-from ..source.tenant_ids import validate_tenant_id
 from ..source.tenants import require_known_tenant
 from .manifest import MANIFEST_VERSION, ArchiveInfo, Manifest, SourceInfo, TableKinds, new_backup_id
 
@@ -56,7 +55,7 @@ def export_tenant(
 ) -> Manifest:
     """Write the tenant's archive to out_path atomically and return its manifest, sealed
     (core/archive/manifest.py; `to_json()` is what a location stores and `export` prints)."""
-    tenant_id = validate_tenant_id(tenant_id, settings.tenant_id_pattern)
+    tenant_id = settings.tenant_ids.validate(tenant_id)
     out_path = check_output_path(Path(out_path))
     _ = keyring.active  # no key, no backup: fail before touching the database
     started = time.monotonic()

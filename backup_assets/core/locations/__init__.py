@@ -1,27 +1,24 @@
-"""Storage locations (local disk, Cloudflare R2, Backblaze B2) behind one interface.
+"""Storage locations behind one interface: local disk and the cloud stores, one module per kind, each
+declaring its `KIND` (registry.py: the registry of location kinds).
 
 See base.py for the contract, docs/STORAGE.md for configuration. Backends import their client
 libraries lazily, so importing this package costs nothing.
 """
+
+import importlib
 
 from .base import ARCHIVE_NAME, MANIFEST_NAME, BackupRef, Location, StoredObject, sha256_file, validate_backup_id
 from .config import locations_from_env
 from .retry import RetryingLocation
 
 
-def __getattr__(name):  # lazy: boto3 / b2sdk are only imported when their location is used
-    if name == "LocalLocation":
-        from .local import LocalLocation
+def __getattr__(name):  # a kind's Location class (LocalLocation, ...) from its own module, imported on use
+    from . import registry
 
-        return LocalLocation
-    if name == "R2Location":
-        from .r2 import R2Location
-
-        return R2Location
-    if name == "B2Location":
-        from .b2 import B2Location
-
-        return B2Location
+    for kind in registry.kinds():
+        module = importlib.import_module(kind.module)
+        if name in vars(module) and name.endswith("Location"):
+            return vars(module)[name]
     raise AttributeError(name)
 
 
@@ -32,9 +29,6 @@ __all__ = [
     "Location",
     "StoredObject",
     "RetryingLocation",
-    "LocalLocation",
-    "R2Location",
-    "B2Location",
     "locations_from_env",
     "sha256_file",
     "validate_backup_id",

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from ..errors import CorruptObject, NotFound, PermanentStorageError, StorageError, TransientStorageError, one_line
 from .base import CHUNK, ObjectLocation
+from .registry import LocationKind, LocationSettings, Variable
 
 SHA256_INFO = "sha256"
 
@@ -259,3 +260,46 @@ class B2Location(ObjectLocation):
             err = self._err(exc, key)
             if not isinstance(err, NotFound):
                 raise err from None
+
+
+def _build(settings: LocationSettings) -> B2Location:
+    part_mb = settings["TENANT_BACKUP_B2_PART_SIZE_MB"]
+    return B2Location(
+        settings["B2_APPLICATION_KEY_ID"],
+        settings["B2_APPLICATION_KEY"],
+        settings["B2_BUCKET"],
+        realm=settings["B2_REALM"],
+        prefix=settings.prefix,
+        retention_days=settings.retention_days,
+        part_size=part_mb * 1024 * 1024 or None,
+    )
+
+
+KIND = LocationKind(
+    name="b2",
+    display_name="Backblaze B2",
+    description="a B2 bucket over the native API (b2sdk)",
+    variables=(
+        Variable("B2_APPLICATION_KEY_ID", "B2 application key id", required=True, secret=True),
+        Variable("B2_APPLICATION_KEY", "B2 application key", required=True, secret=True),
+        Variable("B2_BUCKET", "bucket name", required=True),
+        Variable(
+            "B2_REALM",
+            "B2 realm: `production`, or a URL (the loopback test server)",
+            default="production",
+            locates=True,
+        ),
+        Variable(
+            "TENANT_BACKUP_B2_PART_SIZE_MB",
+            "large-file minimum part size (0: B2's recommendation)",
+            default=0,
+            type=int,
+            minimum=0,
+        ),
+    ),
+    retention_days=365,
+    build=_build,
+    restore_order=30,
+    ui_kind="backblaze",
+    short_name="B2",
+)

@@ -65,7 +65,7 @@ from pathlib import Path
 from ..archive.manifest import BACKUP_ID_RE, Manifest
 from ..errors import ArchiveError, CorruptObject, InvalidBackupId, NotFound, PermanentStorageError, StorageError
 from ..files import sha256_file  # noqa: F401 - re-exported (core.locations.sha256_file)
-from ..source.tenant_ids import validate_tenant_id
+from ..source.tenant_ids import UUIDS, TenantIds
 
 ARCHIVE_NAME = "archive.tbk"
 MANIFEST_NAME = "manifest.json"
@@ -188,8 +188,9 @@ class ObjectLocation(Location):
     """
 
     name = "?"
-    # TENANT_BACKUP_TENANT_ID_PATTERN (None: UUIDs); set by core/locations/config.py.
-    tenant_id_pattern: str | None = None
+    # What a tenant id is (settings.tenant_ids: TENANT_BACKUP_TENANT_ID_PATTERN, else UUIDs); set by
+    # core/locations/config.py.
+    tenant_ids: TenantIds = UUIDS
 
     def __init__(self, *, prefix: str = "", retention_days: int = 30):
         prefix = prefix.strip("/")
@@ -233,7 +234,7 @@ class ObjectLocation(Location):
         return f"{self.prefix}/tenants/" if self.prefix else "tenants/"
 
     def _dir(self, tenant_id: str, backup_id: str) -> str:
-        return f"{self._root()}{validate_tenant_id(tenant_id, self.tenant_id_pattern)}/{validate_backup_id(backup_id)}/"
+        return f"{self._root()}{self.tenant_ids.validate(tenant_id)}/{validate_backup_id(backup_id)}/"
 
     def archive_key(self, tenant_id: str, backup_id: str) -> str:
         return self._dir(tenant_id, backup_id) + ARCHIVE_NAME
@@ -246,7 +247,7 @@ class ObjectLocation(Location):
         return self._key_uri(self.archive_key(tenant_id, backup_id))
 
     def put(self, tenant_id: str, backup_id: str, archive_path: Path, manifest: Manifest) -> StoredObject:
-        tenant_id = validate_tenant_id(tenant_id, self.tenant_id_pattern)
+        tenant_id = self.tenant_ids.validate(tenant_id)
         akey, mkey = self.archive_key(tenant_id, backup_id), self.manifest_key(tenant_id, backup_id)
         archive_path = Path(archive_path)
         manifest_bytes = _stored_bytes(manifest)
@@ -287,7 +288,7 @@ class ObjectLocation(Location):
         self._head(self.manifest_key(tenant_id, backup_id))  # raises NotFound
 
     def stat(self, tenant_id: str, backup_id: str) -> StoredObject:
-        tenant_id = validate_tenant_id(tenant_id, self.tenant_id_pattern)
+        tenant_id = self.tenant_ids.validate(tenant_id)
         self._require_complete(tenant_id, backup_id)
         return self._stat_archive(tenant_id, backup_id)
 
@@ -299,7 +300,7 @@ class ObjectLocation(Location):
         return StoredObject(self.name, tenant_id, backup_id, self._key_uri(akey), size, sha)
 
     def get_manifest(self, tenant_id: str, backup_id: str) -> Manifest:
-        tenant_id = validate_tenant_id(tenant_id, self.tenant_id_pattern)
+        tenant_id = self.tenant_ids.validate(tenant_id)
         mkey = self.manifest_key(tenant_id, backup_id)
         data = self._get_bytes(mkey)
         try:
@@ -314,7 +315,7 @@ class ObjectLocation(Location):
             raise ArchiveError(f"{self._key_uri(mkey)}: {exc}") from None
 
     def put_manifest(self, tenant_id: str, backup_id: str, manifest: Manifest) -> None:
-        tenant_id = validate_tenant_id(tenant_id, self.tenant_id_pattern)
+        tenant_id = self.tenant_ids.validate(tenant_id)
         data = _stored_bytes(manifest)
         st = self.stat(tenant_id, backup_id)  # NotFound unless complete
         if (st.sha256.lower(), st.size) != manifest.stated_checksum():
@@ -323,7 +324,7 @@ class ObjectLocation(Location):
 
     def _stream_checked(self, tenant_id: str, backup_id: str, sink, *, known_complete: bool = False) -> StoredObject:
         st = (
-            self._stat_archive(validate_tenant_id(tenant_id, self.tenant_id_pattern), backup_id)
+            self._stat_archive(self.tenant_ids.validate(tenant_id), backup_id)
             if known_complete
             else self.stat(tenant_id, backup_id)
         )
@@ -363,9 +364,7 @@ class ObjectLocation(Location):
         return self._stream_checked(tenant_id, backup_id, None, known_complete=known_complete)
 
     def list(self, tenant_id: str | None = None) -> list[BackupRef]:
-        prefix = self._root() + (
-            validate_tenant_id(tenant_id, self.tenant_id_pattern) + "/" if tenant_id is not None else ""
-        )
+        prefix = self._root() + (self.tenant_ids.validate(tenant_id) + "/" if tenant_id is not None else "")
         out = []
         root = self._root()
         for key, mtime in self._list(prefix):
@@ -374,7 +373,7 @@ class ObjectLocation(Location):
                 continue
             t, b = parts[0], parts[1]
             try:  # foreign or malformed keys under the prefix are ignored, not trusted
-                validate_tenant_id(t, self.tenant_id_pattern)
+                self.tenant_ids.validate(t)
                 validate_backup_id(b)
             except Exception:
                 continue
@@ -392,7 +391,7 @@ class ObjectLocation(Location):
                 continue
             t, b, name = parts
             try:  # foreign or malformed keys under the prefix are not ours to delete
-                validate_tenant_id(t, self.tenant_id_pattern)
+                self.tenant_ids.validate(t)
                 validate_backup_id(b)
             except Exception:
                 continue
@@ -409,14 +408,14 @@ class ObjectLocation(Location):
         ]
 
     def delete(self, tenant_id: str, backup_id: str) -> None:
-        tenant_id = validate_tenant_id(tenant_id, self.tenant_id_pattern)
+        tenant_id = self.tenant_ids.validate(tenant_id)
         self._delete(self.manifest_key(tenant_id, backup_id))  # first: stops listing as complete
         self._delete(self._dir(tenant_id, backup_id) + VERIFIED_NAME)
         self._delete(self.archive_key(tenant_id, backup_id))
 
     def put_verified(self, tenant_id: str, backup_id: str, record: dict, *, known_complete: bool = False) -> None:
         """Replace the copy's verification record (only for a complete backup: NotFound otherwise)."""
-        tenant_id = validate_tenant_id(tenant_id, self.tenant_id_pattern)
+        tenant_id = self.tenant_ids.validate(tenant_id)
         if not known_complete:
             self._require_complete(tenant_id, backup_id)
         self._put_bytes(self._dir(tenant_id, backup_id) + VERIFIED_NAME, json.dumps(record, sort_keys=True).encode())
@@ -425,9 +424,7 @@ class ObjectLocation(Location):
         """The copy's verification record, or None (never verified, or an unreadable record)."""
         try:
             value = json.loads(
-                self._get_bytes(
-                    self._dir(validate_tenant_id(tenant_id, self.tenant_id_pattern), backup_id) + VERIFIED_NAME
-                )
+                self._get_bytes(self._dir(self.tenant_ids.validate(tenant_id), backup_id) + VERIFIED_NAME)
             )
         except (NotFound, ValueError):
             return None

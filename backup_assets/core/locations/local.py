@@ -18,6 +18,7 @@ from pathlib import Path
 from ..errors import LocalWriteError, NotFound, PermanentStorageError, TenantBackupError, TransientStorageError
 from ..files import PERMANENT_ERRNOS, fsync_dir, os_error_line
 from .base import CHUNK, ObjectLocation
+from .registry import LocationKind, LocationSettings, Variable
 
 _SIDE = ".sha256"
 
@@ -216,3 +217,21 @@ def _remove_if_empty(directory: Path) -> None:
         directory.rmdir()
     except OSError:
         pass
+
+
+def _build(settings: LocationSettings) -> LocalLocation:
+    return LocalLocation(
+        settings["TENANT_BACKUP_LOCAL_DIR"], prefix=settings.prefix, retention_days=settings.retention_days
+    )
+
+
+KIND = LocationKind(
+    name="local",
+    display_name="Local disk",
+    description="a directory on this machine (another disk than the database's)",
+    variables=(Variable("TENANT_BACKUP_LOCAL_DIR", "local root directory (created 0700; files 0600)", required=True),),
+    retention_days=30,
+    build=_build,
+    restore_order=10,
+    ui_kind="local",
+)

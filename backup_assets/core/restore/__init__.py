@@ -8,7 +8,8 @@ interrupt (a killed or interrupted restore lets go at once), workdir (the work f
 
 Works from the locations alone (archive + manifest), never from Dagster's database.
 
-    choose a copy   location "auto": local, then r2, then b2 (those configured); a copy that is
+    choose a copy   location "auto": the configured locations in their kinds' order (local first:
+                    core/locations/registry.py restore_order); a copy that is
                     missing, fails its stored checksum (CorruptObject) or does not decrypt and
                     match its manifest (verify_archive, deep) is skipped and the next one tried
     empty target    refuse if a table already exists in one of the dump's schemas; stream the
@@ -47,10 +48,9 @@ from __future__ import annotations
 from .replace_load import DEFAULT_LOCK_TIMEOUT, LOCK_TIMEOUT_ENV
 from .result import RestoreResult, TableOutcome
 from .run import restore_tenant
-from .select import AUTO_ORDER, SourceCopy, fetch_backup
+from .select import SourceCopy, fetch_backup
 
 __all__ = [
-    "AUTO_ORDER",
     "DEFAULT_LOCK_TIMEOUT",
     "LOCK_TIMEOUT_ENV",
     "RestoreResult",

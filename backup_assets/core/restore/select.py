@@ -1,5 +1,5 @@
-"""Choosing the copy to restore from: a named location, or "auto" (local, then r2, then b2, those
-configured); a copy that is missing, fails its stored checksum (CorruptObject) or does not decrypt
+"""Choosing the copy to restore from: a named location, or "auto" (the configured locations in the
+order their kinds declare: local, then the cloud stores); a copy that is missing, fails its stored checksum (CorruptObject) or does not decrypt
 and match its manifest (verify_archive, deep) is skipped and the next one tried.
 
 The manifest is authenticated before any use (its seal, core/archive/seal.py): one that fails is
@@ -19,12 +19,11 @@ from ..archive.seal import UNSEALED_HINT, read_manifest, unsealed_warning
 from ..checks.verify import verify_archive
 from ..codec.keyring import Keyring
 from ..errors import ArchiveError, ConfigError, ManifestNotAuthentic, NotFound, StorageError, one_line
+from ..locations import registry
 from ..locations.base import Location, validate_backup_id
 from .result import Report
 
 log = logging.getLogger(__name__)
-
-AUTO_ORDER = ("local", "r2", "b2")
 
 
 @dataclass
@@ -65,7 +64,7 @@ def fetch_backup(
     when a manifest failed authentication there, so that the exit code says so).
     require_seal: refuse a manifest without a seal."""
     if location == "auto":
-        names = [n for n in AUTO_ORDER if n in locations]
+        names = registry.auto_order(locations)  # each kind declares its place (core/locations/registry.py)
         if not names:
             raise ConfigError("no storage location configured (TENANT_BACKUP_LOCATIONS)")
     else:

@@ -57,21 +57,25 @@ class TenantRecord:
         return display_label(self.id, self.name)
 
 
-def _records(rows, pattern: str | None) -> list[TenantRecord]:
+def _records(rows, rule) -> list[TenantRecord]:
     found: dict[str, TenantRecord] = {}
+    skipped: list[str] = []
     for row in rows:
         if not row or row[0] is None:
             continue
         try:
-            tenant_id = validate_tenant_id(str(row[0]), pattern)
+            tenant_id = validate_tenant_id(str(row[0]), rule)
         except InvalidTenantId as exc:
-            log.warning("registry returned an invalid tenant id, skipped: %s", exc)
+            skipped.append(str(exc))
             continue
         record = TenantRecord(
             tenant_id, clean_name(row[1]) if len(row) > 1 else None, clean_name(row[2]) if len(row) > 2 else None
         )
         if tenant_id not in found or (found[tenant_id].name is None and record.name is not None):
             found[tenant_id] = record
+    if skipped:  # said once, with the count
+        shown = "; ".join(skipped[:5]) + (f"; and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        log.warning("the registry returned %d invalid tenant ids, skipped: %s", len(skipped), shown)
     return [found[t] for t in sorted(found)]
 
 
@@ -89,7 +93,7 @@ def read_registry(settings: SourceSettings) -> list[TenantRecord]:
                 rows = cur.fetchall()
         except psycopg2.Error as exc:
             raise ConfigError(f"TENANT_BACKUP_TENANTS_QUERY failed: {one_line(exc)}") from None
-    return _records(rows, settings.tenant_id_pattern)
+    return _records(rows, settings.tenant_ids)
 
 
 def list_tenants(settings: SourceSettings) -> list[str]:

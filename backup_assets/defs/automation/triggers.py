@@ -1,9 +1,8 @@
-"""The tenant backup job, the weekly per-tenant schedule and the sensors (registry sync, failure
+"""The weekly per-tenant schedule of the tenant backup job (defs/backup/definitions.py) and the sensors (registry sync, failure
 alerts). Schedules and sensors whose timing is configurable are built from the Settings
 (build_definitions), not at import time."""
 
 from dagster import (
-    AssetSelection,
     DefaultScheduleStatus,
     DefaultSensorStatus,
     RunFailureSensorContext,
@@ -12,29 +11,20 @@ from dagster import (
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
-    define_asset_job,
     run_failure_sensor,
     schedule,
     sensor,
 )
 
+from ...core.locations import registry
 from ...core.maintenance import alerts
 from ...core.settings import Settings
 from ...core.source.tenants import list_tenants
-from ..backup.assets import GROUP
+from ..backup.definitions import tenant_backup_job
 from ..backup.partitions import TENANTS, tenants_partitions
 from ..failures import step_failure_line
 from ..resources import BackupResource
 from ..runs.guard import JOB_NAME, SKIPPED_TAG, TENANT_TAG
-
-tenant_backup_job = define_asset_job(
-    JOB_NAME,
-    selection=AssetSelection.groups(GROUP),  # the assets with their checks
-    description="Back up one tenant: archive, every configured location, every check.",
-    # The daemon's run retries (dagster.yaml run_retries) are for a run whose process died: a failed
-    # step already had the retries its error allows (none for a permanent one, defs/failures.py).
-    tags={"dagster/retry_on_asset_or_op_failure": "false"},
-)
 
 
 def week_of(moment) -> str:
@@ -111,10 +101,8 @@ def tenant_registry_sync(context: SensorEvaluationContext, backup: BackupResourc
 
 
 def _location_of(step_key: str) -> str | None:
-    for name in ("local", "r2", "b2"):
-        if step_key.startswith(f"{name}_copy"):
-            return name
-    return None
+    """The storage location a failed step stored to (its asset is <location>_copy), or None."""
+    return registry.kind_of_asset(step_key)
 
 
 @run_failure_sensor(

@@ -7,6 +7,7 @@ from dagster import Failure, OpExecutionContext, RunRequest, ScheduleEvaluationC
 
 from ...core.settings import Settings
 from ...core.source.tenants import list_tenants
+from ..backup.definitions import backup_definitions
 from ..backup.partitions import TENANTS
 from ..failures import permanent_failures
 from ..resources import BackupResource
@@ -16,8 +17,6 @@ from .triggers import week_of, weekly_status
 
 @op(description="Back up every tenant the registry returns: one tenant_backup run each, in worker processes.")
 def back_up_active_tenants(context: OpExecutionContext, backup: BackupResource) -> None:
-    from ..build import build_definitions
-
     with permanent_failures(local_files=False):  # a configuration or registry error, named
         settings = backup.get_settings()
         active = list_tenants(settings.source)
@@ -38,7 +37,7 @@ def back_up_active_tenants(context: OpExecutionContext, backup: BackupResource) 
     # TLS configuration, every worker refusing) fails the run in one line, not retried.
     with permanent_failures(local_files=False):
         result = back_up_tenants(
-            build_definitions(settings),
+            backup_definitions(settings),
             context.instance,
             active,
             progress=progress,

@@ -1,7 +1,8 @@
 """The assets: one archive per tenant partition, fanned out to one asset per storage location.
 
-tenant_archive ──► local_copy / r2_copy / b2_copy, each with its own IO manager, so a failing
-location fails, retries and is backfilled alone. The archive's isolation check and restore drill run
+tenant_archive ──► <location>_copy for every configured location (one per kind in the registry of
+location kinds: local_copy, ...), each with its own IO manager, so a failing location fails, retries
+and is backfilled alone. The archive's isolation check and restore drill run
 in its own step (defs/backup/archive_checks.py); a location ships only an archive they proved.
 """
 
@@ -24,6 +25,7 @@ from dagster import (
 from ...core.archive.export import ExportOptions, export_tenant
 from ...core.archive.manifest import Manifest
 from ...core.files import TEMP_MARK
+from ...core.locations import registry
 from ...core.settings import Settings
 from ..failures import permanent_failures
 from ..resources import ArchiveHandle, BackupResource
@@ -182,6 +184,10 @@ def _prune_staging(directory, keep, retain: int = 2) -> None:
 
 
 def build_location_asset(location: str, settings: Settings) -> AssetsDefinition:
+    """The asset <location>_copy of a configured location; what the UI shows of it is its kind's
+    (core/locations/registry.py)."""
+    kind = registry.kind(location)
+
     @asset(
         name=f"{location}_copy",
         partitions_def=tenants_partitions,
@@ -189,9 +195,9 @@ def build_location_asset(location: str, settings: Settings) -> AssetsDefinition:
         ins={"archive": AssetIn(ARCHIVE_ASSET)},
         group_name=GROUP,
         retry_policy=retry_policy(settings),
-        kinds={"local" if location == "local" else "s3" if location == "r2" else "backblaze"},
-        description=f"The tenant's archive and manifest stored in the {location} location "
-        f"(its IO manager writes it; retention per TENANT_BACKUP_RETENTION_{location.upper()}_DAYS).",
+        kinds={kind.ui_kind},
+        description=f"The tenant's archive and manifest stored in the {location} location ({kind.display_name}; "
+        f"its IO manager writes it; retention per {kind.retention_variable}).",
     )
     def copy(archive: ArchiveHandle, backup: BackupResource) -> ArchiveHandle:
         if not archive.proven:  # fail closed: e.g. an archive staged by a run whose checks did not pass

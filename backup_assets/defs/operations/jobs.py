@@ -30,7 +30,10 @@ from ..resources import BackupResource
 
 class RestoreConfig(Config):
     tenant_id: str = Field(description="the tenant to restore")
-    location: str = Field("auto", description="local, r2, b2, or auto (local, then R2, then B2; skips bad copies)")
+    location: str = Field(
+        "auto",
+        description="a configured location, or auto (the configured ones in their kinds' order; skips bad copies)",
+    )
     backup_id: str = Field("latest", description="a backup id, or latest")
     target_dsn_env: str = Field(
         "TENANT_BACKUP_RESTORE_TARGET_DSN",

@@ -33,21 +33,17 @@ from ...core.settings import Settings
 from ..backup.partitions import TENANTS
 from .guard import (
     BATCH_TAG,
-    DEFAULT_RUN_TIMEOUT_S,
-    PROCESS_TAG,
     WORKER_TAG,
     executing_runs,
     fail_orphan,
-    live_holder,
-    process_identity,
 )
 from .in_process import (
     TenantOutcome,
+    back_up_one,
     cluster_token,
     instance_label,
     is_shared_storage,
     run_in_worker,
-    run_tenant,
 )
 from .instance import runner_instance
 
@@ -161,31 +157,6 @@ def require_shared_instance(instance: DagsterInstance, scheduler: str) -> None:
             " in PostgreSQL (DAGSTER_PG_URL, the project's dagster.yaml), or unset TENANT_BACKUP_DASK_SCHEDULER"
             " to use a local cluster"
         )
-
-
-def back_up_one(
-    defs,
-    instance: DagsterInstance,
-    tenant_id: str,
-    *,
-    force: bool,
-    batch_id: str,
-    log_level: str = "WARNING",
-    worker: str | None = None,
-    live_workers=None,
-    timeout_s: int = DEFAULT_RUN_TIMEOUT_S,
-) -> TenantOutcome:
-    """One tenant's run, unless another live run has the tenant (then: skipped, naming it)."""
-    holder = live_holder(instance, tenant_id, live_workers=live_workers, log=log.warning, timeout_s=timeout_s)
-    if holder is not None:
-        return TenantOutcome(tenant_id, "", skipped=f"in progress in {holder.describe()}")
-    tags = {BATCH_TAG: batch_id, PROCESS_TAG: process_identity()}
-    if worker:
-        tags[WORKER_TAG] = worker
-    try:
-        return run_tenant(defs, instance, tenant_id, force=force, log_level=log_level, tags=tags)
-    except Exception as exc:  # a crash of the run machinery itself: reported for this tenant
-        return TenantOutcome(tenant_id, "", error=first_line(exc) or type(exc).__name__)
 
 
 # ------------------------------------------------------------------------------------------- Dask

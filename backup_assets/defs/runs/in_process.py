@@ -5,6 +5,7 @@ the Dask task): a worker's own configuration, secrets, paths and instance, check
 driver's before it takes a tenant.
 """
 
+import logging
 import re
 import socket
 import threading
@@ -21,8 +22,20 @@ from ...core.locations import registry
 from ...core.settings import Settings
 from ..backup.assets import FORCE_TAG
 from ..failures import step_failure_line
-from .guard import BATCH_TAG, JOB_NAME, TENANT_TAG, executing_runs
+from .guard import (
+    BATCH_TAG,
+    DEFAULT_RUN_TIMEOUT_S,
+    JOB_NAME,
+    PROCESS_TAG,
+    TENANT_TAG,
+    WORKER_TAG,
+    executing_runs,
+    live_holder,
+    process_identity,
+)
 from .instance import instance_from_ref, runner_instance, tune_for_runner
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -111,6 +124,31 @@ def run_tenant(
         failure = next((e for e in result.all_events if e.event_type == DagsterEventType.RUN_FAILURE), None)
         outcome.error = step_failure_line(failure) if failure is not None else "run failed"
     return outcome
+
+
+def back_up_one(
+    defs,
+    instance: DagsterInstance,
+    tenant_id: str,
+    *,
+    force: bool,
+    batch_id: str,
+    log_level: str = "WARNING",
+    worker: str | None = None,
+    live_workers=None,
+    timeout_s: int = DEFAULT_RUN_TIMEOUT_S,
+) -> TenantOutcome:
+    """One tenant's run, unless another live run has the tenant (then: skipped, naming it)."""
+    holder = live_holder(instance, tenant_id, live_workers=live_workers, log=log.warning, timeout_s=timeout_s)
+    if holder is not None:
+        return TenantOutcome(tenant_id, "", skipped=f"in progress in {holder.describe()}")
+    tags = {BATCH_TAG: batch_id, PROCESS_TAG: process_identity()}
+    if worker:
+        tags[WORKER_TAG] = worker
+    try:
+        return run_tenant(defs, instance, tenant_id, force=force, log_level=log_level, tags=tags)
+    except Exception as exc:  # a crash of the run machinery itself: reported for this tenant
+        return TenantOutcome(tenant_id, "", error=first_line(exc) or type(exc).__name__)
 
 
 # ----------------------------------------------------------------------- the worker side of a batch
@@ -330,8 +368,6 @@ def run_in_worker(tenant_id: str, *, force: bool, batch_id: str, log_level: str,
     """The Dask task (importable, so workers on other machines can run it): the tenant's run, with this
     worker's own settings, secrets, paths and instance, once they agree with the driver's `cluster`."""
     from distributed import get_client, get_worker
-
-    from .batch import back_up_one
 
     address = get_worker().address
     side = worker_side(address)

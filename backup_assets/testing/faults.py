@@ -1,0 +1,96 @@
+"""TEST DOUBLES' shared parts: the loopback check and the fault switchboard (`Faults`) the S3 and B2
+test servers both use (testing/servers.py documents the faults and the command line)."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def check_loopback(host: str) -> str:
+    if host not in LOOPBACK:
+        raise ValueError(f"test servers listen on loopback only, not {host!r}")
+    return host
+
+
+class Faults:
+    """Thread-safe fault plan shared by the request handlers of one server."""
+
+    FIELDS = ("fail", "status", "drop", "flip", "down", "after", "match")
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.clear()
+
+    def clear(self) -> None:
+        """Remove every fault and reset the counters."""
+        with self._lock:
+            self.requests = 0  # every request seen (control requests excluded)
+            self.injected = 0
+            self.fail = 0
+            self.status = 503
+            self.drop = 0
+            self.flip = 0
+            self.down = False
+            self.after = 0
+            self.match = ""
+
+    def set(self, **kw) -> None:
+        unknown = set(kw) - set(self.FIELDS)
+        if unknown:
+            raise ValueError(f"unknown fault fields: {sorted(unknown)}")
+        if "status" in kw and int(kw["status"]) not in (500, 502, 503, 504):
+            raise ValueError("status must be a 5xx code")
+        with self._lock:
+            for k, v in kw.items():
+                setattr(self, k, v if k in ("match", "down") else int(v))
+
+    def state(self) -> dict:
+        with self._lock:
+            d = {k: getattr(self, k) for k in self.FIELDS}
+            d.update(requests=self.requests, injected=self.injected)
+            return d
+
+    def decide(self, desc: str, *, has_body_out: bool) -> str | None:
+        """Count the request and return the fault to inject: 'down', 'fail', 'drop', 'flip' or None."""
+        with self._lock:
+            self.requests += 1
+            if self.down:
+                self.injected += 1
+                return "down"
+            if self.match and self.match not in desc:
+                return None
+            if not (self.fail or self.drop or self.flip):
+                return None
+            if self.after > 0:
+                self.after -= 1
+                return None
+            for kind in ("fail", "drop"):
+                if getattr(self, kind) > 0:
+                    setattr(self, kind, getattr(self, kind) - 1)
+                    self.injected += 1
+                    return kind
+            if self.flip > 0 and has_body_out:
+                self.flip -= 1
+                self.injected += 1
+                return "flip"
+            return None
+
+    def handle_control(self, method: str, body: bytes) -> tuple[int, dict]:
+        try:
+            if method == "POST":
+                self.set(**(json.loads(body or b"{}")))
+            elif method == "DELETE":
+                self.clear()
+            elif method != "GET":
+                return 405, {"error": "use GET, POST or DELETE"}
+        except (ValueError, TypeError) as exc:
+            return 400, {"error": str(exc)}
+        return 200, self.state()
+
+
+def flip_byte(chunk: bytes) -> bytes:
+    i = len(chunk) // 2
+    return chunk[:i] + bytes([chunk[i] ^ 0x01]) + chunk[i + 1 :]
