@@ -10,12 +10,103 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import psycopg2
 import pytest
 
+from backup_assets.core.codec.keyring import Keyring, generate_entry
 from backup_assets.core.embedded_pg import default_data_root, dsn_for, start_embedded
 from backup_assets.sample.generate import SampleDatabase, TenantInfo, add_tenants, create_sample_database
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# The documented exit codes (README "Exit codes", core/errors.py): what an error test asserts.
+EXIT = {
+    "failed": 1,
+    "config": 2,
+    "unknown tenant": 3,
+    "isolation": 4,
+    "dump": 5,
+    "archive": 6,
+    "unreachable": 7,
+    "storage": 8,
+    "scratch": 9,
+    "restore": 10,
+}
+
+
+class Cli:
+    """The one way the tests run `tenant-backup` as a user does: a process of its own (this interpreter,
+    `-m backup_assets.cli`, the source tree on PYTHONPATH) whose environment holds none of our settings
+    but the ones a test gives: no TENANT_BACKUP_*, no location kind's variables, no DAGSTER_* of the
+    process running the tests."""
+
+    def environment(self, env: dict[str, str] | None = None, without: tuple[str, ...] = ()) -> dict[str, str]:
+        """The child's environment: this process's, less our settings (and variables starting with one of
+        `without`, e.g. ("PG",) for libpq's), plus `env`."""
+        from backup_assets.core.locations import registry
+
+        ours = registry.variables()
+        dropped = ("TENANT_BACKUP_", "DAGSTER_", *without)
+        full = {k: v for k, v in os.environ.items() if not k.startswith(dropped) and k not in ours}
+        full["PYTHONPATH"] = str(ROOT)
+        full.update(env or {})
+        return full
+
+    def run(self, args, env=None, cwd=ROOT, *, timeout: float = 300, without=(), **kw) -> subprocess.CompletedProcess:
+        """Run one command to its end: a CompletedProcess with text stdout/stderr (unless redirected)."""
+        kw.setdefault("capture_output", "stdout" not in kw and "stderr" not in kw)
+        return subprocess.run(
+            [sys.executable, "-m", "backup_assets.cli", *args],
+            env=self.environment(env, without),
+            cwd=cwd,
+            text=True,
+            timeout=timeout,
+            **kw,
+        )
+
+    def spawn(self, args, env=None, cwd=ROOT, **kw) -> subprocess.Popen:
+        """Start one command (several can run at once); stdout and stderr piped unless given."""
+        kw.setdefault("stdout", subprocess.PIPE)
+        kw.setdefault("stderr", subprocess.PIPE)
+        return subprocess.Popen(
+            [sys.executable, "-m", "backup_assets.cli", *args], env=self.environment(env), cwd=cwd, text=True, **kw
+        )
+
+    @staticmethod
+    def error(result, code: int) -> str:
+        """The one error line of a failed command, which must have exited with the documented `code`."""
+        assert result.returncode == code, (
+            f"exit {result.returncode}, documented {code}\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+        )
+        lines = [line for line in result.stderr.splitlines() if line.startswith("tenant-backup: error:")]
+        assert len(lines) == 1, result.stderr
+        assert "Traceback" not in result.stderr, result.stderr
+        return lines[0]
+
+
+CLI = Cli()
+
+
+@pytest.fixture(scope="session")
+def cli() -> Cli:
+    """`cli.run(args, env, cwd)`, `cli.spawn(...)`, `cli.error(result, code)`: see Cli."""
+    return CLI
+
+
+@pytest.fixture(scope="session")
+def keys() -> str:
+    """A keyring entry (`id:base64key`) for the session: TENANT_BACKUP_KEYS of the tests' commands."""
+    return generate_entry("test1")
+
+
+@pytest.fixture(scope="session")
+def keyring(keys) -> Keyring:
+    """The session's keyring, parsed."""
+    return Keyring.parse(keys)
 
 
 def _admin_exec(dsn: str, statement: str) -> None:

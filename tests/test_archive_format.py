@@ -183,11 +183,6 @@ def _decode(data: bytes, kr: Keyring, **kw):
 
 
 @pytest.fixture(scope="module")
-def keyring():
-    return Keyring.parse(generate_entry("primary"))
-
-
-@pytest.fixture(scope="module")
 def big(keyring):
     # Incompressible bytes so the payload spans several segments, then compressible COPY text.
     raw = os.urandom(2 * S + 12345) + b"1\tfoo\t2026-01-01\t\\N\n" * 50000
@@ -204,7 +199,7 @@ def test_round_trip_and_independent_decoder(keyring, raw):
     assert st.sha256 == hashlib.sha256(data).hexdigest()
     back, hdr2, dst = _decode(data, keyring, expect_tenant_id=TENANT)
     assert back == raw and dst.raw_bytes == len(raw) and dst.sha256 == st.sha256
-    assert hdr2.tenant_id == TENANT and hdr2.key_id == "primary" and hdr2.created_at == "2026-11-22T03:00:00Z"
+    assert hdr2.tenant_id == TENANT and hdr2.key_id == keyring.active.id and hdr2.created_at == "2026-11-22T03:00:00Z"
     assert af.read_header(io.BytesIO(data)) == hdr == hdr2
     fields, raw2 = independent_decoder.decode(data, {keyring.active.id: keyring.active.key}, TENANT)
     assert raw2 == raw and fields["backup_id"] == "b-1" and fields["sha256"] == st.sha256
@@ -214,7 +209,7 @@ def test_big_round_trip_both_decoders(keyring, big):
     raw, data, hdr, st = big
     assert st.compressed_bytes > 2 * S and len(data) > 2 * S  # three segments
     assert _decode(data, keyring)[0] == raw
-    assert independent_decoder.decode(data, {"primary": keyring.active.key})[1] == raw
+    assert independent_decoder.decode(data, {keyring.active.id: keyring.active.key})[1] == raw
 
 
 def test_fresh_data_key_and_salt_per_archive(keyring):
@@ -279,7 +274,7 @@ def test_header_tamper_detected_by_key_unwrap(keyring):
     data, hdr, _ = _encode(b"abc", keyring)
     # Same length, still canonical, valid-looking: only authentication can catch it.
     other = data.replace(TENANT.encode(), TENANT[:-1].encode() + b"e")
-    _expect(other, keyring, "failed authentication with master key 'primary'")
+    _expect(other, keyring, f"failed authentication with master key '{keyring.active.id}'")
 
 
 def test_trailing_garbage(keyring, big):
@@ -290,9 +285,9 @@ def test_trailing_garbage(keyring, big):
 
 def test_wrong_and_missing_key(keyring, big):
     data = big[1]
-    wrong = Keyring([type(keyring.active)("primary", os.urandom(32))])
-    _expect(data, wrong, "master key 'primary'")
-    _expect(data, Keyring.parse(generate_entry("other")), "'primary' is not in TENANT_BACKUP_KEYS")
+    wrong = Keyring([type(keyring.active)(keyring.active.id, os.urandom(32))])
+    _expect(data, wrong, f"master key '{keyring.active.id}'")
+    _expect(data, Keyring.parse(generate_entry("other")), f"'{keyring.active.id}' is not in TENANT_BACKUP_KEYS")
 
 
 def test_tenant_mismatch(keyring):
@@ -328,7 +323,7 @@ def test_rewrap_drops_old_key_and_keeps_payload(keyring, big):
         new_entry
         + ","
         + generate_entry("unused")
-        + ",primary:"
+        + f",{keyring.active.id}:"
         + __import__("base64").b64encode(keyring.active.key).decode()
     )
     out = io.BytesIO()
@@ -340,8 +335,8 @@ def test_rewrap_drops_old_key_and_keeps_payload(keyring, big):
     back, h2, dst = _decode(rewrapped, only_new, expect_tenant_id=TENANT)
     assert back == raw and h2.key_id == "next" and dst.sha256 != st.sha256
     assert independent_decoder.decode(rewrapped, {"next": only_new.active.key})[1] == raw
-    _expect(data, only_new, "'primary'")
-    with pytest.raises(ArchiveError, match="'primary'"):
+    _expect(data, only_new, f"'{keyring.active.id}'")
+    with pytest.raises(ArchiveError, match=f"'{keyring.active.id}'"):
         af.rewrap_archive(io.BytesIO(data), io.BytesIO(), keyring=only_new)
 
 

@@ -11,16 +11,10 @@ import pytest
 
 from backup_assets.core.archive.pipe import ArchivePipe, HashingReader
 from backup_assets.core.codec.format import encode_archive
-from backup_assets.core.codec.keyring import Keyring, generate_entry
 from backup_assets.core.errors import ArchiveError
 
 TENANT = "7f3e1c2a-0b4d-4e5f-8a9b-0c1d2e3f4a5b"
 PAYLOAD = os.urandom(3 << 20)  # several segments; random: zstd cannot shrink it
-
-
-@pytest.fixture(scope="module")
-def keyring():
-    return Keyring.parse(generate_entry("pipe"))
 
 
 @pytest.fixture(scope="module")

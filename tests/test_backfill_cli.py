@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import CLI, EXIT
 from dagster import DagsterInstance
 
 from backup_assets.core.codec.keyring import generate_entry
@@ -75,31 +76,23 @@ def test_dagster_asset_materialize_one_partition(sample_db, sample_tenants, tmp_
 
 
 def _backup(args, env):
-    return subprocess.run(
-        [sys.executable, "-m", "backup_assets.cli", "backup", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return CLI.run(["backup", *args], env, ROOT, timeout=300)
 
 
 def test_backup_refuses_bad_ids_and_unlisted_tenants(sample_db, sample_tenants, tmp_path):
     env = _env(sample_db, tmp_path)
     bad = _backup(["--tenant", "1; DROP TABLE tenants"], env)
-    assert bad.returncode != 0 and "invalid tenant id" in bad.stderr and "Traceback" not in bad.stderr
+    assert "invalid tenant id" in CLI.error(bad, EXIT["config"])
     pending = next(t for t in sample_tenants if t.status == "PENDING_DELETION")
     refused = _backup(["--tenant", pending.id], env)
-    assert refused.returncode != 0 and "--force" in refused.stderr
+    assert "--force" in CLI.error(refused, EXIT["unknown tenant"])
     assert not (tmp_path / "local").exists()
 
 
 def test_backup_with_a_listed_location_missing_its_settings(sample_db, sample_tenants, tmp_path):
     env = _env(sample_db, tmp_path, TENANT_BACKUP_LOCATIONS="local,r2")
-    result = _backup(["--tenant", sample_tenants[0].id], env)
-    assert result.returncode != 0
-    assert "R2_ENDPOINT_URL" in result.stderr and "R2_BUCKET" in result.stderr
+    line = CLI.error(_backup(["--tenant", sample_tenants[0].id], env), EXIT["config"])
+    assert "R2_ENDPOINT_URL" in line and "R2_BUCKET" in line
 
 
 def test_backup_one_tenant_runs_only_configured_locations(sample_db, sample_tenants, tmp_path):

@@ -19,6 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import psycopg2
 import pytest
+from conftest import CLI
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster._core.instance.ref import InstanceRef
 
@@ -89,14 +90,7 @@ def test_a_worker_killed_mid_batch_costs_only_the_rerun_of_its_tenant(pg_server_
     try:
         tenants = [t.id for t in add_tenants(db, 32, rows=5)]
         env = _env(db, dagster_home, tmp_path)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "backup_assets.cli", "backup", "--all", "--workers", "2"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        proc = CLI.spawn(["backup", "--all", "--workers", "2"], env, ROOT)
         output: list[str] = []
         readers = [
             threading.Thread(target=lambda s=s: output.append(s.read()), daemon=True)
@@ -172,14 +166,7 @@ def test_a_tenant_being_backed_up_elsewhere_is_not_backed_up_twice(pg_server_dsn
         with blocker.cursor() as cur:
             cur.execute(GATE.replace("{busy}", busy))
             cur.execute("SELECT pg_advisory_lock(4242)")  # the first backup of `busy` stays inside its dump
-        first = subprocess.Popen(
-            [sys.executable, "-m", "backup_assets.cli", "backup", "--tenant", busy, "--workers", "1"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        first = CLI.spawn(["backup", "--tenant", busy, "--workers", "1"], env, ROOT)
         instance = _instance(dagster_home)
         staging = tmp_path / "work" / "staging" / busy
         pending = None
@@ -193,14 +180,7 @@ def test_a_tenant_being_backed_up_elsewhere_is_not_backed_up_twice(pg_server_dsn
         assert [r.tags["dagster/partition"] for r in holder] == [busy]
 
         # A batch over every active tenant: the busy one is not started, the others are backed up.
-        batch = subprocess.run(
-            [sys.executable, "-m", "backup_assets.cli", "backup", "--all", "--workers", "1"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        batch = CLI.run(["backup", "--all", "--workers", "1"], env, ROOT, timeout=300)
         assert batch.returncode == 0, batch.stdout + batch.stderr
         assert f"{busy} (in progress in run {holder[0].run_id}" in batch.stderr
         # A run started straight from Dagster (what the UI and backfills do) stops in its first step,

@@ -3,36 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from conftest import EXIT
 
 from backup_assets.core.codec.keyring import generate_entry
 from backup_assets.core.source.pgbin import pg_program
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def run(args, env, cwd):
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("TENANT_BACKUP_")}
-    full_env["PYTHONPATH"] = str(ROOT)  # tests run from tmp dirs; the package may not be installed
-    full_env.update(env)
-    return subprocess.run(
-        [sys.executable, "-m", "backup_assets.cli", *args],
-        env=full_env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
-@pytest.fixture(scope="module")
-def keys():
-    return generate_entry("cli1")
 
 
 @pytest.fixture
@@ -45,20 +22,12 @@ def active(sample_tenants):
     return next(t for t in sample_tenants if t.status == "ACTIVE")
 
 
-def one_line_error(result):
-    assert result.returncode != 0
-    lines = [line for line in result.stderr.splitlines() if line.startswith("tenant-backup: error:")]
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    return lines[0]
-
-
-def test_export_then_decrypt_gives_a_pg_restore_readable_dump(env, active, tmp_path):
-    result = run(["export", "--tenant", active.id, "--out", "a.tbk"], env, tmp_path)
+def test_export_then_decrypt_gives_a_pg_restore_readable_dump(cli, env, active, tmp_path):
+    result = cli.run(["export", "--tenant", active.id, "--out", "a.tbk"], env, tmp_path)
     assert result.returncode == 0, result.stderr
     manifest = json.loads(result.stdout)
     assert manifest["tenant_id"] == active.id and (tmp_path / "a.tbk").stat().st_size == manifest["archive"]["size"]
-    result = run(["decrypt", "a.tbk", "--out", "a.dump", "--sha256", manifest["archive"]["sha256"]], env, tmp_path)
+    result = cli.run(["decrypt", "a.tbk", "--out", "a.dump", "--sha256", manifest["archive"]["sha256"]], env, tmp_path)
     assert result.returncode == 0, result.stderr
     listing = subprocess.run(
         [pg_program("pg_restore"), "--list", str(tmp_path / "a.dump")], capture_output=True, text=True, check=True
@@ -70,14 +39,14 @@ def test_export_then_decrypt_gives_a_pg_restore_readable_dump(env, active, tmp_p
     "bad",
     ["not-a-uuid", "x'; DROP TABLE tenants; --", "../../etc/passwd", "00000000-0000-4000-8000-000000000000/..", ""],
 )
-def test_invalid_tenant_ids_are_rejected_before_use(env, tmp_path, bad):
-    result = run(["export", "--tenant", bad, "--out", "x.tbk"], env, tmp_path)
-    assert "invalid tenant id" in one_line_error(result)
+def test_invalid_tenant_ids_are_rejected_before_use(cli, env, tmp_path, bad):
+    result = cli.run(["export", "--tenant", bad, "--out", "x.tbk"], env, tmp_path)
+    assert "invalid tenant id" in cli.error(result, EXIT["config"])
     assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize(
-    "keys, expected",
+    "entry, expected",
     [
         (None, "TENANT_BACKUP_KEYS"),
         ("", "TENANT_BACKUP_KEYS"),
@@ -85,53 +54,55 @@ def test_invalid_tenant_ids_are_rejected_before_use(env, tmp_path, bad):
         ("k1:c2hvcnQ=", "TENANT_BACKUP_KEYS"),
     ],
 )
-def test_missing_or_malformed_keyring(env, active, tmp_path, keys, expected):
+def test_missing_or_malformed_keyring(cli, env, active, tmp_path, entry, expected):
     env = dict(env)
-    if keys is None:
+    if entry is None:
         env.pop("TENANT_BACKUP_KEYS")
     else:
-        env["TENANT_BACKUP_KEYS"] = keys
-    result = run(["export", "--tenant", active.id, "--out", "x.tbk"], env, tmp_path)
-    line = one_line_error(result)
+        env["TENANT_BACKUP_KEYS"] = entry
+    result = cli.run(["export", "--tenant", active.id, "--out", "x.tbk"], env, tmp_path)
+    line = cli.error(result, EXIT["config"])
     assert expected in line
     assert "c2hvcnQ" not in line  # key material is never echoed
     assert list(tmp_path.iterdir()) == []
 
 
-def test_unreachable_database(keys, active, tmp_path):
+def test_unreachable_database(cli, keys, active, tmp_path):
     env = {
         "TENANT_BACKUP_SOURCE_DSN": "postgresql://nobody@127.0.0.1:1/none?connect_timeout=2",
         "TENANT_BACKUP_KEYS": keys,
     }
-    line = one_line_error(run(["export", "--tenant", active.id, "--out", "x.tbk"], env, tmp_path))
+    line = cli.error(cli.run(["export", "--tenant", active.id, "--out", "x.tbk"], env, tmp_path), EXIT["unreachable"])
     assert "cannot connect" in line and "127.0.0.1" in line
     assert list(tmp_path.iterdir()) == []
 
 
-def test_output_in_a_missing_directory(env, active, tmp_path):
-    line = one_line_error(run(["export", "--tenant", active.id, "--out", "nope/x.tbk"], env, tmp_path))
+def test_output_in_a_missing_directory(cli, env, active, tmp_path):
+    line = cli.error(cli.run(["export", "--tenant", active.id, "--out", "nope/x.tbk"], env, tmp_path), EXIT["storage"])
     assert "does not exist" in line
 
 
-def test_suspended_tenant_needs_force(env, sample_tenants, tmp_path):
+def test_suspended_tenant_needs_force(cli, env, sample_tenants, tmp_path):
     suspended = next(t for t in sample_tenants if t.status == "SUSPENDED")
-    line = one_line_error(run(["export", "--tenant", suspended.id, "--out", "s.tbk"], env, tmp_path))
+    line = cli.error(
+        cli.run(["export", "--tenant", suspended.id, "--out", "s.tbk"], env, tmp_path), EXIT["unknown tenant"]
+    )
     assert "--force" in line
-    result = run(["export", "--tenant", suspended.id, "--out", "s.tbk", "--force"], env, tmp_path)
+    result = cli.run(["export", "--tenant", suspended.id, "--out", "s.tbk", "--force"], env, tmp_path)
     assert result.returncode == 0, result.stderr
 
 
-def test_decrypt_with_the_wrong_key_writes_nothing(env, active, tmp_path):
-    assert run(["export", "--tenant", active.id, "--out", "a.tbk"], env, tmp_path).returncode == 0
+def test_decrypt_with_the_wrong_key_writes_nothing(cli, keyring, env, active, tmp_path):
+    assert cli.run(["export", "--tenant", active.id, "--out", "a.tbk"], env, tmp_path).returncode == 0
     other = dict(env, TENANT_BACKUP_KEYS=generate_entry("other"))
-    line = one_line_error(run(["decrypt", "a.tbk", "--out", "a.dump"], other, tmp_path))
-    assert "cli1" in line  # names the key id it needs
+    line = cli.error(cli.run(["decrypt", "a.tbk", "--out", "a.dump"], other, tmp_path), EXIT["archive"])
+    assert keyring.active.id in line  # names the key id it needs
     assert not (tmp_path / "a.dump").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tbk"]
 
 
-def test_keys_generate_prints_a_usable_entry(tmp_path):
-    result = run(["keys", "generate", "--id", "k2026"], {}, tmp_path)
+def test_keys_generate_prints_a_usable_entry(cli, tmp_path):
+    result = cli.run(["keys", "generate", "--id", "k2026"], {}, tmp_path)
     assert result.returncode == 0
     entry = result.stdout.strip()
     assert entry.startswith("k2026:")

@@ -6,15 +6,13 @@ object and a non-zero exit. Also: --version, and tenant display names from the r
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import uuid
 from importlib.metadata import version
 from pathlib import Path
 
 import psycopg2
 import pytest
+from conftest import CLI, EXIT
 
 from backup_assets.core.codec.keyring import generate_entry
 from backup_assets.core.settings import SourceSettings
@@ -31,20 +29,6 @@ from backup_assets.testing.s3_server import S3Server
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = generate_entry("json1")
 NAMED_QUERY = "SELECT id::text, name FROM tenants WHERE status = 'ACTIVE'"
-
-
-def run(args, env, cwd=ROOT, timeout=300):
-    full = {k: v for k, v in os.environ.items() if not k.startswith(("TENANT_BACKUP_", "R2_", "B2_", "DAGSTER_HOME"))}
-    full["PYTHONPATH"] = str(ROOT)
-    full.update(env)
-    return subprocess.run(
-        [sys.executable, "-m", "backup_assets.cli", *args],
-        env=full,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def as_json(result):
@@ -89,7 +73,7 @@ def world(sample_db, sample_tenants, s3_server, pg_server_dsn, tmp_path_factory)
     (tmp / "dagster_home").mkdir()
     active = [t for t in sample_tenants if t.status == "ACTIVE"]
     backed_up = active[:2]
-    result = run(["backup", *sum((["--tenant", t.id] for t in backed_up), []), "--workers", "1", "--json"], env)
+    result = CLI.run(["backup", *sum((["--tenant", t.id] for t in backed_up), []), "--workers", "1", "--json"], env)
     assert result.returncode == 0, result.stderr[-3000:]
     return {
         "env": env,
@@ -102,7 +86,7 @@ def world(sample_db, sample_tenants, s3_server, pg_server_dsn, tmp_path_factory)
 
 
 def test_version_from_package_metadata():
-    result = run(["--version"], {})
+    result = CLI.run(["--version"], {})
     assert result.returncode == 0 and result.stdout.strip() == f"tenant-backup {version('tenant-backup')}"
 
 
@@ -140,15 +124,15 @@ def test_runs_and_archive_metadata_carry_the_tenant_name(world):
 
 def test_list_and_status_json(world):
     env = world["env"]
-    result = run(["list", "--json"], env)
+    result = CLI.run(["list", "--json"], env)
     assert result.returncode == 0, result.stderr
     rows = as_json(result)
     assert {r["tenant_id"] for r in rows} == {t.id for t in world["backed_up"]}
     assert all(r["locations"] == ["local", "r2"] and r["tenant_name"] == world["names"][r["tenant_id"]] for r in rows)
 
     # The third active tenant has no backup: stale, exit 1, with and without --json.
-    text = run(["status"], env)
-    result = run(["status", "--json"], env)
+    text = CLI.run(["status"], env)
+    result = CLI.run(["status", "--json"], env)
     assert text.returncode == result.returncode == 1
     doc = as_json(result)
     stale = {(c["tenant_id"], c["location"]) for c in doc["copies"] if c["state"] == "stale"}
@@ -165,13 +149,13 @@ def test_list_and_status_json(world):
 def test_verify_json_one_tenant_and_all(world):
     env = world["env"]
     tenant = world["backed_up"][0]
-    result = run(["verify", "--tenant", tenant.id, "--json"], env)
+    result = CLI.run(["verify", "--tenant", tenant.id, "--json"], env)
     assert result.returncode == 0, result.stderr
     doc = as_json(result)
     assert doc["tenant_id"] == tenant.id and doc["tenant_name"] == tenant.name and doc["ok"] is True
     assert [(c["location"], c["state"]) for c in doc["copies"]] == [("local", "ok"), ("r2", "ok")]
 
-    result = run(["verify", "--all", "--deep", "--json"], env)
+    result = CLI.run(["verify", "--all", "--deep", "--json"], env)
     assert result.returncode == 0, result.stderr
     doc = as_json(result)
     assert (doc["listed"], doc["checked"], doc["ok"], doc["failed"], doc["deep"], doc["subset"]) == (
@@ -188,7 +172,7 @@ def test_verify_json_one_tenant_and_all(world):
 def test_restore_json(world, fresh_db):
     tenant = world["backed_up"][1]
     target = fresh_db("json_restore")
-    result = run(
+    result = CLI.run(
         ["restore", "--tenant", tenant.id, "--location", "auto", "--target-dsn", target, "--json"], world["env"]
     )
     assert result.returncode == 0, result.stderr
@@ -207,12 +191,12 @@ def test_restore_json(world, fresh_db):
 def test_export_and_decrypt_json(world, tmp_path):
     env = world["env"]
     tenant = world["active"][2]
-    result = run(["export", "--tenant", tenant.id, "--out", str(tmp_path / "a.tbk"), "--json"], env)
+    result = CLI.run(["export", "--tenant", tenant.id, "--out", str(tmp_path / "a.tbk"), "--json"], env)
     assert result.returncode == 0, result.stderr
     manifest = as_json(result)
     assert manifest["tenant_id"] == tenant.id and manifest["archive"]["size"] == (tmp_path / "a.tbk").stat().st_size
     assert "dumped" not in result.stderr  # no progress chatter with --json
-    result = run(["decrypt", str(tmp_path / "a.tbk"), "--out", str(tmp_path / "a.dump"), "--json"], env)
+    result = CLI.run(["decrypt", str(tmp_path / "a.tbk"), "--out", str(tmp_path / "a.dump"), "--json"], env)
     assert result.returncode == 0, result.stderr
     doc = as_json(result)
     assert (doc["tenant_id"], doc["backup_id"]) == (tenant.id, manifest["backup_id"])
@@ -221,14 +205,14 @@ def test_export_and_decrypt_json(world, tmp_path):
 
 def test_prune_and_rebuild_json(world):
     env = world["env"]
-    result = run(["prune", "--dry-run", "--json"], env)
+    result = CLI.run(["prune", "--dry-run", "--json"], env)
     assert result.returncode == 0, result.stderr
     doc = as_json(result)
     assert doc["dry_run"] is True and doc["ok"] is True and doc["keep_min"] == 2
     assert set(doc["locations"]) == {"local", "r2"}
     assert all(loc["deleted"] == [] and loc["kept"] == 2 for loc in doc["locations"].values())
 
-    result = run(["rebuild", "--location", "r2", "--from", "local", "--dry-run", "--json"], env)
+    result = CLI.run(["rebuild", "--location", "r2", "--from", "local", "--dry-run", "--json"], env)
     assert result.returncode == 0, result.stderr
     doc = as_json(result)
     assert (doc["location"], doc["sources"], doc["copied"], doc["failed"], doc["ok"]) == ("r2", ["local"], 0, 0, True)
@@ -236,18 +220,18 @@ def test_prune_and_rebuild_json(world):
 
 def test_errors_in_json_mode(world, tmp_path):
     env = world["env"]
-    for args in (
-        ["export", "--tenant", "not-a-uuid", "--out", str(tmp_path / "x.tbk")],
-        ["verify", "--tenant", world["backed_up"][0].id, "--backup", "20200101T000000Z-00000000"],
+    for args, code in (
+        (["export", "--tenant", "not-a-uuid", "--out", str(tmp_path / "x.tbk")], EXIT["config"]),
+        (["verify", "--tenant", world["backed_up"][0].id, "--backup", "20200101T000000Z-00000000"], EXIT["storage"]),
     ):
-        plain, js = run(args, env), run([*args, "--json"], env)
-        assert plain.returncode == js.returncode != 0
+        plain, js = CLI.run(args, env), CLI.run([*args, "--json"], env)
+        assert plain.returncode == js.returncode == code, (args, plain.stderr)
         doc = as_json(js)
         assert doc["error"]["exit_code"] == js.returncode and doc["error"]["message"]
         assert plain.stdout == "" or "error" not in plain.stdout
         assert [line for line in js.stderr.splitlines() if line.startswith("tenant-backup: error:")]
     assert (
-        as_json(run(["export", "--tenant", "not-a-uuid", "--out", "x", "--json"], env))["error"]["type"]
+        as_json(CLI.run(["export", "--tenant", "not-a-uuid", "--out", "x", "--json"], env))["error"]["type"]
         == "InvalidTenantId"
     )
 
@@ -262,8 +246,8 @@ def test_a_bad_copy_same_exit_code_with_and_without_json(world):
     data[len(data) // 2] ^= 0x01
     archive.write_bytes(bytes(data))
     try:
-        plain = run(["verify", "--tenant", tenant.id], env)
-        js = run(["verify", "--tenant", tenant.id, "--json"], env)
+        plain = CLI.run(["verify", "--tenant", tenant.id], env)
+        js = CLI.run(["verify", "--tenant", tenant.id, "--json"], env)
         assert plain.returncode == js.returncode == 1
         doc = as_json(js)
         assert doc["ok"] is False
@@ -273,18 +257,18 @@ def test_a_bad_copy_same_exit_code_with_and_without_json(world):
 
 
 def test_keys_generate_and_rewrap_json(world):
-    result = run(["keys", "generate", "--id", "k2027", "--json"], {})
+    result = CLI.run(["keys", "generate", "--id", "k2027", "--json"], {})
     assert result.returncode == 0
     doc = as_json(result)
     assert doc["key_id"] == "k2027" and doc["entry"].startswith("k2027:")
 
     env = dict(world["env"], TENANT_BACKUP_KEYS=f"{doc['entry']},{KEYS}")
-    result = run(["keys", "rewrap", "--json"], env)
+    result = CLI.run(["keys", "rewrap", "--json"], env)
     assert result.returncode == 0, result.stderr
     doc = as_json(result)
     assert (doc["active_key"], doc["rewrapped"], doc["skipped"], doc["failed"]) == ("k2027", 4, 0, 0)
     assert {c["location"] for c in doc["copies"]} == {"local", "r2"}
-    again = as_json(run(["keys", "rewrap", "--json"], env))
+    again = as_json(CLI.run(["keys", "rewrap", "--json"], env))
     assert (again["rewrapped"], again["skipped"]) == (0, 4)
 
 

@@ -10,17 +10,11 @@ from variant_db import CRM_ENV, CRM_SCHEMA, variant_db
 
 from backup_assets.core.archive.decrypt import decrypt_to_file
 from backup_assets.core.archive.export import ExportOptions, export_tenant
-from backup_assets.core.codec.keyring import Keyring, generate_entry
 from backup_assets.core.embedded_pg import dsn_for
 from backup_assets.core.errors import DumpFailed, SafetyCheckFailed, UnknownTenant
 from backup_assets.core.settings import SourceSettings
 from backup_assets.core.source.pgbin import pg_program
 from backup_assets.sample.generate import tenant_row_counts
-
-
-@pytest.fixture(scope="module")
-def keyring():
-    return Keyring.parse(generate_entry("test1"))
 
 
 def _settings(dsn: str, **env) -> SourceSettings:

@@ -14,13 +14,13 @@ import json
 import os
 import secrets
 import subprocess
-import sys
 import warnings
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import psycopg2
 import pytest
+from conftest import CLI
 from dagster import (
     DagsterEventType,
     DagsterInstance,
@@ -80,14 +80,7 @@ def _env(sample_db, tmp_path: Path, home: Path, **extra) -> dict[str, str]:
 
 
 def _backup(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "backup_assets.cli", "backup", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return CLI.run(["backup", *args], env, ROOT, timeout=600)
 
 
 @pytest.fixture

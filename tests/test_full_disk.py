@@ -19,7 +19,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from test_cli import run
+from conftest import CLI, EXIT
 
 from backup_assets.core.archive.export import export_tenant
 from backup_assets.core.archive.manifest import Manifest
@@ -95,40 +95,28 @@ def _visible(where: Path) -> list[str]:
 def test_export_onto_a_full_filesystem_is_one_line(env, active, full_fs, tmp_path):
     """Reported: a Python traceback and exit 1."""
     out = full_fs / "a.tbk"
-    result = run(["export", "--tenant", active.id, "--out", str(out)], env, tmp_path)
-    assert result.returncode == 8, result.stderr
+    result = CLI.run(["export", "--tenant", active.id, "--out", str(out)], env, tmp_path)
+    assert result.returncode == EXIT["storage"], result.stderr
     assert _error_lines(result) == [f"tenant-backup: error: no space left on device: {out}"], result.stderr
     assert result.stdout == ""
     assert _visible(full_fs) == []  # no partial archive, no temporary file
 
 
 def test_decrypt_onto_a_full_filesystem_is_one_line(env, active, full_fs, tmp_path):
-    assert run(["export", "--tenant", active.id, "--out", "a.tbk"], env, tmp_path).returncode == 0
+    assert CLI.run(["export", "--tenant", active.id, "--out", "a.tbk"], env, tmp_path).returncode == 0
     out = full_fs / "a.dump"
-    result = run(["decrypt", "a.tbk", "--out", str(out)], env, tmp_path)
-    assert result.returncode == 8, result.stderr
+    result = CLI.run(["decrypt", "a.tbk", "--out", str(out)], env, tmp_path)
+    assert result.returncode == EXIT["storage"], result.stderr
     assert _error_lines(result) == [f"tenant-backup: error: no space left on device: {out}"], result.stderr
     assert _visible(full_fs) == []
 
 
 def test_the_manifest_onto_a_full_stdout_is_one_line(env, active, full_fs, tmp_path):
-    import sys
-
-    from test_cli import ROOT
-
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("TENANT_BACKUP_")}
-    full_env.update(env, PYTHONPATH=str(ROOT))
     with open(full_fs / "manifest.json", "w") as stdout:
-        result = subprocess.run(
-            [sys.executable, "-m", "backup_assets.cli", "export", "--tenant", active.id, "--out", "a.tbk"],
-            env=full_env,
-            cwd=tmp_path,
-            stdout=stdout,
-            stderr=subprocess.PIPE,
-            text=True,
-            timeout=120,
+        result = CLI.run(
+            ["export", "--tenant", active.id, "--out", "a.tbk"], env, tmp_path, stdout=stdout, stderr=subprocess.PIPE
         )
-    assert result.returncode == 8, result.stderr
+    assert result.returncode == EXIT["storage"], result.stderr
     [line] = _error_lines(result)
     assert line.startswith("tenant-backup: error: no space left on device: standard output") and "a.tbk" in line
 
@@ -188,12 +176,12 @@ def test_prune_removes_what_failed_uploads_left(tmp_path, sample_db, active):
         "TENANT_BACKUP_LOCATIONS": "local",
         "TENANT_BACKUP_LOCAL_DIR": str(root),
     }
-    dry = run(["prune", "--dry-run", "--json"], env, tmp_path)
+    dry = CLI.run(["prune", "--dry-run", "--json"], env, tmp_path)
     assert dry.returncode == 0, dry.stderr
     listed = {i["backup_id"] for i in json.loads(dry.stdout)["locations"]["local"]["incomplete"]}
     assert listed == {leftovers["sidecar"], leftovers["archive"]}
     assert all((root / "tenants" / active.id / b).exists() for b in leftovers.values())
-    result = run(["prune"], env, tmp_path)
+    result = CLI.run(["prune"], env, tmp_path)
     assert result.returncode == 0, result.stderr
     assert f"removed local {active.id} {leftovers['sidecar']} (incomplete" in result.stdout
     remaining = sorted(p.name for p in (root / "tenants" / active.id).iterdir())
@@ -229,7 +217,7 @@ def test_verify_deep_stages_its_copy_under_the_work_dir(env, active, full_fs, tm
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     try:
-        result = run(["verify", "--tenant", active.id, "--deep"], env, tmp_path)
+        result = CLI.run(["verify", "--tenant", active.id, "--deep"], env, tmp_path)
     finally:
         done.set()
         watcher.join()

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import CLI
 
 from backup_assets.core.archive.export import ExportOptions, export_tenant
 from backup_assets.core.archive.manifest import Manifest, new_backup_id
@@ -53,23 +51,9 @@ def _env(sample_db, tenant, root: Path, keys: str = KEYS) -> dict[str, str]:
     }
 
 
-def _spawn(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen:
-    full = {k: v for k, v in os.environ.items() if not k.startswith("TENANT_BACKUP_")}
-    full["PYTHONPATH"] = str(ROOT)
-    full.update(env)
-    return subprocess.Popen(
-        [sys.executable, "-m", "backup_assets.cli", *args],
-        env=full,
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def cli(*commands: list[str], env, cwd) -> list[tuple[int, str, str]]:
     """Run the commands at once (each its own `tenant-backup` process): [(exit code, stdout, stderr)]."""
-    procs = [_spawn(args, env, cwd) for args in commands]
+    procs = [CLI.spawn(args, env, cwd) for args in commands]
     results = []
     for p in procs:
         out, err = p.communicate(timeout=300)

@@ -9,7 +9,7 @@ import uuid
 
 import psycopg2
 import pytest
-from test_cli import one_line_error, run
+from conftest import CLI, EXIT
 
 from backup_assets.core.codec.keyring import generate_entry
 from backup_assets.core.errors import ConfigError
@@ -115,8 +115,9 @@ def test_export_with_a_percent_in_the_registry_query(sample_db, sample_tenants, 
         "TENANT_BACKUP_KEYS": generate_entry("reg1"),
         "TENANT_BACKUP_TENANTS_QUERY": query,
     }
-    result = run(["export", "--tenant", active.id, "--out", "a.tbk"], env, tmp_path)
+    result = CLI.run(["export", "--tenant", active.id, "--out", "a.tbk"], env, tmp_path)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["registry_listed"] is True
     suspended = next(t for t in sample_tenants if t.status == "SUSPENDED")
-    assert "--force" in one_line_error(run(["export", "--tenant", suspended.id, "--out", "s.tbk"], env, tmp_path))
+    refused = CLI.run(["export", "--tenant", suspended.id, "--out", "s.tbk"], env, tmp_path)
+    assert "--force" in CLI.error(refused, EXIT["unknown tenant"])

@@ -8,13 +8,12 @@ import json
 import os
 import secrets
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import psycopg2
 import pytest
+from conftest import CLI
 
 from backup_assets.core.codec.keyring import generate_entry
 from backup_assets.core.embedded_pg import default_data_root, dsn_for
@@ -28,16 +27,7 @@ OUR_PREFIXES = ("TENANT_BACKUP_", "R2_", "B2_", "AWS_")
 
 
 def _cli(args, env: dict, cwd: Path, timeout: int = 300):
-    full = {k: v for k, v in os.environ.items() if not k.startswith(OUR_PREFIXES + ("PG",))}
-    full.update({"PYTHONPATH": str(ROOT), **env})
-    return subprocess.run(
-        [sys.executable, "-m", "backup_assets.cli", *args],
-        env=full,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return CLI.run(args, env, cwd, timeout=timeout, without=("PG", "AWS_"))
 
 
 @pytest.fixture(scope="module")

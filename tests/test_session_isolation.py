@@ -8,12 +8,11 @@ proof's is refused by the export itself, before any location sees the archive.""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import CLI
 from variant_db import variant_db
 
 from backup_assets.core.archive.decrypt import decrypt_to_file
@@ -76,17 +75,8 @@ def _data_text(archive: Path, keys: str, tmp_path: Path) -> str:
     ).stdout
 
 
-def _cli(args, env: dict, cwd: Path):
-    full = {k: v for k, v in os.environ.items() if not k.startswith(("TENANT_BACKUP_", "R2_", "B2_", "PG"))}
-    full.update({"PYTHONPATH": str(ROOT), **env})
-    return subprocess.run(
-        [sys.executable, "-m", "backup_assets.cli", *args],
-        env=full,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+def _cli(args, env, cwd):
+    return CLI.run(args, env, cwd, without=("PG",))
 
 
 def test_control_an_inherited_pgoptions_turns_the_bypass_on_for_a_plain_pg_dump(db, tmp_path):

@@ -4,13 +4,11 @@ and the STALE_BACKUP alert of the Dagster sensor, for every tenant the registry 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from conftest import CLI
 from dagster import build_sensor_context, instance_for_test
 
 from backup_assets.core.archive.manifest import Manifest
@@ -63,16 +61,7 @@ def test_decide_names_each_stale_missing_and_unknown_copy():
 
 
 def _cli(args, env, cwd):
-    full = {k: v for k, v in os.environ.items() if not k.startswith(("TENANT_BACKUP_", "R2_", "B2_", "DAGSTER_"))}
-    full.update({"PYTHONPATH": str(ROOT), **env})
-    return subprocess.run(
-        [sys.executable, "-m", "backup_assets.cli", *args],
-        env=full,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return CLI.run(args, env, cwd)
 
 
 @pytest.fixture

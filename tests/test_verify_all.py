@@ -7,38 +7,25 @@ from __future__ import annotations
 import io
 import json
 import os
-import subprocess
-import sys
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from conftest import CLI
 
 from backup_assets.core.archive.manifest import Manifest, new_backup_id
 from backup_assets.core.codec.format import encode_archive
 from backup_assets.core.codec.keyring import Keyring, generate_entry
 from backup_assets.core.locations import locations_from_env
 from backup_assets.core.maintenance.catalog import VERIFY_CYCLE_DAYS, share_of
+from backup_assets.core.settings import Settings
 from backup_assets.defs.operations.jobs import verify_bucket
 from backup_assets.testing.s3_server import S3Server
 
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = generate_entry("va1")
 NOW = datetime.now(timezone.utc)
-
-
-def run(args, env):
-    full = {k: v for k, v in os.environ.items() if not k.startswith(("TENANT_BACKUP_", "R2_", "B2_"))}
-    full.update(env, PYTHONPATH=str(ROOT))
-    return subprocess.run(
-        [sys.executable, "-m", "backup_assets.cli", *args],
-        env=full,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def small_archive(tmp: Path, tenant: str, created: datetime) -> tuple[Path, dict]:
@@ -98,10 +85,24 @@ def verified(locs, copies) -> set:
     return {(n, t, b) for n, t, b in copies if locs[n].get_verified(t, b) is not None}
 
 
-def test_the_cli_and_the_daily_job_select_with_one_function(stored):
-    _, _, copies = stored
-    for name, tenant, backup in copies:
-        assert verify_bucket(name, tenant, backup) == share_of(name, tenant, backup, VERIFY_CYCLE_DAYS)
+def test_the_daily_job_and_the_cli_read_the_same_copies(stored):
+    """The daily verify job's day D re-reads exactly the copies `verify --all --subset D+1/28` re-reads:
+    both are run, and what each read is told apart by the record it left beside each copy."""
+    from dagster import instance_for_test
+
+    from backup_assets.defs.build import build_definitions
+
+    env, locs, copies = stored
+    day = share_of(*copies[0], VERIFY_CYCLE_DAYS)
+    settings = Settings.from_env({**env, "TENANT_BACKUP_SOURCE_DSN": "postgresql://nobody@127.0.0.1:1/none"})
+    job = build_definitions(settings).resolve_job_def("verify_share_job")
+    with instance_for_test() as instance:
+        run_config = {"ops": {"verify_share_op": {"config": {"day": day}}}}
+        job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False)
+    by_job = {c for c in copies if (locs[c[0]].get_verified(c[1], c[2]) or {}).get("by") == "verify_share_job"}
+    doc = json.loads(CLI.run(["verify", "--all", "--subset", f"{day + 1}/28", "--json"], env).stdout)
+    by_cli = {(c["location"], c["tenant_id"], c["backup_id"]) for c in doc["copies"]}
+    assert by_job and by_job == by_cli, (by_job, by_cli)
 
 
 def test_subset_reads_its_share_only_and_the_shares_cover_every_copy(stored):
@@ -109,14 +110,14 @@ def test_subset_reads_its_share_only_and_the_shares_cover_every_copy(stored):
     first = {c for c in copies if share_of(*c, 2) == 0}
     assert 0 < len(first) < len(copies)  # a real split of these 24 copies
 
-    result = run(["verify", "--all", "--subset", "1/2", "--json"], env)
+    result = CLI.run(["verify", "--all", "--subset", "1/2", "--json"], env)
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     checked = {(c["location"], c["tenant_id"], c["backup_id"]) for c in doc["copies"]}
     assert checked == first and (doc["listed"], doc["checked"], doc["subset"]) == (24, len(first), "1/2")
     assert verified(locs, copies) == first  # exactly those were read, the others not touched
 
-    result = run(["verify", "--all", "--subset", "2/2"], env)
+    result = CLI.run(["verify", "--all", "--subset", "2/2"], env)
     assert result.returncode == 0, result.stderr
     assert verified(locs, copies) == set(copies)  # the two shares: every copy, each once
     assert f"share 2/2: {len(copies) - len(first)} of 24 stored copies re-read" in result.stdout
@@ -124,13 +125,13 @@ def test_subset_reads_its_share_only_and_the_shares_cover_every_copy(stored):
 
     # --subset n/28 is the daily job's day n-1.
     day = share_of(*copies[0], VERIFY_CYCLE_DAYS)
-    doc = json.loads(run(["verify", "--all", "--subset", f"{day + 1}/28", "--json"], env).stdout)
+    doc = json.loads(CLI.run(["verify", "--all", "--subset", f"{day + 1}/28", "--json"], env).stdout)
     assert {(c["location"], c["tenant_id"], c["backup_id"]) for c in doc["copies"]} == {
         c for c in copies if verify_bucket(*c) == day
     }
 
     for bad in ("0/2", "3/2", "half", "1/0"):
-        assert run(["verify", "--all", "--subset", bad], env).returncode == 2
+        assert CLI.run(["verify", "--all", "--subset", bad], env).returncode == 2
 
 
 def test_a_flipped_byte_is_named_and_fails_the_run(stored):
@@ -141,7 +142,7 @@ def test_a_flipped_byte_is_named_and_fails_the_run(stored):
     data[len(data) // 2] ^= 0x01
     path.write_bytes(bytes(data))
 
-    result = run(["verify", "--all"], env)
+    result = CLI.run(["verify", "--all"], env)
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("tenant-backup: error:")]
     assert len(errors) == 1 and f"local/{tenant}/{backup}" in errors[0] and "1 of 24 copies" in errors[0]
@@ -150,7 +151,7 @@ def test_a_flipped_byte_is_named_and_fails_the_run(stored):
     assert "local: 11/12 ok, r2: 12/12 ok" in result.stdout
 
     # The same exit code in JSON mode, the bad copy named in the document.
-    js = run(["verify", "--all", "--json"], env)
+    js = CLI.run(["verify", "--all", "--json"], env)
     assert js.returncode == 1
     doc = json.loads(js.stdout)
     assert [(c["location"], c["tenant_id"], c["backup_id"]) for c in doc["copies"] if not c["ok"]] == [

@@ -11,22 +11,23 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from .errors import LocalWriteError, TenantBackupError
+from .errors import LocalWriteError
 
 TEMP_MARK = ".tmp-"
 CHUNK = 1 << 20  # streaming buffer: memory use does not grow with the file
 
 
 def check_output_path(path: Path) -> Path:
-    """Fail before any work if the output cannot be written: missing directory, or a directory."""
+    """Fail before any work if the output cannot be written: missing directory, or a directory
+    (LocalWriteError: a local file that cannot be written, exit code 8, as README "Exit codes" says)."""
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
-        raise TenantBackupError(f"output directory {parent} does not exist")
+        raise LocalWriteError(f"output directory {parent} does not exist")
     if path.is_dir():
-        raise TenantBackupError(f"output path {path} is a directory")
+        raise LocalWriteError(f"output path {path} is a directory")
     if not os.access(parent, os.W_OK):
-        raise TenantBackupError(f"output directory {parent} is not writable")
+        raise LocalWriteError(f"output directory {parent} is not writable")
     return path
 
 
