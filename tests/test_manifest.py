@@ -94,3 +94,26 @@ def test_wrong_types_and_missing_fields_are_archive_errors():
         Manifest.from_dict(FULL).validate(tenant_id=FULL["tenant_id"], backup_id=new_backup_id())
     with pytest.raises(ArchiveError, match="backup_id"):
         Manifest.from_dict({**FULL, "backup_id": "../x"}).validate()
+
+
+def test_a_newer_manifest_version_is_refused_when_parsed(tmp_path):
+    """A manifest written by a newer tenant-backup (a schema this one does not know) is refused by the one
+    parser, wherever it is read: never half-understood."""
+    from backup_assets.core.locations.local import LocalLocation
+
+    with pytest.raises(ArchiveError, match="manifest_version 2 is newer than this tenant-backup reads"):
+        Manifest.from_dict({**FULL, "manifest_version": 2})
+    loc = LocalLocation(tmp_path / "local")
+    archive = tmp_path / "a.tbk"
+    archive.write_bytes(b"x" * 10)
+    import hashlib
+
+    manifest = Manifest.from_dict({**FULL, "archive": {"sha256": hashlib.sha256(b"x" * 10).hexdigest(), "size": 10}})
+    loc.put(FULL["tenant_id"], BID, archive, manifest)
+    assert loc.get_manifest(FULL["tenant_id"], BID) == manifest  # typed both ways, the same JSON
+    stored = tmp_path / "local" / "tenants" / FULL["tenant_id"] / BID / "manifest.json"
+    assert stored.read_bytes() == manifest.to_json().encode()
+    stored.write_text(json.dumps({**manifest.to_dict(), "manifest_version": 3}))
+    with pytest.raises(ArchiveError, match=r"manifest\.json: manifest_version 3 is newer"):
+        loc.get_manifest(FULL["tenant_id"], BID)
+    assert not hasattr(Manifest, "coerce")  # one parser: nobody hands a dict in

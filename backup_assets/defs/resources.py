@@ -96,6 +96,14 @@ def _secret_looking(var: str) -> bool:
     return var.endswith(("_DSN", "_KEY", "_KEYS", "_PASSWORD", "_TOKEN", "_SECRET", "_WEBHOOK"))
 
 
+def _resolved(value):
+    """An EnvVar's value (Dagster resolves them for a run; a resource used outside one, by a sensor's
+    or a test's hand, still holds them), in a value or the values of a dict."""
+    if isinstance(value, dict):
+        return {k: _resolved(v) for k, v in value.items()}
+    return value.get_value() if isinstance(value, EnvVar) else value
+
+
 @lru_cache(maxsize=16)
 def _cached_location(name: str, settings: Settings) -> Location:
     """Built once per process and configuration: an S3 client costs ~0.2 s to build, and every step
@@ -164,19 +172,23 @@ class _BackupResource(ConfigurableResource):
         hidden = registry.secret_variables()
         other = {k: v for k, v in env.items() if k not in hidden and not _secret_looking(k)}
         other_secrets = {k: secret(k) for k in env if k not in other}
-        return cls(work_dir=settings.work_dir, storage=locations, other=other, other_secrets=other_secrets, **fields)
+        resource = cls(
+            work_dir=settings.work_dir, storage=locations, other=other, other_secrets=other_secrets, **fields
+        )
+        resource._settings = settings  # this process's; a copy Dagster makes from the config rebuilds it once
+        return resource
 
     def get_settings(self) -> Settings:
         """The Settings of this resource's values (parsed once per process)."""
         if self._settings is None:
-            values = {WORK_DIR: self.work_dir, **self.other, **self.other_secrets}
+            values = {WORK_DIR: self.work_dir, **self.other, **_resolved(self.other_secrets)}
             for option in OPTIONS:
                 value = getattr(self, option.field, None)
                 if value is not None and option.var != WORK_DIR:
-                    values[option.var] = option.text(value)
+                    values[option.var] = option.text(_resolved(value))
             for location in self.storage.values():
                 values.update(location.settings)
-                values.update(location.secrets)
+                values.update(_resolved(location.secrets))
                 if location.retention_days is not None:
                     values[registry.kind(location.kind).retention_variable] = str(location.retention_days)
             self._settings = Settings.of(tuple(sorted(values.items())))
@@ -313,12 +325,20 @@ class LocationIOManager(ConfigurableIOManager):
     def load_input(self, context: InputContext) -> StoredHandle:
         with permanent_failures(local_files=False):
             tenant_id = context.partition_key
-            backup_id = stored_backup_id(context.instance, context.asset_key, tenant_id, context.run_id)
+            backup_id = stored_backup_id(context.instance, context.asset_key, tenant_id, _run_id(context))
             if backup_id is None:
                 raise TenantBackupError(f"{context.asset_key.to_user_string()} of tenant {tenant_id} was never stored")
             location = self.build()
             manifest, _sealed = read_manifest(location, tenant_id, backup_id, self.backup.keyring())
             return StoredHandle(self.location, tenant_id, backup_id, location.uri(tenant_id, backup_id), manifest)
+
+
+def _run_id(context: InputContext) -> str | None:
+    """The run loading the input (None outside a run: a test's context)."""
+    try:
+        return context.step_context.run_id
+    except Exception:  # noqa: BLE001 - no step context
+        return None
 
 
 def stored_backup_id(instance, asset_key: AssetKey, tenant_id: str, run_id: str | None = None) -> str | None:
