@@ -125,6 +125,7 @@ def run_batch(
     ],
 )
 def cmd_backup(args, out) -> int:
+    from ..core.archive.export import shared_line
     from ..core.errors import UnknownTenant
     from ..core.source.tenant_ids import validate_tenant_id
     from ..core.source.tenants import read_registry
@@ -160,13 +161,12 @@ def cmd_backup(args, out) -> int:
     out.text(tenant_table(outcomes, job_assets(defs), labels))
     out.emit(batch_document(outcomes, labels))
     shared = batch_document(outcomes, labels)["shared_tables"]
-    if shared:
-        out.warn(
-            "tenant-backup: warning: shared tables (no tenant column, no row-level security) went WHOLE into every"
-            " archive: "
-            + ", ".join(f"{name} ({rows} rows)" for name, rows in sorted(shared.items()))
-            + "; if one holds people or other tenants' data, give it a policy (docs/ISOLATION.md#shared-tables)"
-        )
+    if shared:  # once for the batch, with the count (each tenant's run leaves it to the batch)
+        warn, line = shared_line(shared, settings.shared_tables, sum(bool(o.shared) for o in outcomes))
+        if warn:
+            out.warn(f"tenant-backup: warning: {line}")
+        else:
+            out.note(line)
     if result.skipped:
         out.warn(f"tenant-backup: warning: {result.skipped_line()}")
     if result.failed:

@@ -146,8 +146,12 @@ def cmd_status(args, out) -> int:
         table(rows, out)
         if not report.tenants:
             out.note("(the registry returns no tenant)")
-    for c in report.drilled_elsewhere:  # proven, but not on the version it would be restored into
-        out.warn(f"tenant-backup: warning: {c.tenant_id}@{c.location}: {c.drill_note} (docs/COMPATIBILITY.md)")
+    notes: dict[str, list[str]] = {}  # proven, but not on the version it would be restored into: said once
+    for c in report.drilled_elsewhere:
+        notes.setdefault(c.drill_note, []).append(f"{c.tenant_id}@{c.location}")
+    for note, copies in notes.items():
+        shown = ", ".join(copies[:10]) + (f" and {len(copies) - 10} more" if len(copies) > 10 else "")
+        out.warn(f"tenant-backup: warning: {len(copies)} copies: {note} (docs/COMPATIBILITY.md): {shown}")
     for name, message in report.unreadable.items():  # never hidden: its tenants are unknown there
         out.warn(f"tenant-backup: error: location {name} could not be listed: {message}")
     for line in report.refused:

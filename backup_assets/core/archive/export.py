@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Mapping
 
 import psycopg2
 
@@ -134,13 +134,8 @@ def export_tenant(
     finished = time.monotonic()
     shared = shared_tables(plan, counts)
     if shared and options.warn_shared:
-        log.warning(
-            "shared tables (no tenant column, no row-level security) are in tenant %s's archive WHOLE,"
-            " every tenant's rows: %s; if one holds people or other tenants' data, give it a policy"
-            " (docs/ISOLATION.md#shared-tables)",
-            tenant_id,
-            ", ".join(f"{name} ({rows} rows)" for name, rows in shared.items()),
-        )
+        warn, line = shared_line(shared, settings.shared_tables)
+        (log.warning if warn else log.info)("tenant %s: %s", tenant_id, line)
 
     manifest = Manifest(
         manifest_version=MANIFEST_VERSION,
@@ -193,6 +188,23 @@ def export_tenant(
 def shared_tables(plan: DumpPlan, counts: dict[str, int]) -> dict[str, int]:
     """Tables dumped whole (no tenant column, no RLS) → their row counts."""
     return {t.qualified: counts.get(t.qualified, 0) for t in plan.of_kind(SHARED)}
+
+
+def shared_line(shared: Mapping[str, int], declared: Iterable[str], archives: int = 1) -> tuple[bool, str]:
+    """(whether it is a warning, the one line) saying which tables went whole, with every tenant's rows,
+    into `archives` archives: said once (per export, per run, per batch with the count), a warning for a
+    table nobody declared shared (TENANT_BACKUP_SHARED_TABLES), information for declared ones."""
+    declared = set(declared)
+    undeclared = sorted(t for t in shared if t not in declared)
+    into = "the archive" if archives == 1 else f"{archives} archives"
+    tables = ", ".join(f"{name} ({rows} rows)" for name, rows in sorted(shared.items()))
+    if not undeclared:
+        return False, f"shared tables, declared in TENANT_BACKUP_SHARED_TABLES, went whole into {into}: {tables}"
+    return True, (
+        f"shared tables (no tenant column, no row-level security) went WHOLE into {into}: {tables};"
+        f" not declared in TENANT_BACKUP_SHARED_TABLES: {', '.join(undeclared)}; if one holds people or other"
+        " tenants' data, give it a policy (docs/ISOLATION.md#shared-tables)"
+    )
 
 
 def _followed(read: Callable[[int], bytes], reader: DumpStreamReader) -> Callable[[int], bytes]:

@@ -5,6 +5,7 @@ tenants that, not the backups, is the weekly bill (docs/BENCHMARKS.md)."""
 
 from dagster import Failure, OpExecutionContext, RunRequest, ScheduleEvaluationContext, job, op, schedule
 
+from ...core.archive.export import shared_line
 from ...core.settings import Settings
 from ...core.source.tenants import list_tenants
 from ..backup.definitions import backup_definitions
@@ -46,6 +47,13 @@ def back_up_active_tenants(context: OpExecutionContext, backup: BackupResource) 
         )
     done = sum(o.ok for o in result.outcomes)
     context.log.info(f"{done}/{len(result.outcomes)} tenants backed up with every check passing")
+    shared: dict[str, int] = {}
+    for outcome in result.outcomes:
+        for name, rows in outcome.shared.items():
+            shared[name] = max(rows, shared.get(name, 0))
+    if shared:  # once for the batch, with the count
+        warn, line = shared_line(shared, settings.source.shared_tables, sum(bool(o.shared) for o in result.outcomes))
+        (context.log.warning if warn else context.log.info)(line)
     if result.refused:
         context.log.warning(result.refused_line())
     if result.skipped:

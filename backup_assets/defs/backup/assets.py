@@ -22,14 +22,14 @@ from dagster import (
     asset,
 )
 
-from ...core.archive.export import ExportOptions, export_tenant
+from ...core.archive.export import ExportOptions, export_tenant, shared_line
 from ...core.archive.manifest import Manifest
 from ...core.files import TEMP_MARK
 from ...core.locations import registry
 from ...core.settings import Settings
 from ..failures import permanent_failures
 from ..resources import ArchiveHandle, BackupResource
-from ..runs.guard import TenantBusy, claim_tenant
+from ..runs.guard import BATCH_TAG, TenantBusy, claim_tenant
 from .archive_checks import ARCHIVE_ASSET, archive_check_results, archive_check_specs
 from .partitions import tenants_partitions
 
@@ -127,11 +127,10 @@ def build_archive_asset(settings: Settings) -> AssetsDefinition:
                 ExportOptions(force=force, warn_shared=False),
             )
         shared = shared_rows(exported)
-        if shared:
-            context.log.warning(
-                "shared tables in this archive WHOLE (no tenant column, no row-level security): "
-                + ", ".join(f"{name} ({rows} rows)" for name, rows in shared.items())
-            )
+        if shared:  # once per run; a batch's runs leave it to the batch, which says it once with the count
+            warn, line = shared_line(shared, backup.source_settings().shared_tables)
+            in_batch = BATCH_TAG in context.run.tags
+            (context.log.warning if warn and not in_batch else context.log.info)(line)
         name = record_tenant_name(context, backup.source_settings(), tenant_id)
         final = out_dir / f"{exported.backup_id}.tbk"
         with permanent_failures(final):

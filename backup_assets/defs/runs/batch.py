@@ -227,7 +227,15 @@ def _on_dask(
                         progress(len(outcomes), len(tenant_ids), outcome)
         finally:
             if cluster is not None:
-                cluster.close()
+                # A worker still shutting its run machinery down is killed after 4 s: our own process, its
+                # work done. Dask warns about it once per worker: nothing to act on, so not said.
+                nanny = logging.getLogger("distributed.nanny")
+                level = nanny.level
+                nanny.setLevel(logging.ERROR)
+                try:
+                    cluster.close()
+                finally:
+                    nanny.setLevel(level)
     _sweep(instance, tenant_ids, batch_id)
     if refused and all(o.error in refused.values() for o in outcomes.values()):
         raise ConfigError("no Dask worker took this batch's tasks: " + " | ".join(refused.values()))
