@@ -242,7 +242,7 @@ def for_restore(target_version: str | int, dump_version: str | int | None) -> Re
 
 
 def _shown(version: str | int) -> str:
-    """"15.4" for 150004, "pg_dump (PostgreSQL) 15.4" or "15.4 (Debian 15.4-1)"."""
+    """ "15.4" for 150004, "pg_dump (PostgreSQL) 15.4" or "15.4 (Debian 15.4-1)"."""
     if isinstance(version, int) and version >= 100000:
         return f"{version // 10000}.{version % 10000}"
     match = re.search(r"\d+(?:\.\d+)*", str(version))
