@@ -14,7 +14,6 @@ Servers: backup_assets/testing/pg_servers.py (npm builds for 13/14/17 downloaded
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -29,6 +28,7 @@ from pg_matrix import pg_servers  # noqa: F401
 from variant_db import CRM_ENV, CRM_SCHEMA, variant_db
 from variant_db import _exec as _exec  # one autocommit statement
 
+from backup_assets.core.archive.manifest import Manifest
 from backup_assets.core.codec.keyring import generate_entry
 from backup_assets.core.embedded_pg import dsn_for
 from backup_assets.core.locations import locations_from_env
@@ -169,7 +169,7 @@ def test_backup_prove_restore(pg_servers, work_root, major, mode):  # noqa: F811
 
         # Export: one tenant, no other tenant's canary in the dump, the pg_dump version recorded.
         out = work_root / "t1.tbk"
-        manifest = json.loads(_ok(_cli(env, "export", "--tenant", TENANT, "--out", str(out))).stdout)
+        manifest = Manifest.from_json(_ok(_cli(env, "export", "--tenant", TENANT, "--out", str(out))).stdout)
         assert manifest.source.server_version.startswith(f"{major}.")
         dumped_by = int(manifest.pg_dump_version.split(")")[1].split(".")[0])
         assert dumped_by == (

@@ -3,9 +3,13 @@ working directory) at an edge — the code location (definitions.py), the CLI's 
 passed down. Nothing below the edges reads `os.environ` for configuration (the one other reader is
 core/source/session.py, which builds a client program's environment from the process's on purpose).
 
-The variables are listed in README.md ("Configuration") and docs/DEPLOYMENT.md. Only what a command
-needs is required: `export` needs a source DSN and keys, not storage settings — so the source, the
-keyring and the locations are parsed when first asked for, the plain scalars up front.
+The variables are listed in README.md ("Configuration") and docs/DEPLOYMENT.md; each general one is
+declared once in core/options.py (OPTIONS), each location kind's in its module (core/locations/
+registry.py), and Settings keeps exactly those (TENANT_BACKUP_* and every registered kind's). Only what
+a command needs is required: `export` needs a source DSN and keys, not storage settings — so the
+source, the keyring and the locations are parsed when first asked for (and then kept: the keyring is
+parsed once), the plain scalars and the tenant id rule up front. A process parses one environment
+once: `Settings.of` gives back the Settings already built for the same variables.
 """
 
 from __future__ import annotations
