@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import psycopg2
 import pytest
@@ -109,7 +110,7 @@ def keyring(keys) -> Keyring:
     return Keyring.parse(keys)
 
 
-def _admin_exec(dsn: str, statement: str) -> None:
+def admin_exec(dsn: str, statement: str) -> None:
     conn = psycopg2.connect(dsn)
     conn.autocommit = True  # CREATE/DROP DATABASE refuse to run in a transaction
     try:
@@ -117,6 +118,28 @@ def _admin_exec(dsn: str, statement: str) -> None:
             cur.execute(statement)
     finally:
         conn.close()
+
+
+@pytest.fixture
+def dagster_pg_url(pg_server_dsn):
+    """Dagster's storage in PostgreSQL, a database of its own: what processes sharing one instance
+    (Dask workers, a daemon, machines) need, as production has it. Dropped after the test."""
+    name = f"dagster_{secrets.token_hex(4)}"
+    admin_exec(pg_server_dsn, f'CREATE DATABASE "{name}"')
+    socket_dir = parse_qs(urlsplit(pg_server_dsn).query)["host"][0]
+    yield f"postgresql+psycopg2://postgres@/{name}?host={socket_dir}"
+    admin_exec(pg_server_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def pg_dagster_home(dagster_pg_url, tmp_path):
+    """A DAGSTER_HOME whose instance stores runs in that PostgreSQL database."""
+    home = tmp_path / "dagster_pg_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(
+        f'storage:\n  postgres:\n    postgres_url: "{dagster_pg_url}"\ntelemetry:\n  enabled: false\n'
+    )
+    return home
 
 
 @pytest.fixture(scope="session")
@@ -150,7 +173,7 @@ def _sample(pg_server_dsn) -> tuple[SampleDatabase, list[TenantInfo]]:
     try:
         yield db, tenants
     finally:
-        _admin_exec(pg_server_dsn, f'DROP DATABASE IF EXISTS "{db.dbname}" WITH (FORCE)')
+        admin_exec(pg_server_dsn, f'DROP DATABASE IF EXISTS "{db.dbname}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")
@@ -176,10 +199,10 @@ def fresh_db(pg_server_dsn):
     def make(name_prefix: str = "fresh", *, owner: str | None = None) -> str:
         name = f"{name_prefix}_{secrets.token_hex(4)}"
         owner_clause = f' OWNER "{owner}"' if owner else ""
-        _admin_exec(pg_server_dsn, f'CREATE DATABASE "{name}"{owner_clause}')
+        admin_exec(pg_server_dsn, f'CREATE DATABASE "{name}"{owner_clause}')
         made.append(name)
         return dsn_for(pg_server_dsn, dbname=name)
 
     yield make
     for name in made:
-        _admin_exec(pg_server_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin_exec(pg_server_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

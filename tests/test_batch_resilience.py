@@ -15,11 +15,9 @@ import sys
 import threading
 import time
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
 import psycopg2
-import pytest
-from conftest import CLI
+from conftest import CLI, admin_exec
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster._core.instance.ref import InstanceRef
 
@@ -29,32 +27,6 @@ from backup_assets.defs.runs.guard import PROCESS_TAG, SKIPPED_TAG
 from backup_assets.sample.generate import add_tenants, create_sample_database
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _admin(dsn: str, statement: str) -> None:
-    conn = psycopg2.connect(dsn)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(statement)
-    finally:
-        conn.close()
-
-
-@pytest.fixture
-def dagster_home(pg_server_dsn, tmp_path):
-    """A DAGSTER_HOME whose instance stores runs in PostgreSQL, as production does (processes share it)."""
-    name = f"dagster_{secrets.token_hex(4)}"
-    _admin(pg_server_dsn, f'CREATE DATABASE "{name}"')
-    socket_dir = parse_qs(urlsplit(pg_server_dsn).query)["host"][0]
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text(
-        f'storage:\n  postgres:\n    postgres_url: "postgresql+psycopg2://postgres@/{name}?host={socket_dir}"\n'
-        "telemetry:\n  enabled: false\n"
-    )
-    yield home
-    _admin(pg_server_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _instance(home: Path) -> DagsterInstance:
@@ -85,11 +57,11 @@ def _failure_message(instance: DagsterInstance, run_id: str) -> str:
     return " ".join(e.message or "" for e in events if e.dagster_event and e.dagster_event.is_failure)
 
 
-def test_a_worker_killed_mid_batch_costs_only_the_rerun_of_its_tenant(pg_server_dsn, dagster_home, tmp_path):
+def test_a_worker_killed_mid_batch_costs_only_the_rerun_of_its_tenant(pg_server_dsn, pg_dagster_home, tmp_path):
     db = create_sample_database(pg_server_dsn, f"batch_{secrets.token_hex(3)}")
     try:
         tenants = [t.id for t in add_tenants(db, 32, rows=5)]
-        env = _env(db, dagster_home, tmp_path)
+        env = _env(db, pg_dagster_home, tmp_path)
         proc = CLI.spawn(["backup", "--all", "--workers", "2"], env, ROOT)
         output: list[str] = []
         readers = [
@@ -98,7 +70,7 @@ def test_a_worker_killed_mid_batch_costs_only_the_rerun_of_its_tenant(pg_server_
         ]
         for reader in readers:
             reader.start()
-        instance = _instance(dagster_home)
+        instance = _instance(pg_dagster_home)
         killed = None
         deadline = time.monotonic() + 300
         while killed is None and time.monotonic() < deadline and proc.poll() is None:
@@ -137,7 +109,7 @@ def test_a_worker_killed_mid_batch_costs_only_the_rerun_of_its_tenant(pg_server_
         assert after, f"tenant {tenant} was not backed up again"
         assert not instance.get_runs(RunsFilter(job_name="tenant_backup", statuses=[DagsterRunStatus.STARTED]))
     finally:
-        _admin(pg_server_dsn, f'DROP DATABASE IF EXISTS "{db.dbname}" WITH (FORCE)')
+        admin_exec(pg_server_dsn, f'DROP DATABASE IF EXISTS "{db.dbname}" WITH (FORCE)')
 
 
 # A gate on one tenant's rows: while the test holds advisory lock 4242, reading that tenant's branches
@@ -155,19 +127,19 @@ CREATE POLICY gate ON public.branches AS RESTRICTIVE FOR SELECT USING (public.tb
 """
 
 
-def test_a_tenant_being_backed_up_elsewhere_is_not_backed_up_twice(pg_server_dsn, dagster_home, tmp_path):
+def test_a_tenant_being_backed_up_elsewhere_is_not_backed_up_twice(pg_server_dsn, pg_dagster_home, tmp_path):
     db = create_sample_database(pg_server_dsn, f"overlap_{secrets.token_hex(3)}")
     blocker = psycopg2.connect(db.owner_dsn)
     try:
         active = [t.id for t in add_tenants(db, 3, rows=5)]
         busy = active[0]
-        env = _env(db, dagster_home, tmp_path)
+        env = _env(db, pg_dagster_home, tmp_path)
         blocker.autocommit = True
         with blocker.cursor() as cur:
             cur.execute(GATE.replace("{busy}", busy))
             cur.execute("SELECT pg_advisory_lock(4242)")  # the first backup of `busy` stays inside its dump
         first = CLI.spawn(["backup", "--tenant", busy, "--workers", "1"], env, ROOT)
-        instance = _instance(dagster_home)
+        instance = _instance(pg_dagster_home)
         staging = tmp_path / "work" / "staging" / busy
         pending = None
         deadline = time.monotonic() + 120
@@ -221,4 +193,4 @@ def test_a_tenant_being_backed_up_elsewhere_is_not_backed_up_twice(pg_server_dsn
         assert len(local.list(busy)) == 1  # backed up once, by the run that had it
     finally:
         blocker.close()
-        _admin(pg_server_dsn, f'DROP DATABASE IF EXISTS "{db.dbname}" WITH (FORCE)')
+        admin_exec(pg_server_dsn, f'DROP DATABASE IF EXISTS "{db.dbname}" WITH (FORCE)')

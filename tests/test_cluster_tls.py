@@ -10,16 +10,13 @@ tenant up and the refusals are named as warnings."""
 
 from __future__ import annotations
 
-import secrets
 import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
 import dask
 import distributed  # noqa: F401 - its configuration defaults, before dask.config.set below
-import psycopg2
 import pytest
 from dask_cluster import ROOT, log_of, make_authority, make_machine, start_process, start_scheduler, stop, tls_env
 
@@ -29,16 +26,6 @@ from backup_assets.core.errors import ConfigError
 from backup_assets.core.locations import locations_from_env
 from backup_assets.core.settings import Settings
 from backup_assets.defs.runs.batch import connect
-
-
-def _admin(dsn: str, statement: str) -> None:
-    conn = psycopg2.connect(dsn)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(statement)
-    finally:
-        conn.close()
 
 
 @pytest.fixture(scope="module")
@@ -117,15 +104,11 @@ def test_a_client_or_worker_without_a_valid_certificate_is_refused(cluster):
 
 
 @pytest.fixture
-def dagster_home(pg_server_dsn, tmp_path):
-    name = f"dagster_{secrets.token_hex(4)}"
-    _admin(pg_server_dsn, f'CREATE DATABASE "{name}"')
-    socket_dir = parse_qs(urlsplit(pg_server_dsn).query)["host"][0]
+def dagster_home(dagster_pg_url, tmp_path):
     home = tmp_path / "dagster_home"
     home.mkdir()
     (home / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
-    yield home, f"postgresql+psycopg2://postgres@/{name}?host={socket_dir}"
-    _admin(pg_server_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    return home, dagster_pg_url
 
 
 def test_workers_that_cannot_serve_the_batch_refuse_it_in_one_line(cluster, sample_db, dagster_home, tmp_path):

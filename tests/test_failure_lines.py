@@ -12,13 +12,10 @@ from __future__ import annotations
 import errno
 import json
 import os
-import secrets
 import subprocess
 import warnings
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
-import psycopg2
 import pytest
 from conftest import CLI
 from dagster import (
@@ -45,16 +42,6 @@ warnings.filterwarnings("ignore", category=Warning, module="dagster")
 ROOT = Path(__file__).resolve().parent.parent
 REFUSED = "pg_dump: error: unrecognized option '--bogus'"
 WRAPPER = "Exceeded max_retries"
-
-
-def _admin(dsn: str, statement: str) -> None:
-    conn = psycopg2.connect(dsn)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(statement)
-    finally:
-        conn.close()
 
 
 def _env(sample_db, tmp_path: Path, home: Path, **extra) -> dict[str, str]:
@@ -109,22 +96,6 @@ def refusing_pg_bin(tmp_path) -> Path:
         if (real / name).exists():
             (directory / name).symlink_to(real / name)
     return directory
-
-
-@pytest.fixture
-def pg_dagster_home(pg_server_dsn, tmp_path):
-    """A DAGSTER_HOME storing runs in PostgreSQL: Dask worker processes share it, as in production."""
-    name = f"dagster_{secrets.token_hex(4)}"
-    _admin(pg_server_dsn, f'CREATE DATABASE "{name}"')
-    socket_dir = parse_qs(urlsplit(pg_server_dsn).query)["host"][0]
-    home = tmp_path / "dagster_pg_home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text(
-        f'storage:\n  postgres:\n    postgres_url: "postgresql+psycopg2://postgres@/{name}?host={socket_dir}"\n'
-        "telemetry:\n  enabled: false\n"
-    )
-    yield home
-    _admin(pg_server_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture

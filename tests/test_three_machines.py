@@ -20,10 +20,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
-import psycopg2
-import pytest
+from conftest import admin_exec
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster._core.instance.ref import InstanceRef
 from dask_cluster import (
@@ -48,26 +46,6 @@ from backup_assets.testing.s3_server import S3Server
 TENANTS = 8
 
 
-def _admin(dsn: str, statement: str) -> None:
-    conn = psycopg2.connect(dsn)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(statement)
-    finally:
-        conn.close()
-
-
-@pytest.fixture
-def dagster_url(pg_server_dsn):
-    """Dagster's storage in PostgreSQL (what a cluster needs): a database of its own."""
-    name = f"dagster_{secrets.token_hex(4)}"
-    _admin(pg_server_dsn, f'CREATE DATABASE "{name}"')
-    socket_dir = parse_qs(urlsplit(pg_server_dsn).query)["host"][0]
-    yield f"postgresql+psycopg2://postgres@/{name}?host={socket_dir}"
-    _admin(pg_server_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def _observer(tmp_path: Path, url: str) -> DagsterInstance:
     home = tmp_path / "observer"
     home.mkdir()
@@ -82,7 +60,7 @@ def _runs(instance: DagsterInstance, status=None) -> list:
     return list(instance.get_runs(RunsFilter(job_name="tenant_backup", statuses=statuses)))
 
 
-def test_a_batch_over_tls_on_three_machines_survives_a_killed_worker(pg_server_dsn, dagster_url, tmp_path):
+def test_a_batch_over_tls_on_three_machines_survives_a_killed_worker(pg_server_dsn, dagster_pg_url, tmp_path):
     started = time.monotonic()
     db = create_sample_database(pg_server_dsn, f"three_{secrets.token_hex(3)}")
     procs: list[subprocess.Popen] = []
@@ -106,7 +84,7 @@ def test_a_batch_over_tls_on_three_machines_survives_a_killed_worker(pg_server_d
             "R2_BUCKET": bucket,
             "TENANT_BACKUP_RETRIES": "0",
             "TENANT_BACKUP_STORAGE_ATTEMPTS": "2",
-            "DAGSTER_PG_URL": dagster_url,
+            "DAGSTER_PG_URL": dagster_pg_url,
         }
         sched_machine, driver, b, c = (make_machine(tmp_path, n) for n in ("s", "a", "b", "c"))
 
@@ -136,7 +114,7 @@ def test_a_batch_over_tls_on_three_machines_survives_a_killed_worker(pg_server_d
         env_a.update(
             {"DAGSTER_HOME": str(dagster_home), "TENANT_BACKUP_KEYS": entry, "TENANT_BACKUP_DASK_SCHEDULER": address}
         )
-        instance = _observer(tmp_path, dagster_url)
+        instance = _observer(tmp_path, dagster_pg_url)
         names = _wait_for_workers(address, pki, {"b", "c"}, [(b, worker_b), (c, worker_c)])
         driver_files = files_under(driver.home, driver.tmp, driver.work, dagster_home)
 
@@ -204,7 +182,7 @@ def test_a_batch_over_tls_on_three_machines_survives_a_killed_worker(pg_server_d
     finally:
         stop(*procs)
         s3.stop()
-        _admin(pg_server_dsn, f'DROP DATABASE IF EXISTS "{db.dbname}" WITH (FORCE)')
+        admin_exec(pg_server_dsn, f'DROP DATABASE IF EXISTS "{db.dbname}" WITH (FORCE)')
 
 
 def _wait_for_workers(address: str, pki, wanted: set[str], workers) -> dict[str, str]:
