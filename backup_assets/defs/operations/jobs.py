@@ -4,6 +4,7 @@ core function the CLI calls, and works from the storage locations alone."""
 
 import os
 from datetime import date
+from pathlib import Path
 
 from dagster import (
     Config,
@@ -61,6 +62,7 @@ def restore_tenant_op(context: OpExecutionContext, config: RestoreConfig, backup
         dry_run=config.dry_run,
         lock_timeout=settings.restore_lock_timeout,
         tenant_id_pattern=settings.tenant_id_pattern,
+        work_dir=Path(backup.scratch_files_dir()),  # under TENANT_BACKUP_WORK_DIR, like the CLI's
         report=context.log.info,
     )
     for table, outcome in sorted(result.tables.items()):
