@@ -94,3 +94,36 @@ class Faults:
 def flip_byte(chunk: bytes) -> bytes:
     i = len(chunk) // 2
     return chunk[:i] + bytes([chunk[i] ^ 0x01]) + chunk[i + 1 :]
+
+
+# ------------------------------------------------------------------------------------- kill points
+# A deterministic SIGKILL inside a real command, for the crash tests: a test starts the command as
+#   python -c "import sys; from backup_assets.testing.faults import arm_kill_point as a; a(NAME);
+#              from backup_assets.cli import main; sys.exit(main(sys.argv[1:]))" ARGS...
+# and the process kills itself (SIGKILL: nothing of it runs after) right after the named function
+# returns. Production code knows nothing of this: the function is replaced in its module by the test's
+# process alone. One entry per kill point: name -> (module, function looked up there at call time).
+KILL_POINTS = {
+    # the restore drill's pg_restore has committed the tenant's rows into the scratch database
+    "drill-restored": ("backup_assets.core.checks.drill", "stream_into_pg_restore"),
+    # rebuild has downloaded a source copy into its tb-rebuild-* folder and hashed it
+    "rebuild-downloaded": ("backup_assets.core.maintenance.rebuild", "sha256_file"),
+}
+
+
+def arm_kill_point(name: str) -> None:
+    """SIGKILL this process right after KILL_POINTS[name]'s function first returns."""
+    import importlib
+    import os
+    import signal
+
+    module_name, attr = KILL_POINTS[name]
+    module = importlib.import_module(module_name)
+    real = getattr(module, attr)
+
+    def killing(*args, **kwargs):
+        result = real(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGKILL)
+        return result
+
+    setattr(module, attr, killing)
