@@ -184,7 +184,7 @@ def test_sigkill_lets_go_of_the_locks_at_once_and_the_next_run_removes_the_folde
     nxt = _restore(site, work, tmp_path, "--dry-run")
     out, err = nxt.communicate(timeout=120)
     assert nxt.returncode == 0, err
-    assert f"removed the work folder of a restore that did not end: {folder}" in err
+    assert f"removed the temporary folder of a run that did not end: {folder}" in err
     assert not folder.exists() and _folders(work) == []  # ...the next run does, and its own on exit
     assert _state(db, tenants, manifest) == before
     _exec(db.admin_dsn, "DELETE FROM notifications WHERE recipient = 'junk'")

@@ -8,7 +8,6 @@ for errors (cli.main prints them on one line).
 
 from __future__ import annotations
 
-import os
 from datetime import datetime, timezone
 
 from ..core.errors import ConfigError, NotFound
@@ -37,9 +36,12 @@ def size_text(value) -> str:
 
 def work_dir_of(out) -> str:
     """TENANT_BACKUP_WORK_DIR (default $TMPDIR/tenant-backup-work), made owner-only if new: where a
-    command stages downloads (each in its own owner-only folder, removed when done)."""
-    work_dir = out.settings.work_dir
-    os.makedirs(work_dir, mode=0o700, exist_ok=True)
+    command stages downloads (each in its own owner-only folder, removed when done). What killed runs
+    left there is removed first (core/workdir.py clean_work_dir)."""
+    from ..core.workdir import clean_work_dir, ensure_work_dir
+
+    work_dir = str(ensure_work_dir(out.settings.work_dir))
+    clean_work_dir(work_dir, report=lambda line: out.note(line))
     return work_dir
 
 

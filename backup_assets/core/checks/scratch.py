@@ -21,11 +21,12 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 
 from ..errors import ScratchDatabaseError
 from ..source.session import child_env
-from .scratch_db import create_scratch_database, drop_scratch_database
+from .scratch_db import create_scratch_database, drop_scratch_database, drop_stale_scratch_databases
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +178,7 @@ class ScratchPool:
         self._name: str | None = None
         self._db = None  # (context manager, connection) to the current database: emptying and proving it
         self._lock = threading.Lock()
+        self._swept = False
 
     def _admin_conn(self):
         from ..source.session import PgSession
@@ -189,6 +191,15 @@ class ScratchPool:
             self._admin = guard.__enter__()  # held for the pool's lifetime: it holds the advisory lock
             self._admin.autocommit = True
             self._guard = guard
+            if not self._swept:  # the first drill of a run: what dead drills left on this server goes first
+                self._swept = True
+                try:
+                    for name in drop_stale_scratch_databases(
+                        self.admin_dsn, older_than=timedelta(0), connect_timeout=self.connect_timeout
+                    ):
+                        log.warning("dropped scratch database %s of a restore drill that did not end", name)
+                except Exception as exc:  # noqa: BLE001 - the drill itself must not fail for it
+                    log.warning("could not clean up the scratch databases of dead drills: %s", exc)
         return self._admin
 
     def server_version(self) -> int:
@@ -208,9 +219,7 @@ class ScratchPool:
             except Exception as exc:  # noqa: BLE001 - any doubt: a fresh database
                 log.warning("scratch database %s not reusable (%s): a fresh one", self._name, exc)
             self.discard()
-        name = create_scratch_database(admin)
-        with admin.cursor() as cur:
-            cur.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (name,))
+        name = create_scratch_database(admin)  # locked on `admin` before it exists: in use
         self._name = name
         return name, True
 
@@ -260,9 +269,7 @@ class ScratchPool:
         if name is None or self._admin is None or self._admin.closed:
             return
         try:
-            drop_scratch_database(self._admin, name)
-            with self._admin.cursor() as cur:
-                cur.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (name,))
+            drop_scratch_database(self._admin, name)  # and its lock let go
         except Exception as exc:  # noqa: BLE001 - left for drop_stale_scratch_databases
             (log.debug if quiet else log.warning)("could not drop scratch database %s: %s", name, exc)
 

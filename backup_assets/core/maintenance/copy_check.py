@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import tempfile
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,6 +24,7 @@ from ..checks.verify import verify_archive
 from ..codec.keyring import Keyring
 from ..errors import ArchiveError, TenantBackupError
 from ..locations import Location
+from ..workdir import work_folder
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def _verify_copy(loc, tenant_id, backup_id, keyring, deep, work_dir, seal, drill
                 f"ok: {want_size} bytes re-read, identical (SHA-256) to the archive the restore drill"
                 " restored and checked for isolation",
             )
-        with tempfile.TemporaryDirectory(prefix="tb-verify-", dir=work_dir) as tmp:
+        with work_folder(work_dir, "tb-verify-") as tmp:
             path = Path(tmp) / "archive.tbk"
             try:
                 loc.get(tenant_id, backup_id, path)

@@ -13,7 +13,6 @@ another source's passes); one without a seal is copied as it is, with a warning 
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -25,6 +24,7 @@ from ..codec.keyring import Keyring
 from ..errors import ArchiveError, ManifestNotAuthentic, TenantBackupError
 from ..files import sha256_file
 from ..locations import Location
+from ..workdir import work_folder
 from .catalog import collect, parse_created_at
 from .copy_check import verify_copy
 from .retention import Candidate, plan_prune
@@ -58,7 +58,7 @@ def _copy_one(
                 raise
             manifest.check_identity(tenant_id, backup_id)
             sha, size = manifest.checksum()
-            with tempfile.TemporaryDirectory(prefix="tb-rebuild-", dir=work_dir) as tmp:
+            with work_folder(work_dir, "tb-rebuild-") as tmp:
                 path = Path(tmp) / "archive.tbk"
                 src.get(tenant_id, backup_id, path)  # CorruptObject if the source copy is damaged
                 if sha256_file(path) != (sha, size):

@@ -20,6 +20,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from ...core.leftovers import clean_leftovers
 from ...core.maintenance import alerts
 from ...core.maintenance.catalog import VERIFY_CYCLE_DAYS, share_of
 from ...core.maintenance.copy_check import verify_copy
@@ -115,13 +116,18 @@ class VerifyShareConfig(Config):
 
 @op(
     description=f"Re-read today's share (1/{VERIFY_CYCLE_DAYS}) of every location's copies: checksum, "
-    "decrypt, decompress, pg_restore --list. Failures raise INTEGRITY_FAILURE alerts.",
+    "decrypt, decompress, pg_restore --list. Failures raise INTEGRITY_FAILURE alerts. First removes what "
+    "dead runs left: temporary folders, scratch databases of killed drills.",
     out=Out(None),
 )
 def verify_share_op(context: OpExecutionContext, config: VerifyShareConfig, backup: BackupResource) -> None:
     today = config.day if config.day >= 0 else date.today().toordinal() % VERIFY_CYCLE_DAYS
     keyring = backup.keyring()
     settings = backup.get_settings()
+    # The periodic clean-up (docs/RUNBOOK.md "After a crash"): temporary folders of dead runs under
+    # TENANT_BACKUP_WORK_DIR, and scratch databases of dead drills on the scratch server.
+    collected = clean_leftovers(settings, report=context.log.warning)
+    context.log.info(collected.line())
     checked, failures = 0, []
     for name in settings.location_names:
         loc = backup.location(name)
