@@ -160,9 +160,11 @@ def cmd_status(args, out) -> int:
         out.warn(f"tenant-backup: error: {line}")
     if report.stale:
         out.warn(f"tenant-backup: stale: {report.stale_line()}")
+    for m in report.missing:  # a copy a location should hold by its retention: rebuild is the fix
+        out.warn(f"tenant-backup: error: {m.location}: {m.tenant_id} {m.message}")
     if report.refused:
         return 6  # a manifest failed authentication: the archive-error code, above staleness
-    if report.stale:
+    if report.stale or report.missing:
         return 1
     return 8 if report.unreadable else 0
 
@@ -293,7 +295,7 @@ def _verify_all(args, out) -> int:
     """Every stored copy in the locations (or share n of t: catalog.share_of, as the daily job selects),
     re-read; a summary table; exit 1 naming every bad copy."""
     from ..core.errors import TenantBackupError
-    from ..core.maintenance.catalog import parse_subset, share_of
+    from ..core.maintenance.catalog import missing_copies, parse_subset, share_of
     from ..core.maintenance.copy_check import verify_copy
 
     if args.backup != "latest":
@@ -302,7 +304,7 @@ def _verify_all(args, out) -> int:
     locations = locations_for(out, args.location)
     keyring = out.settings.keyring()  # manifests are authenticated before use, deep or not
     work_dir = work_dir_of(out)
-    selected, unreadable, listed = [], {}, 0
+    selected, unreadable, listed, listings = [], {}, 0, {}
     for name, loc in locations.items():
         try:
             refs = loc.list()
@@ -311,6 +313,7 @@ def _verify_all(args, out) -> int:
             out.warn(f"tenant-backup: error: location {name} could not be listed: {exc}")
             continue
         listed += len(refs)
+        listings[name] = [(r.tenant_id, r.backup_id) for r in refs]
         selected += [(name, loc, r) for r in refs if share_of(name, r.tenant_id, r.backup_id, shares) == share]
     labels = Labels.best_effort(out)
     by = (
@@ -336,6 +339,9 @@ def _verify_all(args, out) -> int:
             if not check.ok:
                 bar.log(f"FAIL {name} {labels.label(ref.tenant_id)} {ref.backup_id}: {check.message}")
     bad = [c for c in results if not c.ok]
+    # Copies a location should hold by its retention but does not (the listings alone; every day,
+    # whatever the share): verify cannot re-read them, rebuild can put them back.
+    missing = missing_copies(listings, {n: locations[n].retention_days for n in listings})
     if out.json:
         out.emit(
             {
@@ -347,6 +353,7 @@ def _verify_all(args, out) -> int:
                 "ok": len(results) - len(bad),
                 "failed": len(bad),
                 "unreadable_locations": unreadable,
+                "missing": [{**m.as_dict(), "tenant_name": labels.name(m.tenant_id)} for m in missing],
                 "copies": [
                     {
                         "location": c.location,
@@ -364,6 +371,8 @@ def _verify_all(args, out) -> int:
         rows = [("LOCATION", "TENANT", "BACKUP", "RESULT", "DETAIL")]
         for c in results:
             rows.append((c.location, labels.label(c.tenant_id), c.backup_id, "ok" if c.ok else "FAIL", c.message))
+        for m in missing:
+            rows.append((m.location, labels.label(m.tenant_id), m.backup_id, "MISSING", m.message))
         table(rows, out)
         per_location = {n: [c for c in results if c.location == n] for n in locations}
         summary = ", ".join(
@@ -379,4 +388,11 @@ def _verify_all(args, out) -> int:
             f"tenant-backup: error: {len(bad)} of {len(results)} copies failed verification: "
             + "; ".join(f"{c.location}/{c.tenant_id}/{c.backup_id} ({c.message})" for c in bad)
         )
-    return 6 if any(c.refused for c in bad) else 1 if bad or unreadable else 0
+    if missing:
+        out.warn(
+            f"tenant-backup: error: {len(missing)} copies missing from a location that should hold them: "
+            + "; ".join(f"{m.location}/{m.tenant_id}/{m.backup_id}" for m in missing)
+            + "; fix: "
+            + ", ".join(sorted({m.fix for m in missing}))
+        )
+    return 6 if any(c.refused for c in bad) else 1 if bad or unreadable or missing else 0

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Iterable, Mapping
 
-from ..archive.manifest import Manifest
+from ..archive.manifest import BACKUP_ID_RE, Manifest
 from ..errors import NotFound, TenantBackupError
 from ..locations import Location
 
@@ -151,3 +152,81 @@ def parse_subset(text: str) -> tuple[int, int]:
     if not 1 <= n <= t:
         raise ConfigError(f"--subset {text!r}: need 1 <= n <= t")
     return n - 1, t
+
+
+# ---------------------------------------------------------------------------------- missing copies
+
+MISSING_GRACE = timedelta(hours=1)  # a backup this young may still be on its way to a location
+
+
+def backup_time(backup_id: str) -> datetime | None:
+    """The UTC time a backup id starts with (core/archive/manifest.py new_backup_id); None if none."""
+    if not isinstance(backup_id, str) or not BACKUP_ID_RE.fullmatch(backup_id):
+        return None
+    try:
+        return datetime.strptime(backup_id[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None
+
+
+@dataclass
+class MissingCopy:
+    """A backup a location should hold by its retention but does not."""
+
+    location: str
+    tenant_id: str
+    backup_id: str
+    held_by: list[str]  # the locations that do hold it
+    retention_days: int
+
+    @property
+    def fix(self) -> str:
+        return f"tenant-backup rebuild --location {self.location}"
+
+    @property
+    def message(self) -> str:
+        return (
+            f"missing: backup {self.backup_id} is in {', '.join(self.held_by)} but not in {self.location},"
+            f" which should hold it ({self.retention_days}-day retention); fix: {self.fix}"
+        )
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "message": self.message, "fix": self.fix}
+
+
+def missing_copies(
+    listings: Mapping[str, Iterable[tuple[str, str]]],
+    retention_days: Mapping[str, int],
+    *,
+    now: datetime | None = None,
+    grace: timedelta = MISSING_GRACE,
+    tenants: Iterable[str] | None = None,
+) -> list[MissingCopy]:
+    """The pure rule, from listings alone (location -> its (tenant id, backup id) pairs; a location
+    that could not be listed is left out by the caller, so nothing is judged there): a backup is
+    missing in location L when another listed location holds it, it is younger than L's retention,
+    older than `grace` (a running backup may still be writing L), and not older than the oldest backup
+    L holds of any tenant (L existed then: a location added later is not blamed for what came
+    before it, and an empty location judges nothing — `status` calls that stale). `tenants`: only these.
+    Sorted by location, tenant, backup."""
+    now = now or datetime.now(timezone.utc)
+    wanted = set(tenants) if tenants is not None else None
+    held: dict[str, set[tuple[str, str]]] = {name: set(pairs) for name, pairs in listings.items()}
+    everywhere: dict[tuple[str, str], list[str]] = {}
+    for name, pairs in held.items():
+        for pair in pairs:
+            everywhere.setdefault(pair, []).append(name)
+    missing = []
+    for name, pairs in held.items():
+        times = [t for t in (backup_time(b) for _, b in pairs) if t is not None]
+        if not times:
+            continue
+        since, days = min(times), retention_days[name]
+        for (tenant_id, backup_id), holders in everywhere.items():
+            if name in holders or (wanted is not None and tenant_id not in wanted):
+                continue
+            made = backup_time(backup_id)
+            if made is None or made < since or now - made < grace or now - made >= timedelta(days=days):
+                continue
+            missing.append(MissingCopy(name, tenant_id, backup_id, sorted(holders), days))
+    return sorted(missing, key=lambda m: (m.location, m.tenant_id, m.backup_id))

@@ -25,7 +25,7 @@ from ..archive.seal import read_manifest, unsealed_summary
 from ..codec.keyring import Keyring
 from ..errors import ArchiveError, TenantBackupError
 from ..locations import Location
-from .catalog import CatalogEntry, parse_created_at
+from .catalog import CatalogEntry, MissingCopy, missing_copies, parse_created_at
 from .copy_check import Verification
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,9 @@ class StatusReport:
     # Newest manifests that failed authentication (core/archive/seal.py), one line each: those copies
     # count as no backup (stale), and the command exits with the archive-error code (6).
     refused: list[str] = field(default_factory=list)
+    # Backups a location should hold by its retention but does not (catalog.missing_copies): failures,
+    # each naming the location and the fix (`tenant-backup rebuild --location L`).
+    missing: list[MissingCopy] = field(default_factory=list)
 
     @property
     def stale(self) -> list[CopyStatus]:
@@ -105,6 +108,7 @@ class StatusReport:
             "unreadable_locations": self.unreadable,
             "warnings": self.warnings,
             "refused": self.refused,
+            "missing": [m.as_dict() for m in self.missing],
             "copies": [c.as_dict() for c in self.copies],
         }
 
@@ -140,6 +144,7 @@ def decide(
     verifications: Mapping[tuple[str, str, str], dict] | None = None,
     names: Mapping[str, str] | None = None,
     refused: Mapping[tuple[str, str], str] | None = None,
+    missing: Iterable[MissingCopy] = (),
 ) -> StatusReport:
     """The pure rule. `entries`: the newest complete backup per tenant and location (one manifest
     each); `unreadable`: location -> why it could not be listed (its tenants are unknown there);
@@ -202,6 +207,7 @@ def decide(
         list(warnings),
         names,
         sorted((refused or {}).values()),
+        list(missing),
     )
 
 
@@ -229,12 +235,14 @@ def gather(
     verifications: dict[tuple[str, str, str], dict] = {}
     refused: dict[tuple[str, str], str] = {}
     unsealed: list[str] = []  # said once, with the count
+    listings: dict[str, list[tuple[str, str]]] = {}  # for the missing copies
     for name, loc in locations.items():
         try:
             refs = loc.list()
         except TenantBackupError as exc:
             unreadable[name] = str(exc)
             continue
+        listings[name] = [(r.tenant_id, r.backup_id) for r in refs]
         newest: dict[str, str] = {}
         for ref in refs:
             if ref.tenant_id in wanted and ref.backup_id > newest.get(ref.tenant_id, ""):
@@ -260,15 +268,18 @@ def gather(
                 verifications[(name, tenant_id, backup_id)] = record
     if unsealed:
         warnings.append(unsealed_summary(unsealed))
+    now = now or datetime.now(timezone.utc)
+    missing = missing_copies(listings, {n: locations[n].retention_days for n in listings}, now=now, tenants=wanted)
     return decide(
         tenants,
         list(locations),
         entries,
-        now=now or datetime.now(timezone.utc),
+        now=now,
         max_age_days=max_age_days,
         unreadable=unreadable,
         warnings=warnings,
         verifications=verifications,
         names=names,
         refused=refused,
+        missing=missing,
     )
