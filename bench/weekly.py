@@ -3,7 +3,12 @@ locations (local, loopback R2 and B2 test servers), every check — the code pat
 job (backup_assets/defs/automation/weekly_batch.py): one tenant_backup run per tenant, in-process, in workers.
 
     python bench/weekly.py [--tenants 100] [--rows 20] [--mode batch|per_tenant] [--workers 3]
-                           [--kill-after N] [--tuned]
+                           [--repeat 3] [--kill-after N] [--tuned]
+
+Beside every batch, in the same process and interleaved with it (floor, batch, floor, batch, ...),
+the floor: a raw `pg_dump -Fc` of the same tenants as the backup role (the tenant's setting in its
+options, row security on), two at a time, to files. Every figure is printed as a ratio to the floor
+of its own round; the medians come with every run.
 
 Runs on the demo stack (embedded PostgreSQL for the sample database and Dagster's storage) under
 bench/out/weekly; prints wall time, time per tenant, the extrapolation to 1,000 tenants and the peak
@@ -17,7 +22,10 @@ import argparse
 import os
 import shutil
 import signal
+import statistics
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -39,6 +47,53 @@ def _peak_rss(stop: threading.Event, peak: list[int]) -> None:
             except psutil.Error:
                 pass
         peak[0] = max(peak[0], total)
+
+
+def _floor(ids: list[str], parallel: int = 2) -> float:
+    """Seconds for `pg_dump -Fc` of every tenant as the backup role, `parallel` at a time: the floor."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from backup_assets.core.settings import Settings
+    from backup_assets.core.source import pgbin
+    from backup_assets.core.source.session import PgSession
+
+    source = Settings.from_env().source
+    with PgSession.from_dsn(source.dsn).connect() as conn:
+        pg_dump = pgbin.for_dump(conn.server_version).program("pg_dump")
+    with tempfile.TemporaryDirectory(prefix="floor-") as out:
+
+        def dump(tenant_id: str) -> None:
+            session = PgSession.from_dsn(source.dsn, {source.tenant_setting: tenant_id})
+            argv = [pg_dump, "-Fc", "--enable-row-security", f"--file={out}/{tenant_id}.dump"]
+            subprocess.run([*argv, f"--dbname={session.conninfo()}"], env=session.child_env(), check=True)
+
+        started = time.monotonic()
+        with ThreadPoolExecutor(parallel) as pool:
+            list(pool.map(dump, ids))
+        return time.monotonic() - started
+
+
+def _rss(pids) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            total += psutil.Process(pid).memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def _workers() -> list[int]:
+    """The Dask worker processes of this driver (its nannies' spawned children)."""
+    out = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            cmd = " ".join(proc.cmdline())
+        except psutil.Error:
+            continue
+        if "spawn_main" in cmd and "resource_tracker" not in cmd:
+            out.append(proc.pid)
+    return out
 
 
 def _busy_cpu_s() -> float:
@@ -97,7 +152,7 @@ def _killer(instance, after: int, killed: list, stop: threading.Event) -> None:
                 return
 
 
-def _batch(args, ids) -> tuple[list, list]:
+def _batch(args, ids) -> tuple[list, list, dict]:
     from dagster import DagsterInstance
 
     from backup_assets.core.settings import Settings
@@ -107,13 +162,21 @@ def _batch(args, ids) -> tuple[list, list]:
     settings = Settings.from_env()  # the demo stack's environment
     defs = build_definitions(settings)
     killed: list[str] = []
+    memory: dict[int, int] = {}  # tenants done -> the workers' RSS then
+
+    def progress(index, total, outcome):
+        if index in (min(100, total), total) or index % 250 == 0:
+            memory[index] = _rss(_workers())
+
     with DagsterInstance.get() as instance:
         stop = threading.Event()
         if args.kill_after:
             threading.Thread(target=_killer, args=(instance, args.kill_after, killed, stop), daemon=True).start()
-        outcomes = back_up_tenants(defs, instance, ids, settings=settings, workers=args.workers or None).outcomes
+        outcomes = back_up_tenants(
+            defs, instance, ids, settings=settings, workers=args.workers or None, progress=progress
+        ).outcomes
         stop.set()
-    return outcomes, killed
+    return outcomes, killed, memory
 
 
 def _per_tenant(args, ids) -> list:
@@ -134,12 +197,23 @@ def _per_tenant(args, ids) -> list:
     return records
 
 
+def _driver_peak(stop: threading.Event, peak: list[int]) -> None:
+    me = psutil.Process()
+    while not stop.wait(0.5):
+        peak[0] = max(peak[0], me.memory_info().rss)
+
+
+def _med(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f} [" + ", ".join(f"{v:.2f}" for v in values) + "]"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tenants", type=int, default=100)
     parser.add_argument("--rows", type=int, default=20, help="sales per sample tenant")
     parser.add_argument("--mode", choices=("batch", "per_tenant"), default="batch")
     parser.add_argument("--workers", type=int, default=None, help="batch: default as the weekly batch job (cores + 1)")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of (floor, batch), interleaved")
     parser.add_argument(
         "--kill-after",
         type=int,
@@ -166,6 +240,7 @@ def main() -> int:
     if args.mode == "per_tenant":
         from backup_assets.testing.dagster_stack import DagsterStack
 
+        args.repeat = 1
         stack = DagsterStack(
             directory,
             active=args.tenants,
@@ -177,53 +252,77 @@ def main() -> int:
         stack = DemoStack(directory, populate=populate, server_processes=True, tuned_storage=args.tuned)
     print(f"stack with {args.tenants} tenants ready in {time.monotonic() - t0:.1f}s", file=sys.stderr)
     ids = list_tenants(Settings.from_env().source)
-    stop, peak = threading.Event(), [0]
-    sampler = threading.Thread(target=_peak_rss, args=(stop, peak), daemon=True)
-    sampler.start()
-    started, cpu_started, kinds_started = time.monotonic(), _busy_cpu_s(), _cpu_by_kind()
-    killed: list[str] = []
+    n = len(ids)
+    stop, peak, driver = threading.Event(), [0], [0]
+    threading.Thread(target=_peak_rss, args=(stop, peak), daemon=True).start()
+    threading.Thread(target=_driver_peak, args=(stop, driver), daemon=True).start()
+    rounds: list[dict] = []
+    missing = 0
     try:
-        if args.mode == "batch":
-            outcomes, killed = _batch(args, ids)
-            wall = time.monotonic() - started
-            ok = sum(o.ok for o in outcomes)
-            done_tenants = {o.tenant_id for o in outcomes if o.ok}
-        else:
-            records = _per_tenant(args, ids)
-            starts = [r.create_timestamp.timestamp() for r in records]
-            ends = [r.end_time for r in records if r.end_time]
-            wall = max(ends) - min(starts)
-            ok = sum(r.dagster_run.status.value == "SUCCESS" for r in records)
-            done_tenants = {
-                r.dagster_run.tags.get("dagster/partition") for r in records if r.dagster_run.status.value == "SUCCESS"
-            }
-        cpu = _busy_cpu_s() - cpu_started
-        kinds = {k: v - kinds_started.get(k, 0.0) for k, v in _cpu_by_kind().items()}
+        for index in range(args.repeat):
+            floor = _floor(ids)
+            print(f"round {index + 1}: floor {floor:.1f}s", file=sys.stderr)
+            started, cpu_started, kinds_started = time.monotonic(), _busy_cpu_s(), _cpu_by_kind()
+            killed: list[str] = []
+            memory: dict[int, int] = {}
+            if args.mode == "batch":
+                outcomes, killed, memory = _batch(args, ids)
+                wall = time.monotonic() - started
+                ok = sum(o.ok for o in outcomes)
+                done_tenants = {o.tenant_id for o in outcomes if o.ok}
+            else:
+                records = _per_tenant(args, ids)
+                starts = [r.create_timestamp.timestamp() for r in records]
+                ends = [r.end_time for r in records if r.end_time]
+                wall = max(ends) - min(starts)
+                ok = sum(r.dagster_run.status.value == "SUCCESS" for r in records)
+                done_tenants = {
+                    r.dagster_run.tags.get(PARTITION) for r in records if r.dagster_run.status.value == "SUCCESS"
+                }
+            cpu = _busy_cpu_s() - cpu_started
+            kinds = {k: v - kinds_started.get(k, 0.0) for k, v in _cpu_by_kind().items()}
+            missing += n - len(done_tenants)
+            rounds.append(dict(floor=floor, wall=wall, cpu=cpu, kinds=kinds, ok=ok, killed=killed, memory=memory))
+            print(f"round {index + 1}: {args.mode} {wall:.1f}s ({wall / floor:.2f}x floor)", file=sys.stderr)
     finally:
         stop.set()
-        sampler.join()
         stack.stop()
-    n = len(ids)
     workers = (
         f"workers: {args.workers or Settings.from_env().workers}" if args.mode == "batch" else "one process per run"
     )
-    print(
-        f"mode: {args.mode}, Dagster storage: {'TUNED (synchronous_commit=off)' if args.tuned else 'default settings'}"
-    )
-    print(
-        f"tenants: {n} ({ok} runs with every asset and check passing; {len(done_tenants)} tenants backed up), {workers}"
-    )
-    if killed:
-        print(f"killed with SIGKILL mid-run: the worker inside run {killed[0]}")
-    print(f"wall: {wall:.1f}s, per tenant: {wall / n:.2f}s, 1,000 tenants at this rate: {wall / n * 1000 / 60:.1f} min")
-    print(
-        f"CPU, whole machine: {cpu:.1f}s busy ({cpu / max(wall, 1e-9):.2f} of {os.cpu_count()} cores), "
-        f"{cpu / n:.2f}s per tenant; of which "
-        + ", ".join(f"{k} {v / n:.2f}s" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1]))
-    )
-    print(f"peak RSS of the process tree (PostgreSQL server excluded): {peak[0] / 1e6:.0f} MB")
-    return 0 if len(done_tenants) == n else 1
+    storage = "TUNED (synchronous_commit=off)" if args.tuned else "default settings"
+    print(f"mode: {args.mode}, Dagster storage: {storage}, {workers}, tenants: {n}, rounds: {len(rounds)}")
+    for index, r in enumerate(rounds, 1):
+        print(
+            f"round {index}: floor {r['floor']:.1f}s, {args.mode} {r['wall']:.1f}s = {r['wall'] / r['floor']:.2f}x floor"
+            f" ({r['ok']} of {n} runs with every asset and check passing); CPU {r['cpu']:.1f}s busy"
+            f" ({r['cpu'] / max(r['wall'], 1e-9):.2f} of {os.cpu_count()} cores), per tenant "
+            + ", ".join(f"{k} {v / n:.3f}s" for k, v in sorted(r["kinds"].items(), key=lambda kv: -kv[1]))
+        )
+        if r["killed"]:
+            print(f"  killed with SIGKILL mid-run: the worker inside run {r['killed'][0]}")
+        if r["memory"]:
+            print(
+                "  workers' RSS after N tenants: " + ", ".join(f"{k}: {v / 1e6:.0f} MB" for k, v in r["memory"].items())
+            )
+    ratios = [r["wall"] / r["floor"] for r in rounds]
+    walls = [r["wall"] for r in rounds]
+    print(f"floor s (median [all]): {_med([r['floor'] for r in rounds])}")
+    print(f"{args.mode} s (median [all]): {_med(walls)}; per tenant {statistics.median(walls) / n:.3f}s")
+    print(f"RATIO {args.mode} / floor (median [all]): {_med(ratios)}")
+    growth = [r["memory"][max(r["memory"])] / r["memory"][min(r["memory"])] - 1 for r in rounds if len(r["memory"]) > 1]
+    if growth:
+        print(
+            f"workers' RSS growth from {min(rounds[0]['memory'])} to {n} tenants: "
+            + _med([g * 100 for g in growth])
+            + " %"
+        )
+    print(f"peak RSS: driver {driver[0] / 1e6:.0f} MB; process tree (PostgreSQL excluded) {peak[0] / 1e6:.0f} MB")
+    print(f"tenants not backed up with every check passing, over all rounds: {missing}")
+    return 0 if missing == 0 else 1
 
+
+PARTITION = "dagster/partition"
 
 if __name__ == "__main__":
     sys.exit(main())
