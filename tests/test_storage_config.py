@@ -10,6 +10,7 @@ from backup_assets.core.archive.manifest import Manifest
 from backup_assets.core.errors import ConfigError
 from backup_assets.core.locations import RetryingLocation, locations_from_env, sha256_file
 from backup_assets.core.locations.b2 import B2Location
+from backup_assets.core.locations.indexing import IndexingLocation
 from backup_assets.core.locations.local import LocalLocation
 from backup_assets.core.locations.r2 import R2Location
 
@@ -61,7 +62,9 @@ def test_unlisted_locations_need_no_settings():
     locs = locations_from_env(None, environ={"TENANT_BACKUP_LOCATIONS": "local", "TENANT_BACKUP_LOCAL_DIR": "/tmp/x"})
     assert list(locs) == ["local"]
     assert locs["local"].name == "local" and locs["local"].retention_days == 30
-    assert isinstance(locs["local"], RetryingLocation) and isinstance(locs["local"].inner, LocalLocation)
+    # Outermost the index keeper (core/locations/indexing.py), then the retrying wrapper, then the kind.
+    assert isinstance(locs["local"], IndexingLocation) and isinstance(locs["local"].inner, RetryingLocation)
+    assert isinstance(locs["local"].inner.inner, LocalLocation)
 
 
 def test_unknown_or_duplicate_location_is_an_error():
@@ -77,8 +80,8 @@ def test_full_config_and_retention():
     locs = locations_from_env(None, environ=dict(FULL, TENANT_BACKUP_RETENTION_R2_DAYS="90"))
     assert list(locs) == ["local", "r2", "b2"]
     assert [locs[n].retention_days for n in locs] == [30, 90, 365]
-    assert isinstance(locs["r2"].inner, R2Location) and isinstance(locs["b2"].inner, B2Location)
-    assert locs["b2"].inner.realm == "production"
+    assert isinstance(locs["r2"].inner.inner, R2Location) and isinstance(locs["b2"].inner.inner, B2Location)
+    assert locs["b2"].inner.inner.realm == "production"
     assert (
         locations_from_env(["b2"], environ=dict(FULL, B2_REALM="http://127.0.0.1:9"))["b2"].inner.realm
         == "http://127.0.0.1:9"

@@ -161,6 +161,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._read_body()
             contains = parse_qs(urlsplit(self.path).query).get("contains", [""])[0]
             return self._send_json(200, srv.parts(contains))
+        if path.rstrip("/") == "/__requests__":  # requests served so far, by B2 call: {"requests": N, "by_call": {...}}
+            self._read_body()
+            return self._send_json(200, srv.request_counts())
+        srv.count_request(path)
         fault = srv.faults.decide(f"{self.command} {self.path}", has_body_out=self.command == "GET")
         if fault == "down":
             return self._kill()
@@ -364,12 +368,24 @@ class B2Server:
         self._parts: dict[str, dict[int, int]] = {}
         self._large_names: dict[str, str] = {}
         self._parts_lock = threading.Lock()
+        self._requests: dict[str, int] = {}
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    def count_request(self, path: str) -> None:
+        m = _CALL.match(path)
+        name = m.group(1) if m else ("upload" if path.startswith("/__b2up/") else "download")
+        with self._parts_lock:
+            self._requests[name] = self._requests.get(name, 0) + 1
+
+    def request_counts(self) -> dict:
+        """Requests served (control paths excluded), in all and by B2 call: what GET /__requests__ answers."""
+        with self._parts_lock:
+            return {"requests": sum(self._requests.values()), "by_call": dict(self._requests)}
 
     def start(self) -> "B2Server":
         self._httpd = _HTTPServer((self.host, self.port), _Handler)

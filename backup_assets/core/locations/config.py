@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from ..codec.keyring import Keyring
 from ..errors import ConfigError
 from ..source.tenant_ids import TenantIds, tenant_ids_from_env
 from ..values import int_setting
 from . import registry
 from .base import Location
+from .indexing import IndexingLocation, supports_index
 from .retry import RetryingLocation
 
 LOCATIONS_VAR = "TENANT_BACKUP_LOCATIONS"
@@ -48,7 +50,9 @@ def locations_from_env(
     retry: bool = True,
     tenant_ids_rule: TenantIds | None = None,
 ) -> dict[str, Location]:
-    """name -> Location (wrapped in RetryingLocation unless retry=False), in the order listed.
+    """name -> Location (wrapped in RetryingLocation unless retry=False), in the order listed; each
+    one that stores objects by key keeps its index (core/locations/indexing.py IndexingLocation, the
+    keyring read from `environ` when a write first needs it).
 
     Each kind's own variables are declared in its module (registry.Variable); common to all:
     TENANT_BACKUP_STORAGE_PREFIX (key prefix in every location), TENANT_BACKUP_STORAGE_ATTEMPTS (3),
@@ -75,9 +79,25 @@ def locations_from_env(
     rule = tenant_ids_rule or tenant_ids_from_env(environ)
     attempts = int_setting(environ, "TENANT_BACKUP_STORAGE_ATTEMPTS", 3)
     out: dict[str, Location] = {}
+    keyring = _keyring_of(environ)
     for n in names:
         kind = registry.kind(n)
         loc: Location = kind.build(kind.settings(environ, prefix))
         loc.tenant_ids = rule
-        out[n] = RetryingLocation(loc, attempts=attempts) if retry else loc
+        loc = RetryingLocation(loc, attempts=attempts) if retry else loc
+        out[n] = IndexingLocation(loc, keyring) if supports_index(loc) else loc
     return out
+
+
+class _keyring_of:
+    """The keyring the index is authenticated with, parsed on first use (ConfigError when none is
+    configured: a location is also built to list or read, without keys). Picklable."""
+
+    def __init__(self, environ: Mapping[str, str]):
+        self.environ = dict(environ)
+        self._parsed = None
+
+    def __call__(self) -> Keyring:
+        if self._parsed is None:
+            self._parsed = Keyring.from_env(self.environ)
+        return self._parsed
