@@ -13,6 +13,7 @@ from typing import Mapping
 from dagster import Definitions
 
 from ..core.settings import Settings
+from .automation.index_job import index_maintenance_job
 from .automation.staleness import build_staleness_sensor
 from .automation.triggers import backup_failure_alerts, build_registry_sensor, build_weekly_per_tenant_schedule
 from .automation.weekly_batch import build_weekly_batch_schedule, weekly_batch_job
@@ -29,7 +30,7 @@ def build_definitions(settings: Settings | Mapping[str, str] | None = None) -> D
     return Definitions(
         assets=parts["assets"],
         asset_checks=parts["asset_checks"],
-        jobs=[*parts["jobs"], weekly_batch_job, restore_tenant_job, prune_job, verify_share_job],
+        jobs=[*parts["jobs"], weekly_batch_job, restore_tenant_job, prune_job, verify_share_job, index_maintenance_job],
         schedules=[
             build_weekly_per_tenant_schedule(settings),
             build_weekly_batch_schedule(settings),
