@@ -122,7 +122,7 @@ class LocalBackend(Backend):
         return f"from backup_assets.core.locations.local import LocalLocation; loc = LocalLocation({str(self.tmp / 'store')!r})"
 
     def _dir(self, loc, t, b) -> Path:
-        return Path(loc.root) / Path(loc.archive_key(t, b)).parent
+        return Path(loc.root) / loc.backup_prefix(t, b)
 
     def corrupt_at_rest(self, loc, t, b) -> None:
         p = Path(loc.root) / loc.archive_key(t, b)
@@ -135,7 +135,7 @@ class LocalBackend(Backend):
 
     def leftovers(self, loc, t, b) -> int:
         d = self._dir(loc, t, b)
-        return len(list(d.glob(".archive.tbk.*.tmp"))) if d.is_dir() else 0
+        return len(list(d.glob(".archive*.tbk.*.tmp"))) if d.is_dir() else 0
 
 
 class R2Backend(Backend):
@@ -205,7 +205,7 @@ class R2Backend(Backend):
         return http_json(self.url + "/__faults__")["injected"]
 
     def upload_match(self, loc, t, b) -> str:
-        return f"{t}/{b}/archive.tbk"
+        return f"{t}/{b}/archive"
 
     def corrupt_at_rest(self, loc, t, b) -> None:
         c, key = self._client(), loc.archive_key(t, b)
@@ -219,13 +219,13 @@ class R2Backend(Backend):
         return sum(1 for v in resp.get("Versions", []) if v["Key"] == key)
 
     def leftovers(self, loc, t, b) -> int:
-        key = loc.archive_key(t, b)
+        key = loc.backup_prefix(t, b)
         return len(self._client().list_multipart_uploads(Bucket=self.bucket, Prefix=key).get("Uploads", []))
 
     def part_sizes(self, loc, t, b) -> list[list[int]]:
-        key = loc.archive_key(t, b)
+        key = loc.backup_prefix(t, b)
         got = http_json(self.url + "/__parts__?contains=" + urllib.request.quote(f"/{self.bucket}/{key}"))
-        return [rec["sizes"] for rec in got.values() if rec["key"] == key]
+        return [rec["sizes"] for rec in got.values() if rec["key"].startswith(key)]
 
     def checksum_headers(self) -> dict:
         return http_json(self.url + "/__checksums__")
@@ -309,10 +309,10 @@ class B2Backend(Backend):
         return sum(1 for v in self._api_bucket().list_file_versions(key) if v.file_name == key)
 
     def leftovers(self, loc, t, b) -> int:
-        key = loc.archive_key(t, b)
-        return sum(1 for f in self._api_bucket().list_unfinished_large_files(prefix=key) if f.file_name == key)
+        key = loc.backup_prefix(t, b)
+        return sum(1 for f in self._api_bucket().list_unfinished_large_files(prefix=key) if f.file_name.startswith(key))
 
     def part_sizes(self, loc, t, b) -> list[list[int]]:
-        key = loc.archive_key(t, b)
+        key = loc.backup_prefix(t, b)
         got = http_json(self.url + "/__parts__?contains=" + urllib.request.quote(key))
-        return [rec["sizes"] for rec in got.values() if rec["key"] == key]
+        return [rec["sizes"] for rec in got.values() if rec["key"].startswith(key)]

@@ -240,7 +240,7 @@ def test_a_bad_copy_same_exit_code_with_and_without_json(world):
     env = world["env"]
     tenant = world["backed_up"][0]
     local = world["tmp"] / "local" / "tenants" / tenant.id
-    archive = next(local.glob("*/archive.tbk"))
+    archive = next(local.glob("*/archive-*.tbk"))
     original = archive.read_bytes()
     data = bytearray(original)
     data[len(data) // 2] ^= 0x01

@@ -98,8 +98,8 @@ def test_a_manifest_under_another_tenant_s_path_fails_both(site, replaced):
     a = list(outcomes)[0]
     b, folder = replaced
     other = _stored(env, a)
-    for name in ("manifest.json", "archive.tbk", "archive.tbk.sha256"):  # A's copy, authentic, under B's path
-        shutil.copy(other / name, folder / name)
+    for f in other.iterdir():  # A's copy (manifest, archive, sidecar), authentic, under B's path
+        shutil.copy(f, folder / f.name)
     result = _verify_deep(env, b, folder.name)
     assert result.returncode == EXIT["archive"], result.stderr
     assert f"describes tenant '{a}'" in result.stderr + result.stdout

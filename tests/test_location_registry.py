@@ -118,7 +118,7 @@ def test_a_fourth_kind_is_everywhere(env, sample_tenants, fresh_db, capsys):
     target = fresh_db("vaultauto")
     code, doc = cli(capsys, "restore", "--tenant", tenant, "--location", "auto", "--target-dsn", target)
     assert code == 0 and doc["location"] == "vault", doc
-    archive = next(k for k in memory_location.STORES["b1"] if k.endswith("archive.tbk"))
+    archive = next(k for k in memory_location.STORES["b1"] if k.endswith(".tbk"))
     data, sha, mtime = memory_location.STORES["b1"][archive]
     memory_location.STORES["b1"][archive] = (data[:-1] + bytes([data[-1] ^ 1]), sha, mtime)
     target = fresh_db("vaultauto2")

@@ -155,7 +155,7 @@ def put(locs, names, path, manifest):
 
 
 def flip_local(env, tenant, bid):
-    p = Path(env["TENANT_BACKUP_LOCAL_DIR"]) / "tenants" / tenant / bid / "archive.tbk"
+    p = next((Path(env["TENANT_BACKUP_LOCAL_DIR"]) / "tenants" / tenant / bid).glob("archive-*.tbk"))
     data = bytearray(p.read_bytes())
     data[len(data) // 2] ^= 0x01
     p.write_bytes(bytes(data))
@@ -224,7 +224,7 @@ def test_verify_ok_then_flipped_bytes_fail(env, tmp_path, capsys, s3_server):
     assert lines["local"].startswith("FAIL") and "does not match its sha256/size" in lines["local"]
     assert lines["r2"].startswith("ok") and lines["b2"].startswith("ok")
 
-    s3_server.faults.set(flip=1, match="archive.tbk")  # a byte flipped on the way from R2
+    s3_server.faults.set(flip=1, match=".tbk")  # a byte flipped on the way from R2
     assert run("verify", "--tenant", t, "--location", "r2") == 1
     line = capsys.readouterr().out.strip()
     assert line.startswith("FAIL r2") and "does not match" in line
@@ -288,9 +288,9 @@ def test_prune_keeps_newest_and_keep_min_removes_expired_everywhere(env, tmp_pat
     for n in ("r2", "b2"):  # 365 days
         assert after[n] == {bid1[10], bid1[40], bid1[100], bid1[200], bid2[420], bid2[450]}
     assert f"deleted b2    {t1} {bid1[400]}" in out
-    for gone in (bid1[400], bid2[500]):
-        tenant = t1 if gone in bid1.values() else t2
-        for name in ("archive.tbk", "manifest.json"):
+    for tenant, m in ((t1, ages1[400][1]), (t2, ages2[500][1])):
+        gone = m["backup_id"]
+        for name in (f"archive-{m['archive']['sha256'][:16]}.tbk", "manifest.json"):
             assert b2_server.versions(env["bucket"], f"tenants/{tenant}/{gone}/{name}") == 0
 
     assert run("prune") == 0  # nothing more to do
@@ -370,7 +370,9 @@ def test_keys_rewrap_moves_every_copy_to_the_new_key(env, tmp_path, capsys, samp
 
 def flip_r2(s3_server, bucket, tenant, bid):
     c = s3_server.client()
-    key = f"tenants/{tenant}/{bid}/archive.tbk"
+    key = next(
+        o["Key"] for o in c.list_objects_v2(Bucket=bucket, Prefix=f"tenants/{tenant}/{bid}/archive")["Contents"]
+    )
     obj = c.get_object(Bucket=bucket, Key=key)
     data = bytearray(obj["Body"].read())
     data[len(data) // 2] ^= 0x01

@@ -423,7 +423,7 @@ def test_corrupt_local_copy_makes_auto_use_r2(
             monkeypatch.setenv(name, value)
         locs = locations_from_env(None, env)
         manifest = _backup(sample_db, tenant.id, keyring, locs, tmp_path)
-        stored = tmp_path / "local" / "tenants" / tenant.id / manifest.backup_id / "archive.tbk"
+        stored = next((tmp_path / "local" / "tenants" / tenant.id / manifest.backup_id).glob("archive-*.tbk"))
         data = bytearray(stored.read_bytes())
         data[len(data) // 2] ^= 0x01
         stored.write_bytes(bytes(data))

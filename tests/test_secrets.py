@@ -245,13 +245,13 @@ def test_no_password_or_key_in_logs_manifests_alerts_dagster_or_errors(
 
     run(["export", "--tenant", tenant, "--out", str(tmp_path / "t.tbk")])
     run(["backup", "--tenant", tenant, "--workers", "1"])
-    s3.faults.set(flip=1, match="archive.tbk")  # the R2 copy check reads a flipped byte: an INTEGRITY_FAILURE alert
+    s3.faults.set(flip=1, match=".tbk")  # the R2 copy check reads a flipped byte: an INTEGRITY_FAILURE alert
     run(["backup", "--tenant", tenant, "--workers", "1"], expect=1)
     s3.faults.clear()
     run(["verify", "--tenant", tenant, "--location", "all", "--deep"])
     run(["list", "--json"])
     # A copy flipped in the local location: the verify fails and says so, without a secret.
-    archive = max((tmp_path / "local").rglob("archive.tbk"), key=lambda p: p.parent.name)  # the newest backup
+    archive = max((tmp_path / "local").rglob("archive-*.tbk"), key=lambda p: p.parent.name)  # the newest backup
     data = bytearray(archive.read_bytes())
     data[len(data) // 2] ^= 1
     archive.write_bytes(bytes(data))

@@ -142,7 +142,8 @@ def test_round_trip_small(u, tmp_path, size):
     t = tid()
     put = u.loc.put(t, "20261125T030000Z", arch, man)
     assert (put.size, put.sha256) == (size, man.archive.sha256)
-    assert put.uri == u.loc.uri(t, "20261125T030000Z") and put.uri.startswith(u.backend.scheme)
+    assert put.uri.startswith(u.loc.uri(t, "20261125T030000Z")) and put.uri.startswith(u.backend.scheme)
+    assert put.uri.endswith(f"/archive-{man.archive.sha256[:16]}.tbk")  # named by its digest (base.py)
     got = u.loc.get(t, "20261125T030000Z", tmp_path / "out" / "a.tbk")
     assert got.path.read_bytes() == arch.read_bytes()
     assert u.loc.get_manifest(t, "20261125T030000Z") == man
@@ -218,7 +219,7 @@ def test_upload_progress_is_reported(backend, tmp_path):
     arch, man = make_archive(tmp_path, 2 * backend.part_size + 3)
     t = tid()
     loc.put(t, "b1", arch, man)
-    assert {k for k, _ in seen} == {loc.archive_key(t, "b1")}
+    assert {k for k, _ in seen} == {loc.archive_key(t, "b1", man.archive.sha256)}
     assert sum(n for _, n in seen) == man.archive.size
 
 
@@ -273,6 +274,7 @@ def test_overwrite_same_backup_id_keeps_one_copy(u, tmp_path):
     assert u.loc.get(t, "b1", tmp_path / "o").path.read_bytes() == a2.read_bytes()
     be, akey, mkey = u.backend, u.raw.archive_key(t, "b1"), u.raw.manifest_key(t, "b1")
     assert be.versions(u.raw, akey) == 1 and be.versions(u.raw, mkey) == 1  # B2: older versions removed
+    assert be.versions(u.raw, u.raw.archive_key(t, "b1", m1.archive.sha256)) == 0  # the superseded one: deleted
     u.loc.delete(t, "b1")
     assert be.versions(u.raw, akey) == 0
     assert be.versions(u.raw, mkey) == 0
@@ -380,7 +382,7 @@ def test_byte_flipped_in_transit_is_detected(u, tmp_path):
     t = tid()
     hook(u.backend.set_faults)  # skips where there is no transit
     u.loc.put(t, "b1", arch, man)
-    u.backend.set_faults(flip=1, match="archive.tbk")
+    u.backend.set_faults(flip=1, match=".tbk")
     with pytest.raises(CorruptObject):
         u.loc.get(t, "b1", tmp_path / "o.tbk")
     assert u.backend.injected() >= 1
@@ -466,7 +468,7 @@ def test_connection_dropped_mid_body_is_retried(u, tmp_path):
     match = hook(u.backend.upload_match, u.raw, t, "b1")
     u.backend.set_faults(drop=1, match=match)  # the first archive upload request dies half-way
     u.loc.put(t, "b1", arch, man)
-    u.backend.set_faults(drop=1, match="archive.tbk")  # and the first download of it
+    u.backend.set_faults(drop=1, match=".tbk")  # and the first download of it
     u.loc.get(t, "b1", tmp_path / "o")
     assert u.backend.injected() == 2
     assert sha256_file(tmp_path / "o")[0] == man.archive.sha256
@@ -493,7 +495,8 @@ def test_prefix_is_applied(s3_server, tmp_path):
     t = tid()
     loc.put(t, "b1", arch, man)
     keys = [o["Key"] for o in be._client().list_objects_v2(Bucket=be.bucket)["Contents"]]
-    assert sorted(keys) == [f"prod/eu/tenants/{t}/b1/archive.tbk", f"prod/eu/tenants/{t}/b1/manifest.json"]
+    name = f"archive-{man.archive.sha256[:16]}.tbk"
+    assert sorted(keys) == [f"prod/eu/tenants/{t}/b1/{name}", f"prod/eu/tenants/{t}/b1/manifest.json"]
     assert [r.tenant_id for r in loc.list()] == [t]
 
 

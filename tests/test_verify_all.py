@@ -137,7 +137,7 @@ def test_subset_reads_its_share_only_and_the_shares_cover_every_copy(stored):
 def test_a_flipped_byte_is_named_and_fails_the_run(stored):
     env, locs, copies = stored
     name, tenant, backup = next(c for c in copies if c[0] == "local")
-    path = Path(env["TENANT_BACKUP_LOCAL_DIR"]) / "tenants" / tenant / backup / "archive.tbk"
+    path = next((Path(env["TENANT_BACKUP_LOCAL_DIR"]) / "tenants" / tenant / backup).glob("archive-*.tbk"))
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
     path.write_bytes(bytes(data))

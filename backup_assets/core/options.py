@@ -83,6 +83,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("TENANT_BACKUP_LOCATIONS", "locations to write (default: every kind marked default)"),
     Option("TENANT_BACKUP_STORAGE_PREFIX", "key prefix in every location"),
     Option("TENANT_BACKUP_STORAGE_ATTEMPTS", "whole-operation attempts on transient storage errors", int, 3),
+    # A day: no put takes that long between its first byte and its manifest (core/maintenance/gc.py).
+    Option(
+        "TENANT_BACKUP_GC_GRACE_S", "prune removes unreferenced storage objects older than this", int, 86400, minimum=0
+    ),
     # the rest
     Option("TENANT_BACKUP_WORK_DIR", "staging, alerts file (default $TMPDIR/tenant-backup-work)"),
     Option("TENANT_BACKUP_ALERTS_FILE", "alerts as JSON lines (default <work dir>/alerts.jsonl when it is set)"),

@@ -1,5 +1,6 @@
 """TEST DOUBLES' shared parts: the loopback check and the fault switchboard (`Faults`) the S3 and B2
-test servers both use (testing/servers.py documents the faults and the command line)."""
+test servers both use (testing/servers.py documents the faults and the command line), and `kill_at`,
+which makes a process SIGKILL itself at a named step of a storage write (core/crashpoints.py)."""
 
 from __future__ import annotations
 
@@ -127,3 +128,22 @@ def arm_kill_point(name: str) -> None:
         return result
 
     setattr(module, attr, killing)
+
+
+def kill_at(point: str, nth: int = 1) -> None:
+    """Make this process SIGKILL itself the `nth` time the named crash point is reached
+    (core/crashpoints.py): a kill at an exact step of a write, for the kill tests (no timing)."""
+    import os
+    import signal
+
+    from ..core import crashpoints
+
+    seen = {"n": 0}
+
+    def hook(name: str) -> None:
+        if name == point:
+            seen["n"] += 1
+            if seen["n"] == nth:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    crashpoints.install(hook)

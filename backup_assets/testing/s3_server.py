@@ -7,6 +7,9 @@ moto answered 2xx), so tests can assert R2's rule "all non-final parts the same 
 checksum headers clients sent (R2 rejects the ones boto3 >= 1.36 sends by default).
     GET /__parts__[?contains=S]   {upload id: {"key": ..., "sizes": [part 1, part 2, ...]}}
     GET /__checksums__            {"requests": N, "with_checksum_headers": ["METHOD /path: header", ...]}
+moto answers every multipart upload's `Initiated` as 2010-11-10 (a constant in moto's responses): the
+middleware records when each CreateMultipartUpload was answered and puts that time into
+ListMultipartUploads, so garbage collection's grace period can be tested against it.
 moto does not validate checksums and keeps no real durability: verification is by re-reading.
 Only the access key id is checked (not the SigV4 signature): enough to test "wrong credentials".
 """
@@ -15,8 +18,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import threading
+import time
 from urllib.parse import parse_qs
 
 from .faults import Faults, check_loopback, flip_byte
@@ -121,7 +126,38 @@ class _FaultMiddleware:
 
         if fault in ("drop", "flip"):
             return self._mangle(fault, environ, start_response)
+        if "uploads" in parse_qs(qs, keep_blank_values=True) and method in ("POST", "GET"):
+            return self._uploads(environ, start_response, method)
         return self.app(environ, start_response)
+
+    def _uploads(self, environ, start_response, method: str):
+        """CreateMultipartUpload: note when; ListMultipartUploads: answer those times as Initiated."""
+        got = {}
+
+        def sr(st, headers, exc_info=None):
+            got["status"], got["headers"] = st, headers
+            return lambda data: None
+
+        body = b"".join(self.app(environ, sr))
+        if got.get("status", "").startswith("2"):
+            text = body.decode()
+            if method == "POST":
+                for upload_id in re.findall(r"<UploadId>([^<]+)</UploadId>", text):
+                    self.server._initiated[upload_id] = time.time()
+            else:
+
+                def initiated(m):
+                    when = self.server._initiated.get(m.group(2))
+                    if when is None:
+                        return m.group(0)
+                    stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(when))
+                    return re.sub(r"<Initiated>[^<]*</Initiated>", f"<Initiated>{stamp}</Initiated>", m.group(0))
+
+                text = re.sub(r"<Upload>(.*?<UploadId>([^<]+)</UploadId>.*?)</Upload>", initiated, text, flags=re.S)
+                body = text.encode()
+        headers = [(k, v) for k, v in got.get("headers", []) if k.lower() != "content-length"]
+        start_response(got.get("status", "500 X"), [*headers, ("Content-Length", str(len(body)))])
+        return [body]
 
     def _part(self, environ, start_response, upload_id: str, path: str, number: int):
         """UploadPart through moto, counting the body bytes moto reads; recorded once moto stored it."""
@@ -200,6 +236,7 @@ class S3Server:
         self.faults = Faults()
         self._parts: dict[str, dict] = {}
         self._parts_lock = threading.Lock()
+        self._initiated: dict[str, float] = {}  # multipart upload id -> when it was created
         self._checksum_requests = 0
         self._checksum_seen: list[str] = []
         self._server = None

@@ -73,7 +73,7 @@ def test_flipped_byte_fails_verify_alerts_and_restore_auto_uses_another_copy(e2e
     assert run["status"] == "SUCCESS"
     local = stack.locations()["local"]
     backup_id = _latest(local, tenant)
-    archive = Path(stack.env["TENANT_BACKUP_LOCAL_DIR"]) / "tenants" / tenant / backup_id / "archive.tbk"
+    archive = next((Path(stack.env["TENANT_BACKUP_LOCAL_DIR"]) / "tenants" / tenant / backup_id).glob("archive-*.tbk"))
     data = bytearray(archive.read_bytes())
     data[len(data) // 2] ^= 0x01
     archive.write_bytes(bytes(data))

@@ -9,6 +9,7 @@ import importlib
 
 from .base import ARCHIVE_NAME, MANIFEST_NAME, BackupRef, Location, StoredObject, sha256_file, validate_backup_id
 from .config import locations_from_env
+from .garbage import Garbage
 from .retry import RetryingLocation
 
 
@@ -26,6 +27,7 @@ __all__ = [
     "ARCHIVE_NAME",
     "MANIFEST_NAME",
     "BackupRef",
+    "Garbage",
     "Location",
     "StoredObject",
     "RetryingLocation",

@@ -27,8 +27,10 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .. import crashpoints
 from ..errors import CorruptObject, NotFound, PermanentStorageError, StorageError, TransientStorageError, one_line
 from .base import CHUNK, ObjectLocation
+from .garbage import Garbage
 from .registry import LocationKind, LocationSettings, Variable
 
 SHA256_INFO = "sha256"
@@ -179,6 +181,8 @@ class B2Location(ObjectLocation):
     def _put_file(self, key: str, path: Path, size: int, sha256: str) -> None:
         b = self._b()
         kw = {"min_part_size": self.part_size} if self.part_size else {}
+        if crashpoints.armed():  # a kill test: stop the process with the upload open
+            kw["progress_listener"] = _crash_listener()
         self._run(
             key,
             b.upload_local_file,
@@ -189,11 +193,13 @@ class B2Location(ObjectLocation):
             **kw,
         )
         # Older versions of this name (an earlier put of the same backup id) must not linger.
+        crashpoints.reached("b2.old_versions")
         self._delete_versions(key, keep_newest=True)
 
     def _put_bytes(self, key: str, data: bytes) -> None:
         b = self._b()
         self._run(key, b.upload_bytes, data, key, content_type="application/json")
+        crashpoints.reached("b2.old_versions")
         self._delete_versions(key, keep_newest=True)
 
     def _get_bytes(self, key: str) -> bytes:
@@ -250,16 +256,78 @@ class B2Location(ObjectLocation):
     def delete(self, tenant_id: str, backup_id: str) -> None:
         super().delete(tenant_id, backup_id)
         # Unfinished large files (an interrupted put) are invisible to listings but cost storage.
-        key = self.archive_key(tenant_id, backup_id)
+        for uf in self._large_files(self.backup_prefix(tenant_id, backup_id)):
+            self.remove_garbage(uf)
+
+    def _large_files(self, prefix: str) -> list[Garbage]:
+        """Unfinished large files under prefix, with when they were started and their parts' bytes.
+        The raw call (B2Session, public in b2sdk.v2): b2sdk's UnfinishedLargeFile drops uploadTimestamp."""
+        b = self._b()
+        out, start = [], None
+        try:
+            while True:
+                resp = b.api.session.list_unfinished_large_files(b.id_, start_file_id=start, prefix=prefix)
+                for f in resp.get("files", []):
+                    size = sum(int(part.content_length) for part in b.list_parts(f["fileId"]))
+                    ts = f.get("uploadTimestamp")
+                    when = datetime.fromtimestamp(ts / 1000, timezone.utc) if ts else None
+                    name = f["fileName"]
+                    out.append(
+                        Garbage(self.name, name, self._key_uri(name), size, when, "unfinished upload", f["fileId"])
+                    )
+                start = resp.get("nextFileId")
+                if not start:
+                    return out
+        except Exception as exc:
+            err = self._err(exc, prefix)
+            if isinstance(err, NotFound):
+                return out
+            raise err from None
+
+    def _unfinished(self):
+        """Unfinished large files, and versions of a name older than its newest (a put killed between
+        its upload and the removal of the older versions)."""
+        yield from self._large_files(self._root())
+        b = self._b()
+        newest: set[str] = set()
+        try:
+            for fv, _folder in b.ls(self._root(), latest_only=False, recursive=True):  # newest first per name
+                if fv.file_name not in newest:
+                    newest.add(fv.file_name)
+                    continue
+                ts = datetime.fromtimestamp(fv.upload_timestamp / 1000, timezone.utc) if fv.upload_timestamp else None
+                uri = self._key_uri(fv.file_name)
+                yield Garbage(self.name, fv.file_name, uri, int(fv.size or 0), ts, "older version", fv.id_)
+        except Exception as exc:
+            raise self._err(exc, None) from None
+
+    def remove_garbage(self, item: Garbage) -> None:
+        if item.what not in ("unfinished upload", "older version"):
+            return super().remove_garbage(item)
         b = self._b()
         try:
-            for uf in b.list_unfinished_large_files(prefix=key):
-                if uf.file_name == key:
-                    b.cancel_large_file(uf.file_id)
+            if item.what == "unfinished upload":
+                b.cancel_large_file(item.handle)
+            else:
+                b.delete_file_version(item.handle, item.key)
         except Exception as exc:
-            err = self._err(exc, key)
-            if not isinstance(err, NotFound):
+            err = self._err(exc, item.key)
+            if not isinstance(err, NotFound):  # gone already
                 raise err from None
+
+
+def _crash_listener():
+    """A b2sdk progress listener reporting upload progress to core/crashpoints.py (kill tests only)."""
+    from b2sdk.v2 import AbstractProgressListener
+
+    class CrashListener(AbstractProgressListener):
+        def set_total_bytes(self, total_byte_count):
+            pass
+
+        def bytes_completed(self, byte_count):
+            crashpoints.reached("upload.progress")
+
+    return CrashListener()
 
 
 def _build(settings: LocationSettings) -> B2Location:

@@ -6,8 +6,21 @@ NotFound / TransientStorageError / PermanentStorageError / CorruptObject so that
 wrapper (retry.py) rather than code repeated in each backend.
 
 Layout in every location (under an optional prefix):
-    tenants/<tenant_id>/<backup_id>/archive.tbk
-    tenants/<tenant_id>/<backup_id>/manifest.json     <- written LAST: its presence marks "complete"
+    tenants/<tenant_id>/<backup_id>/archive-<16 hex>.tbk   the archive, named by the first 16 hex digits
+                                                          of the SHA-256 its manifest states
+    tenants/<tenant_id>/<backup_id>/manifest.json          <- written LAST: its presence marks "complete"
+                                                          and it is the one pointer to the archive
+    tenants/<tenant_id>/<backup_id>/verified.json          the last verification of the copy (optional)
+Copies written before this layout hold `archive.tbk` (LEGACY_ARCHIVE_NAME; also used for a manifest
+that states no SHA-256): a manifest whose named archive is absent is read from `archive.tbk`.
+
+Write protocol (crash consistency: at every instant a copy is its old complete self or its new one):
+new bytes are always stored under a new name (the archive's name derives from its digest), the
+manifest is written last (one atomic object write: the pointer switch), and only then is the archive
+the previous manifest named deleted. A kill at any step leaves the old manifest naming the old archive,
+or the new manifest naming the new archive, plus objects no manifest names; those are garbage, found
+by garbage() and removed by prune's collection (core/maintenance/gc.py) after a grace period. Readers
+trust only what the manifest names. The steps are core/crashpoints.py's named points.
 
 Contract of the public methods (Location):
 - put(tenant_id, backup_id, archive_path, manifest: Manifest) -> StoredObject
@@ -16,12 +29,14 @@ Contract of the public methods (Location):
     manifest states archive.sha256 and archive.size, before it otherwise); a mismatch with the manifest raises PermanentStorageError and removes the
     uploaded archive before any manifest is written, so nothing lists as complete. The SHA-256 is kept
     in the object's metadata so stat() can answer without reading the object. Overwriting an existing
-    backup id replaces it (idempotent retry of the same put). If put fails, the backup does not list
-    as complete.
-- get(tenant_id, backup_id, dest_path) -> StoredObject
+    backup id replaces it (idempotent retry of the same put): the new archive under its own name, then
+    the manifest, then the archive the old manifest named is deleted. A failed put leaves the backup as
+    it was (absent, or the previous complete copy).
+- get(tenant_id, backup_id, dest_path, *, expect=None) -> StoredObject
     Streams the archive to dest_path (via a temporary file + rename: a failed get leaves no partial
-    dest_path), re-hashing on the way; a size or SHA-256 mismatch with the stored metadata raises
-    CorruptObject. A missing archive or manifest raises NotFound.
+    dest_path), re-hashing on the way; a size or SHA-256 mismatch with the stored metadata (with
+    expect=(sha256, size): with those, e.g. the manifest's) raises CorruptObject. A missing archive or
+    manifest raises NotFound.
 - verify(tenant_id, backup_id, *, known_complete=False) -> StoredObject: like get() but discards the
     bytes. known_complete: the caller has just read the manifest (saves a request per copy check).
 - get_manifest(tenant_id, backup_id) -> Manifest: NotFound if absent; CorruptObject if not JSON;
@@ -33,13 +48,22 @@ Contract of the public methods (Location):
 - stat(tenant_id, backup_id) -> StoredObject: size and SHA-256 from stored metadata, no download.
     NotFound unless the backup is complete (manifest present).
 - list(tenant_id=None) -> list[BackupRef]: complete backups only (manifest present), sorted.
-- incomplete(older_than) -> list[BackupRef]: what failed puts left (an archive, a local location's
-    checksum sidecar, a verification record) without a manifest, none of it written after
-    `older_than`; prune removes them with delete() (core/maintenance/retention.py).
+- incomplete(older_than) -> list[BackupRef]: backup folders without a manifest, nothing in them
+    written after `older_than` (what failed puts left; garbage() lists them object by object).
+- garbage(older_than) -> list[Garbage]: every object no manifest refers to, none of it written (or,
+    for an unfinished upload, started) after `older_than`: archives beside a manifest that names
+    another one (superseded by a re-wrap or a killed overwrite), everything in a backup folder without
+    a manifest, the store's unfinished uploads (local temporary files, R2 multipart uploads, B2
+    unfinished large files) and B2's older versions of a name. Never the only archive beside a manifest,
+    nothing in a folder whose manifest cannot be read, nothing outside tenants/<id>/<backup>/.
+- remove_garbage(item: Garbage): delete (abort, cancel) that object; gone already is fine.
 - delete(tenant_id, backup_id): removes the manifest first (so the backup stops listing as complete
     at once), then the archive; every version where the store keeps versions (B2); deleting a
     missing backup is not an error (idempotent).
-- uri(tenant_id, backup_id) -> str: where the archive lives, for humans and metadata.
+- uri(tenant_id, backup_id) -> str: where the backup lives (its folder), for humans and metadata;
+    no I/O. StoredObject.uri (put, get, stat, verify) names the archive object itself.
+- archive_key(tenant_id, backup_id, sha256=None) -> str: the archive's key: the one a manifest stating
+    sha256 names; without sha256, the one the stored manifest names (read, with the legacy fallback).
 - put_verified(tenant_id, backup_id, record, *, known_complete=False) / get_verified(tenant_id,
     backup_id) -> dict | None: the last verification of a copy, a small JSON beside the manifest
     (verified.json, core/maintenance/status.py), replaced by each put_verified; NotFound from put_verified unless
@@ -62,24 +86,23 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from ..archive.manifest import BACKUP_ID_RE, Manifest
-from ..errors import ArchiveError, CorruptObject, InvalidBackupId, NotFound, PermanentStorageError, StorageError
+from .. import crashpoints
+from ..archive.manifest import Manifest
+from ..errors import ArchiveError, CorruptObject, NotFound, PermanentStorageError, StorageError
 from ..files import sha256_file  # noqa: F401 - re-exported (core.locations.sha256_file)
 from ..source.tenant_ids import UUIDS, TenantIds
-
-ARCHIVE_NAME = "archive.tbk"
-MANIFEST_NAME = "manifest.json"
-VERIFIED_NAME = "verified.json"  # optional: the last verification of this copy (core/maintenance/status.py)
-CHUNK = 1024 * 1024  # streaming buffer: memory use does not grow with the archive
-# BACKUP_ID_RE (core/archive/manifest.py): letters, digits, '.', '_', '-'; starts alphanumeric; no '..'
-# (checked separately). Enough for timestamps and ULIDs/UUIDs, never a path separator.
-
-
-def validate_backup_id(raw: str) -> str:
-    """The id as given, or InvalidBackupId (bad input, exit code 2: not a storage failure)."""
-    if not isinstance(raw, str) or not BACKUP_ID_RE.fullmatch(raw) or ".." in raw:
-        raise InvalidBackupId(f"invalid backup id {raw!r}: expected [A-Za-z0-9][A-Za-z0-9._-]{{0,127}} without '..'")
-    return raw
+from .garbage import Garbage, backup_keys, find_garbage, folders
+from .naming import (  # noqa: F401 - re-exported
+    ARCHIVE_NAME,
+    ARCHIVE_RE,
+    CHUNK,
+    LEGACY_ARCHIVE_NAME,
+    MANIFEST_NAME,
+    VERIFIED_NAME,
+    archive_name,
+    validate_backup_id,
+)
+from .upload import BackgroundHash, stored_bytes
 
 
 @dataclass(frozen=True)
@@ -102,42 +125,6 @@ class BackupRef:
     stored_at: datetime | None = None  # when the manifest was written (retention uses it)
 
 
-def _stored_bytes(manifest: Manifest) -> bytes:
-    """What a location writes as manifest.json: Manifest.to_json (docs/MANIFEST.md)."""
-    if not isinstance(manifest, Manifest):
-        raise PermanentStorageError(f"not a manifest: a {type(manifest).__name__} (core/archive/manifest.py Manifest)")
-    try:
-        return manifest.to_json().encode()
-    except (TypeError, ValueError) as exc:
-        raise PermanentStorageError(f"manifest is not JSON-serialisable: {exc}") from None
-
-
-class _BackgroundHash:
-    """SHA-256 and size of a file, computed in a thread (hashlib releases the GIL on large buffers)."""
-
-    def __init__(self, path: Path):
-        import threading
-
-        self._path, self._value, self._error = path, None, None
-        self._thread = threading.Thread(target=self._run, name="sha256", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            self._value = sha256_file(self._path)
-        except OSError as exc:
-            self._error = exc
-
-    def done(self) -> bool:
-        return not self._thread.is_alive()
-
-    def result(self) -> tuple[str, int]:
-        self._thread.join()
-        if self._error is not None:
-            raise PermanentStorageError(f"cannot read archive {self._path}: {self._error.strerror}") from None
-        return self._value
-
-
 class Location(ABC):
     """The interface (see module docstring for the contract)."""
 
@@ -148,7 +135,7 @@ class Location(ABC):
     def put(self, tenant_id: str, backup_id: str, archive_path: Path, manifest: Manifest) -> StoredObject: ...
 
     @abstractmethod
-    def get(self, tenant_id: str, backup_id: str, dest_path: Path) -> StoredObject: ...
+    def get(self, tenant_id: str, backup_id: str, dest_path: Path, *, expect=None) -> StoredObject: ...
 
     @abstractmethod
     def verify(self, tenant_id: str, backup_id: str, *, known_complete: bool = False) -> StoredObject: ...
@@ -167,6 +154,12 @@ class Location(ABC):
 
     @abstractmethod
     def incomplete(self, older_than: datetime) -> list[BackupRef]: ...
+
+    @abstractmethod
+    def garbage(self, older_than: datetime) -> list[Garbage]: ...
+
+    @abstractmethod
+    def remove_garbage(self, item: Garbage) -> None: ...
 
     @abstractmethod
     def delete(self, tenant_id: str, backup_id: str) -> None: ...
@@ -193,6 +186,7 @@ class ObjectLocation(Location):
     tenant_ids: TenantIds = UUIDS
 
     def __init__(self, *, prefix: str = "", retention_days: int = 30):
+        self._named: dict[tuple[str, str], str | None] = {}  # (tenant, backup) -> sha256 its manifest named
         prefix = prefix.strip("/")
         if prefix and (".." in prefix.split("/") or not re.fullmatch(r"[A-Za-z0-9._/-]+", prefix)):
             raise StorageError(f"invalid storage prefix {prefix!r}")
@@ -236,68 +230,123 @@ class ObjectLocation(Location):
     def _dir(self, tenant_id: str, backup_id: str) -> str:
         return f"{self._root()}{self.tenant_ids.validate(tenant_id)}/{validate_backup_id(backup_id)}/"
 
-    def archive_key(self, tenant_id: str, backup_id: str) -> str:
-        return self._dir(tenant_id, backup_id) + ARCHIVE_NAME
+    def backup_prefix(self, tenant_id: str, backup_id: str) -> str:
+        """The key prefix of one backup's objects (its folder)."""
+        return self._dir(tenant_id, backup_id)
+
+    def archive_key(self, tenant_id: str, backup_id: str, sha256: str | None = None) -> str:
+        if sha256 is not None:
+            return self._dir(tenant_id, backup_id) + archive_name(sha256)
+        return self._located(self.tenant_ids.validate(tenant_id), backup_id)[0]
 
     def manifest_key(self, tenant_id: str, backup_id: str) -> str:
         return self._dir(tenant_id, backup_id) + MANIFEST_NAME
 
+    def _manifest_sha(self, tenant_id: str, backup_id: str) -> str | None:
+        """The SHA-256 the stored manifest states (NotFound without a manifest), remembered for a
+        caller's known_complete read that follows."""
+        return self.get_manifest(tenant_id, backup_id).stated_checksum()[0]
+
+    def _located(self, tenant_id: str, backup_id: str, *, known: bool = False) -> tuple[str, int, str | None]:
+        """(key, size, sha256 metadata) of the archive the manifest names: archive-<16 hex>.tbk, or
+        archive.tbk for a copy written before content-named archives. known: use the manifest this
+        object last read for the backup (read it again if that archive is gone meanwhile)."""
+        d = self._dir(tenant_id, backup_id)
+        sha = self._named.get((tenant_id, backup_id), "?") if known else "?"
+        fresh = sha == "?"
+        if fresh:
+            sha = self._manifest_sha(tenant_id, backup_id)
+        try:
+            for name in dict.fromkeys((archive_name(sha), LEGACY_ARCHIVE_NAME)):
+                try:
+                    size, meta = self._head(d + name)
+                    return d + name, size, meta
+                except NotFound:
+                    if name == LEGACY_ARCHIVE_NAME:
+                        raise
+        except NotFound:
+            if fresh:
+                raise
+            return self._located(tenant_id, backup_id)  # a re-wrap switched the manifest meanwhile
+        raise AssertionError("unreachable")
+
     # -- contract ---------------------------------------------------------------------------------
     def uri(self, tenant_id: str, backup_id: str) -> str:
-        return self._key_uri(self.archive_key(tenant_id, backup_id))
+        return self._key_uri(self._dir(tenant_id, backup_id))
+
+    def _listing(self, prefix: str) -> set[str]:
+        return {key[len(prefix) :] for key, _ in self._list(prefix)}
 
     def put(self, tenant_id: str, backup_id: str, archive_path: Path, manifest: Manifest) -> StoredObject:
         tenant_id = self.tenant_ids.validate(tenant_id)
-        akey, mkey = self.archive_key(tenant_id, backup_id), self.manifest_key(tenant_id, backup_id)
+        d, mkey = self._dir(tenant_id, backup_id), self.manifest_key(tenant_id, backup_id)
         archive_path = Path(archive_path)
-        manifest_bytes = _stored_bytes(manifest)
+        manifest_bytes = stored_bytes(manifest)
         exp_sha, exp_size = manifest.stated_checksum()
-        hasher = _BackgroundHash(archive_path)
-        if exp_sha is None or exp_size is None:
-            sha, size = hasher.result()  # nothing to go by: hash first, then upload
+        akey = d + archive_name(exp_sha)
+        # What the backup holds now (one listing): the archive its manifest names is deleted after the
+        # new manifest is written, never before.
+        present = self._listing(d)
+        previous = self._previous_archive(tenant_id, backup_id, present)
+        hasher = BackgroundHash(archive_path)
+        if exp_sha is None or exp_size is None or akey[len(d) :] in present:
+            # Nothing to go by, or an object of that name exists (a repair re-puts the same bytes over a
+            # damaged copy): hash first, so that nothing but the stated bytes ever replaces it.
+            sha, size = hasher.result()
         else:
-            # The manifest says what the file must be: upload under that checksum while the file is
-            # hashed beside the upload (one pass less over a large archive), and check before the
-            # manifest is written; a mismatch removes the archive, so nothing lists as complete.
+            # The archive goes under a new name while the file is hashed beside the upload (one pass
+            # less over a large archive), checked before the manifest is written; a mismatch removes it.
             sha, size = exp_sha, exp_size
-        if hasher.done() and (sha, size) != hasher.result():
+        if (exp_sha is not None and exp_size is not None and hasher.done()) and (exp_sha, exp_size) != hasher.result():
             raise PermanentStorageError(
                 f"archive {archive_path} does not match its manifest (sha256/size differ): not stored"
             )
-        # No delete of an old manifest first (one request less per put, times thousands of tenants):
-        # a backup id names one export's bytes, so a retried put rewrites the same archive; should
-        # other bytes ever be put under an existing id and the put die half-way, the old manifest
-        # does not match the new archive, and restore and verify refuse that copy (checksum).
         try:
             self._put_file(akey, archive_path, size, sha)
         finally:
             actual = hasher.result()
-        if actual != (sha, size):
+        if actual != (sha, size) or archive_path.stat().st_size != size:
             self._delete(akey)
             raise PermanentStorageError(
-                f"archive {archive_path} does not match its manifest (sha256/size differ): not stored"
+                f"archive {archive_path} does not match its manifest (sha256/size differ, or it changed "
+                "while being stored): not stored"
             )
-        # Re-check the file did not change while we streamed it (the upload would not match sha).
-        if archive_path.stat().st_size != size:
-            self._delete(akey)
-            raise PermanentStorageError(f"archive {archive_path} changed while being stored")
-        self._put_bytes(mkey, manifest_bytes)  # last: now the backup lists as complete
+        crashpoints.reached("put.archive")
+        self._put_bytes(mkey, manifest_bytes)  # the pointer switch: now the backup is the new copy
+        self._named[(tenant_id, backup_id)] = exp_sha
+        crashpoints.reached("put.manifest")
+        if previous is not None and previous != akey:
+            try:
+                self._delete(previous)  # superseded; if this fails, garbage collection removes it
+            except StorageError:
+                pass
+        crashpoints.reached("put.done")
         return StoredObject(self.name, tenant_id, backup_id, self._key_uri(akey), size, sha)
+
+    def _previous_archive(self, tenant_id: str, backup_id: str, present: set[str]) -> str | None:
+        """The archive the stored manifest names (None: no manifest, or one that cannot be read: then
+        what it named stays for garbage collection)."""
+        if MANIFEST_NAME not in present:
+            return None
+        try:
+            sha = self._manifest_sha(tenant_id, backup_id)
+        except (NotFound, CorruptObject, ArchiveError):
+            return None
+        named = archive_name(sha)
+        d = self._dir(tenant_id, backup_id)
+        return d + named if named in present else d + LEGACY_ARCHIVE_NAME if LEGACY_ARCHIVE_NAME in present else None
 
     def _require_complete(self, tenant_id: str, backup_id: str) -> None:
         self._head(self.manifest_key(tenant_id, backup_id))  # raises NotFound
 
     def stat(self, tenant_id: str, backup_id: str) -> StoredObject:
-        tenant_id = self.tenant_ids.validate(tenant_id)
-        self._require_complete(tenant_id, backup_id)
-        return self._stat_archive(tenant_id, backup_id)
+        return self._stat_archive(self.tenant_ids.validate(tenant_id), backup_id)[0]
 
-    def _stat_archive(self, tenant_id: str, backup_id: str) -> StoredObject:
-        akey = self.archive_key(tenant_id, backup_id)
-        size, sha = self._head(akey)
+    def _stat_archive(self, tenant_id: str, backup_id: str, *, known: bool = False) -> tuple[StoredObject, str]:
+        akey, size, sha = self._located(tenant_id, backup_id, known=known)
         if not sha:
             raise CorruptObject(f"{self._key_uri(akey)} has no sha256 metadata")
-        return StoredObject(self.name, tenant_id, backup_id, self._key_uri(akey), size, sha)
+        return StoredObject(self.name, tenant_id, backup_id, self._key_uri(akey), size, sha), akey
 
     def get_manifest(self, tenant_id: str, backup_id: str) -> Manifest:
         tenant_id = self.tenant_ids.validate(tenant_id)
@@ -310,27 +359,34 @@ class ObjectLocation(Location):
         if not isinstance(value, dict):
             raise CorruptObject(f"{self._key_uri(mkey)} is not a JSON object")
         try:
-            return Manifest.from_dict(value)
+            manifest = Manifest.from_dict(value)
         except ArchiveError as exc:
             raise ArchiveError(f"{self._key_uri(mkey)}: {exc}") from None
+        if len(self._named) > 4096:  # a bounded memory of what each manifest last read named
+            self._named.clear()
+        self._named[(tenant_id, backup_id)] = manifest.stated_checksum()[0]
+        return manifest
 
     def put_manifest(self, tenant_id: str, backup_id: str, manifest: Manifest) -> None:
         tenant_id = self.tenant_ids.validate(tenant_id)
-        data = _stored_bytes(manifest)
+        data = stored_bytes(manifest)
         st = self.stat(tenant_id, backup_id)  # NotFound unless complete
         if (st.sha256.lower(), st.size) != manifest.stated_checksum():
             raise PermanentStorageError(f"{st.uri}: the manifest does not describe the stored archive: not stored")
         self._put_bytes(self.manifest_key(tenant_id, backup_id), data)
 
-    def _stream_checked(self, tenant_id: str, backup_id: str, sink, *, known_complete: bool = False) -> StoredObject:
-        st = (
-            self._stat_archive(self.tenant_ids.validate(tenant_id), backup_id)
-            if known_complete
-            else self.stat(tenant_id, backup_id)
-        )
+    def _stream_checked(
+        self, tenant_id: str, backup_id: str, sink, *, known_complete: bool = False, expect=None
+    ) -> StoredObject:
+        tenant_id = self.tenant_ids.validate(tenant_id)
+        if expect is None:
+            st, akey = self._stat_archive(tenant_id, backup_id, known=known_complete)
+        else:  # the bytes as the manifest describes them, whatever the stored metadata says
+            akey, _size, _meta = self._located(tenant_id, backup_id)
+            st = StoredObject(self.name, tenant_id, backup_id, self._key_uri(akey), expect[1], expect[0])
         h = hashlib.sha256()
         n = 0
-        for chunk in self._iter_chunks(self.archive_key(st.tenant_id, backup_id)):
+        for chunk in self._iter_chunks(akey):
             h.update(chunk)
             n += len(chunk)
             if sink is not None:
@@ -342,13 +398,13 @@ class ObjectLocation(Location):
             )
         return st
 
-    def get(self, tenant_id: str, backup_id: str, dest_path: Path) -> StoredObject:
+    def get(self, tenant_id: str, backup_id: str, dest_path: Path, *, expect=None) -> StoredObject:
         dest_path = Path(dest_path)
         dest_path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{dest_path.name}.", suffix=".part", dir=dest_path.parent)
         try:
             with os.fdopen(fd, "wb") as f:
-                st = self._stream_checked(tenant_id, backup_id, f)
+                st = self._stream_checked(tenant_id, backup_id, f, expect=expect)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, dest_path)
@@ -365,53 +421,48 @@ class ObjectLocation(Location):
 
     def list(self, tenant_id: str | None = None) -> list[BackupRef]:
         prefix = self._root() + (self.tenant_ids.validate(tenant_id) + "/" if tenant_id is not None else "")
-        out = []
         root = self._root()
-        for key, mtime in self._list(prefix):
-            parts = key[len(root) :].split("/")
-            if len(parts) != 3 or parts[2] != MANIFEST_NAME:
-                continue
-            t, b = parts[0], parts[1]
-            try:  # foreign or malformed keys under the prefix are ignored, not trusted
-                self.tenant_ids.validate(t)
-                validate_backup_id(b)
-            except Exception:
-                continue
-            out.append(BackupRef(self.name, t, b, self._key_uri(root + f"{t}/{b}/{ARCHIVE_NAME}"), mtime))
+        out = [
+            BackupRef(self.name, t, b, self._key_uri(root + f"{t}/{b}/"), mtime)
+            for t, b, name, _key, mtime in backup_keys(self, prefix)
+            if name == MANIFEST_NAME
+        ]
         out.sort(key=lambda r: (r.tenant_id, r.backup_id))
         return out
 
     def incomplete(self, older_than: datetime) -> list[BackupRef]:
         root = self._root()
-        # (tenant, backup) -> [has a manifest, newest modification time, a time unknown]
-        found: dict[tuple[str, str], list] = {}
-        for key, mtime in self._list(root):
-            parts = key[len(root) :].split("/")
-            if len(parts) != 3:
-                continue
-            t, b, name = parts
-            try:  # foreign or malformed keys under the prefix are not ours to delete
-                self.tenant_ids.validate(t)
-                validate_backup_id(b)
-            except Exception:
-                continue
-            entry = found.setdefault((t, b), [False, None, False])
-            entry[0] |= name == MANIFEST_NAME
-            if mtime is None:
-                entry[2] = True  # never delete on a guess
-            elif entry[1] is None or mtime > entry[1]:
-                entry[1] = mtime
         return [
-            BackupRef(self.name, t, b, self._key_uri(root + f"{t}/{b}/{ARCHIVE_NAME}"), newest)
-            for (t, b), (complete, newest, unknown) in sorted(found.items())
-            if not complete and not unknown and newest is not None and newest < older_than
+            BackupRef(self.name, t, b, self._key_uri(root + f"{t}/{b}/"), f.newest)
+            for (t, b), f in sorted(folders(self).items())
+            if not f.complete and not f.unknown and f.newest is not None and f.newest < older_than
         ]
+
+    def garbage(self, older_than: datetime) -> list[Garbage]:
+        return find_garbage(self, older_than)
+
+    def remove_garbage(self, item: Garbage) -> None:
+        self._delete(item.key)  # a local archive's key removes its sidecar too (local.py)
+
+    def _unfinished(self) -> Iterator[Garbage]:
+        """The store's unfinished uploads and hidden leftovers under the root (none by default)."""
+        return iter(())
+
+    def _size(self, key: str) -> int | None:
+        try:
+            return self._head(key)[0]
+        except StorageError:
+            return None
 
     def delete(self, tenant_id: str, backup_id: str) -> None:
         tenant_id = self.tenant_ids.validate(tenant_id)
+        d = self._dir(tenant_id, backup_id)
         self._delete(self.manifest_key(tenant_id, backup_id))  # first: stops listing as complete
-        self._delete(self._dir(tenant_id, backup_id) + VERIFIED_NAME)
-        self._delete(self.archive_key(tenant_id, backup_id))
+        self._named.pop((tenant_id, backup_id), None)
+        self._delete(d + VERIFIED_NAME)
+        for name in sorted(self._listing(d) | {LEGACY_ARCHIVE_NAME}):  # every archive of any name
+            if ARCHIVE_RE.fullmatch(name):
+                self._delete(d + name)
 
     def put_verified(self, tenant_id: str, backup_id: str, record: dict, *, known_complete: bool = False) -> None:
         """Replace the copy's verification record (only for a complete backup: NotFound otherwise)."""

@@ -2,7 +2,10 @@
 
 Write = temporary file in the same directory + fsync(file) + rename + fsync(directory), so after a
 crash a key is either absent or whole. The archive's SHA-256 is kept in a sidecar file
-(`archive.tbk.sha256`) because extended attributes are not available on every filesystem.
+(`archive-<16 hex>.tbk.sha256`) because extended attributes are not available on every filesystem;
+both are named after the archive's digest, so a sidecar never describes other bytes than its archive's
+name says (the crash of issue 24: a new digest beside the old archive). Hidden temporary files a killed
+write left are garbage once older than the grace period (_unfinished).
 """
 
 from __future__ import annotations
@@ -15,9 +18,11 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .. import crashpoints
 from ..errors import LocalWriteError, NotFound, PermanentStorageError, TenantBackupError, TransientStorageError
 from ..files import PERMANENT_ERRNOS, fsync_dir, os_error_line
 from .base import CHUNK, ObjectLocation
+from .garbage import Garbage
 from .registry import LocationKind, LocationSettings, Variable
 
 _SIDE = ".sha256"
@@ -119,8 +124,10 @@ class LocalLocation(ObjectLocation):
         except BaseException:
             _remove_if_empty(side.parent)
             raise
+        crashpoints.reached("local.archive_temp")
         try:
             self._atomic_write(key + _SIDE, lambda f: f.write(f"{sha256}\n".encode()))
+            crashpoints.reached("local.sidecar")
             self._commit(tmp, key)
         except BaseException:
             _unlink(tmp)
@@ -181,6 +188,29 @@ class LocalLocation(ObjectLocation):
                     except FileNotFoundError:
                         continue
                     yield key, mtime
+
+    def delete(self, tenant_id: str, backup_id: str) -> None:
+        super().delete(tenant_id, backup_id)
+        # Hidden temporary files of killed writes of this backup (any archive name), then the folder.
+        d = self._path(self.backup_prefix(tenant_id, backup_id))
+        if d.is_dir():
+            for leftover in d.glob(".*.tmp"):
+                leftover.unlink(missing_ok=True)
+            _remove_if_empty(d)
+
+    def _unfinished(self) -> Iterator[Garbage]:
+        """Hidden temporary files of killed writes in the backup folders (tenants/<t>/<b>/.*.tmp)."""
+        base = self._path(self._root().rstrip("/"))
+        if not base.is_dir():
+            return
+        for tmp in base.glob("*/*/.*.tmp"):
+            try:
+                st = tmp.stat()
+            except FileNotFoundError:
+                continue
+            key = tmp.relative_to(self.root).as_posix()
+            when = datetime.fromtimestamp(st.st_mtime, timezone.utc)
+            yield Garbage(self.name, key, self._key_uri(key), st.st_size, when, "temporary file")
 
     def _delete(self, key: str) -> None:
         p = self._path(key)

@@ -16,6 +16,7 @@ from pathlib import Path
 from ..archive.manifest import Manifest
 from ..errors import TransientStorageError
 from .base import BackupRef, Location, StoredObject
+from .garbage import Garbage
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +72,8 @@ class RetryingLocation(Location):
     def put(self, tenant_id: str, backup_id: str, archive_path: Path, manifest: Manifest) -> StoredObject:
         return self._call("put", tenant_id, backup_id, archive_path, manifest)
 
-    def get(self, tenant_id: str, backup_id: str, dest_path: Path) -> StoredObject:
-        return self._call("get", tenant_id, backup_id, dest_path)
+    def get(self, tenant_id: str, backup_id: str, dest_path: Path, *, expect=None) -> StoredObject:
+        return self._call("get", tenant_id, backup_id, dest_path, expect=expect)
 
     def verify(self, tenant_id: str, backup_id: str, *, known_complete: bool = False) -> StoredObject:
         return self._call("verify", tenant_id, backup_id, known_complete=known_complete)
@@ -91,6 +92,12 @@ class RetryingLocation(Location):
 
     def incomplete(self, older_than: datetime) -> list[BackupRef]:
         return self._call("incomplete", older_than)
+
+    def garbage(self, older_than: datetime) -> list[Garbage]:
+        return self._call("garbage", older_than)
+
+    def remove_garbage(self, item: Garbage) -> None:
+        return self._call("remove_garbage", item)
 
     def delete(self, tenant_id: str, backup_id: str) -> None:
         return self._call("delete", tenant_id, backup_id)
