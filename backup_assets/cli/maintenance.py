@@ -100,7 +100,7 @@ def cmd_prune(args, out) -> int:
     "rebuild",
     help="copy into a location the backups it should hold (its retention) from the other locations; never deletes",
     args=[
-        arg("--location", required=True, metavar="L", help="the location to fill (a configured location's name)"),
+        arg("--location", metavar="L", help="the location to fill (a configured location's name)"),
         arg(
             "--from",
             dest="sources",
@@ -109,10 +109,24 @@ def cmd_prune(args, out) -> int:
         ),
         arg("--repair", action="store_true", help="also re-read the copies it holds and replace damaged ones"),
         arg("--dry-run", action="store_true", help="print what would be copied, copy nothing"),
+        arg(
+            "--index",
+            action="store_true",
+            help="instead, rebuild the index of --location (default: every configured one) from its manifests",
+        ),
     ],
 )
 def cmd_rebuild(args, out) -> int:
     from ..core.maintenance.rebuild import rebuild_location
+
+    if args.index:  # docs/STORAGE.md "The index"
+        from ._index import rebuild_indexes
+
+        return rebuild_indexes(args, out)
+    if not args.location:
+        from ..core.errors import ConfigError
+
+        raise ConfigError("rebuild needs --location L (or --index)")
 
     keep_min = out.settings.keep_min
     target = out.settings.locations([args.location])[args.location.strip().lower()]

@@ -107,7 +107,7 @@ def cmd_list(args, out) -> int:
     ],
 )
 def cmd_status(args, out) -> int:
-    from ..core.maintenance.status import gather
+    from ..core.maintenance.index_status import gather_indexed
     from ..core.source.tenants import display_label, read_registry
 
     max_age = args.max_age if args.max_age is not None else out.settings.max_age_days
@@ -115,13 +115,20 @@ def cmd_status(args, out) -> int:
         raise ConfigError(f"--max-age must be > 0 days, got {max_age:g}")
     records = read_registry(out.settings.source)  # the registry says who must have backups
     names = {r.id: r.name for r in records if r.name}
-    report = gather(
+    # From each location's index (a few requests per thousand tenants); a location whose index is not
+    # usable is read the old way, a manifest per tenant, every one authenticated (and said so).
+    indexed = gather_indexed(
         [r.id for r in records],
         locations_for(out, args.location),
-        keyring=out.settings.keyring(),  # every manifest is authenticated before its age is believed
+        keyring=out.settings.keyring(),  # the index and every manifest read are authenticated
         max_age_days=max_age,
         names=names,
     )
+    report = indexed.report
+    for name in indexed.scanned:
+        view = indexed.views.get(name)
+        if view is not None:
+            out.warn(f"tenant-backup: warning: {name}: {view.why_unusable()}; read manifest by manifest")
     for w in report.warnings:
         out.warn(f"tenant-backup: warning: {w}")
     if out.json:

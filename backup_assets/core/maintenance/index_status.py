@@ -21,7 +21,7 @@ from ..errors import TenantBackupError
 from ..locations import Location
 from ..locations.index import IndexView, read_index
 from ..locations.indexing import supports_index
-from .catalog import CatalogEntry
+from .catalog import CatalogEntry, missing_copies
 from .status import StatusReport, decide, gather
 
 LOG_ENTRIES_DUE = 5_000  # log entries after which a compaction is due
@@ -70,13 +70,14 @@ def gather_indexed(
     unreadable: dict[str, str] = {}
     refused: dict[tuple[str, str], str] = {}
     unsealed: list[str] = []
+    listings: dict[str, list[tuple[str, str]]] = {}  # for the missing copies (catalog.missing_copies)
     out = IndexedStatus(report=None)  # type: ignore[arg-type]
     for name, loc in locations.items():
         if not supports_index(loc):
             out.scanned.append(name)
             continue
         try:
-            view = read_index(loc, keyring, latest_only=True)
+            view = read_index(loc, keyring)  # every backup: the missing copies are judged on them too
         except TenantBackupError as exc:
             unreadable[name] = str(exc)
             continue
@@ -87,6 +88,7 @@ def gather_indexed(
             else:
                 unreadable[name] = view.why_unusable()
             continue
+        listings[name] = [(b.tenant_id, b.backup_id) for b in view.backups()]
         for tenant_id, backup in view.newest().items():
             if tenant_id not in wanted:
                 continue
@@ -117,6 +119,7 @@ def gather_indexed(
         verifications=verifications,
         names=names,
         refused=refused,
+        missing=missing_copies(listings, {n: locations[n].retention_days for n in listings}, now=now, tenants=wanted),
     )
     if out.scanned:  # the old way, for those alone, and one report of every location in their order
         scanned = gather(
@@ -135,5 +138,6 @@ def gather_indexed(
         report.unreadable.update(scanned.unreadable)
         report.warnings += scanned.warnings
         report.refused = sorted(report.refused + scanned.refused)
+        report.missing += scanned.missing  # judged within the scanned ones only; said where each was
     out.report = report
     return out
