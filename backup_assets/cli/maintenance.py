@@ -17,16 +17,23 @@ from .ops import locations_for, work_dir_of
 @command(
     "prune",
     help="delete backups past each location's retention (never the newest verified one of a "
-    "tenant; at least TENANT_BACKUP_KEEP_MIN kept)",
+    "tenant; at least TENANT_BACKUP_KEEP_MIN kept), then what no manifest refers to and nothing "
+    "touched for TENANT_BACKUP_GC_GRACE_S (garbage: superseded archives, leftovers of killed writes)",
     args=[
-        arg("--dry-run", action="store_true", help="print what would be deleted, delete nothing"),
+        arg(
+            "--dry-run",
+            action="store_true",
+            help="print what would be deleted and collected, with sizes; delete nothing",
+        ),
         arg("--location", metavar="L", help="only this location; default: all configured"),
     ],
 )
 def cmd_prune(args, out) -> int:
+    from ..core.maintenance.gc import grace_period
     from ..core.maintenance.retention import prune_location
 
     keep_min = out.settings.keep_min
+    grace = grace_period(out.settings.variables)
     keyring = out.settings.keyring()  # every manifest is authenticated before its age is believed
     locations = locations_for(out, args.location)
     verb = "would delete" if args.dry_run else "deleted"
@@ -38,6 +45,10 @@ def cmd_prune(args, out) -> int:
     def on_delete(location, d):
         out.text(f"{verb} {location:5} {d.tenant_id} {d.backup_id} (created {stamp(d.created_at) or '?'}: {d.reason})")
 
+    def on_garbage(g):
+        size = "? bytes" if g.size is None else f"{g.size} bytes"
+        out.text(f"{'would collect' if args.dry_run else 'collected'} {g.location:5} {g.uri} ({g.what}, {size})")
+
     failed = refused = False
     for name, loc in locations.items():
         entry = doc["locations"][name] = {
@@ -47,9 +58,18 @@ def cmd_prune(args, out) -> int:
             "errors": [],
             "refused": [],
             "incomplete": [],
+            "garbage": [],
         }
         try:
-            report = prune_location(loc, keyring=keyring, keep_min=keep_min, dry_run=args.dry_run, on_delete=on_delete)
+            report = prune_location(
+                loc,
+                keyring=keyring,
+                keep_min=keep_min,
+                dry_run=args.dry_run,
+                on_delete=on_delete,
+                grace=grace,
+                on_garbage=on_garbage,
+            )
         except StorageError as exc:  # this location unreachable: the others are still pruned
             out.warn(f"FAIL {name:5} prune: {exc}")
             entry["errors"].append(str(exc))
@@ -74,6 +94,7 @@ def cmd_prune(args, out) -> int:
             errors=list(report.errors),
             refused=list(report.refused),
             incomplete=[{"tenant_id": r.tenant_id, "backup_id": r.backup_id} for r in report.incomplete],
+            garbage=[{"uri": g.uri, "what": g.what, "size": g.size} for g in report.garbage],
             deleted=[
                 {
                     "tenant_id": d.tenant_id,
@@ -84,10 +105,13 @@ def cmd_prune(args, out) -> int:
                 for d in report.deleted
             ],
         )
+        collected = sum(g.size or 0 for g in report.garbage)
         out.text(
             f"{name}: {len(report.deleted)} {verb}, {kept} kept (retention {loc.retention_days} days, "
-            f"keep at least {keep_min} per tenant)"
+            f"keep at least {keep_min} per tenant); {len(report.garbage)} unreferenced objects "
+            f"({collected} bytes) {'would be collected' if args.dry_run else 'collected'}"
         )
+    doc["gc_grace_s"] = int(grace.total_seconds())
     doc["ok"] = not failed
     out.emit(doc)
     return 6 if refused else 1 if failed else 0

@@ -7,9 +7,10 @@ Rules, per location and per tenant (ages from the manifest's created_at):
 - the KEEP_MIN newest backups are kept, whatever their age;
 - a backup whose age is unknown (created_at missing or malformed) is kept: never delete on a guess;
 - everything else is deleted.
-What failed puts left without a manifest (an archive, a checksum sidecar: Location.incomplete) is
-removed once nothing of it was written for INCOMPLETE_AFTER (a day: no put takes that long between
-its archive and its manifest), so a full disk's leftovers do not stay forever.
+Then the location's garbage is collected (core/maintenance/gc.py): what no manifest refers to (what
+failed or killed puts, re-wraps and prunes left: archives without a manifest, superseded archives,
+unfinished uploads), once nothing of it was written for the grace period (TENANT_BACKUP_GC_GRACE_S, a
+day by default: no put takes that long between its archive and its manifest).
 Manifests are authenticated before any use (their seal, core/archive/seal.py): when one of a tenant's
 manifests in a location fails, nothing of that tenant is deleted there (its ages and the newest
 verified backup cannot be trusted), and the report names it (`refused`).
@@ -23,17 +24,19 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
+from .. import crashpoints
 from ..archive.seal import read_manifest, unsealed_summary
 from ..codec.keyring import Keyring
 from ..errors import ArchiveError, NotFound, TenantBackupError
-from ..locations import BackupRef, Location
+from ..locations import BackupRef, Garbage, Location
 from .catalog import parse_created_at
 from .copy_check import verify_copy
+from .gc import DEFAULT_GRACE, collect_garbage
 
 log = logging.getLogger(__name__)
 
 KEEP_MIN_VAR = "TENANT_BACKUP_KEEP_MIN"
-INCOMPLETE_AFTER = timedelta(days=1)
+INCOMPLETE_AFTER = DEFAULT_GRACE  # (the grace period's default; prune_location(grace=...))
 DEFAULT_KEEP_MIN = 2
 
 
@@ -99,7 +102,8 @@ class PruneReport:
     dry_run: bool
     refused: list[str] = field(default_factory=list)  # manifests that failed authentication (exit code 6)
     warnings: list[str] = field(default_factory=list)  # manifests without a seal: one line, with the count
-    incomplete: list[BackupRef] = field(default_factory=list)  # leftovers of failed puts removed (or would be)
+    incomplete: list[BackupRef] = field(default_factory=list)  # backup folders without a manifest removed
+    garbage: list[Garbage] = field(default_factory=list)  # every unreferenced object removed (or would be)
 
 
 def _checksum_ok(loc: Location, tenant_id: str, backup_id: str, keyring: Keyring) -> bool:
@@ -118,6 +122,8 @@ def prune_location(
     now: datetime | None = None,
     dry_run: bool = False,
     on_delete: Callable[[str, Decision], None] | None = None,
+    grace: timedelta = DEFAULT_GRACE,
+    on_garbage: Callable[[Garbage], None] | None = None,
 ) -> PruneReport:
     """Read the location's manifests, decide with plan_prune, delete (unless dry_run).
 
@@ -188,15 +194,15 @@ def prune_location(
             except TenantBackupError as exc:
                 errors.append(f"{d.tenant_id}/{d.backup_id}: delete failed: {exc}")
                 continue
+        if not dry_run:
+            crashpoints.reached("prune.delete")
         deleted.append(d)
         if on_delete is not None:
             on_delete(loc.name, d)
-    leftovers: list[BackupRef] = []
-    try:
-        for ref in loc.incomplete(now - INCOMPLETE_AFTER):
-            if not dry_run:
-                loc.delete(ref.tenant_id, ref.backup_id)
-            leftovers.append(ref)
-    except TenantBackupError as exc:
-        errors.append(f"removing what failed uploads left: {exc}")
-    return PruneReport(loc.name, decisions, deleted, errors, dry_run, refused, warnings, leftovers)
+    gc = collect_garbage(loc, grace=grace, now=now, dry_run=dry_run, on_item=on_garbage)
+    errors.extend(gc.errors)
+    leftovers = sorted(
+        {(g.key.split("/")[-3], g.key.split("/")[-2]) for g in gc.removed if g.what == "no manifest"},
+    )
+    incomplete = [BackupRef(loc.name, t, b, loc.uri(t, b)) for t, b in leftovers]
+    return PruneReport(loc.name, decisions, deleted, errors, dry_run, refused, warnings, incomplete, gc.removed)

@@ -2,11 +2,22 @@
 
 Per backup: download a copy (re-hashed), `rewrap_archive` (payload copied byte for byte, new key
 block), deep-verify the new file with a keyring holding ONLY the active key (decrypt, decompress,
-pg_restore --list), then put it back with the manifest's archive size/sha256/key_id updated (the
-archive first, the manifest last: Location.put) and re-read the stored object (its bytes must hash
-to the verified file's SHA-256). The same re-wrapped file goes to every location whose copy was
-byte-identical, so the copies stay identical. Backups whose manifest already names the active key
-are skipped, so a second run does nothing. A failed backup is reported and the others go on.
+pg_restore --list), then put it back with the manifest's archive size/sha256/key_id updated and
+re-read the stored object (its bytes must hash to the verified file's SHA-256). The same re-wrapped
+file goes to every location whose copy was byte-identical, so the copies stay identical. Backups whose
+manifest already names the active key are skipped, so a second run does nothing. A failed backup is
+reported and the others go on.
+
+Crash consistency (issue 24) comes from Location.put's protocol (core/locations/base.py): the
+re-wrapped archive is stored under a new name (its digest's), the manifest is switched last, and only
+then is the old archive deleted. Killed at any instant, each copy is its old self (old manifest, old
+archive, under the old key) or its new self; what the dead run wrote and no manifest names is garbage
+for prune's collection. The re-run is the recovery: copies still under an old key are re-wrapped,
+those done are skipped; there is no intent record to replay because no copy is ever half-done. A copy
+of an older version whose stored metadata disagrees with its manifest although its bytes match the
+manifest (the local sidecar written before the rename, issue 24) is read as its manifest describes it
+and re-wrapped like the others. When no copy of a backup reads intact the message names the repair:
+`tenant-backup rebuild --location L --repair` (cli/maintenance.py).
 
 Manifests are authenticated first (their seal, core/archive/seal.py): one that fails is refused
 ("failed", refused) and its archive left as it is. The re-written manifest is sealed with the active
@@ -24,12 +35,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import crashpoints
 from ..archive.manifest import Manifest
 from ..archive.seal import read_manifest
 from ..checks.verify import verify_archive
 from ..codec.format import rewrap_archive
 from ..codec.keyring import Keyring
-from ..errors import ArchiveError, NotFound, TenantBackupError
+from ..errors import ArchiveError, CorruptObject, NotFound, TenantBackupError
 from ..files import sha256_file
 from ..locations import Location
 from .copy_check import scan_against_manifest, verify_copy
@@ -175,6 +187,7 @@ def rewrap_locations(
                                 )
                             )
                             continue
+                        crashpoints.reached("rewrap.copy")
                         report(
                             RewrapOutcome(
                                 tloc.name,
@@ -192,24 +205,37 @@ def rewrap_locations(
 
 
 def _download_any(targets: list[tuple[Location, Manifest]], tenant_id: str, backup_id: str, dest: Path) -> None:
-    """The first identical copy that downloads intact (get re-hashes: a damaged copy raises)."""
+    """The first identical copy that downloads intact (get re-hashes: a damaged copy raises). A copy
+    whose stored metadata disagrees with its manifest is read against the manifest: its own bytes."""
     problems = []
-    for loc, _ in targets:
+    for loc, manifest in targets:
         try:
             loc.get(tenant_id, backup_id, dest)
             return
+        except CorruptObject as exc:
+            try:
+                loc.get(tenant_id, backup_id, dest, expect=manifest.checksum())
+                return
+            except TenantBackupError:
+                problems.append(f"{loc.name}: {exc}")
         except TenantBackupError as exc:
             problems.append(f"{loc.name}: {exc}")
-    raise ArchiveError("no intact copy to re-wrap: " + "; ".join(problems))
+    fixes = "; ".join(f"tenant-backup rebuild --location {loc.name} --repair" for loc, _ in targets)
+    raise ArchiveError(
+        f"no intact copy to re-wrap ({'; '.join(problems)}): repair it from another location with {fixes}"
+    )
 
 
 def _restore_original(loc: Location, tenant_id: str, backup_id: str, old_path: Path, manifest: Manifest) -> str:
-    """A failed put may have removed the old manifest (put replaces the backup): put the original back
-    so the location still holds the backup under its old key."""
+    """A put that failed before its manifest switch left the copy as it was; one that failed after it
+    (the re-read of the stored archive) leaves a new manifest: put the original back."""
     try:
+        if loc.get_manifest(tenant_id, backup_id).stated_checksum() == manifest.stated_checksum():
+            return "; the copy is unchanged (still under the old key)"
         loc.put(tenant_id, backup_id, old_path, manifest)
         return "; the original copy was put back (still under the old key)"
     except TenantBackupError as exc:
         return (
-            f"; putting the original back failed too ({exc}): rebuild this copy from another location (docs/RUNBOOK.md)"
+            f"; putting the original back failed too ({exc}): repair this copy with "
+            f"tenant-backup rebuild --location {loc.name} --repair"
         )
