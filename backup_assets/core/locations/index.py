@@ -441,3 +441,17 @@ def write_event(loc: Location, event: Event, keyring: Keyring) -> None:
 def mark_dirty(loc: Location) -> None:
     key = f"{index_root(loc)}dirty/{time.time_ns()}-{uuid.uuid4().hex[:8]}"
     _retry(loc, lambda inner: inner._put_bytes(key, b"changed without the index's key"), "index mark")
+
+
+def index_hints(loc: Location, keyring: Keyring | None) -> IndexView | None:
+    """The location's index for a reader that lists the location anyway (list, prune): its entries are
+    authenticated hints for the backups the listing shows (no manifest read for those), whether or not
+    the index is complete; None when there is no keyring, no index kind, or it cannot be read (the
+    reader then reads manifests, as before)."""
+    if keyring is None or not hasattr(type(_innermost(loc)), "_list"):
+        return None
+    try:
+        return read_index(loc, keyring)
+    except TenantBackupError as exc:
+        log.warning("%s: index not read (%s): manifests are read one by one", loc.name, exc)
+        return None

@@ -137,7 +137,18 @@ def prune_location(
     held: set[str] = set()  # tenants with a manifest that failed authentication: nothing of them deleted
     candidates: list[Candidate] = []
     unsealed: list[str] = []  # said once, with the count
+    from ..locations.index import index_hints
+
+    hints = index_hints(loc, keyring)  # the index's authenticated entries: no manifest read for those
+    from_index: dict[tuple[str, str], datetime | None] = {}
     for ref in loc.list():
+        hit = hints.backup(ref.tenant_id, ref.backup_id) if hints is not None else None
+        if hit is not None and hit.info is not None:  # a refused one is read below (and held)
+            created = from_index[(ref.tenant_id, ref.backup_id)] = parse_created_at(hit.created_at)
+            if not hit.info.sealed:
+                unsealed.append(f"{ref.tenant_id}/{ref.backup_id}")
+            candidates.append(Candidate(ref.tenant_id, ref.backup_id, created))
+            continue
         try:
             manifest, sealed = read_manifest(loc, ref.tenant_id, ref.backup_id, keyring)
             created = parse_created_at(manifest.created_at)
@@ -188,6 +199,19 @@ def prune_location(
     for d in decisions:
         if not d.delete:
             continue
+        if (d.tenant_id, d.backup_id) in from_index:  # the manifest has the last word before a delete
+            try:
+                manifest, _ = read_manifest(loc, d.tenant_id, d.backup_id, keyring)
+                agrees = parse_created_at(manifest.created_at) == from_index[(d.tenant_id, d.backup_id)]
+            except TenantBackupError as exc:
+                agrees, manifest = False, exc
+            if not agrees:
+                errors.append(
+                    f"{d.tenant_id}/{d.backup_id}: kept: the index and the manifest disagree"
+                    f" ({manifest if isinstance(manifest, Exception) else 'created_at'});"
+                    " run `tenant-backup rebuild --index`"
+                )
+                continue
         if not dry_run:
             try:
                 loc.delete(d.tenant_id, d.backup_id)
