@@ -14,6 +14,8 @@ from ..core.errors import ConfigError, NotFound
 from ._command import Labels, arg, command, exclusive, table
 from ._progress import Counter
 
+VERIFY_CONCURRENCY = 4  # copies verify --all re-reads at once
+
 
 def locations_for(out, which: str | None):
     """--location L → only L (only its variables are needed); none/"all" → TENANT_BACKUP_LOCATIONS."""
@@ -62,7 +64,11 @@ def cmd_list(args, out) -> int:
     from ..core.maintenance.catalog import collect
 
     tenant = tenant_arg(out, args.tenant)
-    entries, errors = collect(locations_for(out, args.location), tenant)
+    try:  # with the keyring, what the locations' indexes hold is read from them (no request per backup)
+        keyring = out.settings.keyring()
+    except ConfigError:
+        keyring = None
+    entries, errors = collect(locations_for(out, args.location), tenant, keyring=keyring)
     for e in errors:
         out.warn(f"tenant-backup: warning: {e.location}: {e.message}")
     labels = Labels.best_effort(out)
@@ -328,9 +334,12 @@ def _verify_all(args, out) -> int:
         + (f" --subset {share + 1}/{shares}" if args.subset else "")
         + (" --deep" if args.deep else "")
     )
-    results = []
+    from ..core.locations.index import read_many
+
     with Counter(out, "verifying", total=len(selected), unit="copies") as bar:
-        for name, loc, ref in selected:
+
+        def one(item):
+            name, loc, ref = item
             check = verify_copy(  # recorded beside the copy: read by `status`
                 loc,
                 ref.tenant_id,
@@ -341,10 +350,13 @@ def _verify_all(args, out) -> int:
                 seal=args.seal,
                 record=by,
             )
-            results.append(check)
             bar.advance(check.ok)
             if not check.ok:
                 bar.log(f"FAIL {name} {labels.label(ref.tenant_id)} {ref.backup_id}: {check.message}")
+            return check
+
+        # A few copies at once (each location's client bounds its own connections, retries, timeouts).
+        results = read_many(one, selected, workers=VERIFY_CONCURRENCY)
     bad = [c for c in results if not c.ok]
     # Copies a location should hold by its retention but does not (the listings alone; every day,
     # whatever the share): verify cannot re-read them, rebuild can put them back.

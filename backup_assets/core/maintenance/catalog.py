@@ -40,6 +40,7 @@ class CatalogEntry:
     backup_id: str
     created_at: str | None
     manifests: dict[str, Manifest] = field(default_factory=dict)  # location name -> its manifest
+    rows: int | None = None  # total rows, when the manifests came from an index (which keeps only that)
 
     @property
     def locations(self) -> list[str]:
@@ -62,7 +63,7 @@ class CatalogEntry:
         for m in self.manifests.values():
             if m.tables is not None:
                 return m.total_rows
-        return None
+        return self.rows
 
     def as_dict(self) -> dict:
         return {
@@ -83,34 +84,58 @@ class CollectError:
 
 
 def collect(
-    locations: dict[str, Location], tenant_id: str | None = None
+    locations: dict[str, Location], tenant_id: str | None = None, *, keyring=None, progress=None
 ) -> tuple[list[CatalogEntry], list[CollectError]]:
     """Every complete backup in `locations`, one entry per (tenant, backup), newest first.
 
     A location that cannot be listed, or a manifest that cannot be read, is returned as an error and
-    the rest is still collected: one unreachable location must not hide the others' backups.
+    the rest is still collected: one unreachable location must not hide the others' backups. The
+    listing says what exists; with `keyring`, what the location's index holds of a listed backup is
+    taken from it (core/locations/index.py: authenticated, no request), and the other manifests are
+    read concurrently (`progress(n)` as they arrive).
     """
+    from ..locations.index import index_hints, read_many
+
     entries: dict[tuple[str, str], CatalogEntry] = {}
     errors: list[CollectError] = []
+
+    def read(item):
+        loc, ref = item
+        try:
+            return loc.get_manifest(ref.tenant_id, ref.backup_id)
+        except NotFound:
+            return None  # deleted between list and read (a concurrent prune)
+        except TenantBackupError as exc:
+            return exc
+
     for name, loc in locations.items():
         try:
             refs = loc.list(tenant_id)
         except TenantBackupError as exc:
             errors.append(CollectError(name, f"cannot list: {exc}"))
             continue
+        hints = index_hints(loc, keyring)
+        found, unread = [], []
         for ref in refs:
-            try:
-                manifest = loc.get_manifest(ref.tenant_id, ref.backup_id)
-            except NotFound:
-                continue  # deleted between list and read (a concurrent prune)
-            except TenantBackupError as exc:
-                errors.append(CollectError(name, f"{ref.tenant_id}/{ref.backup_id}: cannot read manifest: {exc}"))
-                continue
+            hit = hints.backup(ref.tenant_id, ref.backup_id) if hints is not None else None
+            if hit is not None and hit.info is not None:
+                found.append((ref, hit.manifest(), hit.info.rows))
+            else:
+                unread.append(ref)
+        manifests = read_many(read, [(loc, ref) for ref in unread], progress=progress)
+        for ref, manifest in zip(unread, manifests, strict=True):
+            if isinstance(manifest, TenantBackupError):
+                errors.append(CollectError(name, f"{ref.tenant_id}/{ref.backup_id}: cannot read manifest: {manifest}"))
+            elif manifest is not None:
+                found.append((ref, manifest, None))
+        for ref, manifest, rows in sorted(found, key=lambda x: (x[0].tenant_id, x[0].backup_id)):
             key = (ref.tenant_id, ref.backup_id)
             entry = entries.get(key)
             if entry is None:
                 entry = entries[key] = CatalogEntry(ref.tenant_id, ref.backup_id, manifest.created_at)
             entry.manifests[name] = manifest
+            if entry.rows is None:
+                entry.rows = rows
     return sort_newest_first(list(entries.values())), errors
 
 
