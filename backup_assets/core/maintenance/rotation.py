@@ -30,7 +30,6 @@ active key alone ("sealed", the archive untouched).
 from __future__ import annotations
 
 import logging
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +43,7 @@ from ..codec.keyring import Keyring
 from ..errors import ArchiveError, CorruptObject, NotFound, TenantBackupError
 from ..files import sha256_file
 from ..locations import Location
+from ..workdir import work_folder
 from .copy_check import scan_against_manifest, verify_copy
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ def rewrap_locations(
             targets = [(loc, manifest)] + [c for c in copies if same_bytes(c[1])]
             copies = [c for c in copies if not same_bytes(c[1])]
             try:
-                with tempfile.TemporaryDirectory(prefix="tb-rewrap-", dir=work_dir) as tmp:
+                with work_folder(work_dir, "tb-rewrap-") as tmp:
                     old_path, new_path = Path(tmp) / "old.tbk", Path(tmp) / "new.tbk"
                     _download_any(targets, tenant_id, backup_id, old_path)
                     with old_path.open("rb") as inp, new_path.open("wb") as out:

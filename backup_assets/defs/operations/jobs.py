@@ -24,6 +24,7 @@ from ...core.leftovers import clean_leftovers
 from ...core.maintenance import alerts
 from ...core.maintenance.catalog import VERIFY_CYCLE_DAYS, share_of
 from ...core.maintenance.copy_check import verify_copy
+from ...core.maintenance.gc import grace_period
 from ...core.maintenance.retention import prune_location
 from ...core.restore import restore_tenant
 from ...core.settings import Settings
@@ -84,13 +85,15 @@ def restore_tenant_job():
     "at least TENANT_BACKUP_KEEP_MIN per tenant."
 )
 def prune_op(context: OpExecutionContext, backup: BackupResource) -> None:
-    keep_min = backup.get_settings().keep_min
+    settings = backup.get_settings()
+    keep_min, grace = settings.keep_min, grace_period(settings.variables)
     failed = []
     for name in backup.location_names():
         report = prune_location(
             backup.location(name),
             keyring=backup.keyring(),  # manifests are authenticated before their ages are believed
             keep_min=keep_min,
+            grace=grace,
             on_delete=lambda loc, d: context.log.info(f"{loc}: deleted {d}"),
         )
         context.log.info(f"{name}: {len(report.deleted)} backups deleted, {len(report.errors)} errors")
