@@ -1,0 +1,298 @@
+"""Operations at many tenants (issue 23): status, list, prune --dry-run, verify --all --subset 1/28 and
+the staleness sensor's read, at N tenants x K stored backups each, in three locations (local disk, the
+loopback S3 server for R2 and the b2sdk-backed B2 server, each double in a process of its own), with
+the requests each cloud location served and the peak memory of the process that ran each operation.
+
+    python bench/ops.py [--tenants 1000 10000] [--backups 3] [--workers 16] [--registry 10000]
+
+The backups: `backup_assets/testing/backups.py make_backup` — for every (tenant, backup id) its own
+archive of the real format (a header naming that tenant and backup id, a fresh data key wrapped by the
+keyring, zstd, AES-256-GCM) and a sealed manifest describing it, stored through the configured
+locations (so the index hook runs as in production). Every object passes verify (checksum) and
+decrypts; the payload is a stand-in of a dump (tenants without rows), not pg_dump output, so
+`verify --deep` is not measured here. Backups are 0, 7, 14… days old: nothing is past retention, so
+prune --dry-run measures planning (what it reads), not deletion.
+
+Each operation runs in a forked child (its peak RSS is the child's ru_maxrss; the baseline, a child
+doing nothing, is printed beside it: the imports' share). Request counts come from the servers
+(S3: GET /__checksums__ "requests"; B2: GET /__requests__). `--registry N` also measures adding N new
+tenant partitions in one registry-sensor tick on a PostgreSQL-backed Dagster instance: the sensor's
+batched add vs the daemon's per-key check it replaced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from backup_assets.core.codec.keyring import Keyring, generate_entry  # noqa: E402
+from backup_assets.core.locations import locations_from_env  # noqa: E402
+from backup_assets.core.locations.index import read_many  # noqa: E402
+from backup_assets.core.locations.index_compact import compact  # noqa: E402
+from backup_assets.testing.backups import backup_id_at, make_backup  # noqa: E402
+from backup_assets.testing.location_doubles import LocationDoubles  # noqa: E402
+
+OUT = ROOT / "bench" / "out" / "ops"
+
+
+def _json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def requests_served(env: dict) -> dict[str, int]:
+    return {
+        "r2": _json(env["R2_ENDPOINT_URL"] + "/__checksums__")["requests"],
+        "b2": _json(env["B2_REALM"] + "/__requests__")["requests"],
+    }
+
+
+def run_op(op: str, state: Path) -> tuple[object, float, float]:
+    """(result, seconds, peak RSS MiB) of operation `op`, run in a fresh process of its own (this
+    script with --op; a fork of a process holding storage clients' threads can deadlock)."""
+    proc = subprocess.Popen([sys.executable, __file__, "--op", op, "--state", str(state)], stdout=subprocess.PIPE)
+    data = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{op} failed (exit {proc.returncode})")
+    result = json.loads(data)
+    return result["ok"], result["seconds"], usage.ru_maxrss / 1024
+
+
+def populate(locs, keyring, tenants, ages: list[int], workers, tmp: Path, *, verified: bool = False) -> float:
+    """Store, for every tenant, one backup per age (days) in every location, through the configured
+    locations (the index hook runs); `verified`: also record a verification of each copy, as the
+    backup's copy checks do (one more index entry per copy)."""
+    now = datetime.now(timezone.utc)
+    started = time.perf_counter()
+
+    def one(item):
+        n, tenant = item
+        path = tmp / f"{n}.tbk"
+        for age in ages:
+            created = now - timedelta(days=age, minutes=n % 600)
+            backup = backup_id_at(created, n * 64 + age)
+            manifest = make_backup(keyring, tenant, backup, created, path)
+            for loc in locs.values():
+                loc.put(tenant, backup, path, manifest)
+                if verified:
+                    record = {"sha256": manifest.stated_checksum()[0], "ok": True, "deep": False}
+                    loc.put_verified(tenant, backup, {**record, "verified_at": now.isoformat(), "by": "bench"})
+        path.unlink(missing_ok=True)
+
+    done = [0]
+
+    def progress(_):
+        done[0] += 1
+        if done[0] % 2000 == 0:
+            print(f"  {done[0]} tenants stored in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+
+    read_many(one, list(enumerate(tenants)), workers=workers, progress=progress)
+    return time.perf_counter() - started
+
+
+# ------------------------------------------------------------------------------------------ the ops
+
+
+def _status_counts(report) -> dict:
+    return {"stale": len(report.stale), "unknown": len(report.unknown), "copies": len(report.copies)}
+
+
+def op_status(locs, keyring, tenants, workers, *, sensor: bool = False):
+    from backup_assets.core.maintenance.index_status import SENSOR_SCAN_LIMIT, gather_indexed
+
+    scan = {"scan_up_to": SENSOR_SCAN_LIMIT} if sensor else {}
+    out = gather_indexed(tenants, locs, keyring=keyring, max_age_days=8, **scan)
+    return {**_status_counts(out.report), "scanned": out.scanned}
+
+
+def op_old_status(locs, keyring, tenants, workers):
+    from backup_assets.core.maintenance.status import gather
+
+    return _status_counts(gather(tenants, locs, keyring=keyring, max_age_days=8))
+
+
+def op_list(locs, keyring, tenants, workers):
+    from backup_assets.core.maintenance.catalog import collect
+
+    entries, errors = collect(locs, keyring=keyring)
+    return {"backups": len(entries), "errors": len(errors)}
+
+
+def op_prune(locs, keyring, tenants, workers):
+    from backup_assets.core.maintenance.retention import prune_location
+
+    reports = {n: prune_location(loc, keyring=keyring, keep_min=2, dry_run=True) for n, loc in locs.items()}
+    return {n: {"would_delete": len(r.deleted), "errors": len(r.errors)} for n, r in reports.items()}
+
+
+def op_verify(locs, keyring, tenants, workers):
+    from backup_assets.core.maintenance.catalog import share_of
+    from backup_assets.core.maintenance.copy_check import verify_copy
+
+    selected = [
+        (loc, r) for name, loc in locs.items() for r in loc.list() if share_of(name, r.tenant_id, r.backup_id, 28) == 0
+    ]
+    checks = read_many(
+        lambda item: verify_copy(item[0], item[1].tenant_id, item[1].backup_id, keyring=keyring, record="bench"),
+        selected,
+        workers=4,
+    )
+    return {"copies": len(checks), "bad": sum(1 for c in checks if not c.ok)}
+
+
+def op_compact(locs, keyring, tenants, workers, *, full: bool = False):
+    return [compact(loc, keyring, full=full, workers=workers).line() for loc in locs.values()]
+
+
+OPS = {
+    "noop": lambda *a: "-",
+    "status": op_status,
+    "sensor": lambda *a: op_status(*a, sensor=True),
+    "status_old_scan": op_old_status,
+    "list": op_list,
+    "prune_dry_run": op_prune,
+    "verify_subset": op_verify,
+    "index_job": op_compact,
+    "rebuild_index": lambda *a: op_compact(*a, full=True),
+}
+
+
+def child(op: str, state_path: Path) -> int:
+    state = json.loads(state_path.read_text())
+    locs = locations_from_env(["local", "r2", "b2"], state["env"])
+    keyring = Keyring.parse(state["env"]["TENANT_BACKUP_KEYS"])
+    tenants = json.loads(Path(state["tenants"]).read_text())
+    started = time.perf_counter()
+    result = OPS[op](locs, keyring, tenants, state["workers"])
+    print(json.dumps({"ok": result, "seconds": time.perf_counter() - started}, default=str))
+    return 0
+
+
+def run_scale(n: int, backups: int, workers: int) -> dict:
+    tmp = Path(tempfile.mkdtemp(prefix=f"ops-{n}-", dir=OUT))
+    doubles = LocationDoubles("ops", processes=True)
+    try:
+        keys = generate_entry("bench")
+        env = {**doubles.env, "TENANT_BACKUP_KEYS": keys, "TENANT_BACKUP_LOCAL_DIR": str(tmp / "local")}
+        keyring = Keyring.parse(keys)
+        locs = locations_from_env(["local", "r2", "b2"], env)
+        tenants = [str(uuid.UUID(int=(i + 1) * 0x9E3779B97F4A7C15 % (1 << 128))) for i in range(n)]
+        (tmp / "tenants.json").write_text(json.dumps(tenants))
+        state = tmp / "state.json"
+        state.write_text(json.dumps({"env": env, "tenants": str(tmp / "tenants.json"), "workers": workers}))
+        figures: dict = {"tenants": n, "backups_per_tenant": backups}
+
+        def measure(label, op):
+            before = requests_served(env)
+            result, seconds, rss = run_op(op, state)
+            after = requests_served(env)
+            requests = {k: after[k] - before[k] for k in after}
+            figures[label] = {"seconds": round(seconds, 2), "peak_rss_mib": round(rss, 1), "requests": requests}
+            figures[label]["result"] = result
+            print(f"  {label:34} {seconds:7.2f} s {rss:6.0f} MiB  requests {requests}  {result}", file=sys.stderr)
+
+        print(f"{n} tenants x {backups} backups x 3 locations: storing the older ones…", file=sys.stderr)
+        figures["store_older_s"] = round(
+            populate(locs, keyring, tenants, [7 * j for j in range(1, backups)], workers, tmp), 1
+        )
+        measure("noop (baseline process)", "noop")
+        measure("index job, first (reconcile)", "index_job")
+        print("  … and this week's backup with its verification (as a weekly run leaves them)", file=sys.stderr)
+        figures["store_week_s"] = round(populate(locs, keyring, tenants, [0], workers, tmp, verified=True), 1)
+        measure("status (a week's log entries)", "status")
+        measure("sensor read (idem)", "sensor")
+        measure("index job (compact + reconcile)", "index_job")
+        measure("status", "status")
+        measure("sensor read", "sensor")
+        measure("list", "list")
+        measure("prune --dry-run", "prune_dry_run")
+        measure("verify --all --subset 1/28", "verify_subset")
+        measure("rebuild --index", "rebuild_index")
+        if n <= 1000:  # before the index: a manifest and a verified.json per tenant and location
+            measure("status, the old scan", "status_old_scan")
+        return figures
+    finally:
+        doubles.stop()
+        for proc in doubles.processes:
+            proc.terminate()
+
+
+def registry_sync(n: int) -> dict:
+    """Adding n new partitions: the daemon's per-key check (what a request did) vs the sensor's batches."""
+    from dagster import DagsterInstance
+
+    from backup_assets.core.embedded_pg import start_embedded
+
+    tmp = Path(tempfile.mkdtemp(prefix="ops-registry-", dir=OUT))
+    server = start_embedded(tmp / "pg")
+    try:
+        import psycopg2
+
+        conn = psycopg2.connect(server.admin_dsn())
+        conn.autocommit = True
+        conn.cursor().execute("CREATE DATABASE dagster")
+        conn.close()
+        socket_dir = server.socket_dir
+        (tmp / "home").mkdir()
+        url = f"postgresql+psycopg2://postgres@/dagster?host={socket_dir}"
+        (tmp / "home" / "dagster.yaml").write_text(f'storage:\n  postgres:\n    postgres_url: "{url}"\n')
+        out = {}
+        with DagsterInstance.from_config(str(tmp / "home")) as instance:
+            keys = [str(uuid.uuid4()) for _ in range(n)]
+            started = time.perf_counter()
+            for start in range(0, n, 1000):
+                instance.add_dynamic_partitions("tenants", keys[start : start + 1000])
+            out["batched_add_s"] = round(time.perf_counter() - started, 2)
+            others = [str(uuid.uuid4()) for _ in range(min(n, 2000))]
+            started = time.perf_counter()
+            missing = [k for k in others if not instance.has_dynamic_partition("tenants", k)]
+            instance.add_dynamic_partitions("tenants", missing)
+            per_key = (time.perf_counter() - started) / len(others)
+            out["per_key_check_ms"] = round(per_key * 1000, 2)
+            out[f"per_key_check_{n}_s"] = round(per_key * n, 1)
+        print(f"  registry sync, {n} new partitions: {out}")
+        return out
+    finally:
+        server.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tenants", type=int, nargs="+", default=[1000, 10000])
+    parser.add_argument("--backups", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=16)
+    parser.add_argument("--registry", type=int, default=10000)
+    parser.add_argument("--op", choices=sorted(OPS), help=argparse.SUPPRESS)  # one operation, in its own process
+    parser.add_argument("--state", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.op:
+        return child(args.op, args.state)
+    OUT.mkdir(parents=True, exist_ok=True)
+    results = {"registry": registry_sync(args.registry) if args.registry else None, "scales": []}
+    for n in args.tenants:
+        results["scales"].append(run_scale(n, args.backups, args.workers))
+        (OUT / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    print(json.dumps(results, indent=2, default=str))
+    print(
+        f"peak RSS of this driver: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB", file=sys.stderr
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
