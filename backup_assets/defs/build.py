@@ -29,7 +29,6 @@ def build_definitions(settings: Settings | Mapping[str, str] | None = None) -> D
     parts = backup_parts(settings)
     return Definitions(
         assets=parts["assets"],
-        asset_checks=parts["asset_checks"],
         jobs=[*parts["jobs"], weekly_batch_job, restore_tenant_job, prune_job, verify_share_job, index_maintenance_job],
         schedules=[
             build_weekly_per_tenant_schedule(settings),

@@ -95,6 +95,17 @@ def error_line(error) -> str:
     return f"{line} (after {retries} retries)" if retries and chosen is not error else line
 
 
+def exception_line(exc: BaseException) -> str:
+    """One line naming what failed, from an exception caught in a step (a Failure's description; a
+    permanent error's line; else the error's first line)."""
+    if isinstance(exc, Failure):
+        return first_line(exc.description or "", LINE_LIMIT) or "failed"
+    failure = permanent_failure(exc)
+    line = failure.description if failure is not None else first_line(exc, LINE_LIMIT) or type(exc).__name__
+    retried = [n for n in getattr(exc, "__notes__", ()) if n.startswith("(after ")]  # defs/backup/assets.py
+    return f"{line} {retried[0]}" if retried else line
+
+
 def step_failure_line(event) -> str:
     """error_line of a STEP_FAILURE event (its error, else its message)."""
     data = getattr(event, "event_specific_data", None)

@@ -262,23 +262,30 @@ class StagingIOManager(ConfigurableIOManager):
 
     work_dir: str
 
-    def _pointer(self, tenant_id: str) -> Path:
-        return Path(self.work_dir) / "staging" / tenant_id / "latest.json"
-
     def handle_output(self, context: OutputContext, obj: ArchiveHandle) -> None:
-        pointer = self._pointer(obj.tenant_id)
-        temp = pointer.with_suffix(".tmp")
-        with permanent_failures(temp):  # a full or read-only work directory: not retried
-            pointer.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            temp.write_text(obj.to_json())
-            os.replace(temp, pointer)
+        stage_handle(self.work_dir, obj)
 
     def load_input(self, context: InputContext) -> ArchiveHandle:
-        with permanent_failures():  # nothing staged: a retry minutes later finds nothing either
-            return self._load(context.partition_key)
+        return load_staged(self.work_dir, context.partition_key)
 
-    def _load(self, tenant_id: str) -> ArchiveHandle:
-        pointer = self._pointer(tenant_id)
+
+def _pointer(work_dir: str, tenant_id: str) -> Path:
+    return Path(work_dir) / "staging" / tenant_id / "latest.json"
+
+
+def stage_handle(work_dir: str, obj: ArchiveHandle) -> None:
+    """The archive's handle beside it: what a later run of a location alone loads (load_staged)."""
+    pointer = _pointer(work_dir, obj.tenant_id)
+    temp = pointer.with_suffix(".tmp")
+    with permanent_failures(temp):  # a full or read-only work directory: not retried
+        pointer.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        temp.write_text(obj.to_json())
+        os.replace(temp, pointer)
+
+
+def load_staged(work_dir: str, tenant_id: str) -> ArchiveHandle:
+    with permanent_failures():  # nothing staged: a retry minutes later finds nothing either
+        pointer = _pointer(work_dir, tenant_id)
         if not pointer.exists():
             raise TenantBackupError(f"no staged archive for tenant {tenant_id}: materialize tenant_archive first")
         handle = ArchiveHandle.from_json(pointer.read_text())
@@ -287,6 +294,29 @@ class StagingIOManager(ConfigurableIOManager):
                 f"the staged archive {handle.path} of tenant {tenant_id} is gone: re-materialize tenant_archive"
             )
         return handle
+
+
+def store_copy(location: str, backup: "BackupResource", obj: ArchiveHandle) -> dict:
+    """Store the archive in one location; the copy asset's metadata. A permanent storage error
+    (configuration, credentials, missing bucket) is a Failure at once; a transient one is raised as it
+    is (retried by the caller). The local location writes files on this machine: a full, read-only or
+    forbidden disk is permanent too, named with the copy's path."""
+    import time
+
+    started = time.monotonic()
+    with permanent_failures(local_files=False):
+        loc = backup.location(location)
+        destination = _local_path(loc.uri(obj.tenant_id, obj.backup_id))
+    with permanent_failures(destination, local_files=location == "local"):
+        stored = loc.put(obj.tenant_id, obj.backup_id, Path(obj.path), obj.manifest)
+    return {
+        "location": location,
+        "uri": MetadataValue.text(stored.uri),
+        BACKUP_ID_METADATA: obj.backup_id,
+        "stored_bytes": MetadataValue.int(stored.size),
+        "sha256": stored.sha256,
+        "upload_seconds": MetadataValue.float(round(time.monotonic() - started, 3)),
+    }
 
 
 class LocationIOManager(ConfigurableIOManager):
@@ -300,27 +330,7 @@ class LocationIOManager(ConfigurableIOManager):
         return self.backup.location(self.location)
 
     def handle_output(self, context: OutputContext, obj: ArchiveHandle) -> None:
-        import time
-
-        started = time.monotonic()
-        # A permanent storage error (configuration, credentials, missing bucket) fails the step at once;
-        # a transient one is retried. The local location writes files on this machine: a full,
-        # read-only or forbidden disk is permanent too, named with the copy's path.
-        with permanent_failures(local_files=False):
-            location = self.build()
-            destination = _local_path(location.uri(obj.tenant_id, obj.backup_id))
-        with permanent_failures(destination, local_files=self.location == "local"):
-            stored = location.put(obj.tenant_id, obj.backup_id, Path(obj.path), obj.manifest)
-        context.add_output_metadata(
-            {
-                "location": self.location,
-                "uri": MetadataValue.text(stored.uri),
-                BACKUP_ID_METADATA: obj.backup_id,
-                "stored_bytes": MetadataValue.int(stored.size),
-                "sha256": stored.sha256,
-                "upload_seconds": MetadataValue.float(round(time.monotonic() - started, 3)),
-            }
-        )
+        context.add_output_metadata(store_copy(self.location, self.backup, obj))
 
     def load_input(self, context: InputContext) -> StoredHandle:
         with permanent_failures(local_files=False):

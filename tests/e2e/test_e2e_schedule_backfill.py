@@ -72,6 +72,35 @@ def test_backfill_of_one_tenant_through_graphql(e2e_stack):
     _assert_backed_up(stack, target)
 
 
+def test_backfill_of_every_partition_through_graphql_is_one_run_of_many(e2e_stack):
+    """What a Dagster user does at thousands of tenants: select every partition in the UI and launch a
+    backfill. The backfill policy makes it a few runs of many partitions (here all in one), each tenant
+    still with its own materializations and check results per partition."""
+    stack = e2e_stack
+    tenants = list(stack.active_tenants)
+    stack.add_partitions(tenants)
+    before = _counts(stack)
+    backfill_id = stack.launch_backfill(list(ASSETS), tenants, run_config=IN_PROCESS)
+    bf = stack.wait_for_backfill(backfill_id)
+    runs = bf["runs"]
+    # Fewer runs than tenants (one per stretch of the partitions' order the selection covers).
+    assert 1 <= len(runs) < len(tenants) and all(r["status"] == "SUCCESS" for r in runs), bf
+    ranged = [r for r in runs if "dagster/asset_partition_range_start" in {t["key"] for t in r["tags"]}]
+    assert ranged, bf
+    for run in runs:
+        steps = stack.run_steps(run["runId"])
+        assert list(steps) == ["back_up"], steps  # one step: every asset and check of its tenants
+    after = _counts(stack)
+    for asset in ASSETS:
+        for tenant in tenants:
+            assert after[asset].get(tenant, 0) == before[asset].get(tenant, 0) + 1, (asset, tenant)
+    for tenant in tenants:
+        _assert_backed_up(stack, tenant)
+        # The check results of this partition come from that run, not from an earlier one.
+        for (asset, check), execution in stack.latest_checks(tenant).items():
+            assert execution["runId"] in {r["runId"] for r in runs}, (asset, check, tenant)
+
+
 def test_backfill_of_one_tenant_through_the_cli(e2e_stack):
     stack = e2e_stack
     *others, target = stack.active_tenants

@@ -20,6 +20,7 @@ from ...core.locations import registry
 from ...core.maintenance import alerts
 from ...core.settings import Settings
 from ...core.source.tenants import list_tenants
+from ..backup.assets import ALERTED
 from ..backup.definitions import tenant_backup_job
 from ..backup.partitions import TENANTS, tenants_partitions
 from ..failures import step_failure_line
@@ -145,6 +146,8 @@ def backup_failure_alerts(context: RunFailureSensorContext, backup: BackupResour
             settings,
         )
     for event in failures:
+        if _alerted(event):  # the backup step raised each tenant's and location's alert itself
+            continue
         # What failed, one line: the error under Dagster's retry wrapper, not "Exceeded max_retries of N".
         alerts.emit(
             alerts.backup_failure(

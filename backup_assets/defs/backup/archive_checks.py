@@ -1,4 +1,4 @@
-"""The archive's own checks, run in its step (one restore into a scratch database serves both):
+"""The archive's own checks, run in the tenant's step (one restore into a scratch database serves both):
 isolation (every row of a table with the tenant column is this tenant's) and the restore drill (row
 counts equal the manifest's). Both blocking: an archive that fails them is not materialized at all,
 so no location ever receives it; one that passes carries the drill's record in its manifest
@@ -13,7 +13,7 @@ from ...core.archive.manifest import DrillRecord
 from ...core.checks.drill import restore_drill
 from ...core.errors import TenantBackupError
 from ...core.source.pgbin import major_of
-from .check_results import check_result, partitioned_checks_preview
+from .check_results import partitioned_checks_preview
 from .partitions import tenants_partitions
 
 ARCHIVE_ASSET = "tenant_archive"
@@ -41,17 +41,12 @@ def archive_check_specs() -> list[AssetCheckSpec]:
         ]
 
 
-def archive_check_results(context, archive, backup) -> tuple[list, bool, DrillRecord | None]:
-    """(the two check results, whether both passed, the drill's record for the manifest) for the
-    staged archive `archive`. The drill runs on a scratch server of the source's major where one can
-    be had, and its metadata says which major it proved (drill_server_major)."""
+def archive_check_results(archive, backup) -> tuple[list[dict], bool, DrillRecord | None]:
+    """(the two checks' outcomes: check_result's arguments, whether both passed, the drill's record
+    for the manifest) for the staged archive `archive`. The drill runs on a scratch server of the
+    source's major where one can be had, and its metadata says which major it proved
+    (drill_server_major)."""
     settings = backup.source_settings()
-    common = {
-        "asset": ARCHIVE_ASSET,
-        "tenant_id": archive.tenant_id,
-        "location": None,
-        "settings": backup.get_settings(),
-    }
     source_major = major_of(archive.manifest.server_version)
     try:
         archive.manifest.verify_seal(backup.keyring(), where=f"archive {archive.backup_id}")
@@ -65,10 +60,13 @@ def archive_check_results(context, archive, backup) -> tuple[list, bool, DrillRe
     except TenantBackupError as exc:  # the drill could not run (scratch server down...): not proven
         return (
             [
-                check_result(
-                    context, check="isolation", passed=False, message=f"not checked: {exc}", metadata={}, **common
+                dict(
+                    check="isolation",
+                    passed=False,
+                    message=f"not checked: {exc}",
+                    metadata={},
                 ),
-                check_result(context, check="restore_drill", passed=False, message=str(exc), metadata={}, **common),
+                dict(check="restore_drill", passed=False, message=str(exc), metadata={}),
             ],
             False,
             None,
@@ -80,16 +78,13 @@ def archive_check_results(context, archive, backup) -> tuple[list, bool, DrillRe
     )
     return (
         [
-            check_result(
-                context,
+            dict(
                 check="isolation",
                 passed=result.isolated,
                 message=isolation,
                 metadata={"foreign_rows": MetadataValue.int(sum(result.foreign_rows.values()))},
-                **common,
             ),
-            check_result(
-                context,
+            dict(
                 check="restore_drill",
                 passed=result.ok,
                 message=result.message,
@@ -102,7 +97,6 @@ def archive_check_results(context, archive, backup) -> tuple[list, bool, DrillRe
                     "source_major": MetadataValue.int(result.source_major or 0),
                     "drill_matches_source": MetadataValue.bool(bool(result.matches_source)),
                 },
-                **common,
             ),
         ],
         result.ok and result.isolated,

@@ -1,63 +1,60 @@
-"""The assets: one archive per tenant partition, fanned out to one asset per storage location.
+"""The assets of a tenant partition: its archive, fanned out to one asset per storage location.
 
 tenant_archive ──► <location>_copy for every configured location (one per kind in the registry of
-location kinds: local_copy, ...), each with its own IO manager, so a failing location fails, retries
-and is backfilled alone. The archive's isolation check and restore drill run
-in its own step (defs/backup/archive_checks.py); a location ships only an archive they proved.
+location kinds: local_copy, ...). All of them, with their checks, are ONE step (`back_up`, a
+multi-asset) that runs every partition of its run: a run of one tenant (the UI, `dagster asset
+materialize --partition`, the per-tenant schedule) or of many (a backfill under the backfill policy,
+the weekly batch): Dagster's own guidance at many partitions (docs/BENCHMARKS.md). Per tenant the
+step reports what an operator looks at, each under the tenant's partition: one materialization per
+asset and one evaluation per check (defs/backup/check_results.py) — no step, input or output events
+per asset. A failing location fails alone (its copy not materialized, its BACKUP_FAILURE alert; the
+others are stored), a failing tenant fails alone (the others of the run are reported), and the step
+fails at the end naming them; a location is re-run or backfilled alone by selecting its asset (the
+staged archive is loaded). The archive's isolation check and restore drill run before any location
+(defs/backup/archive_checks.py); a location ships only an archive they proved.
 """
 
 import dataclasses
 import os
+import time
+from pathlib import Path
 
 from dagster import (
     AssetExecutionContext,
-    AssetIn,
+    AssetKey,
+    AssetMaterialization,
     AssetsDefinition,
-    Backoff,
+    AssetSpec,
+    BackfillPolicy,
     DagsterRunStatus,
     Failure,
     MetadataValue,
-    Output,
-    RetryPolicy,
-    asset,
+    multi_asset,
 )
 
 from ...core.archive.export import ExportOptions, export_tenant, shared_line
 from ...core.archive.manifest import Manifest
 from ...core.files import TEMP_MARK
 from ...core.locations import registry
+from ...core.maintenance import alerts
 from ...core.settings import Settings
-from ..failures import permanent_failures
-from ..resources import ArchiveHandle, BackupResource
+from ..failures import exception_line, permanent_failure, permanent_failures
+from ..resources import ArchiveHandle, BackupResource, load_staged, stage_handle, store_copy
 from ..runs.guard import BATCH_TAG, TenantBusy, claim_tenant
 from .archive_checks import ARCHIVE_ASSET, archive_check_results, archive_check_specs
+from .check_results import check_result, run_url
+from .copy_checks import copy_check_outcomes, location_check_specs
 from .partitions import tenants_partitions
 
 GROUP = "tenant_backup"
 FORCE_TAG = "tenant_backup/force"  # run tag: back up a tenant the registry does not return
 TENANT_NAME_TAG = "tenant_backup/tenant_name"  # run tag: the registry's display name (its query's 2nd column)
-
-
-def record_tenant_name(context, source_settings, tenant_id: str) -> str | None:
-    """The tenant's display name from the registry query, put on the run as a tag (shown in the UI
-    beside the id); None when the query returns no name. Never fails the backup."""
-    from ...core.source.tenants import tenant_name
-
-    try:
-        name = tenant_name(source_settings, tenant_id)
-        if name and context.run.tags.get(TENANT_NAME_TAG) != name:
-            context.instance.add_run_tags(context.run.run_id, {TENANT_NAME_TAG: name})
-        return name
-    except Exception as exc:  # noqa: BLE001 - a name is a label, not a reason to fail a backup
-        context.log.warning(f"tenant name not recorded: {' '.join(str(exc).split())[:300]}")
-        return None
-
-
-def retry_policy(settings: Settings) -> RetryPolicy:
-    """TENANT_BACKUP_RETRIES (default 3) retries, TENANT_BACKUP_RETRY_DELAY_S (default 300) apart: for
-    transient errors only (the database or a storage unreachable); the steps fail a permanent one at
-    once (defs/failures.py)."""
-    return RetryPolicy(max_retries=settings.retries, delay=settings.retry_delay_s, backoff=Backoff.LINEAR)
+LISTED_TAG = "tenant_backup/listed"  # run tag: the batch read the registry and found the tenant listed
+STEP = "back_up"  # the one step of the tenant_backup job
+# A backfill of N tenants runs as ceil(N / PARTITIONS_PER_RUN) runs (BackfillPolicy.multi_run).
+PARTITIONS_PER_RUN = 200
+ALERTED = "tenant_backup/alerted"  # metadata of the step's Failure: its BACKUP_FAILURE alerts are raised
+FAILED_TENANTS = "failed_tenants"  # metadata of the step's Failure: each failed tenant's one line
 
 
 def shared_rows(manifest: Manifest) -> dict[str, int]:
@@ -85,22 +82,202 @@ def archive_metadata(manifest: Manifest) -> dict:
     }
 
 
-def build_archive_asset(settings: Settings) -> AssetsDefinition:
-    @asset(
-        name=ARCHIVE_ASSET,
+def build_backup_asset(settings: Settings) -> AssetsDefinition:
+    """The one step: tenant_archive and a <location>_copy per configured location, with every check."""
+    names = settings.location_names
+    specs = [
+        AssetSpec(
+            ARCHIVE_ASSET,
+            partitions_def=tenants_partitions,
+            group_name=GROUP,
+            kinds={"postgres"},
+            skippable=True,
+            description="One tenant's rows: pg_dump under row-level security → zstd → AES-256-GCM → SHA-256, "
+            "staged on local disk, then restored into a scratch database (isolation, restore drill). "
+            "The handle (path + manifest) is what the locations store.",
+        )
+    ]
+    for name in names:
+        kind = registry.kind(name)
+        specs.append(
+            AssetSpec(
+                f"{name}_copy",
+                deps=[ARCHIVE_ASSET],
+                partitions_def=tenants_partitions,
+                group_name=GROUP,
+                kinds={kind.ui_kind},
+                skippable=True,
+                description=f"The tenant's archive and manifest stored in the {name} location "
+                f"({kind.display_name}; retention per {kind.retention_variable}).",
+            )
+        )
+
+    @multi_asset(
+        name=STEP,
+        specs=specs,
+        check_specs=[*archive_check_specs(), *(c for name in names for c in location_check_specs(name))],
         partitions_def=tenants_partitions,
-        io_manager_key="staging_io_manager",
-        group_name=GROUP,
-        retry_policy=retry_policy(settings),
-        kinds={"postgres"},
-        check_specs=archive_check_specs(),
-        description="One tenant's rows: pg_dump under row-level security → zstd → AES-256-GCM → SHA-256, "
-        "staged on local disk, then restored into a scratch database (isolation, restore drill). "
-        "The handle (path + manifest) is what flows downstream.",
+        can_subset=True,  # a location alone; and the checks are reported per partition, not as outputs
+        backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=PARTITIONS_PER_RUN),
     )
-    def tenant_archive(context: AssetExecutionContext, backup: BackupResource):
-        tenant_id = context.partition_key
-        try:  # first of all: is another live run backing this tenant up?
+    def back_up(context: AssetExecutionContext, backup: BackupResource):
+        selected = {key.path[-1] for key in context.selected_asset_keys}
+        # Checks selected without their copy (the UI's "execute checks"): re-run on the stored copy.
+        recheck = {
+            key.asset_key.path[-1]
+            for key in context.selected_asset_check_keys
+            if key.asset_key.path[-1] not in selected and key.asset_key.path[-1] != ARCHIVE_ASSET
+        }
+        tenants = context.partition_keys
+        listed, names_of = _registry(context, backup, tenants)
+        failed: list[str] = []
+        for tenant_id in tenants:
+            if selected:
+                yield from _tenant(context, backup, tenant_id, selected, failed, listed, names_of.get(tenant_id))
+            for asset in sorted(recheck):
+                yield from _recheck(context, backup, tenant_id, asset, failed)
+        if failed:
+            lines: dict[str, str] = {}
+            for tenant_id, asset, line in failed:
+                lines[tenant_id] = f"{lines[tenant_id]}; {asset}: {line}" if tenant_id in lines else line
+            raise Failure(
+                _failure_line(failed, len(tenants)),
+                allow_retries=False,
+                metadata={ALERTED: True, FAILED_TENANTS: MetadataValue.json(lines)},
+            )
+
+    return back_up
+
+
+def _registry(context, backup: BackupResource, tenants: list[str]) -> tuple[bool, dict[str, str]]:
+    """One registry read per run, not per tenant: whether every tenant is listed, and their names. A
+    batch's run carries the batch's own read as tags (LISTED_TAG, TENANT_NAME_TAG): none then; a run
+    of one tenant asks for its row only (core/source/tenants.py registry_row)."""
+    from ...core.source.tenants import clean_name, read_registry, registry_row
+
+    tags = context.run.tags
+    if tags.get(LISTED_TAG) == "true" and len(tenants) == 1:
+        name = tags.get(TENANT_NAME_TAG)
+        return True, ({tenants[0]: name} if name else {})
+    try:
+        if len(tenants) == 1:
+            row = registry_row(backup.source_settings(), tenants[0])
+            name = clean_name(row[1]) if row is not None and len(row) > 1 else None
+            return row is not None, ({tenants[0]: name} if name else {})
+        records = {r.id: r for r in read_registry(backup.source_settings())}
+    except Exception as exc:  # noqa: BLE001 - each export asks again, and fails with the reason
+        context.log.warning(f"tenant registry not read: {' '.join(str(exc).split())[:300]}")
+        return False, {}
+    listed = {t for t in tenants if t in records}
+    return len(listed) == len(tenants), {t: records[t].name for t in listed if records[t].name}
+
+
+def _tenant(context, backup: BackupResource, tenant_id, selected, failed, listed, name):
+    """One tenant's partition: its events; what failed appended to `failed`, alerted."""
+    settings = backup.get_settings()
+    url = run_url(settings, context.run.run_id)
+    handle = None
+    if ARCHIVE_ASSET in selected:
+        try:
+            handle, drill_outcomes = _with_retries(settings, lambda: _archive(context, backup, tenant_id, listed))
+        except Exception as exc:  # noqa: BLE001 - this tenant fails, the run's others go on
+            line = exception_line(exc)
+            failed.append((tenant_id, ARCHIVE_ASSET, line))
+            alerts.emit(alerts.backup_failure(tenant_id, None, f"{ARCHIVE_ASSET}: {line}", url), settings)
+            return
+        if handle is not None and handle.proven:
+            yield AssetMaterialization(
+                AssetKey(ARCHIVE_ASSET),
+                partition=tenant_id,
+                metadata={**archive_metadata(handle.manifest), **({"tenant_name": name} if name else {})},
+            )
+        for outcome in drill_outcomes:
+            yield check_result(context, **_common(ARCHIVE_ASSET, tenant_id, None, settings), **outcome, blocking=True)
+        if not handle.proven:  # not materialized: nothing to ship, and nothing a later run could pick up
+            Path(handle.path).unlink(missing_ok=True)
+            line = "; ".join(str(o["message"]) for o in drill_outcomes if not o["passed"])
+            failed.append(
+                (tenant_id, ARCHIVE_ASSET, f"archive {handle.backup_id} failed its checks, not shipped: {line}")
+            )
+            return
+    locations = [n for n in backup.location_names() if f"{n}_copy" in selected]
+    if locations and handle is None:
+        try:
+            handle = load_staged(backup.work_dir, tenant_id)
+        except Exception as exc:  # noqa: BLE001
+            failed.append((tenant_id, ARCHIVE_ASSET, exception_line(exc)))
+            return
+    for location in locations:
+        asset = f"{location}_copy"
+        try:
+            if not handle.proven:  # fail closed: e.g. an archive staged by a run whose checks did not pass
+                raise Failure(
+                    f"archive {handle.backup_id} of tenant {tenant_id} was not proven by its"
+                    f" isolation check and restore drill: not shipped to {location}",
+                    allow_retries=False,
+                )
+            metadata = _with_retries(settings, lambda loc=location: store_copy(loc, backup, handle))
+        except Exception as exc:  # noqa: BLE001 - this location fails alone
+            line = exception_line(exc)
+            failed.append((tenant_id, asset, line))
+            alerts.emit(alerts.backup_failure(tenant_id, location, f"{asset}: {line}", url), settings)
+            continue
+        yield AssetMaterialization(AssetKey(asset), partition=tenant_id, metadata=metadata)
+        for outcome in copy_check_outcomes(location, handle, backup, context.log.warning):
+            yield check_result(context, **_common(asset, tenant_id, location, settings), **outcome)
+
+
+def _recheck(context, backup: BackupResource, tenant_id: str, asset: str, failed: list):
+    """A copy's checks again, on the copy its latest materialization stored (decoded: no drill here)."""
+    from ..resources import stored_backup_id
+
+    location = asset[: -len("_copy")]
+    backup_id = stored_backup_id(context.instance, AssetKey(asset), tenant_id)
+    if backup_id is None:
+        failed.append((tenant_id, asset, f"{asset} of tenant {tenant_id} was never stored"))
+        return
+    handle = ArchiveHandle(tenant_id, backup_id, "", None)
+    settings = backup.get_settings()
+    for outcome in copy_check_outcomes(location, handle, backup, context.log.warning):
+        yield check_result(context, **_common(asset, tenant_id, location, settings), **outcome)
+
+
+def _failure_line(failed: list[tuple[str, str, str]], tenants: int) -> str:
+    """What failed, on one line: a run of one tenant says its cause (the asset named when more than one
+    failed); a run of many names each tenant with its asset and cause."""
+    if tenants == 1:
+        return failed[0][2] if len(failed) == 1 else "; ".join(f"{asset}: {line}" for _, asset, line in failed)
+    return f"{len({t for t, _, _ in failed})} of {tenants} tenant backups failed: " + "; ".join(
+        f"{tenant} ({asset}: {line})" for tenant, asset, line in failed
+    )
+
+
+def _common(asset, tenant_id, location, settings) -> dict:
+    return {"asset": asset, "tenant_id": tenant_id, "location": location, "settings": settings}
+
+
+def _with_retries(settings: Settings, work):
+    """`work()`, again after TENANT_BACKUP_RETRY_DELAY_S for a transient error, at most
+    TENANT_BACKUP_RETRIES times (a permanent one is raised at once: defs/failures.py)."""
+    attempt = 0
+    while True:
+        try:
+            return work()
+        except Failure:
+            raise
+        except Exception as exc:
+            if permanent_failure(exc) is not None or attempt >= settings.retries:
+                if attempt:
+                    exc.add_note(f"(after {attempt} retries)")
+                raise
+            attempt += 1
+            time.sleep(settings.retry_delay_s * attempt)
+
+
+def _archive(context, backup: BackupResource, tenant_id: str, listed: bool):
+    """Export, stage and drill one tenant's archive: (its handle, the drill's check outcomes)."""
+    if context.has_partition_key:  # a run of one tenant: is another live run backing this tenant up?
+        try:
             claim_tenant(
                 context.instance,
                 context.run.run_id,
@@ -110,50 +287,42 @@ def build_archive_asset(settings: Settings) -> AssetsDefinition:
             )
         except TenantBusy as exc:
             raise Failure(str(exc), allow_retries=False) from None
-        with permanent_failures(backup.work_dir):
-            out_dir = backup.staging_dir(tenant_id)
-            _remove_leftovers(out_dir, context)
-        pending = out_dir / f"{PENDING}{context.run.run_id}.tbk"
-        # A tenant the registry no longer returns is refused unless the run says --force.
-        force = context.run.tags.get(FORCE_TAG) == "true"
-        # A permanent error (configuration, refused tenant, isolation, pg_dump's own error, a full or
-        # read-only work directory) fails the step at once, naming it; a transient one is retried.
-        with permanent_failures(pending):
-            exported = export_tenant(
-                backup.source_settings(),
-                backup.keyring(),
-                tenant_id,
-                pending,
-                ExportOptions(force=force, warn_shared=False),
-            )
-        shared = shared_rows(exported)
-        if shared:  # once per run; a batch's runs leave it to the batch, which says it once with the count
-            warn, line = shared_line(shared, backup.source_settings().shared_tables)
-            in_batch = BATCH_TAG in context.run.tags
-            (context.log.warning if warn and not in_batch else context.log.info)(line)
-        name = record_tenant_name(context, backup.source_settings(), tenant_id)
-        final = out_dir / f"{exported.backup_id}.tbk"
-        with permanent_failures(final):
-            os.replace(pending, final)
-        manifest = exported.with_archive(file=final.name)
+    with permanent_failures(backup.work_dir):
+        out_dir = backup.staging_dir(tenant_id)
+        _remove_leftovers(out_dir, context)
+    pending = out_dir / f"{PENDING}{context.run.run_id}.tbk"
+    # A tenant the registry no longer returns is refused unless the run says --force.
+    force = context.run.tags.get(FORCE_TAG) == "true"
+    # A permanent error (configuration, refused tenant, isolation, pg_dump's own error, a full or
+    # read-only work directory) fails at once, naming it; a transient one is retried.
+    with permanent_failures(pending):
+        exported = export_tenant(
+            backup.source_settings(),
+            backup.keyring(),
+            tenant_id,
+            pending,
+            ExportOptions(force=force, warn_shared=False, listed=listed or None),
+        )
+    shared = shared_rows(exported)
+    if shared:  # once per run; a batch's runs leave it to the batch, which says it once with the count
+        warn, line = shared_line(shared, backup.source_settings().shared_tables)
+        in_batch = BATCH_TAG in context.run.tags or len(context.partition_keys) > 1
+        if warn and not in_batch:
+            context.log.warning(line)
+    final = out_dir / f"{exported.backup_id}.tbk"
+    with permanent_failures(final):
+        os.replace(pending, final)
+    manifest = exported.with_archive(file=final.name)
+    handle = ArchiveHandle(tenant_id, manifest.backup_id, str(final), manifest)
+    outcomes, proven, drill = archive_check_results(handle, backup)
+    if drill is not None:  # stored with every copy: which bytes were proven, on which PostgreSQL major
+        manifest = dataclasses.replace(manifest, drill=drill)
         handle = ArchiveHandle(tenant_id, manifest.backup_id, str(final), manifest)
-        results, proven, drill = archive_check_results(context, handle, backup)
-        if drill is not None:  # stored with every copy: which bytes were proven, on which PostgreSQL major
-            manifest = dataclasses.replace(manifest, drill=drill)
-            handle = ArchiveHandle(tenant_id, manifest.backup_id, str(final), manifest)
-        yield from results
-        if not proven:  # not materialized: nothing to ship, and nothing a later run could pick up
-            final.unlink(missing_ok=True)
-            raise Failure(
-                f"archive {handle.backup_id} of tenant {tenant_id} failed its checks, not shipped: "
-                + "; ".join(str(r.metadata["message"].value) for r in results if not r.passed),
-                allow_retries=False,
-            )
+    if proven:
+        stage_handle(backup.work_dir, handle)
         with permanent_failures(out_dir):
             _prune_staging(out_dir, keep=final)
-        yield Output(handle, metadata={**archive_metadata(manifest), **({"tenant_name": name} if name else {})})
-
-    return tenant_archive
+    return handle, outcomes
 
 
 PENDING = "pending-"  # pending-<run id>.tbk: an archive being written by that run
@@ -180,31 +349,3 @@ def _prune_staging(directory, keep, retain: int = 2) -> None:
     for old in staged[:-retain]:
         if old != keep:
             old.unlink(missing_ok=True)
-
-
-def build_location_asset(location: str, settings: Settings) -> AssetsDefinition:
-    """The asset <location>_copy of a configured location; what the UI shows of it is its kind's
-    (core/locations/registry.py)."""
-    kind = registry.kind(location)
-
-    @asset(
-        name=f"{location}_copy",
-        partitions_def=tenants_partitions,
-        io_manager_key=f"{location}_io_manager",
-        ins={"archive": AssetIn(ARCHIVE_ASSET)},
-        group_name=GROUP,
-        retry_policy=retry_policy(settings),
-        kinds={kind.ui_kind},
-        description=f"The tenant's archive and manifest stored in the {location} location ({kind.display_name}; "
-        f"its IO manager writes it; retention per {kind.retention_variable}).",
-    )
-    def copy(archive: ArchiveHandle, backup: BackupResource) -> ArchiveHandle:
-        if not archive.proven:  # fail closed: e.g. an archive staged by a run whose checks did not pass
-            raise Failure(
-                f"archive {archive.backup_id} of tenant {archive.tenant_id} was not proven by its"
-                f" isolation check and restore drill: not shipped to {location}",
-                allow_retries=False,
-            )
-        return archive  # the IO manager does the storing: the value is only the handle
-
-    return copy

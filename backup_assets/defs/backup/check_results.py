@@ -1,9 +1,19 @@
-"""What every check of ours reports: an AssetCheckResult, and an INTEGRITY_FAILURE alert when it fails."""
+"""What every check of ours reports: an AssetCheckEvaluation of its partition, and an INTEGRITY_FAILURE
+alert when it fails.
+
+An evaluation, not an AssetCheckResult: a result takes no partition, and in a run of many partitions
+(the backfill policy, defs/backup/assets.py) it would be recorded without one. The evaluation names
+its partition and the materialization it checked (the partition's latest, as Dagster does for a
+result): without that target the UI does not count it as the partition's current result
+(tests/test_partitioned_check_results.py)."""
 
 import warnings
 from contextlib import contextmanager
 
-from dagster import AssetCheckResult, AssetCheckSeverity, AssetKey
+from dagster import AssetCheckEvaluation, AssetCheckSeverity, AssetKey, AssetRecordsFilter
+from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+    AssetCheckEvaluationTargetMaterializationData,
+)
 
 from ...core.maintenance import alerts
 from ...core.settings import Settings
@@ -28,7 +38,8 @@ def check_result(
     message: str,
     metadata: dict,
     settings: Settings,
-) -> AssetCheckResult:
+    blocking: bool = False,
+) -> AssetCheckEvaluation:
     if not passed:
         alerts.emit(
             alerts.Alert(
@@ -41,12 +52,28 @@ def check_result(
             ),
             settings,
         )
-    return AssetCheckResult(
+    return AssetCheckEvaluation(
         asset_key=AssetKey(asset),
         check_name=check,
         passed=passed,
         severity=AssetCheckSeverity.ERROR,
         metadata={"message": message, **metadata},
+        partition=tenant_id,
+        target_materialization_data=latest_materialization(context.instance, asset, tenant_id),
+        blocking=blocking,
+    )
+
+
+def latest_materialization(instance, asset: str, tenant_id: str):
+    """The partition's latest materialization (the one a check of it checks), or None."""
+    records = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=AssetKey(asset), asset_partitions=[tenant_id]), limit=1
+    ).records
+    if not records:
+        return None
+    record = records[0]
+    return AssetCheckEvaluationTargetMaterializationData(
+        storage_id=record.storage_id, run_id=record.event_log_entry.run_id, timestamp=record.timestamp
     )
 
 

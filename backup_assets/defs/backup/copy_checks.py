@@ -1,5 +1,5 @@
-"""The partitioned asset checks of each <location>_copy (the archive's own checks run in its step:
-defs/backup/archive_checks.py): checksum and integrity, both from the core's one copy check
+"""The partitioned asset checks of each <location>_copy, run in the tenant's step right after the copy
+is stored (the archive's own checks: defs/backup/archive_checks.py): checksum and integrity, both from the core's one copy check
 (core/maintenance/copy_check.py verify_copy, deep), which `tenant-backup verify --deep` and the daily
 verify job call too, recording the same thing beside the copy (verified.json, read by `status`).
 A failure also raises an INTEGRITY_FAILURE alert.
@@ -13,97 +13,71 @@ A failure also raises an INTEGRITY_FAILURE alert.
 
 import time
 
-from dagster import (
-    AssetCheckExecutionContext,
-    AssetChecksDefinition,
-    AssetCheckSpec,
-    AssetIn,
-    MetadataValue,
-    multi_asset_check,
-)
+from dagster import AssetCheckSpec, MetadataValue
 
 from ...core.archive.seal import unsealed_warning
 from ...core.maintenance.copy_check import IDENTITY, verify_copy
 from ..resources import ArchiveHandle, BackupResource
 from .archive_checks import ARCHIVE_ASSET
-from .check_results import check_result as _result
 from .check_results import partitioned_checks_preview
 from .partitions import tenants_partitions
 
 
-def build_location_checks(location: str) -> list[AssetChecksDefinition]:
-    with partitioned_checks_preview():
-        return _location_checks(location)
-
-
-def _location_checks(location: str) -> list[AssetChecksDefinition]:
+def location_check_specs(location: str) -> list[AssetCheckSpec]:
     asset_name = f"{location}_copy"
-    specs = [
-        AssetCheckSpec(
-            "checksum",
-            asset=asset_name,
-            partitions_def=tenants_partitions,
-            additional_deps=[ARCHIVE_ASSET],
-            description=f"The copy in {location}: its manifest authenticated and this backup's, the stored "
-            "bytes re-read and hashed: size and SHA-256 equal the stored metadata's and the manifest's.",
-        ),
-        AssetCheckSpec(
-            "integrity",
-            asset=asset_name,
-            partitions_def=tenants_partitions,
-            additional_deps=[ARCHIVE_ASSET],
-            description=f"The copy in {location} downloaded, decrypted, decompressed and read by "
-            "`pg_restore --list` (every table of the manifest has its data entry), and every row of a "
-            "table with the tenant column this tenant's; or identical to the archive the drill restored.",
-        ),
-    ]
+    with partitioned_checks_preview():
+        return [
+            AssetCheckSpec(
+                "checksum",
+                asset=asset_name,
+                partitions_def=tenants_partitions,
+                additional_deps=[ARCHIVE_ASSET],
+                description=f"The copy in {location}: its manifest authenticated and this backup's, the stored "
+                "bytes re-read and hashed: size and SHA-256 equal the stored metadata's and the manifest's.",
+            ),
+            AssetCheckSpec(
+                "integrity",
+                asset=asset_name,
+                partitions_def=tenants_partitions,
+                additional_deps=[ARCHIVE_ASSET],
+                description=f"The copy in {location} downloaded, decrypted, decompressed and read by "
+                "`pg_restore --list` (every table of the manifest has its data entry), and every row of a "
+                "table with the tenant column this tenant's; or identical to the archive the drill restored.",
+            ),
+        ]
 
-    # Both checks from one verification, of the copy of the archive this run staged (not merely the
-    # newest in the location). A check runs after the asset it checks: the copy is not loaded.
-    @multi_asset_check(name=f"{asset_name}_checks", specs=specs, ins={"archive": AssetIn(ARCHIVE_ASSET)})
-    def copy_checks(context: AssetCheckExecutionContext, archive: ArchiveHandle, backup: BackupResource):
-        loc = backup.location(location)
-        common = {
-            "asset": asset_name,
-            "tenant_id": archive.tenant_id,
-            "location": location,
-            "settings": backup.get_settings(),
-        }
-        where = {"backup_id": archive.backup_id, "uri": loc.uri(archive.tenant_id, archive.backup_id)}
-        started = time.monotonic()
-        check = verify_copy(
-            loc,
-            archive.tenant_id,
-            archive.backup_id,
-            keyring=backup.keyring(),
-            deep=True,
-            work_dir=backup.scratch_files_dir(),
-            drilled=archive.manifest,
-            record=f"{asset_name} checks",
-        )
-        if check.sealed is False:
-            context.log.warning(unsealed_warning(where["uri"]))
-        if check.checksum_ok is not True:  # not found, refused, or the stored bytes are not the manifest's
-            yield _result(context, check="checksum", passed=False, message=check.message, metadata=where, **common)
-            yield _result(
-                context,
-                check="integrity",
-                passed=False,
-                message="not checked: copy unreadable",
-                metadata=where,
-                **common,
-            )
-            return
-        yield _result(
-            context,
+
+def copy_check_outcomes(location: str, archive: ArchiveHandle, backup: BackupResource, warn) -> list[dict]:
+    """Both checks of the copy of `archive` (the archive this run staged, not merely the newest in the
+    location) from one verification: check_result's arguments."""
+    loc = backup.location(location)
+    where = {"backup_id": archive.backup_id, "uri": loc.uri(archive.tenant_id, archive.backup_id)}
+    started = time.monotonic()
+    check = verify_copy(
+        loc,
+        archive.tenant_id,
+        archive.backup_id,
+        keyring=backup.keyring(),
+        deep=True,
+        work_dir=backup.scratch_files_dir(),
+        drilled=archive.manifest,
+        record=f"{location}_copy checks",
+    )
+    if check.sealed is False:
+        warn(unsealed_warning(where["uri"]))
+    if check.checksum_ok is not True:  # not found, refused, or the stored bytes are not the manifest's
+        return [
+            dict(check="checksum", passed=False, message=check.message, metadata=where),
+            dict(check="integrity", passed=False, message="not checked: copy unreadable", metadata=where),
+        ]
+    return [
+        dict(
             check="checksum",
             passed=True,
             message="SHA-256 and size match the manifest",
             metadata={**where, "download_seconds": MetadataValue.float(round(time.monotonic() - started, 3))},
-            **common,
-        )
-        yield _result(
-            context,
+        ),
+        dict(
             check="integrity",
             passed=check.ok,
             message=check.message,
@@ -112,7 +86,5 @@ def _location_checks(location: str) -> list[AssetChecksDefinition]:
                 "integrity_by": "identity" if check.proof == IDENTITY else "decode",
                 "toc_entries": MetadataValue.int(check.toc_entries or 0),
             },
-            **common,
-        )
-
-    return [copy_checks]
+        ),
+    ]

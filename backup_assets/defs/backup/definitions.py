@@ -1,5 +1,5 @@
-"""The tenant_backup job with what it runs: the archive asset, one asset, IO manager and pair of checks
-per configured location (iterating the registry of location kinds, core/locations/registry.py), and
+"""The tenant_backup job with what it runs: the archive asset, one asset and pair of checks per
+configured location, all in one step (defs/backup/assets.py) (iterating the registry of location kinds, core/locations/registry.py), and
 the resources. `backup_definitions` is what a run of one tenant needs (the batch driver and its Dask
 workers run it in process); defs/build.py adds the schedules, sensors and operations around it.
 """
@@ -11,8 +11,7 @@ from dagster import AssetSelection, Definitions, define_asset_job
 from ...core.settings import Settings
 from ..resources import BackupResource, LocationIOManager, StagingIOManager
 from ..runs.guard import JOB_NAME
-from .assets import GROUP, build_archive_asset, build_location_asset
-from .copy_checks import build_location_checks
+from .assets import GROUP, build_backup_asset
 
 tenant_backup_job = define_asset_job(
     JOB_NAME,
@@ -48,8 +47,7 @@ def backup_parts(settings: Settings) -> dict:
     names = settings.location_names
     backup = BackupResource.from_settings(settings)
     return {
-        "assets": [build_archive_asset(settings), *(build_location_asset(name, settings) for name in names)],
-        "asset_checks": [check for name in names for check in build_location_checks(name)],
+        "assets": [build_backup_asset(settings)],
         "jobs": [tenant_backup_job],
         "resources": {
             "backup": backup,

@@ -25,25 +25,21 @@ import logging
 import uuid
 from dataclasses import dataclass, field
 
-from dagster import DagsterInstance
+from dagster import DagsterInstance, RunsFilter
 
 from ...core.cluster import ClusterSpec, ClusterUnreachable, WorkerRefused, check_address, check_tls
 from ...core.errors import ConfigError, first_line
 from ...core.settings import Settings
+from ..backup.assets import PARTITIONS_PER_RUN
 from ..backup.partitions import TENANTS
-from .guard import (
-    BATCH_TAG,
-    WORKER_TAG,
-    executing_runs,
-    fail_orphan,
-)
+from .guard import BATCH_TAG, EXECUTING, WORKER_TAG, fail_orphan
 from .in_process import (
     TenantOutcome,
-    back_up_one,
+    back_up_chunk,
     cluster_token,
     instance_label,
     is_shared_storage,
-    run_in_worker,
+    run_chunk_in_worker,
 )
 from .instance import runner_instance
 
@@ -115,26 +111,32 @@ def back_up_tenants(
     new = [t for t in tenant_ids if t not in known]
     if new:
         instance.add_dynamic_partitions(TENANTS, new)
-    if instance.is_ephemeral or (workers <= 1 and not scheduler) or len(tenant_ids) == 0:
+    labels = registry_labels(settings, tenant_ids)
+    local = instance.is_ephemeral or (workers <= 1 and not scheduler) or len(tenant_ids) == 0
+    chunks = stretches(tenant_ids, instance.get_dynamic_partitions(TENANTS), 1 if local else max(workers, 1))
+    if local:
         instance = runner_instance(instance)
         outcomes = {}
-        for index, tenant_id in enumerate(tenant_ids, 1):
-            outcomes[tenant_id] = back_up_one(
+        for chunk in chunks:
+            for outcome in back_up_chunk(
                 defs,
                 instance,
-                tenant_id,
+                chunk,
+                labels={t: labels[t] for t in chunk if t in labels},
                 force=force,
                 batch_id=batch_id,
                 log_level=log_level,
                 timeout_s=settings.run_timeout_s,
-            )
-            if progress:
-                progress(index, len(tenant_ids), outcomes[tenant_id])
+            ):
+                outcomes[outcome.tenant_id] = outcome
+                if progress:
+                    progress(len(outcomes), len(tenant_ids), outcome)
         return BatchResult([outcomes[t] for t in tenant_ids])
     refused: dict[str, str] = {}
     outcomes = _on_dask(
         instance,
         tenant_ids,
+        chunks,
         force=force,
         progress=progress,
         log_level=log_level,
@@ -143,8 +145,43 @@ def back_up_tenants(
         scheduler=scheduler,
         settings=settings,
         refused=refused,
+        labels=labels,
     )
     return BatchResult(outcomes, refused)
+
+
+TASKS_PER_WORKER = 4  # a batch's tasks per worker: balance at the end, little lost with a killed worker
+
+
+def stretches(tenant_ids: list[str], order: list[str], workers: int) -> list[list[str]]:
+    """The batch's tasks: stretches of tenants contiguous in the partitions' order (each one run of
+    many partitions, as a backfill under the backfill policy runs them), about TASKS_PER_WORKER per
+    worker, at most PARTITIONS_PER_RUN each. In the partitions' order, not the registry's."""
+    position = {key: index for index, key in enumerate(order)}
+    wanted = sorted(set(tenant_ids), key=lambda t: position.get(t, len(order)))
+    size = max(1, min(PARTITIONS_PER_RUN, -(-len(wanted) // (workers * TASKS_PER_WORKER))))
+    out: list[list[str]] = []
+    for tenant_id in wanted:
+        current = out[-1] if out else None
+        if (
+            current is not None
+            and len(current) < size
+            and tenant_id in position
+            and position.get(current[-1]) == position[tenant_id] - 1
+        ):
+            current.append(tenant_id)
+        else:
+            out.append([tenant_id])
+    return out
+
+
+def registry_labels(settings: Settings, tenant_ids: list[str]) -> dict[str, str]:
+    """The batch's one registry read (not one per tenant run): tenant -> its display name ("" when
+    none) for every listed tenant; a tenant not listed (--force) is read by its own run."""
+    from ...core.source.tenants import read_registry
+
+    wanted = set(tenant_ids)
+    return {r.id: r.name or "" for r in read_registry(settings.source) if r.id in wanted}
 
 
 def require_shared_instance(instance: DagsterInstance, scheduler: str) -> None:
@@ -188,7 +225,19 @@ def connect(scheduler: str | None, settings: Settings, cluster=None):
 
 
 def _on_dask(
-    instance, tenant_ids, *, force, progress, log_level, workers, batch_id, scheduler, settings: Settings, refused
+    instance,
+    tenant_ids,
+    chunks,
+    *,
+    force,
+    progress,
+    log_level,
+    workers,
+    batch_id,
+    scheduler,
+    settings: Settings,
+    refused,
+    labels: dict[str, str],
 ) -> list[TenantOutcome]:
     import dask
     from distributed import LocalCluster, Security
@@ -219,12 +268,13 @@ def _on_dask(
         try:
             with connect(scheduler, settings, cluster) as client:
                 options = dict(pure=False, force=force, batch_id=batch_id, log_level=log_level, cluster=spec)
-                tasks = _Tasks(client, options, batch_id, losses, refused)
-                tasks.map(tenant_ids)
-                for tenant_id, outcome in tasks.results():
-                    outcomes[tenant_id] = outcome
-                    if progress:
-                        progress(len(outcomes), len(tenant_ids), outcome)
+                tasks = _Tasks(client, options, batch_id, losses, refused, labels)
+                tasks.map(chunks)
+                for _chunk, chunk_outcomes in tasks.results():
+                    for outcome in chunk_outcomes:
+                        outcomes[outcome.tenant_id] = outcome
+                        if progress:
+                            progress(len(outcomes), len(tenant_ids), outcome)
         finally:
             if cluster is not None:
                 # A worker still shutting its run machinery down is killed after 4 s: our own process, its
@@ -253,31 +303,41 @@ class _Tasks:
     CHECK_S = 2.0
     STUCK_S = 60.0
 
-    def __init__(self, client, options: dict, batch_id: str, losses: int, refused: dict[str, str]):
+    def __init__(self, client, options: dict, batch_id: str, losses: int, refused: dict[str, str], labels=None):
         from distributed import as_completed
 
+        self.labels = labels or {}
         self.client, self.options, self.batch_id, self.losses, self.refused = client, options, batch_id, losses, refused
         self.completed = as_completed()
-        self.tenant_of: dict[str, str] = {}  # task key -> tenant
+        self.tenant_of: dict[str, tuple] = {}  # task key -> its tenants (a chunk)
         self.restricted: dict[str, tuple[object, set[str]]] = {}  # task key -> (future, workers it may run on)
-        self.attempts: dict[str, int] = {}  # tenant -> submissions
+        self.attempts: dict[tuple, int] = {}  # chunk -> submissions
         self.stuck_since: float | None = None
         self.failed: list[tuple[str, TenantOutcome]] = []  # given up outside a result (stuck)
 
-    def map(self, tenant_ids: list[str]) -> None:
-        keys = [self._key(t) for t in tenant_ids]
-        self.completed.update(self.client.map(run_in_worker, tenant_ids, key=keys, **self.options))
+    def map(self, chunks: list[list[str]]) -> None:
+        chunks = [tuple(c) for c in chunks]
+        keys = [self._key(c) for c in chunks]
+        labels = [self._labels(c) for c in chunks]
+        self.completed.update(
+            self.client.map(run_chunk_in_worker, [list(c) for c in chunks], labels, key=keys, **self.options)
+        )
 
-    def _key(self, tenant_id: str) -> str:
-        self.attempts[tenant_id] = self.attempts.get(tenant_id, 0) + 1
-        n = self.attempts[tenant_id]
-        key = f"backup-{self.batch_id}-{tenant_id}" + (f"-{n}" if n > 1 else "")
-        self.tenant_of[key] = tenant_id
+    def _labels(self, chunk: tuple) -> dict:
+        return {t: self.labels[t] for t in chunk if t in self.labels}
+
+    def _key(self, chunk: tuple) -> str:
+        self.attempts[chunk] = self.attempts.get(chunk, 0) + 1
+        n = self.attempts[chunk]
+        key = f"backup-{self.batch_id}-{chunk[0]}-{len(chunk)}" + (f"-{n}" if n > 1 else "")
+        self.tenant_of[key] = chunk
         return key
 
-    def _submit(self, tenant_id: str, workers: set[str]) -> None:
-        key = self._key(tenant_id)
-        future = self.client.submit(run_in_worker, tenant_id, key=key, workers=sorted(workers), **self.options)
+    def _submit(self, chunk: tuple, workers: set[str]) -> None:
+        key = self._key(chunk)
+        future = self.client.submit(
+            run_chunk_in_worker, list(chunk), self._labels(chunk), key=key, workers=sorted(workers), **self.options
+        )
         self.restricted[key] = (future, workers)
         self.completed.add(future)
 
@@ -296,35 +356,35 @@ class _Tasks:
                     next_check = time.monotonic() + self.CHECK_S
                 continue
             for future in batch:
-                tenant_id = self.tenant_of.pop(future.key, None)
+                chunk = self.tenant_of.pop(future.key, None)
                 self.restricted.pop(future.key, None)
-                if tenant_id is None:  # cancelled by _unstick, submitted again
+                if chunk is None:  # cancelled by _unstick, submitted again
                     continue
-                outcome = self._outcome(future, tenant_id)
-                if outcome is not None:
-                    yield tenant_id, outcome
+                outcomes = self._outcomes(future, chunk)
+                if outcomes is not None:
+                    yield chunk, outcomes
 
-    def _outcome(self, future, tenant_id: str) -> TenantOutcome | None:
+    def _outcomes(self, future, chunk: tuple) -> list[TenantOutcome] | None:
         from distributed import KilledWorker
 
         try:
             # Released once read: a worker that dies later holding this result must not make Dask
-            # run the tenant again for a future nobody holds.
+            # run the task again for a future nobody holds.
             return _result(future)
         except KilledWorker:
             reason = f"its worker died {self.losses} times while backing it up (killed, out of memory?): given up"
-            return TenantOutcome(tenant_id, "", error=reason)
+            return [TenantOutcome(t, "", error=reason) for t in chunk]
         except WorkerRefused as exc:
             if exc.worker not in self.refused:
                 self.refused[exc.worker] = str(exc)
                 log.warning(str(exc))
             others = self._eligible()
-            if others and self.attempts[tenant_id] < REFUSALS_PER_TENANT:
-                self._submit(tenant_id, others)
+            if others and self.attempts[chunk] < REFUSALS_PER_TENANT:
+                self._submit(chunk, others)
                 return None
-            return TenantOutcome(tenant_id, "", error=str(exc))
-        except Exception as exc:  # noqa: BLE001 - reported for this tenant, the batch goes on
-            return TenantOutcome(tenant_id, "", error=first_line(exc) or type(exc).__name__)
+            return [TenantOutcome(t, "", error=str(exc)) for t in chunk]
+        except Exception as exc:  # noqa: BLE001 - reported for these tenants, the batch goes on
+            return [TenantOutcome(t, "", error=first_line(exc) or type(exc).__name__) for t in chunk]
 
     def _eligible(self) -> set[str]:
         return {w for w in self.client.scheduler_info(n_workers=-1)["workers"] if w not in self.refused}
@@ -344,14 +404,14 @@ class _Tasks:
         for key, future in stuck:
             if not eligible and time.monotonic() - self.stuck_since < self.STUCK_S:
                 continue
-            tenant_id = self.tenant_of.pop(key)
+            chunk = self.tenant_of.pop(key)
             del self.restricted[key]
             future.cancel()
             if eligible:
-                self._submit(tenant_id, eligible)
+                self._submit(chunk, eligible)
             else:
                 line = "no worker that accepts this batch is left: " + " | ".join(self.refused.values())
-                self.failed.append((tenant_id, TenantOutcome(tenant_id, "", error=line)))
+                self.failed.append((chunk, [TenantOutcome(t, "", error=line) for t in chunk]))
 
 
 def _home_of(instance: DagsterInstance) -> dict[str, str]:
@@ -369,8 +429,6 @@ def _result(future):
 def _sweep(instance, tenant_ids, batch_id) -> None:
     """Every task is done: a run of this batch still executing belongs to a worker that died after
     starting it (its tenant was re-run, or given up): marked failed with the reason."""
-    for tenant_id in tenant_ids:
-        for record in executing_runs(instance, tenant_id):
-            if record.dagster_run.tags.get(BATCH_TAG) == batch_id:
-                worker = record.dagster_run.tags.get(WORKER_TAG, "?")
-                fail_orphan(instance, record, f"its Dask worker {worker} died during the run", log=log.warning)
+    for record in instance.get_run_records(RunsFilter(tags={BATCH_TAG: batch_id}, statuses=list(EXECUTING))):
+        worker = record.dagster_run.tags.get(WORKER_TAG, "?")
+        fail_orphan(instance, record, f"its Dask worker {worker} died during the run", log=log.warning)

@@ -1,8 +1,7 @@
-"""One tenant's backup as one Dagster run of the tenant_backup job, executed in this process (no
-process start-up per run: that costs seconds, times thousands of tenants) and recorded in the
-instance; many tenants at once: defs/runs/batch.py. Also the worker side of a batch (run_in_worker,
-the Dask task): a worker's own configuration, secrets, paths and instance, checked against the
-driver's before it takes a tenant.
+"""The worker side of a batch (run_chunk_in_worker, the Dask task): a worker's own configuration,
+secrets, paths and instance, checked against the driver's before it takes a task; what it runs:
+defs/runs/tenant_runs.py (runs in this process, summarized per tenant); many tenants at once:
+defs/runs/batch.py.
 """
 
 import logging
@@ -13,142 +12,29 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dagster import DagsterEventType, DagsterInstance
+from dagster import DagsterInstance, RunsFilter
 from dagster._core.instance.ref import InstanceRef
 
 from ...core.cluster import ClusterSpec, Problems, WorkerRefused, compare, configuration_problems
 from ...core.errors import ConfigError, DatabaseUnreachable, first_line
-from ...core.locations import registry
 from ...core.settings import Settings
-from ..backup.assets import FORCE_TAG
-from ..failures import step_failure_line
 from .guard import (
     BATCH_TAG,
-    DEFAULT_RUN_TIMEOUT_S,
-    JOB_NAME,
-    PROCESS_TAG,
-    TENANT_TAG,
-    WORKER_TAG,
     executing_runs,
-    live_holder,
-    process_identity,
 )
 from .instance import instance_from_ref, runner_instance, tune_for_runner
+from .tenant_runs import (  # noqa: F401 - also imported from here (the CLI, the demo, tests)
+    CHUNK_TAG,
+    TenantOutcome,
+    back_up_chunk,
+    back_up_one,
+    finished_in_batch,
+    job_assets,
+    run_range,
+    run_tenant,
+)
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TenantOutcome:
-    tenant_id: str
-    run_id: str
-    steps: dict[str, str] = field(default_factory=dict)  # asset -> ok | failed | skipped
-    checks: dict[str, bool] = field(default_factory=dict)  # "asset:check" -> passed
-    error: str = ""
-    shared: dict[str, int] = field(default_factory=dict)  # tables dumped whole -> rows (archive metadata)
-    skipped: str = ""  # not started: why (another live run has the tenant)
-
-    @property
-    def ok(self) -> bool:
-        return (
-            not self.skipped
-            and all(v == "ok" for v in self.steps.values())
-            and all(self.checks.values())
-            and not self.error
-        )
-
-    @property
-    def failed(self) -> bool:
-        return not self.ok and not self.skipped
-
-    @property
-    def reason(self) -> str:
-        """Why a failed tenant failed, on one line: its first failed step's error (what failed, not
-        Dagster's retry wrapper), else the checks that did not pass, else the steps that did not run."""
-        if self.error:
-            return self.error
-        checks = [name for name, passed in self.checks.items() if not passed]
-        if checks:
-            return "check failed: " + ", ".join(checks)
-        steps = [name for name, state in self.steps.items() if state != "ok"]
-        return "not materialized: " + ", ".join(steps) if steps else "failed"
-
-
-def job_assets(defs) -> list[str]:
-    """The job's assets in lineage order: the archive, then the locations."""
-    job = defs.resolve_job_def(JOB_NAME)
-    names = {node.name for node in job.graph.node_defs}
-    order = ["tenant_archive", *(f"{kind.name}_copy" for kind in registry.kinds())]
-    return [name for name in order if name in names]
-
-
-def run_tenant(
-    defs,
-    instance: DagsterInstance,
-    tenant_id: str,
-    *,
-    force: bool = False,
-    log_level: str = "WARNING",
-    tags: dict[str, str] | None = None,
-) -> TenantOutcome:
-    """One run of the tenant_backup job for one tenant partition, summarized."""
-    job = defs.resolve_job_def(JOB_NAME)
-    tags = {**(tags or {}), TENANT_TAG: tenant_id}
-    if force:
-        tags[FORCE_TAG] = "true"
-    result = job.execute_in_process(
-        partition_key=tenant_id,
-        instance=instance,
-        raise_on_error=False,
-        tags=tags,
-        run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
-    )
-    outcome = TenantOutcome(tenant_id, result.run_id)
-    failed = {e.step_key for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE}
-    done = {e.asset_key.path[-1] for e in result.get_asset_materialization_events() if e.asset_key}
-    for name in job_assets(defs):
-        outcome.steps[name] = "ok" if name in done else "failed" if name in failed else "skipped"
-    for event in result.get_asset_materialization_events():
-        metadata = event.materialization.metadata if event.materialization else {}
-        shared = metadata.get("shared_tables")
-        if shared is not None and isinstance(getattr(shared, "value", None), dict):
-            outcome.shared = dict(shared.value)
-    for evaluation in result.get_asset_check_evaluations():
-        outcome.checks[f"{evaluation.asset_key.path[-1]}:{evaluation.check_name}"] = evaluation.passed
-    # The first failed step's error, as the one line that says what failed: the cause under Dagster's
-    # retry wrapper ("Exceeded max_retries of N"), never the wrapper itself (defs/failures.py).
-    failures = [e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE]
-    if failures:
-        outcome.error = step_failure_line(failures[0])
-    elif not result.success:  # the run failed outside any step (resources, the executor)
-        failure = next((e for e in result.all_events if e.event_type == DagsterEventType.RUN_FAILURE), None)
-        outcome.error = step_failure_line(failure) if failure is not None else "run failed"
-    return outcome
-
-
-def back_up_one(
-    defs,
-    instance: DagsterInstance,
-    tenant_id: str,
-    *,
-    force: bool,
-    batch_id: str,
-    log_level: str = "WARNING",
-    worker: str | None = None,
-    live_workers=None,
-    timeout_s: int = DEFAULT_RUN_TIMEOUT_S,
-) -> TenantOutcome:
-    """One tenant's run, unless another live run has the tenant (then: skipped, naming it)."""
-    holder = live_holder(instance, tenant_id, live_workers=live_workers, log=log.warning, timeout_s=timeout_s)
-    if holder is not None:
-        return TenantOutcome(tenant_id, "", skipped=f"in progress in {holder.describe()}")
-    tags = {BATCH_TAG: batch_id, PROCESS_TAG: process_identity()}
-    if worker:
-        tags[WORKER_TAG] = worker
-    try:
-        return run_tenant(defs, instance, tenant_id, force=force, log_level=log_level, tags=tags)
-    except Exception as exc:  # a crash of the run machinery itself: reported for this tenant
-        return TenantOutcome(tenant_id, "", error=first_line(exc) or type(exc).__name__)
 
 
 # ----------------------------------------------------------------------- the worker side of a batch
@@ -364,7 +250,40 @@ def accept(side: WorkerSide, spec: ClusterSpec, address: str) -> None:
     side.accepted.add(spec)
 
 
-def run_in_worker(tenant_id: str, *, force: bool, batch_id: str, log_level: str, cluster: ClusterSpec) -> TenantOutcome:
+def run_chunk_in_worker(
+    tenant_ids: list[str], labels: dict, *, force: bool, batch_id: str, log_level: str, cluster: ClusterSpec
+) -> list[TenantOutcome]:
+    """The Dask task of a batch (importable, so workers on other machines can run it): a stretch of
+    tenants in runs of many partitions (back_up_chunk), with this worker's own settings, secrets,
+    paths and instance, once they agree with the driver's `cluster`."""
+    from distributed import get_client, get_worker
+
+    address = get_worker().address
+    side = worker_side(address)
+    accept(side, cluster, address)
+    live_workers = None
+    redelivered = side.instance.get_run_records(
+        RunsFilter(tags={BATCH_TAG: batch_id, CHUNK_TAG: tenant_ids[0]}), limit=1
+    )
+    if redelivered or any(executing_runs(side.instance, t) for t in tenant_ids[:1]):
+        live_workers = set(get_client().scheduler_info(n_workers=-1)["workers"])
+    return back_up_chunk(
+        side.defs,
+        side.instance,
+        tenant_ids,
+        force=force,
+        batch_id=batch_id,
+        labels=labels,
+        log_level=log_level,
+        worker=address,
+        live_workers=live_workers,
+        timeout_s=side.settings.run_timeout_s,
+    )
+
+
+def run_in_worker(
+    tenant_id: str, label: str | None = None, *, force: bool, batch_id: str, log_level: str, cluster: ClusterSpec
+) -> TenantOutcome:
     """The Dask task (importable, so workers on other machines can run it): the tenant's run, with this
     worker's own settings, secrets, paths and instance, once they agree with the driver's `cluster`."""
     from distributed import get_client, get_worker
@@ -372,6 +291,9 @@ def run_in_worker(tenant_id: str, *, force: bool, batch_id: str, log_level: str,
     address = get_worker().address
     side = worker_side(address)
     accept(side, cluster, address)
+    done = finished_in_batch(side.defs, side.instance, tenant_id, batch_id)
+    if done is not None:
+        return done
     records = executing_runs(side.instance, tenant_id)
     live_workers = None
     if any(r.dagster_run.tags.get(BATCH_TAG) == batch_id for r in records):  # a retry after a worker died
@@ -382,6 +304,7 @@ def run_in_worker(tenant_id: str, *, force: bool, batch_id: str, log_level: str,
         tenant_id,
         force=force,
         batch_id=batch_id,
+        label=label,
         log_level=log_level,
         worker=address,
         live_workers=live_workers,
