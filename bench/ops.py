@@ -115,7 +115,7 @@ def _status_counts(report) -> dict:
 def op_status(locs, keyring, tenants, workers, *, sensor: bool = False):
     from backup_assets.core.maintenance.index_status import SENSOR_SCAN_LIMIT, gather_indexed
 
-    scan = {"scan_up_to": SENSOR_SCAN_LIMIT} if sensor else {}
+    scan = {"scan_up_to": SENSOR_SCAN_LIMIT, "missing": False} if sensor else {}  # as the sensor reads
     out = gather_indexed(tenants, locs, keyring=keyring, max_age_days=8, **scan)
     return {**_status_counts(out.report), "scanned": out.scanned}
 

@@ -59,9 +59,12 @@ def gather_indexed(
     names: Mapping[str, str] | None = None,
     fallback: bool = True,
     scan_up_to: int | None = None,
+    missing: bool = True,
 ) -> IndexedStatus:
     """`fallback`: scan a location whose index is unusable the old way (else: unknown there), when
-    there are at most `scan_up_to` tenants (None: whatever their number)."""
+    there are at most `scan_up_to` tenants (None: whatever their number). `missing`: judge the missing
+    copies too (every backup of the index: its `all` packs); without, only each tenant's newest is
+    read (the `latest` packs: what the sensor needs, a pack per 20,000 tenants)."""
     tenants = sorted(set(tenants))
     fallback = fallback and (scan_up_to is None or len(tenants) <= scan_up_to)
     wanted = set(tenants)
@@ -77,7 +80,7 @@ def gather_indexed(
             out.scanned.append(name)
             continue
         try:
-            view = read_index(loc, keyring)  # every backup: the missing copies are judged on them too
+            view = read_index(loc, keyring, latest_only=not missing)
         except TenantBackupError as exc:
             unreadable[name] = str(exc)
             continue
@@ -88,7 +91,8 @@ def gather_indexed(
             else:
                 unreadable[name] = view.why_unusable()
             continue
-        listings[name] = [(b.tenant_id, b.backup_id) for b in view.backups()]
+        if missing:
+            listings[name] = [(b.tenant_id, b.backup_id) for b in view.backups()]
         for tenant_id, backup in view.newest().items():
             if tenant_id not in wanted:
                 continue

@@ -50,6 +50,7 @@ def stale_backup_alerts(context: SensorEvaluationContext, backup: BackupResource
         max_age_days=settings.max_age_days,
         # An unusable index: unknown there (alerted) past a few tenants, and the index job is launched.
         scan_up_to=SENSOR_SCAN_LIMIT,
+        missing=False,  # each tenant's newest only (the latest packs); status and verify --all name missing copies
     )
     report = indexed.report
     alerted = json.loads(context.cursor) if context.cursor else {}
