@@ -13,8 +13,8 @@ decrypts; the payload is a stand-in of a dump (tenants without rows), not pg_dum
 `verify --deep` is not measured here. Backups are 0, 7, 14… days old: nothing is past retention, so
 prune --dry-run measures planning (what it reads), not deletion.
 
-Each operation runs in a forked child (its peak RSS is the child's ru_maxrss; the baseline, a child
-doing nothing, is printed beside it: the imports' share). Request counts come from the servers
+Each operation runs in a process of its own (its peak RSS is that process's VmHWM; the baseline, a
+process doing nothing, is printed beside it: the imports' share). Request counts come from the servers
 (S3: GET /__checksums__ "requests"; B2: GET /__requests__). `--registry N` also measures adding N new
 tenant partitions in one registry-sensor tick on a PostgreSQL-backed Dagster instance: the sensor's
 batched add vs the daemon's per-key check it replaced.
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -65,12 +64,10 @@ def run_op(op: str, state: Path) -> tuple[object, float, float]:
     script with --op; a fork of a process holding storage clients' threads can deadlock)."""
     proc = subprocess.Popen([sys.executable, __file__, "--op", op, "--state", str(state)], stdout=subprocess.PIPE)
     data = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
+    if proc.wait() != 0:
         raise RuntimeError(f"{op} failed (exit {proc.returncode})")
     result = json.loads(data)
-    return result["ok"], result["seconds"], usage.ru_maxrss / 1024
+    return result["ok"]["value"], result["seconds"], result["ok"]["vmhwm_mib"]
 
 
 def populate(locs, keyring, tenants, ages: list[int], workers, tmp: Path, *, verified: bool = False) -> float:
@@ -179,7 +176,11 @@ def child(op: str, state_path: Path) -> int:
     tenants = json.loads(Path(state["tenants"]).read_text())
     started = time.perf_counter()
     result = OPS[op](locs, keyring, tenants, state["workers"])
-    print(json.dumps({"ok": result, "seconds": time.perf_counter() - started}, default=str))
+    seconds = time.perf_counter() - started
+    # VmHWM: this address space's peak RSS (ru_maxrss would include the parent's pages before exec).
+    hwm = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM"))
+    peak = int(hwm.split()[1])
+    print(json.dumps({"ok": {"value": result, "vmhwm_mib": round(peak / 1024, 1)}, "seconds": seconds}, default=str))
     return 0
 
 
