@@ -42,7 +42,7 @@ from ..failures import exception_line, permanent_failure, permanent_failures
 from ..resources import ArchiveHandle, BackupResource, load_staged, stage_handle, store_copy
 from ..runs.guard import BATCH_TAG, TenantBusy, claim_tenant
 from .archive_checks import ARCHIVE_ASSET, archive_check_results, archive_check_specs
-from .check_results import check_result, run_url
+from .check_results import check_result, latest_materialization, run_url
 from .copy_checks import copy_check_outcomes, location_check_specs
 from .partitions import tenants_partitions
 
@@ -51,8 +51,10 @@ FORCE_TAG = "tenant_backup/force"  # run tag: back up a tenant the registry does
 TENANT_NAME_TAG = "tenant_backup/tenant_name"  # run tag: the registry's display name (its query's 2nd column)
 LISTED_TAG = "tenant_backup/listed"  # run tag: the batch read the registry and found the tenant listed
 STEP = "back_up"  # the one step of the tenant_backup job
-# A backfill of N tenants runs as ceil(N / PARTITIONS_PER_RUN) runs (BackfillPolicy.multi_run).
-PARTITIONS_PER_RUN = 200
+# A backfill of N tenants runs as ceil(N / PARTITIONS_PER_RUN) runs (BackfillPolicy.multi_run): few
+# enough that process start-up does not count, enough that the run queue (max_concurrent_runs)
+# executes several at once on the cores.
+PARTITIONS_PER_RUN = 50
 ALERTED = "tenant_backup/alerted"  # metadata of the step's Failure: its BACKUP_FAILURE alerts are raised
 FAILED_TENANTS = "failed_tenants"  # metadata of the step's Failure: each failed tenant's one line
 
@@ -191,8 +193,10 @@ def _tenant(context, backup: BackupResource, tenant_id, selected, failed, listed
                 partition=tenant_id,
                 metadata={**archive_metadata(handle.manifest), **({"tenant_name": name} if name else {})},
             )
+        target = latest_materialization(context.instance, ARCHIVE_ASSET, tenant_id)
         for outcome in drill_outcomes:
-            yield check_result(context, **_common(ARCHIVE_ASSET, tenant_id, None, settings), **outcome, blocking=True)
+            common = _common(ARCHIVE_ASSET, tenant_id, None, settings)
+            yield check_result(context, **common, **outcome, blocking=True, target=target)
         if not handle.proven:  # not materialized: nothing to ship, and nothing a later run could pick up
             Path(handle.path).unlink(missing_ok=True)
             line = "; ".join(str(o["message"]) for o in drill_outcomes if not o["passed"])
@@ -223,8 +227,9 @@ def _tenant(context, backup: BackupResource, tenant_id, selected, failed, listed
             alerts.emit(alerts.backup_failure(tenant_id, location, f"{asset}: {line}", url), settings)
             continue
         yield AssetMaterialization(AssetKey(asset), partition=tenant_id, metadata=metadata)
+        target = latest_materialization(context.instance, asset, tenant_id)
         for outcome in copy_check_outcomes(location, handle, backup, context.log.warning):
-            yield check_result(context, **_common(asset, tenant_id, location, settings), **outcome)
+            yield check_result(context, **_common(asset, tenant_id, location, settings), **outcome, target=target)
 
 
 def _recheck(context, backup: BackupResource, tenant_id: str, asset: str, failed: list):
@@ -238,8 +243,9 @@ def _recheck(context, backup: BackupResource, tenant_id: str, asset: str, failed
         return
     handle = ArchiveHandle(tenant_id, backup_id, "", None)
     settings = backup.get_settings()
+    target = latest_materialization(context.instance, asset, tenant_id)
     for outcome in copy_check_outcomes(location, handle, backup, context.log.warning):
-        yield check_result(context, **_common(asset, tenant_id, location, settings), **outcome)
+        yield check_result(context, **_common(asset, tenant_id, location, settings), **outcome, target=target)
 
 
 def _failure_line(failed: list[tuple[str, str, str]], tenants: int) -> str:

@@ -39,7 +39,10 @@ def check_result(
     metadata: dict,
     settings: Settings,
     blocking: bool = False,
+    target=None,
 ) -> AssetCheckEvaluation:
+    """`target`: the materialization checked (latest_materialization, looked up once per asset and
+    tenant by the caller); looked up here when not given."""
     if not passed:
         alerts.emit(
             alerts.Alert(
@@ -59,7 +62,7 @@ def check_result(
         severity=AssetCheckSeverity.ERROR,
         metadata={"message": message, **metadata},
         partition=tenant_id,
-        target_materialization_data=latest_materialization(context.instance, asset, tenant_id),
+        target_materialization_data=target or latest_materialization(context.instance, asset, tenant_id),
         blocking=blocking,
     )
 
