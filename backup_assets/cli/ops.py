@@ -68,7 +68,10 @@ def cmd_list(args, out) -> int:
         keyring = out.settings.keyring()
     except ConfigError:
         keyring = None
-    entries, errors = collect(locations_for(out, args.location), tenant, keyring=keyring)
+    with Counter(out, "reading manifests the indexes lack", total=None, unit="manifests") as bar:
+        entries, errors = collect(
+            locations_for(out, args.location), tenant, keyring=keyring, progress=lambda n: bar.advance(True)
+        )
     for e in errors:
         out.warn(f"tenant-backup: warning: {e.location}: {e.message}")
     labels = Labels.best_effort(out)
