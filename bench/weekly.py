@@ -356,6 +356,7 @@ def main() -> int:
             missing += n - len(done_tenants)
             rounds.append(
                 dict(
+                    backfill=backfill,
                     floor=floor,
                     floor_cpu=floor_cpu,
                     wall=wall,
