@@ -1,19 +1,21 @@
 """Many tenants' backups in one go (the weekly batch job, `tenant-backup backup --all`, the demo):
-each tenant one tenant_backup run executed in-process by a worker, recorded in the shared instance
-exactly like a run the daemon launches.
+stretches of tenants contiguous in the partitions' order, each one tenant_backup run of a partition
+range executed in-process by a worker (defs/runs/tenant_runs.py), recorded in the shared instance
+exactly like a run a backfill launches, each tenant with its own materializations and check results.
 
 The workers are Dask's (`distributed`): a LocalCluster of TENANT_BACKUP_WORKERS processes by
 default, or the cluster whose scheduler is at TENANT_BACKUP_DASK_SCHEDULER (workers on other
 machines, docs/DEPLOYMENT.md). Dask reschedules the task of a worker that died (SIGKILL, the OOM
 killer) on another worker, at most TENANT_BACKUP_WORKER_LOSS_RETRIES times (Dask's
-`allowed-failures`, default 3); the re-run marks the run the dead worker left STARTED as failed
-(run_guard), and every other tenant goes on. A tenant another live run is backing up (UI, backfill,
+`allowed-failures`, default 3); the redelivered task marks the run the dead worker left STARTED as
+failed, returns the tenants that run had finished and backs up only the others (no duplicate), and
+every other task goes on. A tenant another live run is backing up (UI, backfill,
 CLI, another batch) is not started again: it is reported as skipped, naming that run.
 
-What a task carries: the tenant, the batch and a ClusterSpec (core/cluster.py) — the non-secret
+What a task carries: its tenants (with the batch's registry read of them), the batch and a ClusterSpec (core/cluster.py) — the non-secret
 settings the cluster must agree on and a token of the Dagster instance. No secret, no path, no
 instance reference: each worker reads its own configuration and opens its own instance
-(defs/runs/in_process.py, run_in_worker) and refuses a task it cannot serve in one line; the task
+(defs/runs/in_process.py, run_chunk_in_worker) and refuses a task it cannot serve in one line; the task
 then goes to another worker. The local cluster talks TLS with a one-off certificate; a scheduler
 elsewhere is reached over tls:// with Dask's TLS configuration (plain tcp:// only on loopback, or
 with TENANT_BACKUP_DASK_ALLOW_PLAINTEXT), and only with a PostgreSQL-backed instance.

@@ -28,7 +28,6 @@ from .tenant_runs import (  # noqa: F401 - also imported from here (the CLI, the
     TenantOutcome,
     back_up_chunk,
     back_up_one,
-    finished_in_batch,
     job_assets,
     run_range,
     run_tenant,
@@ -274,37 +273,6 @@ def run_chunk_in_worker(
         force=force,
         batch_id=batch_id,
         labels=labels,
-        log_level=log_level,
-        worker=address,
-        live_workers=live_workers,
-        timeout_s=side.settings.run_timeout_s,
-    )
-
-
-def run_in_worker(
-    tenant_id: str, label: str | None = None, *, force: bool, batch_id: str, log_level: str, cluster: ClusterSpec
-) -> TenantOutcome:
-    """The Dask task (importable, so workers on other machines can run it): the tenant's run, with this
-    worker's own settings, secrets, paths and instance, once they agree with the driver's `cluster`."""
-    from distributed import get_client, get_worker
-
-    address = get_worker().address
-    side = worker_side(address)
-    accept(side, cluster, address)
-    done = finished_in_batch(side.defs, side.instance, tenant_id, batch_id)
-    if done is not None:
-        return done
-    records = executing_runs(side.instance, tenant_id)
-    live_workers = None
-    if any(r.dagster_run.tags.get(BATCH_TAG) == batch_id for r in records):  # a retry after a worker died
-        live_workers = set(get_client().scheduler_info(n_workers=-1)["workers"])
-    return back_up_one(
-        side.defs,
-        side.instance,
-        tenant_id,
-        force=force,
-        batch_id=batch_id,
-        label=label,
         log_level=log_level,
         worker=address,
         live_workers=live_workers,

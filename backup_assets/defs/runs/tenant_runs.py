@@ -183,21 +183,6 @@ def summarize(defs, tenant_id: str, run_id: str, events, success: bool) -> Tenan
     return outcome
 
 
-def finished_in_batch(defs, instance: DagsterInstance, tenant_id: str, batch_id: str) -> TenantOutcome | None:
-    """The outcome of this batch's successful run of the tenant, if there is one: a task redelivered
-    after its worker died (Dask recomputes a result lost with the worker, even of a finished run)
-    returns it instead of backing the tenant up a second time. At least once, without duplicates."""
-    records = instance.get_run_records(
-        RunsFilter(tags={TENANT_TAG: tenant_id, BATCH_TAG: batch_id}, statuses=[DagsterRunStatus.SUCCESS]), limit=1
-    )
-    if not records:
-        return None
-    run_id = records[0].dagster_run.run_id
-    kinds = {DagsterEventType.ASSET_MATERIALIZATION, DagsterEventType.ASSET_CHECK_EVALUATION}
-    events = [e.dagster_event for e in instance.all_logs(run_id, of_type=kinds) if e.dagster_event]
-    return summarize(defs, tenant_id, run_id, events, True)
-
-
 def back_up_one(
     defs,
     instance: DagsterInstance,
