@@ -11,7 +11,7 @@ import warnings
 
 import memory_location
 import pytest
-from dagster import EnvVar
+from dagster import AssetKey, EnvVar
 
 from backup_assets.cli import main
 from backup_assets.core.codec.keyring import generate_entry
@@ -91,7 +91,7 @@ def test_a_fourth_kind_is_everywhere(env, sample_tenants, fresh_db, capsys):
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
     assert {"tenant_archive", "local_copy", "vault_copy"} <= keys
     vault_asset = defs.resolve_assets_def("vault_copy")
-    assert "memory" in (vault_asset.specs_by_key[vault_asset.key].kinds or set())
+    assert "memory" in (vault_asset.specs_by_key[AssetKey("vault_copy")].kinds or set())
     checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
     assert {("vault_copy", "checksum"), ("vault_copy", "integrity")} <= checks
     assert "vault_io_manager" in defs.resources
@@ -129,10 +129,20 @@ def test_a_fourth_kind_is_everywhere(env, sample_tenants, fresh_db, capsys):
     # alert names the location.
     code, doc = cli(capsys, "verify", "--tenant", tenant, "--deep")
     assert code == 1 and {c["location"]: c["state"] for c in doc["copies"]} == {"local": "ok", "vault": "failed"}
-    from dagster import AssetCheckKey, AssetKey, instance_for_test
+    from dagster import AssetCheckKey, instance_for_test
+
+    from backup_assets.defs.resources import stored_backup_id
 
     with instance_for_test() as instance:
         instance.add_dynamic_partitions("tenants", [tenant])
+        # The checks alone re-check the copy the instance's latest materialization stored: back up
+        # in this instance, damage that copy, then run the two checks without the assets.
+        stored = defs.resolve_job_def("tenant_backup").execute_in_process(partition_key=tenant, instance=instance)
+        assert stored.success
+        backup_id = stored_backup_id(instance, AssetKey("vault_copy"), tenant)
+        archive = next(k for k in memory_location.STORES["b1"] if f"/{backup_id}/" in k and k.endswith(".tbk"))
+        data, sha, mtime = memory_location.STORES["b1"][archive]
+        memory_location.STORES["b1"][archive] = (data[:-1] + bytes([data[-1] ^ 1]), sha, mtime)
         keys = {AssetCheckKey(AssetKey("vault_copy"), name) for name in ("checksum", "integrity")}
         job = defs.resolve_job_def("tenant_backup").get_subset(asset_selection=set(), asset_check_selection=keys)
         result = job.execute_in_process(partition_key=tenant, instance=instance, raise_on_error=False)
