@@ -127,11 +127,14 @@ def run_batch(
 def cmd_backup(args, out) -> int:
     from ..core.archive.export import shared_line
     from ..core.errors import UnknownTenant
+    from ..core.leftovers import clean_leftovers
     from ..core.source.tenant_ids import validate_tenant_id
     from ..core.source.tenants import read_registry
 
     settings = out.settings.source
     records = read_registry(settings)
+    # What killed runs left (work folders, scratch databases with decrypted rows) goes first.
+    clean_leftovers(out.settings, out.note)
     registry = [r.id for r in records]
     labels = Labels({r.id: r.name for r in records if r.name})
     if args.all:

@@ -11,6 +11,7 @@ import psycopg2
 import pytest
 
 from backup_assets.core.embedded_pg import dsn_for
+from backup_assets.defs.backup.assets import STEP
 from backup_assets.defs.operations.jobs import verify_bucket
 from backup_assets.testing.dagster_stack import IN_PROCESS, dump_processes, kill_tree
 
@@ -37,10 +38,12 @@ def test_r2_down_fails_only_r2_and_rerun_fills_the_gap(e2e_stack):
     finally:
         stack.s3_faults()  # R2 is back
     assert run["status"] == "FAILURE"
-    steps = stack.run_steps(run_id)
-    assert steps["r2_copy"] == "FAILURE", steps
-    for ok in ("tenant_archive", "local_copy", "b2_copy"):
-        assert steps[ok] == "SUCCESS", steps
+    # One step (back_up) holds every asset of the tenant: it fails, naming r2; every other asset of
+    # the partition is materialized by that run, r2_copy is not.
+    assert stack.run_steps(run_id) == {STEP: "FAILURE"}
+    for asset in ("tenant_archive", "local_copy", "b2_copy", "r2_copy"):
+        runs = {m["runId"] for m in stack.materializations(asset, [tenant])}
+        assert (run_id in runs) == (asset != "r2_copy"), (asset, runs)
     # The daemon's run-failure sensor records the alert, naming the tenant and the location.
     stack.wait_for_alert(
         lambda a: (
@@ -56,10 +59,13 @@ def test_r2_down_fails_only_r2_and_rerun_fills_the_gap(e2e_stack):
     assert _latest(locations["b2"], tenant) == backup_id
     assert _latest(locations["r2"], tenant) != backup_id
 
-    # Re-execute from failure (the UI's "Re-execute from failure"): only r2 and its checks run.
-    rerun = stack.reexecute(run_id, "FROM_FAILURE")
+    # Re-execute from asset failure (the UI's "Re-execute > From asset failure"): only r2 and its checks
+    # run, on the archive the failed run staged (the whole step, "From failure", would make a new backup).
+    rerun = stack.reexecute(run_id, "FROM_ASSET_FAILURE")
     assert stack.wait_for_run(rerun)["status"] == "SUCCESS"
-    assert "tenant_archive" not in stack.run_steps(rerun)
+    for asset in ("tenant_archive", "local_copy", "b2_copy", "r2_copy"):
+        runs = {m["runId"] for m in stack.materializations(asset, [tenant])}
+        assert (rerun in runs) == (asset == "r2_copy"), (asset, runs)
     assert _latest(locations["r2"], tenant) == backup_id  # the same backup: nothing lost
     checks = stack.latest_checks(tenant)
     assert checks[("r2_copy", "checksum")]["status"] == "SUCCEEDED"
