@@ -202,7 +202,7 @@ def test_kill_9_mid_dump_leaves_nothing_complete_and_next_run_succeeds(e2e_stack
     assert killed, f"never saw pg_dump under the run worker of {run_id}: {stack.wait_for_run(run_id)}"
     # Run monitoring finds the dead worker and fails the run.
     run = stack.wait_for_run(run_id, timeout=120)
-    assert run["status"] == "FAILURE"
+    assert run["status"] == "FAILURE", (worker, [e.get("message") for e in stack.run_logs(run_id)][-12:])
     for name, location in stack.locations().items():
         assert location.list(big.id) == [], f"{name} lists a backup of a killed run"
     stale = _leftovers(stack, big.id)
