@@ -128,7 +128,9 @@ def test_verify_job_rereads_its_share_and_alerts_on_a_flipped_byte(env, sample_t
         config = {"ops": {"verify_share_op": {"config": {"day": day}}}}
         assert job.execute_in_process(run_config=config, instance=instance).success
 
-        archive = next(p for p in Path(env["TENANT_BACKUP_LOCAL_DIR"]).rglob("archive-*.tbk") if ref.backup_id in str(p))
+        archive = next(
+            p for p in Path(env["TENANT_BACKUP_LOCAL_DIR"]).rglob("archive-*.tbk") if ref.backup_id in str(p)
+        )
         data = bytearray(archive.read_bytes())
         data[len(data) // 2] ^= 0x01
         archive.write_bytes(bytes(data))

@@ -370,9 +370,7 @@ def test_keys_rewrap_moves_every_copy_to_the_new_key(env, tmp_path, capsys, samp
 
 def flip_r2(s3_server, bucket, tenant, bid):
     c = s3_server.client()
-    key = next(
-        o["Key"] for o in c.list_objects_v2(Bucket=bucket, Prefix=f"tenants/{tenant}/{bid}/archive")["Contents"]
-    )
+    key = next(o["Key"] for o in c.list_objects_v2(Bucket=bucket, Prefix=f"tenants/{tenant}/{bid}/archive")["Contents"])
     obj = c.get_object(Bucket=bucket, Key=key)
     data = bytearray(obj["Body"].read())
     data[len(data) // 2] ^= 0x01
