@@ -56,7 +56,7 @@ def requests_served(env: dict) -> dict[str, int]:
     return {
         "r2": _json(env["R2_ENDPOINT_URL"] + "/__checksums__")["requests"],
         "b2": _json(env["B2_REALM"] + "/__requests__")["requests"],
-    }
+    }  # a location not in --locations serves none
 
 
 def run_op(op: str, state: Path) -> tuple[object, float, float]:
@@ -171,7 +171,7 @@ OPS = {
 
 def child(op: str, state_path: Path) -> int:
     state = json.loads(state_path.read_text())
-    locs = locations_from_env(["local", "r2", "b2"], state["env"])
+    locs = locations_from_env(state["locations"], state["env"])
     keyring = Keyring.parse(state["env"]["TENANT_BACKUP_KEYS"])
     tenants = json.loads(Path(state["tenants"]).read_text())
     started = time.perf_counter()
@@ -184,19 +184,21 @@ def child(op: str, state_path: Path) -> int:
     return 0
 
 
-def run_scale(n: int, backups: int, workers: int) -> dict:
+def run_scale(n: int, backups: int, workers: int, names: list[str]) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix=f"ops-{n}-", dir=OUT))
     doubles = LocationDoubles("ops", processes=True)
     try:
         keys = generate_entry("bench")
         env = {**doubles.env, "TENANT_BACKUP_KEYS": keys, "TENANT_BACKUP_LOCAL_DIR": str(tmp / "local")}
         keyring = Keyring.parse(keys)
-        locs = locations_from_env(["local", "r2", "b2"], env)
+        locs = locations_from_env(names, env)
         tenants = [str(uuid.UUID(int=(i + 1) * 0x9E3779B97F4A7C15 % (1 << 128))) for i in range(n)]
         (tmp / "tenants.json").write_text(json.dumps(tenants))
         state = tmp / "state.json"
-        state.write_text(json.dumps({"env": env, "tenants": str(tmp / "tenants.json"), "workers": workers}))
-        figures: dict = {"tenants": n, "backups_per_tenant": backups}
+        state.write_text(
+            json.dumps({"env": env, "tenants": str(tmp / "tenants.json"), "workers": workers, "locations": names})
+        )
+        figures: dict = {"tenants": n, "backups_per_tenant": backups, "locations": names}
 
         def measure(label, op):
             before = requests_served(env)
@@ -207,7 +209,7 @@ def run_scale(n: int, backups: int, workers: int) -> dict:
             figures[label]["result"] = result
             print(f"  {label:34} {seconds:7.2f} s {rss:6.0f} MiB  requests {requests}  {result}", file=sys.stderr)
 
-        print(f"{n} tenants x {backups} backups x 3 locations: storing the older ones…", file=sys.stderr)
+        print(f"{n} tenants x {backups} backups x {names}: storing the older ones…", file=sys.stderr)
         figures["store_older_s"] = round(
             populate(locs, keyring, tenants, [7 * j for j in range(1, backups)], workers, tmp), 1
         )
@@ -277,6 +279,11 @@ def main() -> int:
     parser.add_argument("--tenants", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--backups", type=int, default=3)
     parser.add_argument("--workers", type=int, default=16)
+    parser.add_argument(
+        "--locations",
+        default="local,r2,b2",
+        help="which of local,r2,b2 (the B2 simulator slows with every file it holds)",
+    )
     parser.add_argument("--registry", type=int, default=10000)
     parser.add_argument("--op", choices=sorted(OPS), help=argparse.SUPPRESS)  # one operation, in its own process
     parser.add_argument("--state", type=Path, help=argparse.SUPPRESS)
@@ -286,7 +293,7 @@ def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     results = {"registry": registry_sync(args.registry) if args.registry else None, "scales": []}
     for n in args.tenants:
-        results["scales"].append(run_scale(n, args.backups, args.workers))
+        results["scales"].append(run_scale(n, args.backups, args.workers, args.locations.split(",")))
         (OUT / "results.json").write_text(json.dumps(results, indent=2, default=str))
     print(json.dumps(results, indent=2, default=str))
     print(
