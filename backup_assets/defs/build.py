@@ -8,9 +8,10 @@ the settings, not at import time. The tenant_backup job and what it runs: defs/b
 
 from __future__ import annotations
 
+import warnings
 from typing import Mapping
 
-from dagster import Definitions
+from dagster import BetaWarning, Definitions
 
 from ..core.settings import Settings
 from .automation.index_job import index_maintenance_job
@@ -19,6 +20,10 @@ from .automation.triggers import backup_failure_alerts, build_registry_sensor, b
 from .automation.weekly_batch import build_weekly_batch_schedule, weekly_batch_job
 from .backup.definitions import backup_parts
 from .operations.jobs import build_operation_schedules, prune_job, restore_tenant_job, verify_share_job
+
+# Dagster 1.13 itself passes `owners=[]` when it binds a sensor's target job (SensorDefinition.
+# with_updated_jobs), which warns that the parameter is beta on every load: not something we use.
+warnings.filterwarnings("ignore", message="Parameter `owners` of initializer `SensorDefinition", category=BetaWarning)
 
 
 def build_definitions(settings: Settings | Mapping[str, str] | None = None) -> Definitions:
