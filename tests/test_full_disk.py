@@ -142,7 +142,7 @@ def test_a_failed_local_put_leaves_no_checksum_sidecar(small_fs, tmp_path):
     left = [p for p in (small_fs / "local").rglob("*") if p.is_file()]
     assert left == [], left
     assert not (small_fs / "local" / "tenants" / tenant / bid).exists()
-    assert loc.incomplete(datetime.now(timezone.utc) + timedelta(days=1)) == []
+    assert loc.garbage(datetime.now(timezone.utc) + timedelta(days=1)) == []  # nothing a collection would find
 
 
 def test_prune_removes_what_failed_uploads_left(tmp_path, sample_db, active):

@@ -48,8 +48,6 @@ Contract of the public methods (Location):
 - stat(tenant_id, backup_id) -> StoredObject: size and SHA-256 from stored metadata, no download.
     NotFound unless the backup is complete (manifest present).
 - list(tenant_id=None) -> list[BackupRef]: complete backups only (manifest present), sorted.
-- incomplete(older_than) -> list[BackupRef]: backup folders without a manifest, nothing in them
-    written after `older_than` (what failed puts left; garbage() lists them object by object).
 - garbage(older_than) -> list[Garbage]: every object no manifest refers to, none of it written (or,
     for an unfinished upload, started) after `older_than`: archives beside a manifest that names
     another one (superseded by a re-wrap or a killed overwrite), everything in a backup folder without
@@ -91,7 +89,7 @@ from ..archive.manifest import Manifest
 from ..errors import ArchiveError, CorruptObject, NotFound, PermanentStorageError, StorageError
 from ..files import sha256_file  # noqa: F401 - re-exported (core.locations.sha256_file)
 from ..source.tenant_ids import UUIDS, TenantIds
-from .garbage import Garbage, backup_keys, find_garbage, folders
+from .garbage import Garbage, backup_keys, find_garbage
 from .naming import (  # noqa: F401 - re-exported
     ARCHIVE_NAME,
     ARCHIVE_RE,
@@ -151,9 +149,6 @@ class Location(ABC):
 
     @abstractmethod
     def list(self, tenant_id: str | None = None) -> list[BackupRef]: ...
-
-    @abstractmethod
-    def incomplete(self, older_than: datetime) -> list[BackupRef]: ...
 
     @abstractmethod
     def garbage(self, older_than: datetime) -> list[Garbage]: ...
@@ -429,14 +424,6 @@ class ObjectLocation(Location):
         ]
         out.sort(key=lambda r: (r.tenant_id, r.backup_id))
         return out
-
-    def incomplete(self, older_than: datetime) -> list[BackupRef]:
-        root = self._root()
-        return [
-            BackupRef(self.name, t, b, self._key_uri(root + f"{t}/{b}/"), f.newest)
-            for (t, b), f in sorted(folders(self).items())
-            if not f.complete and not f.unknown and f.newest is not None and f.newest < older_than
-        ]
 
     def garbage(self, older_than: datetime) -> list[Garbage]:
         return find_garbage(self, older_than)

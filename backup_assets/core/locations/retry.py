@@ -90,9 +90,6 @@ class RetryingLocation(Location):
     def list(self, tenant_id: str | None = None) -> list[BackupRef]:
         return self._call("list", tenant_id)
 
-    def incomplete(self, older_than: datetime) -> list[BackupRef]:
-        return self._call("incomplete", older_than)
-
     def garbage(self, older_than: datetime) -> list[Garbage]:
         return self._call("garbage", older_than)
 

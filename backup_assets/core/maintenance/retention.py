@@ -36,7 +36,6 @@ from .gc import DEFAULT_GRACE, collect_garbage
 log = logging.getLogger(__name__)
 
 KEEP_MIN_VAR = "TENANT_BACKUP_KEEP_MIN"
-INCOMPLETE_AFTER = DEFAULT_GRACE  # (the grace period's default; prune_location(grace=...))
 DEFAULT_KEEP_MIN = 2
 
 
