@@ -37,10 +37,27 @@ def require_demo_extra() -> None:
         raise ConfigError(f"the demo needs {', '.join(missing)}: pip install 'tenant-backup[demo]' (make demo does)")
 
 
-def instance_yaml(url: str, *, monitoring_poll_s: int | None = None, dequeue_interval_s: int | None = None) -> str:
-    """A dagster.yaml for the embedded stack: storage in its PostgreSQL, queued runs (two at once,
-    never two of one tenant). The e2e harness adds run monitoring with a short poll (a kill -9'd run
-    is marked failed quickly) and a short dequeue interval."""
+def batch_workers(env=os.environ) -> int:
+    """The weekly batch's worker processes (TENANT_BACKUP_WORKERS, default cores + 1: core/settings.py)."""
+    try:
+        return max(1, int(env.get("TENANT_BACKUP_WORKERS") or 0) or (os.cpu_count() or 1) + 1)
+    except ValueError:
+        return (os.cpu_count() or 1) + 1
+
+
+def instance_yaml(
+    url: str,
+    *,
+    max_concurrent_runs: int | None = None,
+    monitoring_poll_s: int | None = None,
+    dequeue_interval_s: int | None = None,
+) -> str:
+    """A dagster.yaml for the embedded stack: storage in its PostgreSQL, queued runs (never two of one
+    tenant), as many at once as the weekly batch has workers (`batch_workers`): a backfill from the UI
+    (runs of many partitions, BackfillPolicy) then uses the cores as the batch does. The e2e harness
+    adds run monitoring with a short poll (a kill -9'd run is marked failed quickly) and a short
+    dequeue interval."""
+    runs = max_concurrent_runs or batch_workers()
     dequeue = f"\n    dequeue_interval_seconds: {dequeue_interval_s}" if dequeue_interval_s else ""
     text = f"""\
 storage:
@@ -50,7 +67,7 @@ run_coordinator:
   module: dagster.core.run_coordinator
   class: QueuedRunCoordinator
   config:
-    max_concurrent_runs: 2{dequeue}
+    max_concurrent_runs: {runs}{dequeue}
     tag_concurrency_limits:
       - key: "tenant_backup/tenant"
         value:

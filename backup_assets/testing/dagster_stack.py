@@ -96,7 +96,7 @@ class DagsterStack:
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self, timeout: float = 180, *, tuned_storage: bool = False) -> "DagsterStack":
-        from ..demo import DemoStack, instance_yaml
+        from ..demo import DemoStack, batch_workers, instance_yaml
         from ..sample.generate import add_tenants
 
         def populate(db):
@@ -106,7 +106,6 @@ class DagsterStack:
         try:
             self.demo = DemoStack(self.directory, populate=populate, server_processes=True, tuned_storage=tuned_storage)
             url = f"postgresql+psycopg2://postgres@/dagster?host={self.demo.server.socket_dir}"
-            (self.demo.home / "dagster.yaml").write_text(instance_yaml(url, monitoring_poll_s=5, dequeue_interval_s=1))
             self.env = {
                 **self.demo.env,
                 "TENANT_BACKUP_RETRIES": "1",
@@ -118,6 +117,10 @@ class DagsterStack:
                 **self.extra_env,
             }
             os.environ.update(self.env)
+            runs = batch_workers(self.env)  # the run queue runs as many at once as the batch has workers
+            (self.demo.home / "dagster.yaml").write_text(
+                instance_yaml(url, max_concurrent_runs=runs, monitoring_poll_s=5, dequeue_interval_s=1)
+            )
             self._spawn(
                 "webserver",
                 [_script("dagster-webserver"), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(self.port)],
