@@ -49,6 +49,19 @@ def _peak_rss(stop: threading.Event, peak: list[int]) -> None:
         peak[0] = max(peak[0], total)
 
 
+def _hold(directory: Path) -> None:
+    """Hold `<directory>.lock` for this process's life; exit if another bench holds it."""
+    import fcntl
+
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    lock = open(directory.with_name(directory.name + ".lock"), "w")  # noqa: SIM115 - held until exit
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        sys.exit(f"another bench/weekly.py is using {directory}: pass --out DIR")
+    _hold.lock = lock
+
+
 def _floor(ids: list[str], parallel: int = 2) -> float:
     """Seconds for `pg_dump -Fc` of every tenant as the backup role, `parallel` at a time: the floor."""
     from concurrent.futures import ThreadPoolExecutor
@@ -274,6 +287,12 @@ def main() -> int:
         action="store_true",
         help="Dagster's storage database with synchronous_commit=off (not production's default)",
     )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "bench" / "out" / "weekly",
+        help="the stack's directory, emptied first (default bench/out/weekly); one bench per directory",
+    )
     args = parser.parse_args()
 
     from backup_assets.core.settings import Settings
@@ -281,7 +300,8 @@ def main() -> int:
     from backup_assets.demo import DemoStack
     from backup_assets.sample.generate import add_tenants
 
-    directory = ROOT / "bench" / "out" / "weekly"
+    directory = args.out.resolve()
+    _hold(directory)  # before emptying it: another bench's stack may live there
     shutil.rmtree(directory, ignore_errors=True)
     t0 = time.monotonic()
     populate = lambda db: add_tenants(db, args.tenants, rows=args.rows)  # noqa: E731
