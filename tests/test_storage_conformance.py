@@ -572,3 +572,149 @@ def test_servers_refuse_non_loopback():
         S3Server(host="0.0.0.0")
     with pytest.raises(ValueError):
         B2Server(host="0.0.0.0")
+
+
+# -- the doubles' listings at many keys (issue 23: they keep names sorted instead of sorting per page) --
+def _many_names(n_tenants: int = 120) -> list[str]:
+    names = []
+    for t in range(n_tenants):
+        for b in range(3):
+            base = f"tenants/{t:04x}/2026120{b}T000000Z-{t:08x}"
+            names += [f"{base}/archive-{t:016x}.tbk", f"{base}/manifest.json"]
+            if b == 2:
+                names.append(f"{base}/verified.json")
+        names.append(f"tenants/{t:04x}.marker")  # sorts among the "folders" of tenants/
+    names += ["index/log/a", "index/log/b", "index/pack-1", "index/", "top", "tenants/~last", "tenants/ä/x"]
+    return names
+
+
+def _s3_reference(names, prefix, delimiter, start_after):
+    """What S3 (as moto models it) lists: names under prefix, rolled up at the delimiter, in order."""
+    items = set()
+    for name in names:
+        if not name.startswith(prefix):
+            continue
+        rest = name[len(prefix) :]
+        items.add(prefix + rest.split(delimiter)[0] + delimiter if delimiter and delimiter in rest else name)
+    return [i for i in sorted(items) if start_after is None or i > start_after]
+
+
+def test_s3_double_lists_pages_across_many_keys_as_s3_does(s3_server):
+    import random
+
+    from moto.s3.models import S3Backend
+
+    s3 = s3_server.client()
+    bucket = f"many-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=bucket)
+    names = _many_names(60)
+    for name in names:
+        s3.put_object(Bucket=bucket, Key=name, Body=b"x")
+    gone = names[5::7]  # deleted keys must vanish from the sorted names too
+    for name in gone:
+        s3.delete_object(Bucket=bucket, Key=name)
+    s3.put_object(Bucket=bucket, Key=names[5], Body=b"again")  # ... and come back when put again
+    live = sorted(set(names) - set(gone) | {names[5]})
+    rng = random.Random(23)
+    cases = [("", None, None), ("", "/", None), ("tenants/", "/", None), ("tenants/", None, None)]
+    cases += [("tenants/", "/", "tenants/0003"), ("tenants/0005/", "/", None), ("index/", None, "index/log/a")]
+    cases += [("tenants/0", "/", "tenants/0007/"), ("nothing/", "/", None), ("tenants/", "/", "tenants/zzz")]
+    cases += [(rng.choice(["", "tenants/", "tenants/00"]), rng.choice([None, "/", "-"]), None) for _ in range(4)]
+    for prefix, delimiter, start_after in cases:
+        for max_keys in (7, 100, 1000):
+            kw = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": max_keys}
+            kw.update({"Delimiter": delimiter} if delimiter else {})
+            kw.update({"StartAfter": start_after} if start_after else {})
+            got, pages = [], 0
+            while True:
+                page = s3.list_objects_v2(**kw)
+                pages += 1
+                items = [o["Key"] for o in page.get("Contents", [])] + [
+                    p["Prefix"] for p in page.get("CommonPrefixes", [])
+                ]
+                assert page["KeyCount"] == len(items) <= max_keys
+                assert page["IsTruncated"] == bool(page.get("NextContinuationToken"))
+                got += sorted(items)
+                if not page["IsTruncated"]:
+                    break
+                kw["ContinuationToken"] = page["NextContinuationToken"]
+            want = _s3_reference(live, prefix, delimiter, start_after)
+            assert got == want, (prefix, delimiter, start_after, max_keys)
+            assert pages == max(1, -(-len(want) // max_keys))  # full pages but the last
+    # and item for item what moto's own (whole-bucket) listing answers, page tokens included
+    backend = next(b for b in _moto_s3_backends() if bucket in b.buckets)
+    fake = backend.buckets[bucket]
+    for prefix, delimiter, start_after in cases:
+        for max_keys in (3, 50):
+            mine = backend.list_objects_v2(fake, prefix, delimiter, None, start_after, max_keys)
+            theirs = S3Backend._original_list_objects_v2(backend, fake, prefix, delimiter, None, start_after, max_keys)
+            name = backend._get_name
+            assert ([name(k) for k in mine[0]], mine[1:]) == ([name(k) for k in theirs[0]], theirs[1:])
+
+
+def _moto_s3_backends():
+    from moto.s3.models import s3_backends
+
+    for account in s3_backends.values():
+        yield from account.values()
+
+
+def test_b2_double_lists_pages_across_many_files_as_the_simulator_does(b2_server):
+    import hashlib
+    import io
+
+    from b2sdk.v2 import BucketSimulator
+
+    sha1_x = hashlib.sha1(b"x").hexdigest()
+    b2_server.create_bucket("many-files")
+    with b2_server._httpd.lock:
+        sim = b2_server.sim
+        bucket = sim.bucket_name_to_bucket["many-files"]
+        token = sim.authorize_account(b2_server.url, b2_server.key_id, b2_server.key)["authorizationToken"]
+        names = _many_names(60)
+        for i, name in enumerate(names):
+            for _version in range(1 + (i % 3 == 0)):  # some names have two versions
+                bucket.upload_file("u", token, name, 1, "b2/x-auto", sha1_x, {}, io.BytesIO(b"x"))
+        for name in names[4::9]:
+            bucket.hide_file(token, name)  # hidden: listed as versions, not as names
+        for key in list(bucket.file_name_and_id_to_file)[::11]:
+            bucket.delete_file_version(token, key[1], key[0])
+        assert list(bucket.file_name_and_id_to_file._sorted) == sorted(bucket.file_name_and_id_to_file)
+        starts = [None, "", "tenants/", "tenants/0003", names[10], names[40] + "~", "zzz"]
+        for start in starts:
+            for prefix in (None, "tenants/", "tenants/00", start if start else None):
+                if prefix is not None and start is not None and not start.startswith(prefix):
+                    continue
+                for count in (1, 5, 100, 1000):
+                    mine = bucket.list_file_names(token, start, count, prefix)
+                    theirs = BucketSimulator.list_file_names(bucket, token, start, count, prefix)
+                    assert mine == theirs, (start, prefix, count)
+                    for start_id in (None, "", list(bucket.file_name_and_id_to_file)[7][1]):
+                        mine = bucket.list_file_versions(token, start, start_id, count, prefix)
+                        theirs = BucketSimulator.list_file_versions(bucket, token, start, start_id, count, prefix)
+                        assert mine == theirs, (start, start_id, prefix, count)
+        for name in (names[4], names[5], names[6], "missing"):
+            try:
+                theirs = BucketSimulator.get_file_info_by_name(bucket, token, name)
+            except Exception as exc:  # noqa: BLE001 - the same exception either way
+                theirs = type(exc)
+            try:
+                mine = bucket.get_file_info_by_name(token, name)
+            except Exception as exc:  # noqa: BLE001
+                mine = type(exc)
+            assert mine == theirs, name
+    # and through b2sdk over HTTP: ls pages (1,000 a page) walk every visible name once, in order
+    from b2sdk.v2 import B2Api, InMemoryAccountInfo
+
+    api = B2Api(InMemoryAccountInfo())
+    api.authorize_account(b2_server.url, b2_server.key_id, b2_server.key)
+    listed = [fv.file_name for fv, _ in api.get_bucket_by_name("many-files").ls("tenants/", recursive=True)]
+    with b2_server._httpd.lock:
+        visible = sorted(
+            {n for (n, _i), f in bucket.file_name_and_id_to_file.items() if n.startswith("tenants/")}
+            & {
+                f["fileName"]
+                for f in BucketSimulator.list_file_names(bucket, token, "tenants/", 10**6, "tenants/")["files"]
+            }
+        )
+    assert listed == visible and len(listed) > 400

@@ -12,6 +12,8 @@ middleware records when each CreateMultipartUpload was answered and puts that ti
 ListMultipartUploads, so garbage collection's grace period can be tested against it.
 moto does not validate checksums and keeps no real durability: verification is by re-reading.
 Only the access key id is checked (not the SigV4 signature): enough to test "wrong credentials".
+Buckets keep their key names sorted, so ListObjectsV2 costs O(page + log n), not O(bucket) as moto's
+own (see `_install_sorted_listing`; its answers are moto's, item for item).
 """
 
 from __future__ import annotations
@@ -254,6 +256,8 @@ class S3Server:
         from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
         from werkzeug.serving import make_server
 
+        _install_sorted_listing()
+
         class QuietHandler(MotoRequestHandler):
             def log_request(self, *args, **kwargs):  # tests and the demo need no access log
                 pass
@@ -330,3 +334,153 @@ class S3Server:
         """Requests seen, and those that carried checksum headers R2 rejects (GET /__checksums__)."""
         with self._parts_lock:
             return {"requests": self._checksum_requests, "with_checksum_headers": self._checksum_seen[-50:]}
+
+
+# ------------------------------------------------------------------ listings that scale with the page
+#
+# moto lists a bucket by walking every key it holds and sorting them (ListObjectsV2 is O(bucket) per
+# page), so at ~100,000 objects a paginated listing is quadratic and this double, not the client,
+# dominates every benchmark. The key store below keeps its names sorted as they are added and removed,
+# and ListObjectsV2 walks from the page's start (bisect) to its end: O(page + log n). The answer is
+# the one moto gives, item for item (tests/test_storage_conformance.py compares them): keys and
+# CommonPrefixes merged in name order, delete markers left out, items after StartAfter or the
+# continuation token's name (a CommonPrefix is after it when its own name is), MaxKeys, and a
+# continuation token moto itself resolves (the md5 of the page's last name, kept in
+# `_pagination_tokens`).
+
+
+def _sorted_key_store_class():
+    import bisect
+
+    from moto.s3.utils import _VersionedKeyStore
+
+    class _SortedKeyStore(_VersionedKeyStore):
+        """moto's key store, with its names also kept in a sorted list (`names`)."""
+
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            self.names = sorted(dict.keys(self))
+            self._names_lock = threading.Lock()
+
+        def _added(self, key) -> None:
+            with self._names_lock:
+                i = bisect.bisect_left(self.names, key)
+                if i == len(self.names) or self.names[i] != key:
+                    self.names.insert(i, key)
+
+        def _removed(self, key) -> None:
+            with self._names_lock:
+                i = bisect.bisect_left(self.names, key)
+                if i < len(self.names) and self.names[i] == key:
+                    del self.names[i]
+
+        def __setitem__(self, key, value):
+            super().__setitem__(key, value)
+            self._added(key)
+
+        def setlist(self, key, list_):
+            super().setlist(key, list_)
+            self._added(key)
+
+        def setdefault(self, key, default=None):
+            out = dict.setdefault(self, key, default)
+            self._added(key)
+            return out
+
+        def update(self, *a, **kw):
+            for k, v in dict(*a, **kw).items():
+                self[k] = v
+
+        def pop(self, key, *default):
+            if default and not dict.__contains__(self, key):
+                return default[0]
+            out = super().pop(key)
+            self._removed(key)
+            return out
+
+        def popitem(self):
+            key, value = dict.popitem(self)
+            self._removed(key)
+            return key, value
+
+        def __delitem__(self, key):
+            dict.__delitem__(self, key)
+            self._removed(key)
+
+        def clear(self):
+            dict.clear(self)
+            with self._names_lock:
+                self.names.clear()
+
+        def __reduce__(self):  # copy/deepcopy/pickle: a plain rebuild (the names follow the items)
+            return (type(self), (dict(self),))
+
+    return _SortedKeyStore
+
+
+def _after(s: str) -> str:
+    """The least string greater than every string that starts with `s` (s non-empty)."""
+    return s[:-1] + chr(ord(s[-1]) + 1)
+
+
+def _list_v2_page(backend, bucket, prefix, delimiter, continuation_token, start_after, max_keys):
+    """ListObjectsV2 over the sorted names: moto's own answer, walking only the page."""
+    import bisect
+
+    from moto.s3.models import FakeDeleteMarker
+
+    store = bucket.keys
+    prefix = prefix or ""
+    limit = None
+    if continuation_token or start_after:
+        limit = backend._pagination_tokens.get(continuation_token) if continuation_token else start_after
+    names = store.names  # sorted; changed in place by writers, so read under its lock
+    with store._names_lock:
+        i = bisect.bisect_left(names, prefix)
+        if limit is not None:
+            i = max(i, bisect.bisect_right(names, limit))
+    page: list = []
+    want = max_keys + 1  # one more than a page: is it truncated?
+    while max_keys and len(page) < want:
+        with store._names_lock:
+            if i >= len(names):
+                break
+            name = names[i]
+        if not name.startswith(prefix):
+            break
+        rest = name[len(prefix) :]
+        if delimiter and delimiter in rest:
+            folder = prefix + rest.split(delimiter)[0] + delimiter
+            if limit is None or folder > limit:
+                page.append(folder)
+            with store._names_lock:
+                i = bisect.bisect_left(names, _after(folder))
+            continue
+        i += 1
+        key = dict.get(store, name)
+        if not key or isinstance(key[-1], FakeDeleteMarker):
+            continue  # removed meanwhile, or its newest version is a delete marker
+        if limit is not None and name <= limit:
+            continue
+        page.append(key[-1])
+    return backend._truncate_result(page, max_keys)
+
+
+def _install_sorted_listing() -> None:
+    """Make every moto bucket created from now on keep sorted names, and ListObjectsV2 use them."""
+    import moto.s3.models as models
+
+    if getattr(models, "_tenant_backup_sorted", False):
+        return
+    store_class = _sorted_key_store_class()
+    original_v2 = models.S3Backend.list_objects_v2
+
+    def list_objects_v2(self, bucket, prefix, delimiter, continuation_token, start_after, max_keys):
+        if not isinstance(bucket.keys, store_class) or isinstance(bucket, models.FakeTableStorageBucket):
+            return original_v2(self, bucket, prefix, delimiter, continuation_token, start_after, max_keys)
+        return _list_v2_page(self, bucket, prefix, delimiter, continuation_token, start_after, max_keys)
+
+    models._VersionedKeyStore = store_class  # FakeBucket.__init__ looks the name up in this module
+    models.S3Backend.list_objects_v2 = list_objects_v2
+    models.S3Backend._original_list_objects_v2 = original_v2  # the conformance test compares the two
+    models._tenant_backup_sorted = True
