@@ -70,11 +70,14 @@ def run_op(op: str, state: Path) -> tuple[object, float, float]:
     return result["ok"]["value"], result["seconds"], result["ok"]["vmhwm_mib"]
 
 
-def populate(locs, keyring, tenants, ages: list[int], workers, tmp: Path, *, verified: bool = False) -> float:
-    """Store, for every tenant, one backup per age (days) in every location, through the configured
-    locations (the index hook runs); `verified`: also record a verification of each copy, as the
-    backup's copy checks do (one more index entry per copy)."""
-    now = datetime.now(timezone.utc)
+def populate(
+    locs, keyring, items, ages: list[int], workers, tmp: Path, *, verified: bool = False, now: datetime | None = None
+) -> float:
+    """Store, for every (n, tenant) of `items`, one backup per age (days) in every location, through
+    the configured locations (the index hook runs); `verified`: also record a verification of each
+    copy, as the backup's copy checks do (one more index entry per copy). n fixes the backup's id and
+    time, so shards stored by different processes make the same backups one process would."""
+    now = now or datetime.now(timezone.utc)
     started = time.perf_counter()
 
     def one(item):
@@ -95,11 +98,42 @@ def populate(locs, keyring, tenants, ages: list[int], workers, tmp: Path, *, ver
 
     def progress(_):
         done[0] += 1
-        if done[0] % 2000 == 0:
+        if done[0] % 1000 == 0:
             print(f"  {done[0]} tenants stored in {time.perf_counter() - started:.0f} s", file=sys.stderr)
 
-    read_many(one, list(enumerate(tenants)), workers=workers, progress=progress)
+    read_many(one, list(items), workers=workers, progress=progress)
     return time.perf_counter() - started
+
+
+def store(state: Path, ages: list[int], writers: int, *, verified: bool = False) -> float:
+    """populate() by `writers` processes at once, each storing every writers-th tenant with its own
+    storage clients (one process's GIL, not the doubles, was what limited storing)."""
+    now = datetime.now(timezone.utc).isoformat()
+    started = time.perf_counter()
+    spec = json.dumps({"ages": ages, "verified": verified, "now": now, "writers": writers})
+    procs = [
+        subprocess.Popen([sys.executable, __file__, "--store", spec, "--shard", str(i), "--state", str(state)])
+        for i in range(writers)
+    ]
+    codes = [p.wait() for p in procs]
+    if any(codes):
+        raise RuntimeError(f"a writer failed (exit codes {codes})")
+    return time.perf_counter() - started
+
+
+def store_child(spec: str, shard: int, state_path: Path) -> int:
+    spec_ = json.loads(spec)
+    state = json.loads(state_path.read_text())
+    locs = locations_from_env(state["locations"], state["env"])
+    keyring = Keyring.parse(state["env"]["TENANT_BACKUP_KEYS"])
+    tenants = json.loads(Path(state["tenants"]).read_text())
+    items = list(enumerate(tenants))[shard :: spec_["writers"]]
+    tmp = Path(state["tenants"]).parent / f"writer-{shard}"
+    tmp.mkdir(exist_ok=True)
+    workers = max(4, state["workers"] // spec_["writers"])
+    now = datetime.fromisoformat(spec_["now"])
+    populate(locs, keyring, items, spec_["ages"], workers, tmp, verified=spec_["verified"], now=now)
+    return 0
 
 
 # ------------------------------------------------------------------------------------------ the ops
@@ -184,14 +218,12 @@ def child(op: str, state_path: Path) -> int:
     return 0
 
 
-def run_scale(n: int, backups: int, workers: int, names: list[str]) -> dict:
+def run_scale(n: int, backups: int, workers: int, names: list[str], writers: int = 4, skip=()) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix=f"ops-{n}-", dir=OUT))
     doubles = LocationDoubles("ops", processes=True)
     try:
         keys = generate_entry("bench")
         env = {**doubles.env, "TENANT_BACKUP_KEYS": keys, "TENANT_BACKUP_LOCAL_DIR": str(tmp / "local")}
-        keyring = Keyring.parse(keys)
-        locs = locations_from_env(names, env)
         tenants = [str(uuid.UUID(int=(i + 1) * 0x9E3779B97F4A7C15 % (1 << 128))) for i in range(n)]
         (tmp / "tenants.json").write_text(json.dumps(tenants))
         state = tmp / "state.json"
@@ -201,6 +233,10 @@ def run_scale(n: int, backups: int, workers: int, names: list[str]) -> dict:
         figures: dict = {"tenants": n, "backups_per_tenant": backups, "locations": names}
 
         def measure(label, op):
+            if op in skip:
+                figures[label] = "not measured (--skip)"
+                print(f"  {label:34} skipped", file=sys.stderr)
+                return
             before = requests_served(env)
             result, seconds, rss = run_op(op, state)
             after = requests_served(env)
@@ -210,13 +246,12 @@ def run_scale(n: int, backups: int, workers: int, names: list[str]) -> dict:
             print(f"  {label:34} {seconds:7.2f} s {rss:6.0f} MiB  requests {requests}  {result}", file=sys.stderr)
 
         print(f"{n} tenants x {backups} backups x {names}: storing the older ones…", file=sys.stderr)
-        figures["store_older_s"] = round(
-            populate(locs, keyring, tenants, [7 * j for j in range(1, backups)], workers, tmp), 1
-        )
+        figures["writers"] = writers
+        figures["store_older_s"] = round(store(state, [7 * j for j in range(1, backups)], writers), 1)
         measure("noop (baseline process)", "noop")
         measure("index job, first (reconcile)", "index_job")
         print("  … and this week's backup with its verification (as a weekly run leaves them)", file=sys.stderr)
-        figures["store_week_s"] = round(populate(locs, keyring, tenants, [0], workers, tmp, verified=True), 1)
+        figures["store_week_s"] = round(store(state, [0], writers, verified=True), 1)
         measure("status (a week's log entries)", "status")
         measure("sensor read (idem)", "sensor")
         measure("index job (compact + reconcile)", "index_job")
@@ -285,15 +320,23 @@ def main() -> int:
         help="which of local,r2,b2 (the B2 simulator slows with every file it holds)",
     )
     parser.add_argument("--registry", type=int, default=10000)
+    parser.add_argument("--writers", type=int, default=4, help="processes storing the backups at once")
+    parser.add_argument("--skip", default="", help="operations not to measure, e.g. verify_subset,rebuild_index")
+    parser.add_argument("--store", help=argparse.SUPPRESS)  # one writer of store(), in its own process
+    parser.add_argument("--shard", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--op", choices=sorted(OPS), help=argparse.SUPPRESS)  # one operation, in its own process
     parser.add_argument("--state", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.op:
         return child(args.op, args.state)
+    if args.store:
+        return store_child(args.store, args.shard, args.state)
     OUT.mkdir(parents=True, exist_ok=True)
     results = {"registry": registry_sync(args.registry) if args.registry else None, "scales": []}
     for n in args.tenants:
-        results["scales"].append(run_scale(n, args.backups, args.workers, args.locations.split(",")))
+        results["scales"].append(
+            run_scale(n, args.backups, args.workers, args.locations.split(","), args.writers, args.skip.split(","))
+        )
         (OUT / "results.json").write_text(json.dumps(results, indent=2, default=str))
     print(json.dumps(results, indent=2, default=str))
     print(
