@@ -167,7 +167,9 @@ def op_list(locs, keyring, tenants, workers):
 def op_prune(locs, keyring, tenants, workers):
     from backup_assets.core.maintenance.retention import prune_location
 
-    reports = {n: prune_location(loc, keyring=keyring, keep_min=2, dry_run=True) for n, loc in locs.items()}
+    # as `tenant-backup prune` does: every location at once
+    done = read_many(lambda loc: prune_location(loc, keyring=keyring, keep_min=2, dry_run=True), list(locs.values()))
+    reports = dict(zip(locs, done, strict=True))
     return {n: {"would_delete": len(r.deleted), "errors": len(r.errors)} for n, r in reports.items()}
 
 
@@ -218,6 +220,34 @@ def child(op: str, state_path: Path) -> int:
     return 0
 
 
+def measure_op(figures: dict, env: dict, state: Path, label: str, op: str, skip=()) -> None:
+    """Run `op` in a process of its own; figures[label]: its seconds, peak RSS and requests served."""
+    if op in skip:
+        figures[label] = "not measured (--skip)"
+        print(f"  {label:34} skipped", file=sys.stderr)
+        return
+    before = requests_served(env)
+    result, seconds, rss = run_op(op, state)
+    after = requests_served(env)
+    requests = {k: after[k] - before[k] for k in after}
+    figures[label] = {"seconds": round(seconds, 2), "peak_rss_mib": round(rss, 1), "requests": requests}
+    figures[label]["result"] = result
+    print(f"  {label:34} {seconds:7.2f} s {rss:6.0f} MiB  requests {requests}  {result}", file=sys.stderr)
+
+
+def attach(state: Path, ops: list[str]) -> dict:
+    """Measure `ops` again against the doubles of a run still up (its state.json): e.g. after a code
+    change, without storing everything again. Its results go to results-attached.json beside it."""
+    env = json.loads(state.read_text())["env"]
+    figures: dict = {"state": str(state)}
+    for op in ops:
+        measure_op(figures, env, state, op, op)
+    out = state.parent / "results-attached.json"
+    previous = json.loads(out.read_text()) if out.exists() else []
+    out.write_text(json.dumps([*previous, figures], indent=2, default=str))
+    return figures
+
+
 def run_scale(n: int, backups: int, workers: int, names: list[str], writers: int = 4, skip=()) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix=f"ops-{n}-", dir=OUT))
     doubles = LocationDoubles("ops", processes=True)
@@ -233,17 +263,7 @@ def run_scale(n: int, backups: int, workers: int, names: list[str], writers: int
         figures: dict = {"tenants": n, "backups_per_tenant": backups, "locations": names}
 
         def measure(label, op):
-            if op in skip:
-                figures[label] = "not measured (--skip)"
-                print(f"  {label:34} skipped", file=sys.stderr)
-                return
-            before = requests_served(env)
-            result, seconds, rss = run_op(op, state)
-            after = requests_served(env)
-            requests = {k: after[k] - before[k] for k in after}
-            figures[label] = {"seconds": round(seconds, 2), "peak_rss_mib": round(rss, 1), "requests": requests}
-            figures[label]["result"] = result
-            print(f"  {label:34} {seconds:7.2f} s {rss:6.0f} MiB  requests {requests}  {result}", file=sys.stderr)
+            measure_op(figures, env, state, label, op, skip)
 
         print(f"{n} tenants x {backups} backups x {names}: storing the older ones…", file=sys.stderr)
         figures["writers"] = writers
@@ -322,6 +342,8 @@ def main() -> int:
     parser.add_argument("--registry", type=int, default=10000)
     parser.add_argument("--writers", type=int, default=4, help="processes storing the backups at once")
     parser.add_argument("--skip", default="", help="operations not to measure, e.g. verify_subset,rebuild_index")
+    parser.add_argument("--attach", type=Path, help="a running scale's state.json: measure --ops against it")
+    parser.add_argument("--ops", default="status,sensor,list,prune_dry_run", help="with --attach")
     parser.add_argument("--store", help=argparse.SUPPRESS)  # one writer of store(), in its own process
     parser.add_argument("--shard", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--op", choices=sorted(OPS), help=argparse.SUPPRESS)  # one operation, in its own process
@@ -331,6 +353,9 @@ def main() -> int:
         return child(args.op, args.state)
     if args.store:
         return store_child(args.store, args.shard, args.state)
+    if args.attach:
+        print(json.dumps(attach(args.attach, args.ops.split(",")), indent=2, default=str))
+        return 0
     OUT.mkdir(parents=True, exist_ok=True)
     results = {"registry": registry_sync(args.registry) if args.registry else None, "scales": []}
     for n in args.tenants:

@@ -277,6 +277,14 @@ def test_prune_keeps_newest_and_keep_min_removes_expired_everywhere(env, tmp_pat
     out = capsys.readouterr().out
     assert present() == before
     assert out.count("would delete") >= 6
+    # The locations are pruned at once, but what each prints comes location after location, in the
+    # configured order, each location's summary after its own lines.
+    order = [line.split()[2] if line.startswith("would ") else line.split(":")[0] for line in out.splitlines()]
+    firsts = list(dict.fromkeys(order))
+    assert firsts == ["local", "r2", "b2"], order
+    assert order == sorted(order, key=firsts.index), order
+    for name in firsts:
+        assert out.splitlines()[len(order) - 1 - order[::-1].index(name)].startswith(f"{name}: ")
 
     assert run("prune") == 0
     out = capsys.readouterr().out

@@ -42,24 +42,22 @@ def cmd_prune(args, out) -> int:
     def stamp(moment):
         return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment else None
 
-    def on_delete(location, d):
-        out.text(f"{verb} {location:5} {d.tenant_id} {d.backup_id} (created {stamp(d.created_at) or '?'}: {d.reason})")
+    def prune_one(name, loc, emit) -> tuple[bool, bool]:
+        """Prune one location; every line it prints goes through emit(kind, text). (failed, refused)"""
+        entry = doc["locations"][name]
 
-    def on_garbage(g):
-        size = "? bytes" if g.size is None else f"{g.size} bytes"
-        out.text(f"{'would collect' if args.dry_run else 'collected'} {g.location:5} {g.uri} ({g.what}, {size})")
+        def on_delete(location, d):
+            emit(
+                "text",
+                f"{verb} {location:5} {d.tenant_id} {d.backup_id} (created {stamp(d.created_at) or '?'}: {d.reason})",
+            )
 
-    failed = refused = False
-    for name, loc in locations.items():
-        entry = doc["locations"][name] = {
-            "retention_days": loc.retention_days,
-            "deleted": [],
-            "kept": 0,
-            "errors": [],
-            "refused": [],
-            "incomplete": [],
-            "garbage": [],
-        }
+        def on_garbage(g):
+            size = "? bytes" if g.size is None else f"{g.size} bytes"
+            emit(
+                "text", f"{'would collect' if args.dry_run else 'collected'} {g.location:5} {g.uri} ({g.what}, {size})"
+            )
+
         try:
             report = prune_location(
                 loc,
@@ -71,23 +69,21 @@ def cmd_prune(args, out) -> int:
                 on_garbage=on_garbage,
             )
         except StorageError as exc:  # this location unreachable: the others are still pruned
-            out.warn(f"FAIL {name:5} prune: {exc}")
+            emit("warn", f"FAIL {name:5} prune: {exc}")
             entry["errors"].append(str(exc))
-            failed = True
-            continue
+            return True, False
         for err in report.errors:
-            out.warn(f"FAIL {name:5} {err}")
+            emit("warn", f"FAIL {name:5} {err}")
         for line in report.refused:
-            out.warn(f"tenant-backup: error: {name}: {line}")
+            emit("warn", f"tenant-backup: error: {name}: {line}")
         for line in report.warnings:
-            out.warn(f"tenant-backup: warning: {name}: {line}")
+            emit("warn", f"tenant-backup: warning: {name}: {line}")
         for ref in report.incomplete:
-            out.text(
+            emit(
+                "text",
                 f"{'would remove' if args.dry_run else 'removed'} {name:5} {ref.tenant_id} {ref.backup_id}"
-                " (incomplete: no manifest, left by a failed upload)"
+                " (incomplete: no manifest, left by a failed upload)",
             )
-        failed |= bool(report.errors or report.refused)
-        refused |= bool(report.refused)
         kept = sum(1 for d in report.decisions if not d.delete)
         entry.update(
             kept=kept,
@@ -106,15 +102,69 @@ def cmd_prune(args, out) -> int:
             ],
         )
         collected = sum(g.size or 0 for g in report.garbage)
-        out.text(
+        emit(
+            "text",
             f"{name}: {len(report.deleted)} {verb}, {kept} kept (retention {loc.retention_days} days, "
             f"keep at least {keep_min} per tenant); {len(report.garbage)} unreferenced objects "
-            f"({collected} bytes) {'would be collected' if args.dry_run else 'collected'}"
+            f"({collected} bytes) {'would be collected' if args.dry_run else 'collected'}",
         )
+        return bool(report.errors or report.refused), bool(report.refused)
+
+    failed = refused = False
+    for name, loc in locations.items():  # in the configured order (the JSON document's too)
+        doc["locations"][name] = {
+            "retention_days": loc.retention_days,
+            "deleted": [],
+            "kept": 0,
+            "errors": [],
+            "refused": [],
+            "incomplete": [],
+            "garbage": [],
+        }
+    # Every location is pruned at once (each its own endpoint and its own deletions); what each prints
+    # is printed here, location after location in the configured order, the first one as it happens.
+    for one_failed, one_refused in _each_at_once(out, prune_one, list(locations.items())):
+        failed |= one_failed
+        refused |= one_refused
     doc["gc_grace_s"] = int(grace.total_seconds())
     doc["ok"] = not failed
     out.emit(doc)
     return 6 if refused else 1 if failed else 0
+
+
+def _each_at_once(out, fn, items: list[tuple[str, object]]):
+    """fn(name, item, emit) for every item, each in a thread of its own; yields their results in the
+    order of `items`, and prints what each emitted (emit("text" | "warn", line)) in that order too,
+    from this thread only: the first item's lines as they come, the next's once the first is done."""
+    import queue
+    import threading
+
+    done = object()
+    queues = [queue.SimpleQueue() for _ in items]
+    results: list = [None] * len(items)
+
+    def run(i, name, item):
+        try:
+            results[i] = fn(name, item, lambda kind, text: queues[i].put((kind, text)))
+        except BaseException as exc:  # noqa: BLE001 - raised again in the printing thread
+            results[i] = exc
+        finally:
+            queues[i].put(done)
+
+    threads = [threading.Thread(target=run, args=(i, n, it), daemon=True) for i, (n, it) in enumerate(items)]
+    for thread in threads:
+        thread.start()
+    failure = None
+    for i, thread in enumerate(threads):
+        while (line := queues[i].get()) is not done:
+            (out.text if line[0] == "text" else out.warn)(line[1])
+        thread.join()
+        if isinstance(results[i], BaseException):
+            failure = failure or results[i]  # raised once every other item is done and printed
+        else:
+            yield results[i]
+    if failure is not None:
+        raise failure
 
 
 # -------------------------------------------------------------------------------------------- rebuild

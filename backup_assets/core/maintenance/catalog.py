@@ -92,7 +92,7 @@ def collect(
     the rest is still collected: one unreachable location must not hide the others' backups. The
     listing says what exists; with `keyring`, what the location's index holds of a listed backup is
     taken from it (core/locations/index.py: authenticated, no request), and the other manifests are
-    read concurrently (`progress(n)` as they arrive).
+    read concurrently (`progress(n)` as they arrive). The locations are read concurrently too.
     """
     from ..locations.index import index_hints, read_many
 
@@ -108,14 +108,15 @@ def collect(
         except TenantBackupError as exc:
             return exc
 
-    for name, loc in locations.items():
+    def gather(item):
+        """One location: its listing, what its index holds of it, the other manifests read."""
+        name, loc = item
         try:
             refs = loc.list(tenant_id)
         except TenantBackupError as exc:
-            errors.append(CollectError(name, f"cannot list: {exc}"))
-            continue
+            return [], [CollectError(name, f"cannot list: {exc}")]
         hints = index_hints(loc, keyring)
-        found, unread = [], []
+        found, unread, failed = [], [], []
         for ref in refs:
             hit = hints.backup(ref.tenant_id, ref.backup_id) if hints is not None else None
             if hit is not None and hit.info is not None:
@@ -125,10 +126,16 @@ def collect(
         manifests = read_many(read, [(loc, ref) for ref in unread], progress=progress)
         for ref, manifest in zip(unread, manifests, strict=True):
             if isinstance(manifest, TenantBackupError):
-                errors.append(CollectError(name, f"{ref.tenant_id}/{ref.backup_id}: cannot read manifest: {manifest}"))
+                failed.append(CollectError(name, f"{ref.tenant_id}/{ref.backup_id}: cannot read manifest: {manifest}"))
             elif manifest is not None:
                 found.append((ref, manifest, None))
-        for ref, manifest, rows in sorted(found, key=lambda x: (x[0].tenant_id, x[0].backup_id)):
+        return sorted(found, key=lambda x: (x[0].tenant_id, x[0].backup_id)), failed
+
+    # The locations are read at once (each its own endpoint: their round trips overlap), then merged
+    # in their configured order, as one after the other would.
+    for name, (found, failed) in zip(locations, read_many(gather, list(locations.items())), strict=True):
+        errors.extend(failed)
+        for ref, manifest, rows in found:
             key = (ref.tenant_id, ref.backup_id)
             entry = entries.get(key)
             if entry is None:
