@@ -65,7 +65,7 @@ def cmd_worker(args, out) -> int:
     import dask
     from distributed import Security
 
-    from ..core.cluster import Problems, check_address, check_tls
+    from ..core.cluster import Problems, check_address, check_tls, worker_dask_config
     from ..core.errors import ConfigError
     from ..defs.runs.in_process import instance_label, load_worker_side
 
@@ -109,7 +109,10 @@ def cmd_worker(args, out) -> int:
             argv += [flag, str(value)]
     argv += ["--dashboard-address", args.dashboard_address] if args.dashboard_address else ["--no-dashboard"]
     out.note(f"tenant-backup worker: configuration complete: {summary}; {nworkers} Dask worker processes for {address}")
-    return run_dask_worker(argv)
+    # Dask's statistical profiler off unless configured (core/cluster.py worker_dask_config): each nanny
+    # hands this process's configuration to its worker.
+    with dask.config.set(worker_dask_config()):
+        return run_dask_worker(argv)
 
 
 def run_dask_worker(argv: list[str]) -> int:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +69,28 @@ class ClusterSpec:
     shared: tuple[tuple[str, str], ...]  # cluster_settings() of the driver, sorted
     instance: str  # the Dagster instance's cluster token (stored in the instance: defs/runs/batch.py)
     instance_label: str  # the driver's Dagster database as user@host:port/db, for messages
+
+
+# ------------------------------------------------------------------------------ worker processes
+
+PROFILER = "distributed.worker.profile.enabled"
+
+
+def worker_dask_config() -> dict[str, object]:
+    """Dask configuration for our worker processes (a LocalCluster's, `tenant-backup worker`'s): Dask's
+    statistical profiler off. It samples the task thread's stack every 10 ms and keeps one call tree per
+    second for the last 1,000 seconds (`distributed.admin.low-level-log-length`), twice (the whole
+    worker's and per task key) — a tenant run's Dagster stack is deep, so a worker grew ~1.5 MB per
+    tenant it backed up (~43,000 dicts of profile nodes per 25 tenants) until 1,000 seconds of history
+    were full, and spent CPU sampling. It feeds only the dashboard's profile page. An operator who set
+    it (DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED, a Dask YAML file) keeps their value."""
+    import dask
+
+    default = dask.config.get(PROFILER, config=dask.config.merge(*dask.config.defaults), default=True)
+    configured = dask.config.get(PROFILER, default=True)
+    if configured != default or "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED" in os.environ:
+        return {}
+    return {PROFILER: False}
 
 
 # --------------------------------------------------------------------------------- shared settings

@@ -29,7 +29,14 @@ from dataclasses import dataclass, field
 
 from dagster import DagsterInstance, RunsFilter
 
-from ...core.cluster import ClusterSpec, ClusterUnreachable, WorkerRefused, check_address, check_tls
+from ...core.cluster import (
+    ClusterSpec,
+    ClusterUnreachable,
+    WorkerRefused,
+    check_address,
+    check_tls,
+    worker_dask_config,
+)
 from ...core.errors import ConfigError, first_line
 from ...core.settings import Settings
 from ..backup.assets import PARTITIONS_PER_RUN
@@ -247,9 +254,11 @@ def _on_dask(
     spec = cluster_spec(instance, settings)
     outcomes: dict[str, TenantOutcome] = {}
     # allowed-failures: a local cluster's (a remote scheduler has its own); nframes 0: no source code
-    # of ours travels with the graph.
+    # of ours travels with the graph; the workers' statistical profiler off (worker_dask_config: its
+    # history grew a worker's memory with every tenant). A nanny hands this configuration to its worker.
     losses = settings.worker_loss_retries
     config = {"distributed.scheduler.allowed-failures": losses, "distributed.diagnostics.computations.nframes": 0}
+    config.update(worker_dask_config())
     with dask.config.set(config):
         cluster = (
             None
