@@ -283,6 +283,83 @@ def test_overwrite_same_backup_id_keeps_one_copy(u, tmp_path):
     assert be.versions(u.raw, mkey) == 0
 
 
+class Spy:
+    """Counts the calls of some of a location class's primitives (the calls still go through)."""
+
+    def __init__(self, monkeypatch, cls, names):
+        self.calls: list[tuple[str, tuple]] = []
+        for name in names:
+            original = getattr(cls, name)
+
+            def spy(self_, *args, _name=name, _original=original, **kw):
+                self.calls.append((_name, args))
+                return _original(self_, *args, **kw)
+
+            monkeypatch.setattr(cls, name, spy)
+
+    def count(self, name: str) -> int:
+        return sum(1 for called, _ in self.calls if called == name)
+
+
+def test_first_put_of_an_id_minted_here_lists_nothing_a_retry_lists_and_supersedes(u, tmp_path, monkeypatch):
+    """A backup id this process minted (core/archive/export.py) holds nothing anywhere before its first
+    put: that put writes without listing the folder. Every later put of the id to the location (a retry,
+    from this location object or another of the same store) lists, and supersedes as always; records and
+    index entries of the id keep one version each (B2)."""
+    from backup_assets.core.archive.manifest import new_backup_id
+    from backup_assets.core.locations.naming import VERIFIED_NAME, minted_here
+
+    spy = Spy(monkeypatch, type(u.raw), ["_list"])
+    t, bid = tid(), new_backup_id()
+    a1, m1 = make_archive(tmp_path, 3000)
+    a2, m2 = make_archive(tmp_path, 4000)
+    minted_here(t, bid)
+    u.loc.put(t, bid, a1, m1)
+    assert spy.count("_list") == 0
+    u.loc.put_verified(t, bid, {"ok": True}, known_complete=True)
+    u.loc.put(t, bid, a2, m2)  # a retry of the same id: it lists, and supersedes a1
+    assert spy.calls == [("_list", (u.raw.backup_prefix(t, bid),))]
+    assert u.loc.verify(t, bid).sha256 == m2.archive.sha256
+    be, akey, mkey = u.backend, u.raw.archive_key(t, bid), u.raw.manifest_key(t, bid)
+    assert be.versions(u.raw, akey) == 1 and be.versions(u.raw, mkey) == 1
+    assert be.versions(u.raw, u.raw.archive_key(t, bid, m1.archive.sha256)) == 0  # superseded: deleted
+    u.loc.put_verified(t, bid, {"ok": False}, known_complete=True)
+    assert be.versions(u.raw, u.raw.backup_prefix(t, bid) + VERIFIED_NAME) == 1
+    # Another location object of the same store: the id's first put there was begun already.
+    other = RetryingLocation(u.backend.make(), attempts=3, base_delay=0.05)
+    other.put(t, bid, a1, m1)
+    assert spy.count("_list") == 2 and other.verify(t, bid).sha256 == m1.archive.sha256
+    assert be.versions(u.raw, u.raw.archive_key(t, bid, m2.archive.sha256)) == 0
+    # An id not minted here (another process's, a re-execution's) lists before its first put.
+    u.loc.put(t, new_backup_id(), a1, m1)
+    assert spy.count("_list") == 3
+
+
+def test_a_verify_after_the_manifest_reads_the_archive_once(u, tmp_path, monkeypatch):
+    """A copy check's reads (core/maintenance/copy_check.py): the manifest, then the archive it names
+    in one read that also answers its size and metadata: no HEAD on R2 and B2 (local disk stats the
+    file), no second read of the manifest."""
+    arch, man = make_archive(tmp_path, 70_000)
+    t = tid()
+    u.loc.put(t, "b1", arch, man)
+    spy = Spy(monkeypatch, type(u.raw), ["_head", "_get_bytes", "_iter_chunks", "_opened", "_list"])
+    u.loc.get_manifest(t, "b1")
+    st = u.loc.verify(t, "b1", known_complete=True)
+    assert (st.size, st.sha256) == (70_000, man.archive.sha256)
+    got = u.loc.get(t, "b1", tmp_path / "o.tbk", known_complete=True)
+    assert got.path.read_bytes() == arch.read_bytes() and got.sha256 == man.archive.sha256
+    archive = [name for name, args in spy.calls if args and str(args[0]).endswith(".tbk")]
+    manifest = [name for name, args in spy.calls if args and args[0] == u.raw.manifest_key(t, "b1")]
+    assert manifest.count("_get_bytes") == 1 and "_head" not in manifest and spy.count("_list") == 0
+    assert archive.count("_opened") == 2  # the verify, the get
+    if u.backend.kind != "local":
+        assert archive == ["_opened", "_opened"]
+    # Bit rot under unchanged metadata is still found by that one read.
+    u.backend.corrupt_at_rest(u.raw, t, "b1")
+    with pytest.raises(CorruptObject, match="does not match"):
+        u.loc.verify(t, "b1", known_complete=True)
+
+
 def test_manifest_mismatch_is_refused(u, tmp_path):
     arch, man = make_archive(tmp_path, 2000)
     t = tid()

@@ -23,6 +23,7 @@ from ..dump.pgdump import PgDump, RowCounter, prove_dump, tenant_values
 from ..dump.stream import DumpStreamReader
 from ..errors import DumpFailed, SafetyCheckFailed, one_line
 from ..files import atomic_output, check_output_path, local_write_error
+from ..locations.naming import minted_here
 from ..settings import SourceSettings
 from ..source import pgbin
 from ..source.preflight import EXCLUDED, RLS_CHILD, SHARED, TENANT, DumpPlan, inspect_source
@@ -66,6 +67,7 @@ def export_tenant(
 
     created = datetime.now(timezone.utc)
     backup_id = new_backup_id(created)
+    minted_here(tenant_id, backup_id)  # its first put to each location need not list its folder
     # pg_dump and the counting connection are twins: same parameters, same options, nothing inherited.
     session = PgSession.from_dsn(
         settings.dsn, {settings.tenant_setting: tenant_id}, connect_timeout=settings.connect_timeout

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -179,6 +180,15 @@ class B2Location(ObjectLocation):
 
     # -- primitives --------------------------------------------------------------------------------
     def _put_file(self, key: str, path: Path, size: int, sha256: str) -> None:
+        self._upload_file(key, path, sha256)
+        # Older versions of this name (an earlier put of the same backup id) must not linger.
+        crashpoints.reached("b2.old_versions")
+        self._delete_versions(key, keep_newest=True)
+
+    def _put_new_file(self, key: str, path: Path, size: int, sha256: str) -> None:
+        self._upload_file(key, path, sha256)  # a name that held nothing: no older version to list
+
+    def _upload_file(self, key: str, path: Path, sha256: str) -> None:
         b = self._b()
         kw = {"min_part_size": self.part_size} if self.part_size else {}
         if crashpoints.armed():  # a kill test: stop the process with the upload open
@@ -192,15 +202,14 @@ class B2Location(ObjectLocation):
             file_info={SHA256_INFO: sha256},
             **kw,
         )
-        # Older versions of this name (an earlier put of the same backup id) must not linger.
+
+    def _put_bytes(self, key: str, data: bytes) -> None:
+        self._put_new_bytes(key, data)
         crashpoints.reached("b2.old_versions")
         self._delete_versions(key, keep_newest=True)
 
-    def _put_bytes(self, key: str, data: bytes) -> None:
-        b = self._b()
-        self._run(key, b.upload_bytes, data, key, content_type="application/json")
-        crashpoints.reached("b2.old_versions")
-        self._delete_versions(key, keep_newest=True)
+    def _put_new_bytes(self, key: str, data: bytes) -> None:
+        self._run(key, self._b().upload_bytes, data, key, content_type="application/json")
 
     def _get_bytes(self, key: str) -> bytes:
         return b"".join(self._iter_chunks(key))
@@ -211,14 +220,26 @@ class B2Location(ObjectLocation):
         return int(v.size), (v.file_info or {}).get(SHA256_INFO)
 
     def _iter_chunks(self, key: str) -> Iterator[bytes]:
-        b = self._b()
-        dl = self._run(key, b.download_file_by_name, key)
-        resp = dl.response
+        with self._opened(key) as (_size, _sha, chunks):
+            yield from chunks
+
+    def _chunks(self, key: str, resp) -> Iterator[bytes]:
         try:
             for chunk in resp.iter_content(CHUNK):
                 yield chunk
         except Exception as exc:
             raise self._err(exc, key) from None
+
+    @contextmanager
+    def _opened(self, key: str):
+        """One download: its response carries what get_file_info_by_name would (size, file info)."""
+        b = self._b()
+        dl = self._run(key, b.download_file_by_name, key)
+        resp = dl.response
+        try:
+            version = dl.download_version
+            sha = (version.file_info or {}).get(SHA256_INFO)
+            yield int(version.size), sha, self._chunks(key, resp)
         finally:
             resp.close()
 

@@ -32,13 +32,16 @@ Contract of the public methods (Location):
     backup id replaces it (idempotent retry of the same put): the new archive under its own name, then
     the manifest, then the archive the old manifest named is deleted. A failed put leaves the backup as
     it was (absent, or the previous complete copy).
-- get(tenant_id, backup_id, dest_path, *, expect=None) -> StoredObject
+- get(tenant_id, backup_id, dest_path, *, expect=None, known_complete=False) -> StoredObject
     Streams the archive to dest_path (via a temporary file + rename: a failed get leaves no partial
     dest_path), re-hashing on the way; a size or SHA-256 mismatch with the stored metadata (with
     expect=(sha256, size): with those, e.g. the manifest's) raises CorruptObject. A missing archive or
-    manifest raises NotFound.
+    manifest raises NotFound. The size and metadata come with the read itself where the backend's read
+    answers them (S3 GetObject, B2's download: one request, no HEAD). The StoredObject's size and
+    sha256 are the stored metadata's, which the bytes were just proven to equal.
 - verify(tenant_id, backup_id, *, known_complete=False) -> StoredObject: like get() but discards the
-    bytes. known_complete: the caller has just read the manifest (saves a request per copy check).
+    bytes. known_complete (get too): the caller has just read the manifest through this location
+    (the archive it names is read without reading it again).
 - get_manifest(tenant_id, backup_id) -> Manifest: NotFound if absent; CorruptObject if not JSON;
     ArchiveError (core/archive/manifest.py, the one parser) if not a manifest this version reads.
     Not authenticated here: readers go through core/archive/seal.py read_manifest.
@@ -80,6 +83,7 @@ import re
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -98,6 +102,7 @@ from .naming import (  # noqa: F401 - re-exported
     MANIFEST_NAME,
     VERIFIED_NAME,
     archive_name,
+    first_put,
     validate_backup_id,
 )
 from .upload import BackgroundHash, stored_bytes
@@ -133,7 +138,9 @@ class Location(ABC):
     def put(self, tenant_id: str, backup_id: str, archive_path: Path, manifest: Manifest) -> StoredObject: ...
 
     @abstractmethod
-    def get(self, tenant_id: str, backup_id: str, dest_path: Path, *, expect=None) -> StoredObject: ...
+    def get(
+        self, tenant_id: str, backup_id: str, dest_path: Path, *, expect=None, known_complete: bool = False
+    ) -> StoredObject: ...
 
     @abstractmethod
     def verify(self, tenant_id: str, backup_id: str, *, known_complete: bool = False) -> StoredObject: ...
@@ -182,6 +189,9 @@ class ObjectLocation(Location):
 
     def __init__(self, *, prefix: str = "", retention_days: int = 30):
         self._named: dict[tuple[str, str], str | None] = {}  # (tenant, backup) -> sha256 its manifest named
+        # (tenant, backup) -> names this object saw absent from the folder at its put (put_verified then
+        # writes verified.json as a new object: _put_new_bytes)
+        self._absent: dict[tuple[str, str], set[str]] = {}
         prefix = prefix.strip("/")
         if prefix and (".." in prefix.split("/") or not re.fullmatch(r"[A-Za-z0-9._/-]+", prefix)):
             raise StorageError(f"invalid storage prefix {prefix!r}")
@@ -214,6 +224,23 @@ class ObjectLocation(Location):
     @abstractmethod
     def _delete(self, key: str) -> None:
         """Remove key (all versions); a missing key is fine."""
+
+    def _put_new_file(self, key: str, path: Path, size: int, sha256: str) -> None:
+        """_put_file for a key the caller knows holds no object (nothing older of that name to remove:
+        B2 then skips its listing of the name's versions)."""
+        self._put_file(key, path, size, sha256)
+
+    def _put_new_bytes(self, key: str, data: bytes) -> None:
+        """_put_bytes for a key the caller knows holds no object (see _put_new_file)."""
+        self._put_bytes(key, data)
+
+    @contextmanager
+    def _opened(self, key: str):
+        """(size, sha256 from metadata or None, the object's chunks): the metadata _head gives and the
+        bytes _iter_chunks gives. A backend whose read answers both (S3 GetObject, B2's download) makes
+        it one request; NotFound on entering for a missing key."""
+        size, sha = self._head(key)
+        yield size, sha, self._iter_chunks(key)
 
     @abstractmethod
     def _key_uri(self, key: str) -> str: ...
@@ -265,6 +292,25 @@ class ObjectLocation(Location):
             return self._located(tenant_id, backup_id)  # a re-wrap switched the manifest meanwhile
         raise AssertionError("unreachable")
 
+    def _open_archive(self, stack: ExitStack, tenant_id: str, backup_id: str, *, known: bool = False):
+        """_located, and the archive opened for reading in the same request where the backend can
+        (_opened): (key, size, sha256 metadata, chunks), the stream closed with `stack`."""
+        d = self._dir(tenant_id, backup_id)
+        sha = self._named.get((tenant_id, backup_id), "?") if known else "?"
+        fresh = sha == "?"
+        if fresh:
+            sha = self._manifest_sha(tenant_id, backup_id)
+        for name in dict.fromkeys((archive_name(sha), LEGACY_ARCHIVE_NAME)):
+            try:
+                size, meta, chunks = stack.enter_context(self._opened(d + name))
+                return d + name, size, meta, chunks
+            except NotFound:
+                if name != LEGACY_ARCHIVE_NAME:
+                    continue
+                if fresh:
+                    raise
+        return self._open_archive(stack, tenant_id, backup_id)  # a re-wrap switched the manifest meanwhile
+
     # -- contract ---------------------------------------------------------------------------------
     def uri(self, tenant_id: str, backup_id: str) -> str:
         return self._key_uri(self._dir(tenant_id, backup_id))
@@ -280,8 +326,9 @@ class ObjectLocation(Location):
         exp_sha, exp_size = manifest.stated_checksum()
         akey = d + archive_name(exp_sha)
         # What the backup holds now (one listing): the archive its manifest names is deleted after the
-        # new manifest is written, never before.
-        present = self._listing(d)
+        # new manifest is written, never before. Nothing, without asking, for the first put of a backup id
+        # this process minted (naming.py first_put): no object can be under it yet.
+        present = set() if first_put(self._key_uri(self._root()), tenant_id, backup_id) else self._listing(d)
         previous = self._previous_archive(tenant_id, backup_id, present)
         hasher = BackgroundHash(archive_path)
         if exp_sha is None or exp_size is None or akey[len(d) :] in present:
@@ -297,7 +344,7 @@ class ObjectLocation(Location):
                 f"archive {archive_path} does not match its manifest (sha256/size differ): not stored"
             )
         try:
-            self._put_file(akey, archive_path, size, sha)
+            (self._put_file if akey[len(d) :] in present else self._put_new_file)(akey, archive_path, size, sha)
         finally:
             actual = hasher.result()
         if actual != (sha, size) or archive_path.stat().st_size != size:
@@ -307,8 +354,12 @@ class ObjectLocation(Location):
                 "while being stored): not stored"
             )
         crashpoints.reached("put.archive")
-        self._put_bytes(mkey, manifest_bytes)  # the pointer switch: now the backup is the new copy
+        # The pointer switch: now the backup is the new copy.
+        (self._put_bytes if MANIFEST_NAME in present else self._put_new_bytes)(mkey, manifest_bytes)
         self._named[(tenant_id, backup_id)] = exp_sha
+        if len(self._absent) > 4096:
+            self._absent.clear()
+        self._absent[(tenant_id, backup_id)] = {VERIFIED_NAME} - present
         crashpoints.reached("put.manifest")
         if previous is not None and previous != akey:
             try:
@@ -374,18 +425,22 @@ class ObjectLocation(Location):
         self, tenant_id: str, backup_id: str, sink, *, known_complete: bool = False, expect=None
     ) -> StoredObject:
         tenant_id = self.tenant_ids.validate(tenant_id)
-        if expect is None:
-            st, akey = self._stat_archive(tenant_id, backup_id, known=known_complete)
-        else:  # the bytes as the manifest describes them, whatever the stored metadata says
-            akey, _size, _meta = self._located(tenant_id, backup_id)
-            st = StoredObject(self.name, tenant_id, backup_id, self._key_uri(akey), expect[1], expect[0])
-        h = hashlib.sha256()
-        n = 0
-        for chunk in self._iter_chunks(akey):
-            h.update(chunk)
-            n += len(chunk)
-            if sink is not None:
-                sink.write(chunk)
+        with ExitStack() as stack:
+            # One request where the backend can: the read answers what a HEAD would (size, metadata).
+            akey, size, meta, chunks = self._open_archive(stack, tenant_id, backup_id, known=known_complete)
+            if expect is None:
+                if not meta:
+                    raise CorruptObject(f"{self._key_uri(akey)} has no sha256 metadata")
+                st = StoredObject(self.name, tenant_id, backup_id, self._key_uri(akey), size, meta)
+            else:  # the bytes as the manifest describes them, whatever the stored metadata says
+                st = StoredObject(self.name, tenant_id, backup_id, self._key_uri(akey), expect[1], expect[0])
+            h = hashlib.sha256()
+            n = 0
+            for chunk in chunks:
+                h.update(chunk)
+                n += len(chunk)
+                if sink is not None:
+                    sink.write(chunk)
         if n != st.size or h.hexdigest() != st.sha256:
             raise CorruptObject(
                 f"{st.uri}: stored object does not match its sha256/size "
@@ -393,13 +448,15 @@ class ObjectLocation(Location):
             )
         return st
 
-    def get(self, tenant_id: str, backup_id: str, dest_path: Path, *, expect=None) -> StoredObject:
+    def get(
+        self, tenant_id: str, backup_id: str, dest_path: Path, *, expect=None, known_complete: bool = False
+    ) -> StoredObject:
         dest_path = Path(dest_path)
         dest_path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{dest_path.name}.", suffix=".part", dir=dest_path.parent)
         try:
             with os.fdopen(fd, "wb") as f:
-                st = self._stream_checked(tenant_id, backup_id, f, expect=expect)
+                st = self._stream_checked(tenant_id, backup_id, f, expect=expect, known_complete=known_complete)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, dest_path)
@@ -446,6 +503,7 @@ class ObjectLocation(Location):
         d = self._dir(tenant_id, backup_id)
         self._delete(self.manifest_key(tenant_id, backup_id))  # first: stops listing as complete
         self._named.pop((tenant_id, backup_id), None)
+        self._absent.pop((tenant_id, backup_id), None)
         self._delete(d + VERIFIED_NAME)
         for name in sorted(self._listing(d) | {LEGACY_ARCHIVE_NAME}):  # every archive of any name
             if ARCHIVE_RE.fullmatch(name):
@@ -456,7 +514,10 @@ class ObjectLocation(Location):
         tenant_id = self.tenant_ids.validate(tenant_id)
         if not known_complete:
             self._require_complete(tenant_id, backup_id)
-        self._put_bytes(self._dir(tenant_id, backup_id) + VERIFIED_NAME, json.dumps(record, sort_keys=True).encode())
+        absent = self._absent.get((tenant_id, backup_id), set())
+        put = self._put_new_bytes if VERIFIED_NAME in absent else self._put_bytes  # the first record of a new copy
+        put(self._dir(tenant_id, backup_id) + VERIFIED_NAME, json.dumps(record, sort_keys=True).encode())
+        absent.discard(VERIFIED_NAME)
 
     def get_verified(self, tenant_id: str, backup_id: str) -> dict | None:
         """The copy's verification record, or None (never verified, or an unreadable record)."""

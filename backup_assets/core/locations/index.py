@@ -435,7 +435,15 @@ def write_event(loc: Location, event: Event, keyring: Keyring) -> None:
     body = b""
     if name is None:
         name, body = fmt.body_of(event, scope, keyring)
-    _retry(loc, lambda inner: inner._put_bytes(base + name, body), "index entry write")
+    # Its name is new (the event's time and MAC): written as a new object, except by a retry (the first
+    # attempt may have stored it: B2 then removes the older version).
+    attempts: list[int] = []
+
+    def write(inner) -> None:
+        attempts.append(1)
+        (inner._put_new_bytes if len(attempts) == 1 else inner._put_bytes)(base + name, body)
+
+    _retry(loc, write, "index entry write")
 
 
 def mark_dirty(loc: Location) -> None:

@@ -24,6 +24,7 @@ pass over every restore and verification.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -249,10 +250,24 @@ class R2Location(ObjectLocation):
     def _iter_chunks(self, key: str) -> Iterator[bytes]:
         body = self._call(key, self._s3.get_object, Key=key)["Body"]
         try:
+            yield from self._chunks(key, body)
+        finally:
+            body.close()
+
+    def _chunks(self, key: str, body) -> Iterator[bytes]:
+        try:
             for chunk in body.iter_chunks(CHUNK):
                 yield chunk
         except Exception as exc:
             raise self._err(exc, key) from None
+
+    @contextmanager
+    def _opened(self, key: str):
+        """One GetObject: its response carries what a HeadObject would (size, metadata)."""
+        resp = self._call(key, self._s3.get_object, Key=key)
+        body = resp["Body"]
+        try:
+            yield int(resp["ContentLength"]), resp.get("Metadata", {}).get(SHA256_METADATA), self._chunks(key, body)
         finally:
             body.close()
 

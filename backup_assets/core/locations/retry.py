@@ -72,8 +72,10 @@ class RetryingLocation(Location):
     def put(self, tenant_id: str, backup_id: str, archive_path: Path, manifest: Manifest) -> StoredObject:
         return self._call("put", tenant_id, backup_id, archive_path, manifest)
 
-    def get(self, tenant_id: str, backup_id: str, dest_path: Path, *, expect=None) -> StoredObject:
-        return self._call("get", tenant_id, backup_id, dest_path, expect=expect)
+    def get(
+        self, tenant_id: str, backup_id: str, dest_path: Path, *, expect=None, known_complete: bool = False
+    ) -> StoredObject:
+        return self._call("get", tenant_id, backup_id, dest_path, expect=expect, known_complete=known_complete)
 
     def verify(self, tenant_id: str, backup_id: str, *, known_complete: bool = False) -> StoredObject:
         return self._call("verify", tenant_id, backup_id, known_complete=known_complete)
