@@ -70,7 +70,8 @@ def verify_copy(
     refused (CopyCheck.refused) otherwise. A manifest without a seal (written before manifests were
     sealed) is checked with a warning in the message.
     Checksum: the manifest's sha256/size equal the stored object's metadata, and every stored byte
-    re-hashes to it (Location.verify / get). Deep: download (re-hashed on the way) to a temporary
+    re-hashes to it (Location.verify / get: one read of the archive the manifest names, which answers
+    the metadata too; the manifest is read once). Deep: download (re-hashed on the way) to a temporary
     directory under `work_dir` (owner-only, removed after) and run verify_archive(deep=True): decrypt
     with `keyring`, decompress, pg_restore --list, header and TOC vs manifest; then scan every COPY
     row (isolation.scan_archive): no other tenant's row, row counts = manifest's, and the tables
@@ -114,16 +115,19 @@ def _verify_copy(loc, tenant_id, backup_id, keyring, deep, work_dir, seal, drill
             name, tenant_id, backup_id, ok, message + warning, sealed=sealed, deep=deep, sha256=sha, **state
         )
 
+    def differs(st) -> CopyCheck | None:
+        """The stored object's metadata (which its bytes were just re-hashed equal to) vs the manifest."""
+        if (st.sha256.lower(), st.size) == (want_sha, want_size):
+            return None
+        state["checksum_ok"] = False
+        return result(
+            False,
+            f"stored object's metadata ({st.size} bytes, sha256 {st.sha256[:16]}…) differs from "
+            f"the manifest ({want_size} bytes, sha256 {want_sha[:16]}…)",
+        )
+
     try:
         want_sha, want_size = manifest.checksum()
-        st = loc.stat(tenant_id, backup_id)
-        if (st.sha256.lower(), st.size) != (want_sha, want_size):
-            state["checksum_ok"] = False
-            return result(
-                False,
-                f"stored object's metadata ({st.size} bytes, sha256 {st.sha256[:16]}…) differs from "
-                f"the manifest ({want_size} bytes, sha256 {want_sha[:16]}…)",
-            )
         identity = (
             deep
             and drilled is not None
@@ -131,11 +135,16 @@ def _verify_copy(loc, tenant_id, backup_id, keyring, deep, work_dir, seal, drill
             and drilled.drill_proved(want_sha)
         )
         if not deep or identity:
+            # One read of the archive the manifest just read names (known_complete): its size and
+            # metadata come with it (no separate stat), every byte re-hashed equal to that metadata
+            # (CorruptObject otherwise), then the metadata compared with the manifest.
             try:
-                loc.verify(tenant_id, backup_id, known_complete=True)
+                st = loc.verify(tenant_id, backup_id, known_complete=True)
             except TenantBackupError:
                 state["checksum_ok"] = False
                 raise
+            if (failed := differs(st)) is not None:
+                return failed
             state["checksum_ok"] = True
             if not deep:
                 return result(True, f"ok: {want_size} bytes re-read, SHA-256 matches the manifest")
@@ -148,10 +157,12 @@ def _verify_copy(loc, tenant_id, backup_id, keyring, deep, work_dir, seal, drill
         with work_folder(work_dir, "tb-verify-") as tmp:
             path = Path(tmp) / "archive.tbk"
             try:
-                loc.get(tenant_id, backup_id, path)
+                st = loc.get(tenant_id, backup_id, path, known_complete=True)
             except TenantBackupError:
                 state["checksum_ok"] = False
                 raise
+            if (failed := differs(st)) is not None:
+                return failed
             state["checksum_ok"] = True
             checked = verify_archive(path, manifest, keyring, deep=True)
             state["proof"], state["toc_entries"] = "decoded", checked.toc_entries
