@@ -3,7 +3,9 @@ the staleness sensor's read, at N tenants x K stored backups each, in three loca
 loopback S3 server for R2 and the b2sdk-backed B2 server, each double in a process of its own), with
 the requests each cloud location served and the peak memory of the process that ran each operation.
 
-    python bench/ops.py [--tenants 1000 10000] [--backups 3] [--workers 16] [--registry 10000]
+    python bench/ops.py [--tenants 1000 10000] [--backups 3] [--workers 16] [--writers 4] [--registry 10000]
+                        [--skip rebuild_index,...]
+    python bench/ops.py --attach bench/out/ops/ops-N-*/state.json --ops status,sensor,list,prune_dry_run
 
 The backups: `backup_assets/testing/backups.py make_backup` — for every (tenant, backup id) its own
 archive of the real format (a header naming that tenant and backup id, a fresh data key wrapped by the
@@ -13,8 +15,15 @@ decrypts; the payload is a stand-in of a dump (tenants without rows), not pg_dum
 `verify --deep` is not measured here. Backups are 0, 7, 14… days old: nothing is past retention, so
 prune --dry-run measures planning (what it reads), not deletion.
 
+The backups are stored by `--writers` processes at once (each every n-th tenant, with its own
+storage clients: one process's GIL was the limit). `--attach` measures operations again against the
+doubles of a scale still up (its driver stopped with SIGSTOP after storing: the doubles keep what they
+hold), e.g. after a change of the read path, without storing everything again.
+
 Each operation runs in a process of its own (its peak RSS is that process's VmHWM; the baseline, a
-process doing nothing, is printed beside it: the imports' share). Request counts come from the servers
+process doing nothing, is printed beside it: the imports' share), with its wall clock, its CPU seconds
+and the doubles' CPU seconds meanwhile (on a shared, loaded machine the wall clock is mostly the wait
+for a core; the CPU seconds are what the operation costs). Request counts come from the servers
 (S3: GET /__checksums__ "requests"; B2: GET /__requests__). `--registry N` also measures adding N new
 tenant partitions in one registry-sensor tick on a PostgreSQL-backed Dagster instance: the sensor's
 batched add vs the daemon's per-key check it replaced.
