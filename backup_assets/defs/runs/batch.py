@@ -233,6 +233,18 @@ def connect(scheduler: str | None, settings: Settings, cluster=None):
         raise ClusterUnreachable(f"cannot use the Dask scheduler at {scheduler}: {first_line(exc)}") from None
 
 
+def cluster_config(losses: int) -> dict[str, object]:
+    """Dask configuration of a batch (its nannies hand it to their workers): allowed-failures, a local
+    cluster's (a remote scheduler has its own); nframes 0, no source code of ours travels with the graph;
+    the workers' statistical profiler off (core/cluster.py worker_dask_config: its history grew a
+    worker's memory with every tenant it backed up)."""
+    return {
+        "distributed.scheduler.allowed-failures": losses,
+        "distributed.diagnostics.computations.nframes": 0,
+        **worker_dask_config(),
+    }
+
+
 def _on_dask(
     instance,
     tenant_ids,
@@ -253,12 +265,8 @@ def _on_dask(
 
     spec = cluster_spec(instance, settings)
     outcomes: dict[str, TenantOutcome] = {}
-    # allowed-failures: a local cluster's (a remote scheduler has its own); nframes 0: no source code
-    # of ours travels with the graph; the workers' statistical profiler off (worker_dask_config: its
-    # history grew a worker's memory with every tenant). A nanny hands this configuration to its worker.
     losses = settings.worker_loss_retries
-    config = {"distributed.scheduler.allowed-failures": losses, "distributed.diagnostics.computations.nframes": 0}
-    config.update(worker_dask_config())
+    config = cluster_config(losses)
     with dask.config.set(config):
         cluster = (
             None
