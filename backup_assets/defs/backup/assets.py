@@ -42,7 +42,7 @@ from ..failures import exception_line, permanent_failure, permanent_failures
 from ..resources import ArchiveHandle, BackupResource, load_staged, stage_handle, store_copy
 from ..runs.guard import BATCH_TAG, TenantBusy, claim_tenant
 from .archive_checks import ARCHIVE_ASSET, archive_check_results, archive_check_specs
-from .check_results import check_result, latest_materialization, run_url
+from .check_results import RunMaterializations, check_result, latest_materialization, run_url
 from .copy_checks import copy_check_outcomes, location_check_specs
 from .partitions import tenants_partitions
 
@@ -133,9 +133,12 @@ def build_backup_asset(settings: Settings) -> AssetsDefinition:
         tenants = context.partition_keys
         listed, names_of = _registry(context, backup, tenants)
         failed: list[str] = []
+        stored = RunMaterializations(context.instance, context.run.run_id)  # the checks' targets
         for tenant_id in tenants:
             if selected:
-                yield from _tenant(context, backup, tenant_id, selected, failed, listed, names_of.get(tenant_id))
+                yield from _tenant(
+                    context, backup, tenant_id, selected, failed, listed, names_of.get(tenant_id), stored
+                )
             for asset in sorted(recheck):
                 yield from _recheck(context, backup, tenant_id, asset, failed)
         if failed:
@@ -174,8 +177,10 @@ def _registry(context, backup: BackupResource, tenants: list[str]) -> tuple[bool
     return len(listed) == len(tenants), {t: records[t].name for t in listed if records[t].name}
 
 
-def _tenant(context, backup: BackupResource, tenant_id, selected, failed, listed, name):
-    """One tenant's partition: its events; what failed appended to `failed`, alerted."""
+def _tenant(context, backup: BackupResource, tenant_id, selected, failed, listed, name, stored):
+    """One tenant's partition: its events; what failed appended to `failed`, alerted. Each check
+    evaluation targets the materialization it checked: read from the run's event log (`stored`) once
+    for the archive and once for all the locations' copies (not once per asset)."""
     settings = backup.get_settings()
     url = run_url(settings, context.run.run_id)
     handle = None
@@ -193,7 +198,9 @@ def _tenant(context, backup: BackupResource, tenant_id, selected, failed, listed
                 partition=tenant_id,
                 metadata={**archive_metadata(handle.manifest), **({"tenant_name": name} if name else {})},
             )
-        target = latest_materialization(context.instance, ARCHIVE_ASSET, tenant_id)
+        if handle is not None and handle.proven:
+            stored.read()
+        target = stored.target(ARCHIVE_ASSET, tenant_id)
         for outcome in drill_outcomes:
             common = _common(ARCHIVE_ASSET, tenant_id, None, settings)
             yield check_result(context, **common, **outcome, blocking=True, target=target)
@@ -211,6 +218,7 @@ def _tenant(context, backup: BackupResource, tenant_id, selected, failed, listed
         except Exception as exc:  # noqa: BLE001
             failed.append((tenant_id, ARCHIVE_ASSET, exception_line(exc)))
             return
+    checked: list[tuple[str, str, list[dict]]] = []  # (asset, location, its checks' outcomes)
     for location in locations:
         asset = f"{location}_copy"
         try:
@@ -227,8 +235,12 @@ def _tenant(context, backup: BackupResource, tenant_id, selected, failed, listed
             alerts.emit(alerts.backup_failure(tenant_id, location, f"{asset}: {line}", url), settings)
             continue
         yield AssetMaterialization(AssetKey(asset), partition=tenant_id, metadata=metadata)
-        target = latest_materialization(context.instance, asset, tenant_id)
-        for outcome in copy_check_outcomes(location, handle, backup, context.log.warning):
+        checked.append((asset, location, copy_check_outcomes(location, handle, backup, context.log.warning)))
+    if checked:
+        stored.read()
+    for asset, location, outcomes in checked:
+        target = stored.target(asset, tenant_id)
+        for outcome in outcomes:
             yield check_result(context, **_common(asset, tenant_id, location, settings), **outcome, target=target)
 
 

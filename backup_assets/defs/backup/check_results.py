@@ -10,7 +10,7 @@ result): without that target the UI does not count it as the partition's current
 import warnings
 from contextlib import contextmanager
 
-from dagster import AssetCheckEvaluation, AssetCheckSeverity, AssetKey, AssetRecordsFilter
+from dagster import AssetCheckEvaluation, AssetCheckSeverity, AssetKey, AssetRecordsFilter, DagsterEventType
 from dagster._core.definitions.asset_checks.asset_check_evaluation import (
     AssetCheckEvaluationTargetMaterializationData,
 )
@@ -78,6 +78,40 @@ def latest_materialization(instance, asset: str, tenant_id: str):
     return AssetCheckEvaluationTargetMaterializationData(
         storage_id=record.storage_id, run_id=record.event_log_entry.run_id, timestamp=record.timestamp
     )
+
+
+class RunMaterializations:
+    """The materializations this run has stored so far, read incrementally (a cursor into the run's
+    event log): one query answers the targets of every asset a tenant just materialized, where
+    latest_materialization asks once per asset. What it returns is exactly the materialization the
+    run yielded (its storage id, run id and timestamp), i.e. the partition's latest."""
+
+    def __init__(self, instance, run_id: str):
+        self._instance, self._run_id = instance, run_id
+        self._cursor: str | None = None
+        self._targets: dict[tuple[str, str], AssetCheckEvaluationTargetMaterializationData] = {}
+
+    def read(self) -> None:
+        """Take in the run's materializations stored since the last read (one query)."""
+        conn = self._instance.get_records_for_run(
+            self._run_id, cursor=self._cursor, of_type=DagsterEventType.ASSET_MATERIALIZATION
+        )
+        for record in conn.records:
+            event = record.event_log_entry.dagster_event
+            if event is None or event.asset_key is None:
+                continue
+            key = (event.asset_key.path[-1], event.partition)
+            self._targets[key] = AssetCheckEvaluationTargetMaterializationData(
+                storage_id=record.storage_id, run_id=self._run_id, timestamp=record.event_log_entry.timestamp
+            )
+        if conn.cursor:
+            self._cursor = conn.cursor
+
+    def target(self, asset: str, tenant_id: str):
+        """The materialization of (asset, tenant) this run stored, taken in by read(); else the
+        partition's latest (latest_materialization: a query)."""
+        found = self._targets.pop((asset, tenant_id), None)
+        return found or latest_materialization(self._instance, asset, tenant_id)
 
 
 def run_url(settings: Settings, run_id: str) -> str:
