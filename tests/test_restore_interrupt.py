@@ -97,6 +97,9 @@ def _restore(site, work: Path, tmp_path: Path, *extra: str) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # As from a terminal: a shell's background job (CI started with `&`) inherits SIGINT ignored,
+        # and Python then never installs its Ctrl-C handler.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 

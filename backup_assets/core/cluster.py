@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,7 +87,8 @@ def worker_dask_config() -> dict[str, object]:
 
     default = dask.config.get(PROFILER, config=dask.config.merge(*dask.config.defaults), default=True)
     configured = dask.config.get(PROFILER, default=True)
-    if configured != default or "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED" in os.environ:
+    from_environment = dask.config.get(PROFILER, config=dask.config.collect_env(), default=None)  # Dask's own read
+    if configured != default or from_environment is not None:
         return {}
     return {PROFILER: False}
 

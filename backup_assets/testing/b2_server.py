@@ -7,6 +7,10 @@ against it from any process: `B2Api(...).authorize_account("production"-like rea
 The server rewrites the URLs the simulator hands out (api, download, upload URLs) to its own, and
 maps the simulator's exceptions to B2's JSON errors ({"status", "code", "message"}), which b2sdk
 turns back into the same exception classes. Objects live in memory (a test double, not a store).
+
+Why this module is long: the HTTP routes of the raw API, the fault injection and the sorted listings
+that keep the simulator's answers item for item at 100,000s of files are one server: one place that
+says how the double differs from b2sdk's simulator.
 """
 
 from __future__ import annotations

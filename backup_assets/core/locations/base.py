@@ -1,5 +1,9 @@
 """The storage interface every location implements, and the shared logic behind it.
 
+Why this module is long: the interface and the one write protocol every object store shares (named
+archive, manifest last, superseded archive after; the reads that re-hash every byte) belong together:
+split, each half would have to restate the other's invariants.
+
 Modelled on restic's backend: a small interface whose contract is stated here, one conformance
 suite (tests/test_storage_conformance.py) that every location must pass, errors classified as
 NotFound / TransientStorageError / PermanentStorageError / CorruptObject so that retrying is a
