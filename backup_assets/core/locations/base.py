@@ -274,31 +274,18 @@ class ObjectLocation(Location):
         return self.get_manifest(tenant_id, backup_id).stated_checksum()[0]
 
     def _located(self, tenant_id: str, backup_id: str, *, known: bool = False) -> tuple[str, int, str | None]:
-        """(key, size, sha256 metadata) of the archive the manifest names: archive-<16 hex>.tbk, or
-        archive.tbk for a copy written before content-named archives. known: use the manifest this
-        object last read for the backup (read it again if that archive is gone meanwhile)."""
-        d = self._dir(tenant_id, backup_id)
-        sha = self._named.get((tenant_id, backup_id), "?") if known else "?"
-        fresh = sha == "?"
-        if fresh:
-            sha = self._manifest_sha(tenant_id, backup_id)
-        try:
-            for name in dict.fromkeys((archive_name(sha), LEGACY_ARCHIVE_NAME)):
-                try:
-                    size, meta = self._head(d + name)
-                    return d + name, size, meta
-                except NotFound:
-                    if name == LEGACY_ARCHIVE_NAME:
-                        raise
-        except NotFound:
-            if fresh:
-                raise
-            return self._located(tenant_id, backup_id)  # a re-wrap switched the manifest meanwhile
-        raise AssertionError("unreachable")
+        """(key, size, sha256 metadata) of the archive the manifest names (a HEAD: _locate)."""
+        return self._locate(tenant_id, backup_id, self._head, known=known)
 
     def _open_archive(self, stack: ExitStack, tenant_id: str, backup_id: str, *, known: bool = False):
-        """_located, and the archive opened for reading in the same request where the backend can
-        (_opened): (key, size, sha256 metadata, chunks), the stream closed with `stack`."""
+        """(key, size, sha256 metadata, chunks): the archive the manifest names opened for reading, in
+        the same request where the backend can (_opened); the stream closed with `stack`."""
+        return self._locate(tenant_id, backup_id, lambda key: stack.enter_context(self._opened(key)), known=known)
+
+    def _locate(self, tenant_id: str, backup_id: str, probe, *, known: bool = False) -> tuple:
+        """(key, *probe(key)) for the archive the manifest names: archive-<16 hex>.tbk, or archive.tbk for
+        a copy written before content-named archives. known: use the manifest this object last read for
+        the backup (read it again if that archive is gone meanwhile: a re-wrap switched it)."""
         d = self._dir(tenant_id, backup_id)
         sha = self._named.get((tenant_id, backup_id), "?") if known else "?"
         fresh = sha == "?"
@@ -306,14 +293,13 @@ class ObjectLocation(Location):
             sha = self._manifest_sha(tenant_id, backup_id)
         for name in dict.fromkeys((archive_name(sha), LEGACY_ARCHIVE_NAME)):
             try:
-                size, meta, chunks = stack.enter_context(self._opened(d + name))
-                return d + name, size, meta, chunks
+                return (d + name, *probe(d + name))
             except NotFound:
                 if name != LEGACY_ARCHIVE_NAME:
                     continue
                 if fresh:
                     raise
-        return self._open_archive(stack, tenant_id, backup_id)  # a re-wrap switched the manifest meanwhile
+        return self._locate(tenant_id, backup_id, probe)  # a re-wrap switched the manifest meanwhile
 
     # -- contract ---------------------------------------------------------------------------------
     def uri(self, tenant_id: str, backup_id: str) -> str:
@@ -390,13 +376,15 @@ class ObjectLocation(Location):
         self._head(self.manifest_key(tenant_id, backup_id))  # raises NotFound
 
     def stat(self, tenant_id: str, backup_id: str) -> StoredObject:
-        return self._stat_archive(self.tenant_ids.validate(tenant_id), backup_id)[0]
+        tenant_id = self.tenant_ids.validate(tenant_id)
+        akey, size, sha = self._located(tenant_id, backup_id)
+        return self._stored(tenant_id, backup_id, akey, size, sha)
 
-    def _stat_archive(self, tenant_id: str, backup_id: str, *, known: bool = False) -> tuple[StoredObject, str]:
-        akey, size, sha = self._located(tenant_id, backup_id, known=known)
+    def _stored(self, tenant_id: str, backup_id: str, akey: str, size: int, sha: str | None) -> StoredObject:
+        """The archive's StoredObject from its stored metadata (CorruptObject without a SHA-256)."""
         if not sha:
             raise CorruptObject(f"{self._key_uri(akey)} has no sha256 metadata")
-        return StoredObject(self.name, tenant_id, backup_id, self._key_uri(akey), size, sha), akey
+        return StoredObject(self.name, tenant_id, backup_id, self._key_uri(akey), size, sha)
 
     def get_manifest(self, tenant_id: str, backup_id: str) -> Manifest:
         tenant_id = self.tenant_ids.validate(tenant_id)
@@ -433,9 +421,7 @@ class ObjectLocation(Location):
             # One request where the backend can: the read answers what a HEAD would (size, metadata).
             akey, size, meta, chunks = self._open_archive(stack, tenant_id, backup_id, known=known_complete)
             if expect is None:
-                if not meta:
-                    raise CorruptObject(f"{self._key_uri(akey)} has no sha256 metadata")
-                st = StoredObject(self.name, tenant_id, backup_id, self._key_uri(akey), size, meta)
+                st = self._stored(tenant_id, backup_id, akey, size, meta)
             else:  # the bytes as the manifest describes them, whatever the stored metadata says
                 st = StoredObject(self.name, tenant_id, backup_id, self._key_uri(akey), expect[1], expect[0])
             h = hashlib.sha256()
