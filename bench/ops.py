@@ -5,6 +5,7 @@ the requests each cloud location served and the peak memory of the process that 
 
     python bench/ops.py [--tenants 1000 10000] [--backups 3] [--workers 16] [--writers 4] [--registry 10000]
                         [--skip rebuild_index,...]
+    python bench/ops.py --tenants 10000 --hold   # then, after a change of the read path:
     python bench/ops.py --attach bench/out/ops/ops-N-*/state.json --ops status,sensor,list,prune_dry_run
 
 The backups: `backup_assets/testing/backups.py make_backup` — for every (tenant, backup id) its own
@@ -281,7 +282,25 @@ def attach(state: Path, ops: list[str]) -> dict:
     return figures
 
 
-def run_scale(n: int, backups: int, workers: int, names: list[str], writers: int = 4, skip=()) -> dict:
+def hold(state: Path) -> None:
+    """Keep the doubles up for `--attach` until SIGTERM or SIGINT (then they are stopped as usual)."""
+    import signal
+
+    def stop(signum, _frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    print(f"holding the doubles for --attach {state}; SIGTERM {os.getpid()} to stop them", file=sys.stderr)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+
+
+def run_scale(
+    n: int, backups: int, workers: int, names: list[str], writers: int = 4, skip=(), keep: bool = False
+) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix=f"ops-{n}-", dir=OUT))
     doubles = LocationDoubles("ops", processes=True)
     try:
@@ -324,6 +343,9 @@ def run_scale(n: int, backups: int, workers: int, names: list[str], writers: int
         measure("rebuild --index", "rebuild_index")
         if n <= 1000:  # before the index: a manifest and a verified.json per tenant and location
             measure("status, the old scan", "status_old_scan")
+        if keep:
+            (OUT / f"results-{n}.json").write_text(json.dumps(figures, indent=2, default=str))
+            hold(state)
         return figures
     finally:
         doubles.stop()
@@ -383,6 +405,9 @@ def main() -> int:
     parser.add_argument("--registry", type=int, default=10000)
     parser.add_argument("--writers", type=int, default=4, help="processes storing the backups at once")
     parser.add_argument("--skip", default="", help="operations not to measure, e.g. verify_subset,rebuild_index")
+    parser.add_argument(
+        "--hold", action="store_true", help="after measuring, keep the doubles up for --attach until SIGTERM"
+    )
     parser.add_argument("--attach", type=Path, help="a running scale's state.json: measure --ops against it")
     parser.add_argument("--ops", default="status,sensor,list,prune_dry_run", help="with --attach")
     parser.add_argument("--store", help=argparse.SUPPRESS)  # one writer of store(), in its own process
@@ -401,7 +426,9 @@ def main() -> int:
     results = {"registry": registry_sync(args.registry) if args.registry else None, "scales": []}
     for n in args.tenants:
         results["scales"].append(
-            run_scale(n, args.backups, args.workers, args.locations.split(","), args.writers, args.skip.split(","))
+            run_scale(
+                n, args.backups, args.workers, args.locations.split(","), args.writers, args.skip.split(","), args.hold
+            )
         )
         (OUT / "results.json").write_text(json.dumps(results, indent=2, default=str))
     print(json.dumps(results, indent=2, default=str))
