@@ -9,7 +9,7 @@ import importlib
 
 from .base import ARCHIVE_NAME, MANIFEST_NAME, BackupRef, Location, StoredObject, sha256_file, validate_backup_id
 from .config import locations_from_env
-from .garbage import Garbage
+from .garbage import Garbage, Survey
 from .retry import RetryingLocation
 
 
@@ -30,6 +30,7 @@ __all__ = [
     "Garbage",
     "Location",
     "StoredObject",
+    "Survey",
     "RetryingLocation",
     "locations_from_env",
     "sha256_file",

@@ -31,7 +31,7 @@ from pathlib import Path
 from .. import crashpoints
 from ..errors import CorruptObject, NotFound, PermanentStorageError, StorageError, TransientStorageError, one_line
 from .base import CHUNK, ObjectLocation
-from .garbage import Garbage
+from .garbage import Folder, Garbage, Survey, folder_key
 from .registry import LocationKind, LocationSettings, Variable
 
 SHA256_INFO = "sha256"
@@ -305,22 +305,39 @@ class B2Location(ObjectLocation):
                 return out
             raise err from None
 
-    def _unfinished(self):
-        """Unfinished large files, and versions of a name older than its newest (a put killed between
-        its upload and the removal of the older versions)."""
-        yield from self._large_files(self._root())
+    def survey(self) -> Survey:
+        """One listing of every version (b2_list_file_versions, newest first per name): the backup
+        folders from each name's newest, and the older versions beside them (a put killed between
+        its upload and the removal of the older versions), where a listing of names and then one of
+        versions would read the whole bucket twice. A "start" entry is an unfinished large file,
+        not a version (_large_files); a name whose newest is "hide" is not listed, as by b2_list_file_names."""
         b = self._b()
-        newest: set[str] = set()
+        found: dict[tuple[str, str], Folder] = {}
+        older: list[Garbage] = []
+        seen: set[str] = set()
         try:
-            for fv, _folder in b.ls(self._root(), latest_only=False, recursive=True):  # newest first per name
-                if fv.file_name not in newest:
-                    newest.add(fv.file_name)
+            for fv, _folder in b.ls(self._root(), latest_only=False, recursive=True):
+                if fv.action == "start":
                     continue
                 ts = datetime.fromtimestamp(fv.upload_timestamp / 1000, timezone.utc) if fv.upload_timestamp else None
-                uri = self._key_uri(fv.file_name)
-                yield Garbage(self.name, fv.file_name, uri, int(fv.size or 0), ts, "older version", fv.id_)
+                if fv.file_name in seen:
+                    uri = self._key_uri(fv.file_name)
+                    older.append(Garbage(self.name, fv.file_name, uri, int(fv.size or 0), ts, "older version", fv.id_))
+                    continue
+                seen.add(fv.file_name)
+                where = folder_key(self, fv.file_name) if fv.action == "upload" else None
+                if where is not None:
+                    found.setdefault(where[:2], Folder()).names[where[2]] = ts
         except Exception as exc:
             raise self._err(exc, None) from None
+        return Survey(self.name, found, older)
+
+    def _unfinished(self, survey: Survey | None = None):
+        """Unfinished large files, and the older versions of names (from `survey`'s listing)."""
+        yield from self._large_files(self._root())
+        if survey is None or survey.older is None:
+            survey = self.survey()
+        yield from survey.older
 
     def remove_garbage(self, item: Garbage) -> None:
         if item.what not in ("unfinished upload", "older version"):

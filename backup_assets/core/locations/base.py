@@ -54,13 +54,16 @@ Contract of the public methods (Location):
     re-sealing (`verify --seal`, core/maintenance/sealing.py) rewrites the manifest, never the archive.
 - stat(tenant_id, backup_id) -> StoredObject: size and SHA-256 from stored metadata, no download.
     NotFound unless the backup is complete (manifest present).
-- list(tenant_id=None) -> list[BackupRef]: complete backups only (manifest present), sorted.
-- garbage(older_than) -> list[Garbage]: every object no manifest refers to, none of it written (or,
+- survey() -> Survey: one listing of everything the location holds, by backup folder (garbage.py).
+- list(tenant_id=None, *, survey=None) -> list[BackupRef]: complete backups only (manifest present),
+    sorted; with a survey, the ones it saw (no request: prune plans and collects from one listing).
+- garbage(older_than, survey=None) -> list[Garbage]: every object no manifest refers to, none of it written (or,
     for an unfinished upload, started) after `older_than`: archives beside a manifest that names
     another one (superseded by a re-wrap or a killed overwrite), everything in a backup folder without
     a manifest, the store's unfinished uploads (local temporary files, R2 multipart uploads, B2
     unfinished large files) and B2's older versions of a name. Never the only archive beside a manifest,
-    nothing in a folder whose manifest cannot be read, nothing outside tenants/<id>/<backup>/.
+    nothing in a folder whose manifest cannot be read, nothing outside tenants/<id>/<backup>/. With a
+    survey taken earlier, from it (a folder without a manifest is listed again before it is garbage).
 - remove_garbage(item: Garbage): delete (abort, cancel) that object; gone already is fine.
 - delete(tenant_id, backup_id): removes the manifest first (so the backup stops listing as complete
     at once), then the archive; every version where the store keeps versions (B2); deleting a
@@ -97,7 +100,7 @@ from ..archive.manifest import Manifest
 from ..errors import ArchiveError, CorruptObject, NotFound, PermanentStorageError, StorageError
 from ..files import sha256_file  # noqa: F401 - re-exported (core.locations.sha256_file)
 from ..source.tenant_ids import UUIDS, TenantIds
-from .garbage import Garbage, backup_keys, find_garbage
+from .garbage import Garbage, Survey, find_garbage, folders
 from .naming import (  # noqa: F401 - re-exported
     ARCHIVE_NAME,
     ARCHIVE_RE,
@@ -159,10 +162,13 @@ class Location(ABC):
     def stat(self, tenant_id: str, backup_id: str) -> StoredObject: ...
 
     @abstractmethod
-    def list(self, tenant_id: str | None = None) -> list[BackupRef]: ...
+    def survey(self) -> Survey: ...
 
     @abstractmethod
-    def garbage(self, older_than: datetime) -> list[Garbage]: ...
+    def list(self, tenant_id: str | None = None, *, survey: Survey | None = None) -> list[BackupRef]: ...
+
+    @abstractmethod
+    def garbage(self, older_than: datetime, survey: Survey | None = None) -> list[Garbage]: ...
 
     @abstractmethod
     def remove_garbage(self, item: Garbage) -> None: ...
@@ -461,25 +467,33 @@ class ObjectLocation(Location):
     def verify(self, tenant_id: str, backup_id: str, *, known_complete: bool = False) -> StoredObject:
         return self._stream_checked(tenant_id, backup_id, None, known_complete=known_complete)
 
-    def list(self, tenant_id: str | None = None) -> list[BackupRef]:
-        prefix = self._root() + (self.tenant_ids.validate(tenant_id) + "/" if tenant_id is not None else "")
+    def survey(self) -> Survey:
+        return Survey(self.name, folders(self))
+
+    def list(self, tenant_id: str | None = None, *, survey: Survey | None = None) -> list[BackupRef]:
+        if survey is None:
+            prefix = self._root() + (self.tenant_ids.validate(tenant_id) + "/" if tenant_id is not None else "")
+            survey = Survey(self.name, folders(self, prefix))
+        elif tenant_id is not None:
+            raise ValueError("list: a survey is of every tenant")
         root = self._root()
         out = [
-            BackupRef(self.name, t, b, self._key_uri(root + f"{t}/{b}/"), mtime)
-            for t, b, name, _key, mtime in backup_keys(self, prefix)
-            if name == MANIFEST_NAME
+            BackupRef(self.name, t, b, self._key_uri(root + f"{t}/{b}/"), folder.names[MANIFEST_NAME])
+            for (t, b), folder in survey.folders.items()
+            if folder.complete
         ]
         out.sort(key=lambda r: (r.tenant_id, r.backup_id))
         return out
 
-    def garbage(self, older_than: datetime) -> list[Garbage]:
-        return find_garbage(self, older_than)
+    def garbage(self, older_than: datetime, survey: Survey | None = None) -> list[Garbage]:
+        return find_garbage(self, older_than, survey)
 
     def remove_garbage(self, item: Garbage) -> None:
         self._delete(item.key)  # a local archive's key removes its sidecar too (local.py)
 
-    def _unfinished(self) -> Iterator[Garbage]:
-        """The store's unfinished uploads and hidden leftovers under the root (none by default)."""
+    def _unfinished(self, survey: Survey | None = None) -> Iterator[Garbage]:
+        """The store's unfinished uploads and hidden leftovers under the root (none by default);
+        `survey`: the listing garbage() works from, where it shows some of them (B2's older versions)."""
         return iter(())
 
     def _size(self, key: str) -> int | None:

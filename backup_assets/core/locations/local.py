@@ -210,7 +210,7 @@ class LocalLocation(ObjectLocation):
                 leftover.unlink(missing_ok=True)
             _remove_if_empty(d)
 
-    def _unfinished(self) -> Iterator[Garbage]:
+    def _unfinished(self, survey=None) -> Iterator[Garbage]:
         """Hidden temporary files of killed writes in the backup folders (tenants/<t>/<b>/.*.tmp)."""
         base = self._path(self._root().rstrip("/"))
         if not base.is_dir():

@@ -338,7 +338,7 @@ class R2Location(ObjectLocation):
                 raise err from None
         return out
 
-    def _unfinished(self):
+    def _unfinished(self, survey=None):
         return iter(self._uploads(self._root()))
 
     def remove_garbage(self, item: Garbage) -> None:

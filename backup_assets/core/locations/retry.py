@@ -16,7 +16,7 @@ from pathlib import Path
 from ..archive.manifest import Manifest
 from ..errors import TransientStorageError
 from .base import BackupRef, Location, StoredObject
-from .garbage import Garbage
+from .garbage import Garbage, Survey
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +89,14 @@ class RetryingLocation(Location):
     def stat(self, tenant_id: str, backup_id: str) -> StoredObject:
         return self._call("stat", tenant_id, backup_id)
 
-    def list(self, tenant_id: str | None = None) -> list[BackupRef]:
-        return self._call("list", tenant_id)
+    def survey(self) -> Survey:
+        return self._call("survey")
 
-    def garbage(self, older_than: datetime) -> list[Garbage]:
-        return self._call("garbage", older_than)
+    def list(self, tenant_id: str | None = None, *, survey: Survey | None = None) -> list[BackupRef]:
+        return self._call("list", tenant_id, survey=survey)
+
+    def garbage(self, older_than: datetime, survey: Survey | None = None) -> list[Garbage]:
+        return self._call("garbage", older_than, survey)
 
     def remove_garbage(self, item: Garbage) -> None:
         return self._call("remove_garbage", item)

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta, timezone
 
 from .. import crashpoints
 from ..errors import TenantBackupError
-from ..locations import Garbage, Location
+from ..locations import Garbage, Location, Survey
 from ..options import OPTIONS
 
 log = logging.getLogger(__name__)
@@ -59,12 +59,14 @@ def collect_garbage(
     now: datetime | None = None,
     dry_run: bool = False,
     on_item: Callable[[Garbage], None] | None = None,
+    survey: Survey | None = None,
 ) -> GcReport:
-    """Find what no manifest of `loc` refers to, untouched for `grace`, and remove it (unless dry_run)."""
+    """Find what no manifest of `loc` refers to, untouched for `grace`, and remove it (unless dry_run);
+    `survey`: the listing to work from (Location.survey: prune's, taken for its plan)."""
     now = now or datetime.now(timezone.utc)
     report = GcReport(loc.name, dry_run=dry_run)
     try:
-        report.found = loc.garbage(now - grace)
+        report.found = loc.garbage(now - grace, survey)
     except TenantBackupError as exc:
         report.errors.append(f"cannot look for garbage: {exc}")
         return report

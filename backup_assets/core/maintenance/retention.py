@@ -140,7 +140,8 @@ def prune_location(
 
     hints = index_hints(loc, keyring)  # the index's authenticated entries: no manifest read for those
     from_index: dict[tuple[str, str], datetime | None] = {}
-    for ref in loc.list():
+    survey = loc.survey()  # one listing: the plan below and the garbage collection after it
+    for ref in loc.list(survey=survey):
         hit = hints.backup(ref.tenant_id, ref.backup_id) if hints is not None else None
         if hit is not None and hit.info is not None:  # a refused one is read below (and held)
             created = from_index[(ref.tenant_id, ref.backup_id)] = parse_created_at(hit.created_at)
@@ -218,11 +219,12 @@ def prune_location(
                 errors.append(f"{d.tenant_id}/{d.backup_id}: delete failed: {exc}")
                 continue
         if not dry_run:
+            survey.forget(d.tenant_id, d.backup_id)
             crashpoints.reached("prune.delete")
         deleted.append(d)
         if on_delete is not None:
             on_delete(loc.name, d)
-    gc = collect_garbage(loc, grace=grace, now=now, dry_run=dry_run, on_item=on_garbage)
+    gc = collect_garbage(loc, grace=grace, now=now, dry_run=dry_run, on_item=on_garbage, survey=survey)
     errors.extend(gc.errors)
     leftovers = sorted(
         {(g.key.split("/")[-3], g.key.split("/")[-2]) for g in gc.removed if g.what == "no manifest"},
