@@ -100,7 +100,7 @@ from ..archive.manifest import Manifest
 from ..errors import ArchiveError, CorruptObject, NotFound, PermanentStorageError, StorageError
 from ..files import sha256_file  # noqa: F401 - re-exported (core.locations.sha256_file)
 from ..source.tenant_ids import UUIDS, TenantIds
-from .garbage import Garbage, Survey, find_garbage, folders
+from .garbage import Garbage, Survey, backup_keys, find_garbage, folders
 from .naming import (  # noqa: F401 - re-exported
     ARCHIVE_NAME,
     ARCHIVE_RE,
@@ -471,17 +471,15 @@ class ObjectLocation(Location):
         return Survey(self.name, folders(self))
 
     def list(self, tenant_id: str | None = None, *, survey: Survey | None = None) -> list[BackupRef]:
-        if survey is None:
-            prefix = self._root() + (self.tenant_ids.validate(tenant_id) + "/" if tenant_id is not None else "")
-            survey = Survey(self.name, folders(self, prefix))
+        root = self._root()
+        if survey is None:  # the manifests alone, without a Folder per backup (list is 10,000s of them)
+            prefix = root + (self.tenant_ids.validate(tenant_id) + "/" if tenant_id is not None else "")
+            found = ((t, b, mtime) for t, b, name, _key, mtime in backup_keys(self, prefix) if name == MANIFEST_NAME)
         elif tenant_id is not None:
             raise ValueError("list: a survey is of every tenant")
-        root = self._root()
-        out = [
-            BackupRef(self.name, t, b, self._key_uri(root + f"{t}/{b}/"), folder.names[MANIFEST_NAME])
-            for (t, b), folder in survey.folders.items()
-            if folder.complete
-        ]
+        else:
+            found = ((t, b, f.names[MANIFEST_NAME]) for (t, b), f in survey.folders.items() if f.complete)
+        out = [BackupRef(self.name, t, b, self._key_uri(root + f"{t}/{b}/"), mtime) for t, b, mtime in found]
         out.sort(key=lambda r: (r.tenant_id, r.backup_id))
         return out
 
