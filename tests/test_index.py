@@ -239,3 +239,59 @@ def test_an_unreachable_location_is_an_error_not_an_empty_index(env, keyring):
     env = {**env, "R2_ENDPOINT_URL": "http://127.0.0.1:9"}
     with pytest.raises(TenantBackupError):
         read_index(_locs(env, ["r2"])["r2"], keyring)
+
+
+@pytest.mark.parametrize("damage", ["flipped", "emptied"])
+def test_readers_of_a_damaged_index_lose_no_backup_and_call_no_stale_tenant_fresh(env, keyring, tmp_path, damage):
+    """What status, the sensor, list and prune say when a location's index is damaged or gone: the
+    manifests' word (status, list, prune) or *unknown* (the sensor, which launches the index job)."""
+    from backup_assets.core.maintenance.catalog import collect
+    from backup_assets.core.maintenance.index_status import gather_indexed
+    from backup_assets.core.maintenance.retention import prune_location
+
+    locs = _locs(env, ["local", "b2"])
+    fresh, stale = str(uuid.uuid4()), str(uuid.uuid4())
+    stored = {}
+    for name, loc in locs.items():
+        stored[name] = {
+            (fresh, _store(loc, keyring, tmp_path, fresh, 1, days_old=1)),
+            (fresh, _store(loc, keyring, tmp_path, fresh, 2, days_old=40)),
+            (stale, _store(loc, keyring, tmp_path, stale, 3, days_old=10)),
+        }
+        assert compact(loc, keyring).complete
+    damaged = locs["b2"].inner.inner
+    keys = [k for k, _ in damaged._list(index_root(locs["b2"]))]
+    for key in keys:
+        if damage == "emptied":
+            damaged._delete(key)
+        elif "/packs/" in key:
+            data = bytearray(damaged._get_bytes(key))
+            data[-5] ^= 0x01
+            damaged._put_bytes(key, bytes(data))
+
+    def states(report):
+        return {(c.tenant_id, c.location): c.state for c in report.copies}
+
+    # status: the damaged location is read the old way (its manifests): the same answer as the index.
+    status = gather_indexed([fresh, stale], locs, keyring=keyring, max_age_days=8)
+    assert status.scanned == ["b2"]
+    assert states(status.report) == {
+        (fresh, "local"): "ok",
+        (fresh, "b2"): "ok",
+        (stale, "local"): "stale",
+        (stale, "b2"): "stale",
+    }
+    # The sensor past its scan limit: unknown there (alerted as such), never fresh; the index job due.
+    sensor = gather_indexed([fresh, stale], locs, keyring=keyring, max_age_days=8, scan_up_to=1, missing=False)
+    assert {t: s for (t, n), s in states(sensor.report).items() if n == "b2"} == {fresh: "unknown", stale: "unknown"}
+    assert "b2" in sensor.report.unreadable and "rebuild --index" in sensor.maintenance_due()["b2"]
+    # list and prune: every backup, from the listing and the manifests.
+    entries, errors = collect(locs, keyring=keyring)
+    assert not errors
+    assert {(e.tenant_id, e.backup_id) for e in entries if "b2" in e.locations} == stored["b2"]
+    report = prune_location(locs["b2"], keyring=keyring, keep_min=2, dry_run=True)
+    assert {(d.tenant_id, d.backup_id) for d in report.decisions} == stored["b2"] and not report.deleted
+    # rebuild --index: usable again, and the same answer from it.
+    assert compact(locs["b2"], keyring, full=True).complete
+    again = gather_indexed([fresh, stale], locs, keyring=keyring, max_age_days=8)
+    assert again.scanned == [] and states(again.report) == states(status.report)
