@@ -18,8 +18,9 @@ prune --dry-run measures planning (what it reads), not deletion.
 
 The backups are stored by `--writers` processes at once (each every n-th tenant, with its own
 storage clients: one process's GIL was the limit). `--attach` measures operations again against the
-doubles of a scale still up (its driver stopped with SIGSTOP after storing: the doubles keep what they
-hold), e.g. after a change of the read path, without storing everything again.
+doubles of a scale still up (`--hold`: the driver keeps them up after measuring, until SIGTERM), e.g.
+after a change of the read path, without storing everything again; `python <another checkout>/bench/ops.py
+--attach` measures that checkout's code against the same doubles (interleave the two for a comparison).
 
 Each operation runs in a process of its own (its peak RSS is that process's VmHWM; the baseline, a
 process doing nothing, is printed beside it: the imports' share), with its wall clock, its CPU seconds
