@@ -295,3 +295,30 @@ def test_readers_of_a_damaged_index_lose_no_backup_and_call_no_stale_tenant_fres
     assert compact(locs["b2"], keyring, full=True).complete
     again = gather_indexed([fresh, stale], locs, keyring=keyring, max_age_days=8)
     assert again.scanned == [] and states(again.report) == states(status.report)
+
+
+def test_status_reads_backups_as_pairs_and_agrees_with_the_full_read(env, keyring, tmp_path):
+    """read_index(pairs=True), what status reads: each tenant's newest from the `latest` packs, the
+    other backups as bare (tenant, backup) pairs — the same newest backups and live backups as the
+    full read, with log entries pending after the compaction (a delete of a newest backup, a new put,
+    a verification) that the lean read must merge in full."""
+    loc = _locs(env, ["local"])["local"]
+    deleted_newest, new_put, verified, untouched = (str(uuid.uuid4()) for _ in range(4))
+    made = {
+        t: [_store(loc, keyring, tmp_path, t, 10 * i + j, days_old=7 * j) for j in range(4)]
+        for i, t in enumerate((deleted_newest, new_put, verified, untouched))
+    }
+    assert compact(loc, keyring).complete
+    loc.delete(deleted_newest, made[deleted_newest][0])
+    _store(loc, keyring, tmp_path, new_put, 99)
+    loc.put_verified(verified, made[verified][2], {"sha256": "0" * 64, "ok": True, "verified_at": NOW.isoformat()})
+
+    lean, full = read_index(loc, keyring, pairs=True), read_index(loc, keyring)
+    assert lean.usable and full.usable
+    assert len(lean.pairs) == 3 and all(t == untouched for t, _ in lean.pairs)  # the lean path was taken
+    assert sorted(lean.live_keys()) == sorted(full.live_keys()) == sorted(
+        (b.tenant_id, b.backup_id) for b in full.backups()
+    )
+    assert lean.newest() == full.newest()
+    assert lean.newest()[deleted_newest].backup_id == made[deleted_newest][1]  # the next one, not the deleted
+    assert (deleted_newest, made[deleted_newest][0]) not in lean.live_keys()

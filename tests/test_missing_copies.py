@@ -120,3 +120,34 @@ def test_verify_all_and_status_name_the_missing_copy_and_rebuild_puts_it_back(st
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert CLI.run(["verify", "--all"], env).returncode == 0
     assert json.loads(CLI.run(["status", "--json"], env).stdout)["missing"] == []
+
+
+def test_backup_time_reads_what_strptime_read():
+    """The sliced parser (status judges every backup an index holds) against the strptime it replaced."""
+    from datetime import datetime, timezone
+
+    from backup_assets.core.maintenance.catalog import backup_time
+
+    def by_strptime(backup_id: str):
+        try:
+            return datetime.strptime(backup_id[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+        except ValueError:
+            return None
+
+    ids = [
+        "20260101T030000Z",
+        "20261206T235959Z-0000abcd",
+        "20240229T120000Z",
+        "20260229T120000Z",  # no such day
+        "20261301T030000Z",
+        "20260101T250000Z",
+        "20260101T030060Z",
+        "20260101T030000X-1",
+        "20260101-030000Z",
+        "2026010aT030000Z",
+        "manual-1",
+        "b1",
+    ]
+    for backup_id in ids:
+        assert backup_time(backup_id) == by_strptime(backup_id), backup_id
+    assert backup_time("20261206T235959Z-0000abcd") == datetime(2026, 12, 6, 23, 59, 59, tzinfo=timezone.utc)

@@ -269,6 +269,8 @@ class IndexView:
     pack_keys: list = field(default_factory=list)
     requests: int = 0
     latest_only: bool = False
+    # (tenant, backup) of live backups read lean (read_index pairs=True): no state kept for them
+    pairs: list = field(default_factory=list)
 
     @property
     def usable(self) -> bool:
@@ -309,6 +311,10 @@ class IndexView:
         ]
         return sorted(out, key=lambda x: (x.tenant_id, x.backup_id))
 
+    def live_keys(self) -> list[tuple[str, str]]:
+        """(tenant, backup) of every live backup: what judging missing copies needs of each row."""
+        return [key for key, s in self.states.items() if s.live] + self.pairs
+
     def newest(self) -> dict[str, IndexedBackup]:
         """tenant -> its newest live backup (by backup id, which starts with its UTC time)."""
         best: dict[str, str] = {}
@@ -335,10 +341,20 @@ def _parse_key(root: str, key: str):
 
 
 def read_index(
-    loc: Location, keyring: Keyring, *, latest_only: bool = False, workers: int = READ_CONCURRENCY
+    loc: Location,
+    keyring: Keyring,
+    *,
+    latest_only: bool = False,
+    pairs: bool = False,
+    workers: int = READ_CONCURRENCY,
 ) -> IndexView:
     """The index as stored: one listing of index/, the packs (only the `latest` ones when
     `latest_only` and there is one generation), and log entries too long for a name.
+    `pairs` (what status reads: each tenant's newest, and which backups are live to judge missing
+    copies): with one generation, the `latest` packs in full and of the `all` rows only the live
+    (tenant, backup) pairs (view.pairs), except for tenants a log entry or a `latest` row touches,
+    which are merged in full — a year of weekly backups per tenant held as pairs, not as states.
+    Packs are decoded a batch at a time, so memory holds a few packs' rows, not every pack's.
     TenantBackupError when the location cannot be listed."""
     root, scope = index_root(loc), scope_of(loc)
     view = IndexView(loc.name, latest_only=latest_only)
@@ -368,30 +384,46 @@ def read_index(
         else:
             view.dirty.append(key)
     view.generations = sorted(packs)
-    kinds = [LATEST] if latest_only and len(packs) == 1 else [ALL]
+    one = len(packs) == 1
+    kinds = [LATEST] if latest_only and one else [LATEST, ALL] if pairs and one else [ALL]
     wanted = [
-        (gen, kind, parts) for gen, by_kind in packs.items() for kind in kinds for parts in [by_kind.get(kind, {})]
+        (gen, kind, parts) for kind in kinds for gen, by_kind in packs.items() for parts in [by_kind.get(kind, {})]
     ]
     for gen, kind, parts in wanted:
         if not parts:
             view.damaged.append(f"generation {gen} has no {kind} pack")
-    jobs = [(gen, kind, n, key, len(parts)) for gen, kind, parts in wanted for n, key in parts.items()]
-    loaded = read_many(lambda job: _load_pack(loc, job, scope, keyring), jobs, workers=workers)
-    loaded += read_many(lambda job: _load_body(loc, job, scope, keyring), bodies, workers=workers)
+    jobs = [(gen, kind, n, key, len(parts)) for gen, kind, parts in wanted for n, key in sorted(parts.items())]
     view.requests += len(jobs) + len(bodies)
-    for outcome in loaded:
+    for outcome in read_many(lambda job: _load_body(loc, job, scope, keyring), bodies, workers=workers):
         if isinstance(outcome, str):
-            (view.damaged if outcome.startswith("pack") else view.ignored).append(outcome)
-        elif isinstance(outcome, Event):
-            view.apply((outcome.tenant_id, outcome.backup_id), _state_of(outcome))
+            view.ignored.append(outcome)
         else:
+            view.apply((outcome.tenant_id, outcome.backup_id), _state_of(outcome))
+    touched = {t for t, _ in view.states}  # tenants the log speaks of: merged in full
+    for start in range(0, len(jobs), workers):  # `latest` before `all`: its rows are states first
+        for outcome in read_many(lambda job: _load_pack(loc, job, scope, keyring), jobs[start : start + workers]):
+            if isinstance(outcome, str):
+                view.damaged.append(outcome)
+                continue
             header, rows = outcome
             if header.complete_as_of is not None:
                 view.complete_as_of = max(view.complete_as_of or 0, header.complete_as_of)
+            lean = pairs and header.kind == ALL
             for row in rows:
+                if lean and row[0] not in touched and (row[0], row[1]) not in view.states:
+                    if _live_row(row):
+                        view.pairs.append((row[0], row[1]))
+                    continue
                 key, state = BackupState.from_row(row)
                 view.apply(key, state)
     return view
+
+
+def _live_row(row: list) -> bool:
+    """BackupState.from_row(row).live, without building the state."""
+    _t, _b, put, _ver, deleted, refused = row
+    written = max(int(put[0]) if put else -1, int(refused[0]) if refused else -1)
+    return written >= 0 and (deleted is None or written > int(deleted))
 
 
 def _state_of(event: Event) -> BackupState:

@@ -195,8 +195,19 @@ def backup_time(backup_id: str) -> datetime | None:
     """The UTC time a backup id starts with (core/archive/manifest.py new_backup_id); None if none."""
     if not isinstance(backup_id, str) or not BACKUP_ID_RE.fullmatch(backup_id):
         return None
+    stamp = backup_id[:16]  # YYYYmmddTHHMMSSZ; sliced, not strptime: status judges every backup held
+    if len(stamp) != 16 or stamp[8] != "T" or stamp[15] != "Z" or not (stamp[:8] + stamp[9:15]).isdigit():
+        return None
     try:
-        return datetime.strptime(backup_id[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+        return datetime(
+            int(stamp[0:4]),
+            int(stamp[4:6]),
+            int(stamp[6:8]),
+            int(stamp[9:11]),
+            int(stamp[11:13]),
+            int(stamp[13:15]),
+            tzinfo=timezone.utc,
+        )
     except ValueError:
         return None
 
@@ -248,16 +259,17 @@ def missing_copies(
     for name, pairs in held.items():
         for pair in pairs:
             everywhere.setdefault(pair, []).append(name)
+    made_at = {b: backup_time(b) for _, b in everywhere}  # once per backup id, not per location
     missing = []
     for name, pairs in held.items():
-        times = [t for t in (backup_time(b) for _, b in pairs) if t is not None]
+        times = [t for t in (made_at[b] for _, b in pairs) if t is not None]
         if not times:
             continue
         since, days = min(times), retention_days[name]
         for (tenant_id, backup_id), holders in everywhere.items():
             if name in holders or (wanted is not None and tenant_id not in wanted):
                 continue
-            made = backup_time(backup_id)
+            made = made_at[backup_id]
             if made is None or made < since or now - made < grace or now - made >= timedelta(days=days):
                 continue
             missing.append(MissingCopy(name, tenant_id, backup_id, sorted(holders), days))

@@ -80,7 +80,7 @@ def gather_indexed(
             out.scanned.append(name)
             continue
         try:
-            view = read_index(loc, keyring, latest_only=not missing)
+            view = read_index(loc, keyring, latest_only=not missing, pairs=missing)
         except TenantBackupError as exc:
             unreadable[name] = str(exc)
             continue
@@ -92,7 +92,7 @@ def gather_indexed(
                 unreadable[name] = view.why_unusable()
             continue
         if missing:
-            listings[name] = [(b.tenant_id, b.backup_id) for b in view.backups()]
+            listings[name] = view.live_keys()
         for tenant_id, backup in view.newest().items():
             if tenant_id not in wanted:
                 continue
