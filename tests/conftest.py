@@ -21,6 +21,8 @@ import pytest
 from backup_assets.core.codec.keyring import Keyring, generate_entry
 from backup_assets.core.embedded_pg import default_data_root, dsn_for, start_embedded
 from backup_assets.sample.generate import SampleDatabase, TenantInfo, add_tenants, create_sample_database
+from backup_assets.testing.b2_server import B2Server
+from backup_assets.testing.s3_server import S3Server
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -206,3 +208,17 @@ def fresh_db(pg_server_dsn):
     yield make
     for name in made:
         admin_exec(pg_server_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# The loopback stand-ins for R2 and B2, one of each per test module (a module needing other settings,
+# e.g. smaller B2 parts, defines its own fixture of the same name).
+@pytest.fixture(scope="module")
+def s3_server():
+    with S3Server() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def b2_server():
+    with B2Server() as server:
+        yield server

@@ -24,7 +24,6 @@ from backup_assets.core.source.tenants import (
     read_registry,
     tenant_name,
 )
-from backup_assets.testing.s3_server import S3Server
 
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = generate_entry("json1")
@@ -39,12 +38,6 @@ def as_json(result):
         raise AssertionError(
             f"stdout is not one JSON document:\n{result.stdout[:2000]}\nstderr:\n{result.stderr[-2000:]}"
         )
-
-
-@pytest.fixture(scope="module")
-def s3_server():
-    with S3Server() as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

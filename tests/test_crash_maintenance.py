@@ -31,8 +31,6 @@ from backup_assets.core.codec.format import decode_archive, encode_archive
 from backup_assets.core.codec.keyring import Keyring, generate_entry
 from backup_assets.core.maintenance.copy_check import verify_copy
 from backup_assets.core.settings import Settings, SourceSettings
-from backup_assets.testing.b2_server import B2Server
-from backup_assets.testing.s3_server import S3Server
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import CLI  # noqa: E402
@@ -42,18 +40,6 @@ RUNNER = Path(__file__).resolve().parent / "crash_runner.py"
 OLD_KEY = generate_entry("old1")
 NEW_KEY = generate_entry("new2")
 NOW = datetime.now(timezone.utc)
-
-
-@pytest.fixture(scope="module")
-def s3_server():
-    with S3Server() as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def b2_server():
-    with B2Server() as s:
-        yield s
 
 
 @pytest.fixture(scope="module")

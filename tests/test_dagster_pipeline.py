@@ -16,22 +16,8 @@ from dagster_env import backup_environment
 
 from backup_assets.core.maintenance import alerts
 from backup_assets.core.settings import Settings
-from backup_assets.testing.b2_server import B2Server
-from backup_assets.testing.s3_server import S3Server
 
 warnings.filterwarnings("ignore", category=Warning, module="dagster")
-
-
-@pytest.fixture(scope="module")
-def s3_server():
-    with S3Server() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def b2_server():
-    with B2Server() as server:
-        yield server
 
 
 @pytest.fixture

@@ -316,8 +316,10 @@ def test_status_reads_backups_as_pairs_and_agrees_with_the_full_read(env, keyrin
     lean, full = read_index(loc, keyring, pairs=True), read_index(loc, keyring)
     assert lean.usable and full.usable
     assert len(lean.pairs) == 3 and all(t == untouched for t, _ in lean.pairs)  # the lean path was taken
-    assert sorted(lean.live_keys()) == sorted(full.live_keys()) == sorted(
-        (b.tenant_id, b.backup_id) for b in full.backups()
+    assert (
+        sorted(lean.live_keys())
+        == sorted(full.live_keys())
+        == sorted((b.tenant_id, b.backup_id) for b in full.backups())
     )
     assert lean.newest() == full.newest()
     assert lean.newest()[deleted_newest].backup_id == made[deleted_newest][1]  # the next one, not the deleted

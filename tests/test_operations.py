@@ -19,8 +19,6 @@ from backup_assets.core.codec.format import decode_archive, encode_archive, read
 from backup_assets.core.codec.keyring import Keyring, generate_entry
 from backup_assets.core.maintenance.retention import Candidate, plan_prune
 from backup_assets.core.settings import Settings
-from backup_assets.testing.b2_server import B2Server
-from backup_assets.testing.s3_server import S3Server
 
 NOW = datetime.now(timezone.utc)
 OLD_KEY = generate_entry("old1")
@@ -75,18 +73,6 @@ def test_plan_edge_cases():
 
 
 # ----------------------------------------------------------------------------------- real locations
-
-
-@pytest.fixture(scope="module")
-def s3_server():
-    with S3Server() as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def b2_server():
-    with B2Server() as s:
-        yield s
 
 
 @pytest.fixture

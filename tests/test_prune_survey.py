@@ -18,27 +18,13 @@ import pytest
 from backup_assets.core.codec.keyring import Keyring, generate_entry
 from backup_assets.core.locations.garbage import Survey
 from backup_assets.core.maintenance.retention import prune_location
-from backup_assets.testing.b2_server import B2Server
 from backup_assets.testing.backups import backup_id_at, make_backup
-from backup_assets.testing.s3_server import S3Server
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from storage_backends import B2Backend, LocalBackend, R2Backend, http_json  # noqa: E402
 
 KEYS = Keyring.parse(generate_entry("survey"))
 NOW = datetime.now(timezone.utc)
-
-
-@pytest.fixture(scope="module")
-def s3_server():
-    with S3Server() as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def b2_server():
-    with B2Server() as s:
-        yield s
 
 
 def backend(kind, tmp_path, request):
