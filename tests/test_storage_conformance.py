@@ -307,7 +307,8 @@ def test_first_put_of_an_id_minted_here_lists_nothing_a_retry_lists_and_supersed
     from this location object or another of the same store) lists, and supersedes as always; records and
     index entries of the id keep one version each (B2)."""
     from backup_assets.core.archive.manifest import new_backup_id
-    from backup_assets.core.locations.naming import VERIFIED_NAME, minted_here
+    from backup_assets.core.locations.memory import minted_here
+    from backup_assets.core.locations.naming import VERIFIED_NAME
 
     spy = Spy(monkeypatch, type(u.raw), ["_list"])
     t, bid = tid(), new_backup_id()

@@ -23,7 +23,7 @@ from ..dump.pgdump import PgDump, RowCounter, prove_dump, tenant_values
 from ..dump.stream import DumpStreamReader
 from ..errors import DumpFailed, SafetyCheckFailed, one_line
 from ..files import atomic_output, check_output_path, local_write_error
-from ..locations.naming import minted_here
+from ..locations.memory import minted_here
 from ..settings import SourceSettings
 from ..source import pgbin
 from ..source.preflight import EXCLUDED, RLS_CHILD, SHARED, TENANT, DumpPlan, inspect_source

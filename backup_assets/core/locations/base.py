@@ -101,6 +101,7 @@ from ..errors import ArchiveError, CorruptObject, NotFound, PermanentStorageErro
 from ..files import sha256_file  # noqa: F401 - re-exported (core.locations.sha256_file)
 from ..source.tenant_ids import UUIDS, TenantIds
 from .garbage import Garbage, Survey, backup_keys, find_garbage, folders
+from .memory import MEMORY, UNKNOWN
 from .naming import (  # noqa: F401 - re-exported
     ARCHIVE_NAME,
     ARCHIVE_RE,
@@ -109,7 +110,6 @@ from .naming import (  # noqa: F401 - re-exported
     MANIFEST_NAME,
     VERIFIED_NAME,
     archive_name,
-    first_put,
     validate_backup_id,
 )
 from .upload import BackgroundHash, stored_bytes
@@ -198,10 +198,6 @@ class ObjectLocation(Location):
     tenant_ids: TenantIds = UUIDS
 
     def __init__(self, *, prefix: str = "", retention_days: int = 30):
-        self._named: dict[tuple[str, str], str | None] = {}  # (tenant, backup) -> sha256 its manifest named
-        # (tenant, backup) -> names this object saw absent from the folder at its put (put_verified then
-        # writes verified.json as a new object: _put_new_bytes)
-        self._absent: dict[tuple[str, str], set[str]] = {}
         prefix = prefix.strip("/")
         if prefix and (".." in prefix.split("/") or not re.fullmatch(r"[A-Za-z0-9._/-]+", prefix)):
             raise StorageError(f"invalid storage prefix {prefix!r}")
@@ -293,8 +289,8 @@ class ObjectLocation(Location):
         a copy written before content-named archives. known: use the manifest this object last read for
         the backup (read it again if that archive is gone meanwhile: a re-wrap switched it)."""
         d = self._dir(tenant_id, backup_id)
-        sha = self._named.get((tenant_id, backup_id), "?") if known else "?"
-        fresh = sha == "?"
+        sha = MEMORY.named(self._memory_root(), tenant_id, backup_id) if known else UNKNOWN
+        fresh = sha == UNKNOWN
         if fresh:
             sha = self._manifest_sha(tenant_id, backup_id)
         for name in dict.fromkeys((archive_name(sha), LEGACY_ARCHIVE_NAME)):
@@ -306,6 +302,10 @@ class ObjectLocation(Location):
                 if fresh:
                     raise
         return self._locate(tenant_id, backup_id, probe)  # a re-wrap switched the manifest meanwhile
+
+    def _memory_root(self) -> str:
+        """This location's key in memory.py's record (its root's URI: one store, whichever object)."""
+        return self._key_uri(self._root())
 
     # -- contract ---------------------------------------------------------------------------------
     def uri(self, tenant_id: str, backup_id: str) -> str:
@@ -323,8 +323,8 @@ class ObjectLocation(Location):
         akey = d + archive_name(exp_sha)
         # What the backup holds now (one listing): the archive its manifest names is deleted after the
         # new manifest is written, never before. Nothing, without asking, for the first put of a backup id
-        # this process minted (naming.py first_put): no object can be under it yet.
-        present = set() if first_put(self._key_uri(self._root()), tenant_id, backup_id) else self._listing(d)
+        # this process minted (memory.py first_put): no object can be under it yet.
+        present = set() if MEMORY.first_put(self._memory_root(), tenant_id, backup_id) else self._listing(d)
         previous = self._previous_archive(tenant_id, backup_id, present)
         hasher = BackgroundHash(archive_path)
         if exp_sha is None or exp_size is None or akey[len(d) :] in present:
@@ -352,10 +352,7 @@ class ObjectLocation(Location):
         crashpoints.reached("put.archive")
         # The pointer switch: now the backup is the new copy.
         (self._put_bytes if MANIFEST_NAME in present else self._put_new_bytes)(mkey, manifest_bytes)
-        self._named[(tenant_id, backup_id)] = exp_sha
-        if len(self._absent) > 4096:
-            self._absent.clear()
-        self._absent[(tenant_id, backup_id)] = {VERIFIED_NAME} - present
+        MEMORY.stored(self._memory_root(), tenant_id, backup_id, exp_sha, absent={VERIFIED_NAME} - present)
         crashpoints.reached("put.manifest")
         if previous is not None and previous != akey:
             try:
@@ -406,9 +403,7 @@ class ObjectLocation(Location):
             manifest = Manifest.from_dict(value)
         except ArchiveError as exc:
             raise ArchiveError(f"{self._key_uri(mkey)}: {exc}") from None
-        if len(self._named) > 4096:  # a bounded memory of what each manifest last read named
-            self._named.clear()
-        self._named[(tenant_id, backup_id)] = manifest.stated_checksum()[0]
+        MEMORY.stored(self._memory_root(), tenant_id, backup_id, manifest.stated_checksum()[0])
         return manifest
 
     def put_manifest(self, tenant_id: str, backup_id: str, manifest: Manifest) -> None:
@@ -504,8 +499,7 @@ class ObjectLocation(Location):
         tenant_id = self.tenant_ids.validate(tenant_id)
         d = self._dir(tenant_id, backup_id)
         self._delete(self.manifest_key(tenant_id, backup_id))  # first: stops listing as complete
-        self._named.pop((tenant_id, backup_id), None)
-        self._absent.pop((tenant_id, backup_id), None)
+        MEMORY.forget(self._memory_root(), tenant_id, backup_id)
         self._delete(d + VERIFIED_NAME)
         for name in sorted(self._listing(d) | {LEGACY_ARCHIVE_NAME}):  # every archive of any name
             if ARCHIVE_RE.fullmatch(name):
@@ -516,10 +510,10 @@ class ObjectLocation(Location):
         tenant_id = self.tenant_ids.validate(tenant_id)
         if not known_complete:
             self._require_complete(tenant_id, backup_id)
-        absent = self._absent.get((tenant_id, backup_id), set())
-        put = self._put_new_bytes if VERIFIED_NAME in absent else self._put_bytes  # the first record of a new copy
-        put(self._dir(tenant_id, backup_id) + VERIFIED_NAME, json.dumps(record, sort_keys=True).encode())
-        absent.discard(VERIFIED_NAME)
+        new = MEMORY.take_absent(self._memory_root(), tenant_id, backup_id, VERIFIED_NAME)  # a new copy's first
+        (self._put_new_bytes if new else self._put_bytes)(
+            self._dir(tenant_id, backup_id) + VERIFIED_NAME, json.dumps(record, sort_keys=True).encode()
+        )
 
     def get_verified(self, tenant_id: str, backup_id: str) -> dict | None:
         """The copy's verification record, or None (never verified, or an unreadable record)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import threading
 
 from ..archive.manifest import BACKUP_ID_RE
 from ..errors import InvalidBackupId
@@ -28,35 +27,3 @@ def validate_backup_id(raw: str) -> str:
     if not isinstance(raw, str) or not BACKUP_ID_RE.fullmatch(raw) or ".." in raw:
         raise InvalidBackupId(f"invalid backup id {raw!r}: expected [A-Za-z0-9][A-Za-z0-9._-]{{0,127}} without '..'")
     return raw
-
-
-# -- backup ids minted by this process ---------------------------------------------------------------
-# A put lists the backup's folder first (base.py: the archive its manifest names is superseded; an
-# object already under the archive's name is hashed before it is replaced). For a backup id this
-# process minted (core/archive/export.py) and has never put to that location, the folder cannot hold
-# anything: ids are unique without coordination (a timestamp and 32 random bits), and nothing else
-# writes under an id before its first put. Every later put of the id to that location in this process (a
-# retry, a location re-run), and every put in another process (a re-execution, a redelivered task),
-# lists as before. Forgetting (the bound below) only makes a put list again.
-_MINTED: dict[tuple[str, str], set[str]] = {}  # (tenant, backup id) -> locations a put of it began in
-_MINTED_MAX = 4096
-_minted_lock = threading.Lock()
-
-
-def minted_here(tenant_id: str, backup_id: str) -> None:
-    """Note a backup id this process has just minted for a new archive (no location holds it yet)."""
-    with _minted_lock:
-        if len(_MINTED) >= _MINTED_MAX:
-            _MINTED.clear()
-        _MINTED[(tenant_id, backup_id)] = set()
-
-
-def first_put(where: str, tenant_id: str, backup_id: str) -> bool:
-    """Whether this is the first put of a backup id minted here to the location `where` (its folder
-    then holds nothing); records the put as begun, so the answer is True once at most."""
-    with _minted_lock:
-        begun = _MINTED.get((tenant_id, backup_id))
-        if begun is None or where in begun:
-            return False
-        begun.add(where)
-        return True
