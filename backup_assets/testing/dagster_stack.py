@@ -543,11 +543,13 @@ def dump_processes(tenant_id: str):
 
 
 def kill_tree(proc) -> None:
-    """SIGKILL a process and every descendant, like the OOM killer taking a container."""
+    """SIGKILL a process and every descendant, like the OOM killer taking a container. The process
+    first: killed after its children, it could see them die and clean up before its own signal lands
+    (on a loaded machine the gap between two kills is long enough; the e2e kill test once saw it)."""
     import psutil
 
     try:
-        victims = proc.children(recursive=True) + [proc]
+        victims = [proc] + proc.children(recursive=True)  # listed before any dies: none re-parented yet
     except psutil.Error:
         victims = [proc]
     for victim in victims:
