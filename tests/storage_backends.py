@@ -316,3 +316,12 @@ class B2Backend(Backend):
         key = loc.backup_prefix(t, b)
         got = http_json(self.url + "/__parts__?contains=" + urllib.request.quote(key))
         return [rec["sizes"] for rec in got.values() if rec["key"].startswith(key)]
+
+
+def backend_for(kind: str, tmp_path: Path, request):
+    """The backend of `kind` ("local", "r2", "b2"), the remote ones on the module's s3_server / b2_server."""
+    if kind == "local":
+        return LocalBackend(tmp_path)
+    if kind == "r2":
+        return R2Backend(tmp_path, request.getfixturevalue("s3_server"))
+    return B2Backend(tmp_path, request.getfixturevalue("b2_server"))

@@ -28,7 +28,7 @@ from backup_assets.testing.b2_server import B2Server
 from backup_assets.testing.s3_server import S3Server
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from storage_backends import B2Backend, LocalBackend, R2Backend  # noqa: E402
+from storage_backends import LocalBackend, backend_for  # noqa: E402
 
 MiB = 1024 * 1024
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,14 +46,6 @@ def s3_server():
 def b2_server():
     with B2Server(recommended_part_size=5 * 1000 * 1000, min_part_size=5 * 1000 * 1000) as s:
         yield s
-
-
-def backend_for(kind, tmp_path, request):
-    if kind == "local":
-        return LocalBackend(tmp_path)
-    if kind == "r2":
-        return R2Backend(tmp_path, request.getfixturevalue("s3_server"))
-    return B2Backend(tmp_path, request.getfixturevalue("b2_server"))
 
 
 def crash_env() -> dict[str, str]:

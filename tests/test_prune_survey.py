@@ -21,18 +21,10 @@ from backup_assets.core.maintenance.retention import prune_location
 from backup_assets.testing.backups import backup_id_at, make_backup
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from storage_backends import B2Backend, LocalBackend, R2Backend, http_json  # noqa: E402
+from storage_backends import backend_for, http_json  # noqa: E402
 
 KEYS = Keyring.parse(generate_entry("survey"))
 NOW = datetime.now(timezone.utc)
-
-
-def backend(kind, tmp_path, request):
-    if kind == "local":
-        return LocalBackend(tmp_path)
-    if kind == "r2":
-        return R2Backend(tmp_path, request.getfixturevalue("s3_server"))
-    return B2Backend(tmp_path, request.getfixturevalue("b2_server"))
 
 
 def store(raw, tmp_path, tenant: str, days: int, n: int):
@@ -79,7 +71,7 @@ def whole_listings(monkeypatch, raw) -> list[str]:
 
 @pytest.mark.parametrize("kind", ["local", "r2", "b2"])
 def test_prune_lists_each_location_once(kind, tmp_path, request, monkeypatch):
-    be = backend(kind, tmp_path, request)
+    be = backend_for(kind, tmp_path, request)
     raw = be.make(retention_days=30)
     t = str(uuid.uuid4())
     made = [store(raw, tmp_path, t, days, n) for n, days in enumerate((1, 100, 200, 300))]
@@ -107,7 +99,7 @@ def test_prune_lists_each_location_once(kind, tmp_path, request, monkeypatch):
 
 @pytest.mark.parametrize("kind", ["local", "r2", "b2"])
 def test_a_folder_completed_after_the_survey_is_not_garbage(kind, tmp_path, request):
-    be = backend(kind, tmp_path, request)
+    be = backend_for(kind, tmp_path, request)
     raw = be.make(retention_days=30)
     t = str(uuid.uuid4())
     finished, still = orphan(raw, t, 3, 1), orphan(raw, t, 3, 2)
@@ -137,7 +129,7 @@ def test_a_folder_completed_after_the_survey_is_not_garbage(kind, tmp_path, requ
 def test_b2_survey_shows_older_versions_once(tmp_path, request):
     """A name with two versions (a put killed between its upload and the removal of the older one):
     the survey's folder has the name once, and the older version is garbage from the same listing."""
-    be = backend("b2", tmp_path, request)
+    be = backend_for("b2", tmp_path, request)
     raw = be.make(retention_days=30)
     t = str(uuid.uuid4())
     bid, _path, manifest = store(raw, tmp_path, t, 2, 1)
