@@ -5,8 +5,8 @@ read from a location whose index holds N tenants x K backups (default 10,000 x 5
                                 [--compare OTHER_CHECKOUT]
 
 SYNTHETIC, and only the index: the packs are written as the index job writes them (the real format:
-authenticated, zlib, 20,000 rows a part, an `all` and a `latest` pack set; core/locations/index_compact.py
-`compact` builds its rows the same way), to local directories, with no archive or manifest behind them
+authenticated, zlib, 20,000 rows a part, an `all` and a `latest` pack set, by core/locations/index_compact.py
+`pack_objects`, which the index job writes with), to local directories, with no archive or manifest behind them
 — storing 520,000 real backups per location (bench/ops.py) would take hours here. What it measures is
 what `status` and the sensor do with the index once read: decoding, merging and deciding. Each run is a
 process of its own (peak RSS: its VmHWM; CPU: its own), the sensor's read and status interleaved;
@@ -33,8 +33,8 @@ if "--code" in sys.argv:  # a child measuring another checkout's code (--compare
 sys.path.insert(0, str(ROOT))
 
 from backup_assets.core.codec.keyring import Keyring, generate_entry  # noqa: E402
-from backup_assets.core.locations import index_format as fmt  # noqa: E402
-from backup_assets.core.locations.index import ALL, LATEST, PART_ROWS, BackupState, index_root, scope_of  # noqa: E402
+from backup_assets.core.locations.index import BackupState  # noqa: E402
+from backup_assets.core.locations.index_compact import pack_objects  # noqa: E402
 from backup_assets.core.locations.index_format import PutInfo, VerifiedInfo  # noqa: E402
 from backup_assets.core.locations.local import LocalLocation  # noqa: E402
 from backup_assets.testing.backups import backup_id_at  # noqa: E402
@@ -58,14 +58,11 @@ def build(root: Path, name: str, tenants: list[str], backups: int, keyring: Keyr
         latest.append(max((r for r in rows[-backups:]), key=lambda r: r[1]))
     rows.sort(key=lambda r: (r[0], r[1]))
     latest.sort(key=lambda r: (r[0], r[1]))
-    generation = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
-    base = f"{index_root(loc)}packs/{generation}/"
-    for kind, kind_rows in ((ALL, rows), (LATEST, latest)):
-        chunks = [kind_rows[i : i + PART_ROWS] for i in range(0, len(kind_rows), PART_ROWS)] or [[]]
-        for n, chunk in enumerate(chunks):
-            header = fmt.PackHeader(scope_of(loc), generation, kind, n, len(chunks), at, len(chunk))
-            data = fmt.encode_pack(header, [s.row(t, b) for t, b, s in chunk], keyring)
-            loc._put_bytes(f"{base}{kind}-{n:05d}", data)
+    _generation, objects = pack_objects(
+        loc, keyring, [s.row(t, b) for t, b, s in rows], [s.row(t, b) for t, b, s in latest], at
+    )
+    for key, data in objects:
+        loc._put_bytes(key, data)
 
 
 def child(spec: dict) -> dict:

@@ -70,6 +70,11 @@ def _bounded_api_class(tries: int, connect_timeout: float, read_timeout: float):
     return BoundedB2Api
 
 
+def _uploaded(ms: int | None) -> datetime | None:
+    """B2's upload timestamp (ms since the epoch) as an aware datetime; None when B2 gives none."""
+    return datetime.fromtimestamp(ms / 1000, timezone.utc) if ms else None
+
+
 class B2Location(ObjectLocation):
     name = "b2"
 
@@ -247,7 +252,7 @@ class B2Location(ObjectLocation):
         b = self._b()
         try:
             for fv, _folder in b.ls(prefix, recursive=True):
-                ts = datetime.fromtimestamp(fv.upload_timestamp / 1000, timezone.utc) if fv.upload_timestamp else None
+                ts = _uploaded(fv.upload_timestamp)
                 yield fv.file_name, ts
         except Exception as exc:
             raise self._err(exc, None) from None
@@ -290,8 +295,7 @@ class B2Location(ObjectLocation):
                 resp = b.api.session.list_unfinished_large_files(b.id_, start_file_id=start, prefix=prefix)
                 for f in resp.get("files", []):
                     size = sum(int(part.content_length) for part in b.list_parts(f["fileId"]))
-                    ts = f.get("uploadTimestamp")
-                    when = datetime.fromtimestamp(ts / 1000, timezone.utc) if ts else None
+                    when = _uploaded(f.get("uploadTimestamp"))
                     name = f["fileName"]
                     out.append(
                         Garbage(self.name, name, self._key_uri(name), size, when, "unfinished upload", f["fileId"])
@@ -319,7 +323,7 @@ class B2Location(ObjectLocation):
             for fv, _folder in b.ls(self._root(), latest_only=False, recursive=True):
                 if fv.action == "start":
                     continue
-                ts = datetime.fromtimestamp(fv.upload_timestamp / 1000, timezone.utc) if fv.upload_timestamp else None
+                ts = _uploaded(fv.upload_timestamp)
                 if fv.file_name in seen:
                     uri = self._key_uri(fv.file_name)
                     older.append(Garbage(self.name, fv.file_name, uri, int(fv.size or 0), ts, "older version", fv.id_))

@@ -190,8 +190,7 @@ class BackupState:
 
     @property
     def live(self) -> bool:
-        written = self.written
-        return written is not None and (self.deleted is None or written > self.deleted)
+        return _alive(self.written, self.deleted)
 
     def row(self, tenant_id: str, backup_id: str) -> list:
         return [
@@ -419,11 +418,15 @@ def read_index(
     return view
 
 
+def _alive(written: int | None, deleted: int | None) -> bool:
+    """Stored (put or found refused) and not deleted since: the one rule of a live backup."""
+    return written is not None and (deleted is None or written > deleted)
+
+
 def _live_row(row: list) -> bool:
     """BackupState.from_row(row).live, without building the state."""
-    _t, _b, put, _ver, deleted, refused = row
-    written = max(int(put[0]) if put else -1, int(refused[0]) if refused else -1)
-    return written >= 0 and (deleted is None or written > int(deleted))
+    times = [int(x[0]) for x in (row[2], row[5]) if x]  # [t, b, put, verified, deleted, refused]
+    return _alive(max(times) if times else None, int(row[4]) if row[4] is not None else None)
 
 
 def _state_of(event: Event) -> BackupState:

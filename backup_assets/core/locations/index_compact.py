@@ -112,6 +112,23 @@ def _delete_all(loc: Location, keys: list[str]) -> list[str]:
     return failed
 
 
+def pack_objects(
+    loc: Location, keyring: Keyring, rows: list, latest: list, complete_as_of: int | None
+) -> tuple[str, list[tuple[str, bytes]]]:
+    """(generation, [(key, bytes)]) of a new generation holding `rows` (every backup's, sorted) and
+    `latest` (each tenant's newest), PART_ROWS rows per pack object; not written yet."""
+    generation = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
+    base = f"{index_root(loc)}packs/{generation}/"
+    scope = scope_of(loc)
+    objects = []
+    for kind, kind_rows in ((ALL, rows), (LATEST, latest)):
+        chunks = [kind_rows[i : i + PART_ROWS] for i in range(0, len(kind_rows), PART_ROWS)] or [[]]
+        for n, chunk in enumerate(chunks):
+            header = fmt.PackHeader(scope, generation, kind, n, len(chunks), complete_as_of, len(chunk))
+            objects.append((f"{base}{kind}-{n:05d}", fmt.encode_pack(header, chunk, keyring)))
+    return generation, objects
+
+
 def compact(
     loc: Location,
     keyring: Keyring,
@@ -176,15 +193,7 @@ def compact(
         rows.append(state.row(t, b))
     report.tenants = len(newest)
     latest = [states[key].row(*key) for key in sorted(newest.values())]
-    generation = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
-    base = f"{index_root(loc)}packs/{generation}/"
-    scope = scope_of(loc)
-    objects = []
-    for kind, kind_rows in ((ALL, rows), (LATEST, latest)):
-        chunks = [kind_rows[i : i + PART_ROWS] for i in range(0, len(kind_rows), PART_ROWS)] or [[]]
-        for n, chunk in enumerate(chunks):
-            header = fmt.PackHeader(scope, generation, kind, n, len(chunks), complete_as_of, len(chunk))
-            objects.append((f"{base}{kind}-{n:05d}", fmt.encode_pack(header, chunk, keyring)))
+    generation, objects = pack_objects(loc, keyring, rows, latest, complete_as_of)
     read_many(
         lambda obj: _retry(loc, lambda inner: inner._put_bytes(obj[0], obj[1]), "index pack write"),
         objects,

@@ -74,8 +74,6 @@ def _timestamp(value):
     """A response's timestamp: ISO 8601 (what listings send, one per object) by datetime.fromisoformat;
     anything else (HTTP dates in headers, epoch numbers) by botocore's own parser. botocore's default
     parses each with dateutil: ~70 % of the CPU of listing a large bucket (bench/ops.py profile)."""
-    from botocore.utils import parse_timestamp
-
     if isinstance(value, str):
         try:
             parsed = datetime.fromisoformat(value)
@@ -83,6 +81,8 @@ def _timestamp(value):
             parsed = None
         if parsed is not None and parsed.tzinfo is not None:  # a naive one: botocore's rules decide
             return parsed
+    from botocore.utils import parse_timestamp  # here, not per listed object: this runs once per object
+
     return parse_timestamp(value)
 
 
